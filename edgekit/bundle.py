@@ -1,0 +1,592 @@
+"""The bundle: manifest.json + network files + head arrays (.npy) + the sha256 of each.
+
+A bundle is a folder, or the same folder as one deterministic zip file ending in ``.edgekit``.
+The manifest is a set of frozen dataclasses with a versioned, strict JSON form: everything the
+device needs to reproduce a score is in it, and nothing is guessed or unpickled. Saving writes
+into a temporary folder beside the destination and renames it into place; loading verifies
+every checksum and refuses unlisted files; archives are extracted with limits on member count
+and size. Standard library + numpy only: the device imports this.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import stat
+import tempfile
+import typing
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, Union
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import InputSpec
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ARCHIVE_SUFFIX = ".edgekit"
+DEFAULT_MAX_MEMBERS = 10_000
+DEFAULT_MAX_BYTES = 4 * 1024**3
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_CHUNK = 1 << 20
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+class _FieldError(Exception):
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"field '{where}' {problem}")
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", str: "a string", list: "a list", dict: "an object", type(None): "null"}
+    if type(value) in names:
+        return names[type(value)]
+    return "a number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """A deep copy of ``value`` as plain JSON types (tuples → lists, numpy scalars → Python)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _FieldError(where, f"holds {value}, which JSON cannot carry")
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise _FieldError(where, "must have string keys")
+        return {key: _json_value(item, f"{where}.{key}") for key, item in value.items()}
+    raise _FieldError(where, f"holds {type(value).__name__}, which is not JSON")
+
+
+def check_relative_path(path: Any, where: str = "path") -> str:
+    """Refuse bundle paths that could leave the bundle: absolute, ``..``, backslashes, drives."""
+    if not isinstance(path, str) or not path:
+        raise EdgekitError(f"{where}: a bundle path must be a non-empty string, not {path!r}")
+    parts = path.split("/")
+    if "\\" in path or ":" in path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise EdgekitError(f"{where}: {path!r} is not a plain relative path inside the bundle")
+    return path
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field type, converting JSON forms (list → tuple, int → float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if not isinstance(value, dict):
+            raise _FieldError(where, f"must be an object, not {_kind(value)}")
+        return _build(hint, value, where + ".")
+    if hint is Any:
+        return _json_value(value, where)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _FieldError(where, f"must be a string, not {_kind(value)}")
+        return str(value)
+    if hint is int:
+        if isinstance(value, np.integer):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _FieldError(where, f"must be an integer, not {_kind(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise _FieldError(where, f"must be a number, not {_kind(value)}")
+        if not math.isfinite(value):
+            raise _FieldError(where, f"must be finite, not {value}")
+        return float(value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _FieldError(where, f"must be a list, not {_kind(value)}")
+        return tuple(_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _FieldError(where, f"must be an object, not {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise _FieldError(where, "must have string keys")
+        return {key: _coerce(item, args[1], f"{where}.{key}") for key, item in value.items()}
+    raise TypeError(f"unsupported manifest field type {hint!r}")  # a bug here, not user input
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Construct ``cls`` from a mapping that must name every field and nothing else."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise _FieldError(f"{prefix}{key}", "is unknown")
+    for name in names:
+        if name not in values:
+            raise _FieldError(f"{prefix}{name}", "is missing")
+    kwargs = {name: _coerce(values[name], hints[name], prefix + name) for name in names}
+    try:
+        return cls(**kwargs)
+    except EdgekitError as exc:
+        raise _FieldError(prefix.rstrip("."), f"is invalid: {exc}") from None
+
+
+def _normalise(instance: Any) -> None:
+    """__post_init__ of the contract dataclasses: validate and convert every field in place."""
+    hints = typing.get_type_hints(type(instance))
+    try:
+        for f in dataclasses.fields(instance):
+            where = f"{type(instance).__name__}.{f.name}"
+            converted = _coerce(getattr(instance, f.name), hints[f.name], where)
+            object.__setattr__(instance, f.name, converted)
+    except _FieldError as exc:
+        raise EdgekitError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The exported network: its format, its files (files[0] is what the runtime opens), I/O names."""
+
+    format: str
+    files: tuple[str, ...]
+    input_name: str
+    output_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+        if not self.files or not self.output_names:
+            raise EdgekitError("network.files and network.output_names must not be empty")
+        for index, path in enumerate(self.files):
+            check_relative_path(path, f"network.files[{index}]")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The numpy head: its kind, JSON parameters and array name → relative .npy path."""
+
+    kind: str
+    params: dict[str, Any]
+    arrays: dict[str, str]
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+        for name, path in self.arrays.items():
+            check_relative_path(path, f"head.arrays.{name}")
+            if not path.endswith(".npy"):
+                raise EdgekitError(f"head.arrays.{name}: {path!r} must be a .npy file")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Thresholds and normalisation, fitted on the exported model; ``raw > threshold`` is anomalous.
+
+    Normalised scores map a centre (raw score of a typical normal image) to 0.0 and the
+    threshold to 0.5.
+    """
+
+    image_threshold: float  # on the raw image score
+    pixel_threshold: float  # on raw anomaly-map values
+    image_center: float
+    pixel_center: float
+    method: str  # how they were fitted, in words
+    fitted_on: int  # number of held-out normal images used
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a device needs to reproduce a score; ``files`` maps path → sha256 hex."""
+
+    schema_version: int
+    edgekit_version: str
+    model: str  # "patchcore", ...
+    backbone: str
+    target: str  # "x86", "rpi4", ...
+    runtime: str  # "openvino" | "onnxruntime" | "litert" | "fake"
+    device: str  # "CPU", "GPU", ...
+    precision: str  # "fp32" | "fp16" | "int8"
+    input: InputSpec
+    network: NetworkSpec
+    head: HeadSpec
+    decision: Decision
+    source: dict[str, Any]  # training-run fingerprint, dataset, created time, ...
+    export: dict[str, Any]  # what the export did: precision, recipe, calibration count, ...
+    files: dict[str, str] = field(default_factory=dict)  # every file but manifest.json → sha256
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+        for path, digest in self.files.items():
+            check_relative_path(path, "files")
+            if path == MANIFEST_NAME:
+                raise EdgekitError(f"files: {MANIFEST_NAME} cannot list itself")
+            if len(digest) != 64 or digest.strip("0123456789abcdef"):
+                raise EdgekitError(f"files.{path}: {digest!r} is not a sha256 hex digest")
+
+    def to_json(self) -> str:
+        """The manifest as JSON: sorted keys, indent 2, floats written with repr (exact)."""
+        plain = dataclasses.asdict(self)
+        return json.dumps(_json_value(plain, "manifest"), sort_keys=True, indent=2,
+                          allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = MANIFEST_NAME) -> "Manifest":
+        """Parse strictly: invalid JSON, missing/unknown/mistyped fields, unknown schema → error."""
+
+        def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            result = dict(pairs)
+            if len(result) != len(pairs):
+                twice = next(key for key, _ in pairs if [k for k, _ in pairs].count(key) > 1)
+                raise EdgekitError(f"{source}: key '{twice}' appears twice")
+            return result
+
+        def no_constants(name: str) -> Any:
+            raise EdgekitError(f"{source}: {name} is not valid JSON")
+
+        try:
+            data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+            raise EdgekitError(f"{source}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise EdgekitError(f"{source}: must hold a JSON object, not {_kind(data)}")
+        version = data.get("schema_version")
+        if "schema_version" not in data:
+            raise EdgekitError(f"{source}: field 'schema_version' is missing")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise EdgekitError(f"{source}: field 'schema_version' must be an integer")
+        if version > SCHEMA_VERSION:
+            raise EdgekitError(f"{source}: schema_version {version} is newer than this edgekit "
+                               f"understands ({SCHEMA_VERSION}); upgrade edgekit")
+        if version != SCHEMA_VERSION:
+            raise EdgekitError(f"{source}: unknown schema_version {version}")
+        try:
+            return _build(cls, data, "")
+        except _FieldError as exc:
+            raise EdgekitError(f"{source}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk. ``root`` is the folder (a private temp copy for archives)."""
+
+    root: Path
+    manifest: Manifest
+
+    def path(self, relative: str) -> Path:
+        """The absolute path of a listed bundle file."""
+        check_relative_path(relative, f"bundle {self.root}")
+        if relative != MANIFEST_NAME and relative not in self.manifest.files:
+            raise EdgekitError(f"bundle {self.root} has no file {relative!r}")
+        return self.root / relative
+
+    def array(self, name: str) -> np.ndarray:
+        """Load the head array ``name``; never unpickles."""
+        if name not in self.manifest.head.arrays:
+            raise EdgekitError(f"bundle {self.root} has no head array {name!r}; "
+                               f"it has {sorted(self.manifest.head.arrays)}")
+        path = self.path(self.manifest.head.arrays[name])
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise EdgekitError(f"bundle {self.root}: head array {name!r} cannot be loaded without "
+                               f"pickle or is damaged ({exc})") from None
+
+    def size_bytes(self) -> int:
+        """Bytes of every file in the bundle, manifest included."""
+        names = [MANIFEST_NAME, *self.manifest.files]
+        return sum((self.root / name).stat().st_size for name in names)
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify(root: Path, name: str) -> Bundle:
+    """Parse the manifest and prove every listed file is present, intact and alone."""
+    manifest_path = root / MANIFEST_NAME
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
+    try:
+        text = manifest_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{name}/{MANIFEST_NAME}: not UTF-8 text") from None
+    manifest = Manifest.from_json(text, source=f"{name}/{MANIFEST_NAME}")
+    listed = set(manifest.files)
+    referenced = [*manifest.network.files, *manifest.head.arrays.values()]
+    for path in referenced:
+        if path not in listed:
+            raise EdgekitError(f"bundle {name} is incomplete: {path} is not listed in its manifest")
+    extra, links = [], []
+    for folder, dirnames, filenames in os.walk(root):
+        for entry in [*dirnames, *filenames]:
+            full = Path(folder) / entry
+            relative = full.relative_to(root).as_posix()
+            if full.is_symlink():
+                links.append(relative)
+            elif entry in filenames and relative not in listed and relative != MANIFEST_NAME:
+                extra.append(relative)
+    if links:
+        raise EdgekitError(f"bundle {name} contains symbolic links, refused: "
+                           f"{', '.join(sorted(links)[:5])}")
+    if extra:
+        raise EdgekitError(f"bundle {name} holds files its manifest does not list: "
+                           f"{', '.join(sorted(extra)[:5])}")
+    for path, expected in sorted(manifest.files.items()):
+        full = root / path
+        if not full.is_file():
+            raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
+        if sha256_file(full) != expected:
+            raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
+    return Bundle(root=root, manifest=manifest)
+
+
+def _is_bundle(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return (path / MANIFEST_NAME).is_file()
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def _temp_beside(dest: Path, *, folder: bool) -> Path:
+    prefix, suffix = f".{dest.name}.", ".partial"
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dest.parent))
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dest.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _write_archive(root: Path, manifest: Manifest, archive: Path) -> None:
+    """A zip of the bundle whose bytes depend only on its content (sorted, fixed times/modes)."""
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in sorted([MANIFEST_NAME, *manifest.files]):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.file_size = (root / name).stat().st_size
+            with open(root / name, "rb") as source, zf.open(info, "w") as target:
+                shutil.copyfileobj(source, target, _CHUNK)
+
+
+def _check_dest(dest: Path, *, overwrite: bool, folder: bool) -> bool:
+    """Whether ``dest`` exists; refuse it unless ``overwrite`` and it is a bundle of that form."""
+    if not (dest.exists() or dest.is_symlink()):
+        return False
+    if not overwrite:
+        raise EdgekitError(f"{dest} already exists (pass overwrite to replace it)")
+    if not _is_bundle(dest) or dest.is_dir() != folder:
+        raise EdgekitError(f"refusing to replace {dest}: it is not an edgekit bundle "
+                           f"{'folder' if folder else 'archive'}")
+    return True
+
+
+def _place(staged: Path, dest: Path, *, overwrite: bool) -> None:
+    """Rename ``staged`` to ``dest``; an existing bundle is set aside first, then removed."""
+    if not _check_dest(dest, overwrite=overwrite, folder=staged.is_dir()):
+        os.rename(staged, dest)
+        return
+    if staged.is_file():
+        os.replace(staged, dest)
+        return
+    aside = _temp_beside(dest, folder=True)
+    os.rmdir(aside)
+    os.rename(dest, aside)
+    try:
+        os.rename(staged, dest)
+    except OSError:
+        os.rename(aside, dest)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def save_bundle(dest: Path, manifest: Manifest, *,
+                files: Mapping[str, Union[Path, bytes]] = _NOTHING,
+                arrays: Mapping[str, np.ndarray] = _NOTHING, overwrite: bool = False) -> Path:
+    """Write a complete bundle (folder, or one archive when ``dest`` ends in ``.edgekit``).
+
+    ``files`` maps bundle paths to source files or bytes, ``arrays`` maps ``.npy`` bundle paths
+    to arrays. The manifest's ``files`` is filled with the sha256 of each. Everything is written
+    in a temporary folder beside ``dest`` and renamed into place; on failure nothing is left.
+    """
+    dest = Path(dest)
+    _check_dest(dest, overwrite=overwrite, folder=not dest.name.endswith(ARCHIVE_SUFFIX))
+    for path in [*files, *arrays]:
+        check_relative_path(path, f"bundle {dest}")
+        if path == MANIFEST_NAME:
+            raise EdgekitError(f"bundle {dest}: {MANIFEST_NAME} is written by edgekit itself")
+    if set(files) & set(arrays):
+        raise EdgekitError(f"bundle {dest}: {sorted(set(files) & set(arrays))} given twice")
+    written = set(files) | set(arrays)
+    for path, source in files.items():
+        if not isinstance(source, (bytes, bytearray, memoryview)) and not Path(source).is_file():
+            raise EdgekitError(f"bundle {dest}: source of {path} is not a file: {source}")
+    for path, array in arrays.items():
+        if not path.endswith(".npy") or not isinstance(array, np.ndarray) or array.dtype.hasobject:
+            raise EdgekitError(f"bundle {dest}: {path} must be a .npy path with a numeric array "
+                               "(object arrays would need pickle)")
+    for path in [*manifest.network.files, *manifest.head.arrays.values()]:
+        if path not in written:
+            raise EdgekitError(f"bundle {dest} would be incomplete: {path} is not among its files")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = _temp_beside(dest, folder=True)
+    archive_tmp = None
+    try:
+        for path, source in files.items():
+            (staged / path).parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                (staged / path).write_bytes(source)
+            else:
+                shutil.copyfile(source, staged / path)
+        for path, array in arrays.items():
+            (staged / path).parent.mkdir(parents=True, exist_ok=True)
+            with open(staged / path, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+        digests = {path: sha256_file(staged / path) for path in sorted(written)}
+        complete = Manifest.from_json(dataclasses.replace(manifest, files=digests).to_json())
+        _write_manifest(staged, complete)
+        if dest.name.endswith(ARCHIVE_SUFFIX):
+            archive_tmp = _temp_beside(dest, folder=False)
+            _write_archive(staged, complete, archive_tmp)
+            _place(archive_tmp, dest, overwrite=overwrite)
+        else:
+            _place(staged, dest, overwrite=overwrite)
+    except OSError as exc:
+        raise EdgekitError(f"could not write bundle {dest}: {exc}") from None
+    finally:
+        _remove(staged)
+        if archive_tmp is not None:
+            _remove(archive_tmp)
+    return dest
+
+
+def _write_manifest(folder: Path, manifest: Manifest) -> None:
+    (folder / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+
+
+def _check_member(info: zipfile.ZipInfo, archive: Path) -> str:
+    name = info.filename.rstrip("/") if info.is_dir() else info.filename
+    try:
+        check_relative_path(name, f"archive {archive}")
+    except EdgekitError as exc:
+        raise EdgekitError(f"{exc}; refusing to extract") from None
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+        raise EdgekitError(f"archive {archive}: member {name!r} is a link or special file; refused")
+    if info.flag_bits & 0x1:
+        raise EdgekitError(f"archive {archive}: member {name!r} is encrypted; refused")
+    return name
+
+
+def _extract(archive: Path, dest: Path, *, max_members: int, max_bytes: int) -> None:
+    """Extract into the empty folder ``dest`` after checking every member; sizes are counted."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            if len(members) > max_members:
+                raise EdgekitError(f"archive {archive} has {len(members)} members; "
+                                   f"the limit is {max_members}")
+            names = [_check_member(info, archive) for info in members]
+            if len(set(names)) != len(names):
+                raise EdgekitError(f"archive {archive} names a member twice; refused")
+            if sum(info.file_size for info in members) > max_bytes:
+                raise EdgekitError(f"archive {archive} unpacks to more than {max_bytes} bytes; refused")
+            total = 0
+            for info, name in zip(members, names):
+                target = dest / name
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as source, open(target, "xb") as out:
+                    written = 0
+                    for chunk in iter(lambda: source.read(_CHUNK), b""):
+                        written += len(chunk)
+                        total += len(chunk)
+                        if written > info.file_size or total > max_bytes:
+                            raise EdgekitError(f"archive {archive}: member {name!r} is larger "
+                                               "than declared or over the size limit; refused")
+                        out.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
+        raise EdgekitError(f"archive {archive} is damaged: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise EdgekitError(f"archive {archive} cannot be extracted: {exc}") from None
+
+
+def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
+    """Open and verify a bundle folder or ``.edgekit`` archive (extracted to a private temp dir)."""
+    path = Path(path)
+    if path.is_dir():
+        return _verify(path, str(path))
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise EdgekitError(f"{path} is neither a bundle folder nor a {ARCHIVE_SUFFIX} archive")
+    root = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
+    try:
+        _extract(path, root, max_members=max_members, max_bytes=max_bytes)
+        bundle = _verify(root, str(path))
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    atexit.register(shutil.rmtree, root, True)
+    return bundle
+
+
+def unpack_bundle(archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+    """Extract and verify an archive into the new folder ``dest``."""
+    archive, dest = Path(archive), Path(dest)
+    _check_dest(dest, overwrite=False, folder=True)
+    if not archive.is_file() or not zipfile.is_zipfile(archive):
+        raise EdgekitError(f"{archive} is not a {ARCHIVE_SUFFIX} archive")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = _temp_beside(dest, folder=True)
+    try:
+        _extract(archive, staged, max_members=max_members, max_bytes=max_bytes)
+        _verify(staged, str(archive))
+        _place(staged, dest, overwrite=False)
+    except OSError as exc:
+        raise EdgekitError(f"could not unpack {archive} to {dest}: {exc}") from None
+    finally:
+        _remove(staged)
+    return dest
+
+
+def pack_bundle(folder: Path, archive: Path, *, overwrite: bool = False) -> Path:
+    """Verify a bundle folder and write it as one deterministic ``.edgekit`` zip."""
+    folder, archive = Path(folder), Path(archive)
+    if not folder.is_dir():
+        raise EdgekitError(f"{folder} is not a bundle folder")
+    bundle = _verify(folder, str(folder))
+    _check_dest(archive, overwrite=overwrite, folder=False)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    staged = _temp_beside(archive, folder=False)
+    try:
+        _write_archive(folder, bundle.manifest, staged)
+        _place(staged, archive, overwrite=overwrite)
+    except OSError as exc:
+        raise EdgekitError(f"could not write {archive}: {exc}") from None
+    finally:
+        _remove(staged)
+    return archive

@@ -1,0 +1,203 @@
+"""The ``edgekit`` command: each command is a thin function over the library."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+DEFAULT_TARGET = "x86"
+
+
+class _Group(click.Group):
+    """Turns an EdgekitError anywhere below into one ``error: ...`` line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _progress():
+    from edgekit.progress import TerminalProgress
+
+    return TerminalProgress()
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="edgekit")
+def cli() -> None:
+    """Visual anomaly detection from training to embedded devices."""
+
+
+@cli.group(cls=_Group)
+def data() -> None:
+    """Datasets: the embedded default data."""
+
+
+@data.command("synth")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder to write into.")
+@click.option("--texture", type=click.Choice(["brick", "grass", "gravel", "all"]), default="brick", show_default=True)
+@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--grayscale", is_flag=True, help="One-channel images (the autoencoders' 128x128 grey variant).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing category folder.")
+def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, overwrite: bool) -> None:
+    """Write MVTec-AD-layout datasets made from scikit-image's CC0 texture photos."""
+    from edgekit.data.synth import synthesize
+
+    bar = _progress()
+    folders = synthesize(out, texture=texture, size=size, seed=seed, grayscale=grayscale, overwrite=overwrite,
+                         progress=lambda done, total: bar("synthesize", done, total))
+    for folder in folders:
+        click.echo(f"wrote {folder}")
+
+
+@cli.command()
+@click.option("--model", type=click.Choice(["patchcore"]), default="patchcore", show_default=True)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="A dataset category folder (MVTec layout), or a VisA / folder dataset.")
+@click.option("--category", default=None, help="Category inside a multi-category dataset root.")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
+@click.option("--backbone", default="tf_efficientnet_lite0", show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local backbone weights file.")
+@click.option("--image-size", type=int, default=256, show_default=True)
+@click.option("--coreset-ratio", type=float, default=0.1, show_default=True)
+@click.option("--num-neighbors", type=int, default=9, show_default=True)
+@click.option("--holdout", type=float, default=0.2, show_default=True,
+              help="Share of training normals kept out of the bank, for fitting thresholds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def train(model: str, data_dir: Path, category: Optional[str], out: Path, backbone: str, weights: Optional[Path],
+          image_size: int, coreset_ratio: float, num_neighbors: int, holdout: float, seed: int,
+          overwrite: bool) -> None:
+    """Train a model on a dataset's normal images (host only; needs edgekit[train])."""
+    from edgekit.train.patchcore import train_patchcore
+
+    run = train_patchcore(data_dir, out, backbone=backbone, weights=weights, image_size=image_size,
+                          coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, holdout=holdout, seed=seed,
+                          category=category, overwrite=overwrite, progress=_progress())
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc") if k in metrics)
+    click.echo(f"trained {model} ({backbone}, bank {run.config['bank_rows']}x{run.config['feature_dims']}) "
+               f"in {run.config['train_seconds']:.1f} s → {run.path}" + (f"; training path: {summary}" if summary else ""))
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--target", default=DEFAULT_TARGET, show_default=True, help="A name from `edgekit targets`.")
+@click.option("--precision", default=None, help="Default: the target's default precision.")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Bundle folder, or a file ending in .edgekit for the single-file form.")
+@click.option("--overwrite", is_flag=True)
+def export_cmd(run_dir: Path, target: str, precision: Optional[str], out: Path, overwrite: bool) -> None:
+    """Export a trained run to a bundle for one target."""
+    from edgekit.export.pipeline import export_run
+
+    bundle = export_run(run_dir, out, target=target, precision=precision, overwrite=overwrite, progress=_progress())
+    m = bundle.manifest
+    click.echo(f"exported {m.model} for {m.target} ({m.runtime}, {m.precision}) → {out} "
+               f"[{bundle.size_bytes() / 1e6:.2f} MB; image threshold {m.decision.image_threshold:.4g} "
+               f"fitted on {m.decision.fitted_on} held-out normals of the exported model]")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of lines.")
+@click.option("--overlay", type=click.Path(path_type=Path), default=None,
+              help="Folder for heat-map overlays (<image stem>_overlay.png).")
+def predict(bundle: Path, images: tuple[Path, ...], as_json: bool, overlay: Optional[Path]) -> None:
+    """Score images with a bundle (torch-free)."""
+    from edgekit.preprocess import read_image
+    from edgekit.runtime.detector import load
+    from edgekit.runtime.overlay import write_overlay
+
+    detector = load(bundle)
+    results = []
+    for image_path in images:
+        pixels = read_image(image_path, detector.manifest.input.channels)
+        prediction = detector.predict(pixels)
+        row = {"image": str(image_path), "score": round(prediction.score, 6), "raw_score": prediction.raw_score,
+               "is_anomalous": prediction.is_anomalous}
+        if overlay is not None:
+            row["overlay"] = str(write_overlay(pixels, prediction.anomaly_map, overlay / f"{image_path.stem}_overlay.png"))
+        results.append(row)
+        if not as_json:
+            verdict = "ANOMALOUS" if prediction.is_anomalous else "normal"
+            click.echo(f"{image_path}\t{verdict}\tscore {prediction.score:.3f}\traw {prediction.raw_score:.4f}")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--target", default=DEFAULT_TARGET, show_default=True)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Labelled dataset: adds image/pixel AUROC, PRO and F1 at the bundle's threshold.")
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs after warm-up.")
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+def profile(bundle: Path, target: str, data_dir: Optional[Path], runs: int, warmup: int, out: Path) -> None:
+    """Measure a bundle on this device: latency, cold start, memory, size, accuracy."""
+    from edgekit.profile.report import profile_bundle
+
+    result = profile_bundle(bundle, target=target, out=out, data=data_dir, runs=runs, warmup=warmup,
+                            progress=_progress())
+    click.echo((out / "profile.md").read_text())
+    click.echo(f"report: {out / 'profile.md'} and {out / 'profile.json'}")
+    return result
+
+
+@cli.command()
+def targets() -> None:
+    """List the targets this edgekit can export for."""
+    from edgekit.export.targets import all_targets
+
+    click.echo(f"{'name':<8} {'runtime':<12} {'format':<10} {'device':<7} {'precisions':<18} description")
+    for t in all_targets():
+        precisions = ",".join(p + ("*" if p == t.default_precision else "") for p in t.precisions)
+        click.echo(f"{t.name:<8} {t.runtime:<12} {t.format:<10} {t.device:<7} {precisions:<18} {t.description}")
+    click.echo("(* = default precision)")
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("edgekit-demo"), show_default=True)
+@click.option("--texture", type=click.Choice(["brick", "grass", "gravel"]), default="brick", show_default=True)
+def demo(workdir: Path, texture: str) -> None:
+    """The whole path on the embedded default data: synthesize, train, export for x86, profile."""
+    from edgekit.data.synth import synthesize
+    from edgekit.export.pipeline import export_run
+    from edgekit.profile.report import profile_bundle
+    from edgekit.train.patchcore import train_patchcore
+
+    bar = _progress()
+    click.echo(f"1/4 data: {texture} textures with synthetic defects → {workdir / 'data'}")
+    (category,) = synthesize(workdir / "data", texture=texture, overwrite=True,
+                             progress=lambda done, total: bar("synthesize", done, total))
+    click.echo("2/4 train: PatchCore, tf_efficientnet_lite0 (offline ImageNet weights)")
+    run = train_patchcore(category, workdir / "run", overwrite=True, progress=bar)
+    click.echo(f"3/4 export: x86 OpenVINO bundle → {workdir / 'bundle'}")
+    export_run(run.path, workdir / "bundle", target="x86", overwrite=True, progress=bar)
+    click.echo("4/4 profile on this machine")
+    profile_bundle(workdir / "bundle", target="x86", out=workdir / "report", data=category, progress=bar)
+    click.echo((workdir / "report" / "profile.md").read_text())
+    click.echo(f"report: {workdir / 'report' / 'profile.md'} (and profile.json)")
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    cli(prog_name="edgekit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

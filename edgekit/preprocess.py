@@ -1,0 +1,120 @@
+"""The one pre-processing: every stage that turns an image into network input calls this module.
+
+Training, threshold fitting, export calibration and the device runtime all resize and normalise
+through :func:`prepare`, so a score computed on the host equals the device's score for the same
+image. numpy + Pillow only: the device imports it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+ImageLike = Union[str, Path, np.ndarray]
+
+#: Resize algorithms a manifest may name, mapped to Pillow's resampling filters.
+RESIZE_FILTERS = {"pil-bilinear": 2, "pil-bicubic": 3, "pil-nearest": 0}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network expects, and exactly how an image becomes that."""
+
+    height: int
+    width: int
+    channels: int  # 3 = RGB, 1 = grey
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "pil-bilinear"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    name: str = "image"
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise EdgekitError(f"input channels must be 1 or 3, not {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise EdgekitError("input mean/std must have one value per channel")
+        if self.resize not in RESIZE_FILTERS:
+            raise EdgekitError(f"unknown resize {self.resize!r}; known: {sorted(RESIZE_FILTERS)}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise EdgekitError(f"unknown layout {self.layout!r}; known: NCHW, NHWC")
+
+
+def read_image(source: ImageLike, channels: int = 3) -> np.ndarray:
+    """Return an HxWxC uint8 array with ``channels`` channels from a path or an array.
+
+    Grey input for a colour model is replicated to three channels and colour input for a grey
+    model is converted with ITU-R 601-2 luma (Pillow's ``L``), so one camera fits both.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    mode = "RGB" if channels == 3 else "L"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise EdgekitError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    img = img.point(lambda v: v / 256).convert("L")
+                array = np.asarray(img.convert(mode))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise EdgekitError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    elif isinstance(source, np.ndarray):
+        array = _array_to_mode(source, mode)
+    else:
+        raise EdgekitError(f"an image must be a path or an HxWxC uint8 array, not {type(source).__name__}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array)
+
+
+def _array_to_mode(array: np.ndarray, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    if array.dtype != np.uint8:
+        raise EdgekitError(f"image arrays must be uint8 (0-255), not {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        return array if mode == "L" else np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise EdgekitError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4, not {array.shape}")
+    if array.shape[0] < 2 or array.shape[1] < 2:
+        raise EdgekitError(f"image is too small: {array.shape[1]}x{array.shape[0]}")
+    if mode == "RGB":
+        return array[:, :, :3]
+    return np.asarray(Image.fromarray(array[:, :, :3], "RGB").convert("L"))
+
+
+def resize(image: np.ndarray, height: int, width: int, method: str = "pil-bilinear") -> np.ndarray:
+    """Resize an HxWxC uint8 image with the named algorithm; returns HxWxC uint8."""
+    from PIL import Image
+
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    squeezed = image[:, :, 0] if image.shape[2] == 1 else image
+    out = np.asarray(Image.fromarray(squeezed).resize((width, height), RESIZE_FILTERS[method]))
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def prepare(images: Iterable[ImageLike], spec: InputSpec) -> np.ndarray:
+    """Images (paths or uint8 arrays) → one float32 batch in the network's layout."""
+    batch = []
+    for source in images:
+        pixels = resize(read_image(source, spec.channels), spec.height, spec.width, spec.resize)
+        batch.append(pixels)
+    if not batch:
+        raise EdgekitError("no images given")
+    stacked = np.stack(batch).astype(np.float32) / np.float32(255.0)
+    stacked -= np.asarray(spec.mean, dtype=np.float32)
+    stacked /= np.asarray(spec.std, dtype=np.float32)
+    if spec.layout == "NCHW":
+        stacked = stacked.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(stacked, dtype=np.float32)

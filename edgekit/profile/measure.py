@@ -1,0 +1,152 @@
+"""Measurements of a bundle on the machine this runs on. Every figure says how it was taken."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.progress import ProgressFn, noop
+
+_COLD_START_CHILD = r"""
+import json, resource, sys, time
+t_import = time.perf_counter()
+import edgekit
+detector = edgekit.load(sys.argv[1])
+t_loaded = time.perf_counter()
+detector.predict(sys.argv[2])
+t_first = time.perf_counter()
+for _ in range(int(sys.argv[3])):
+    detector.predict(sys.argv[2])
+print(json.dumps({"load_s": t_loaded - t_import, "first_predict_s": t_first - t_loaded,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "torch_imported": "torch" in sys.modules}), flush=True)
+"""
+
+
+def describe_device(runtime_name: str = "", runtime_version: str = "") -> dict:
+    """CPU model, cores, memory, OS and the versions of what computed the numbers."""
+    cpu = platform.processor() or platform.machine()
+    memory_gb = None
+    try:
+        fields = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+        # x86 names the CPU in "model name"; a Raspberry Pi names the board in "Model"
+        cpu = fields.get("model name") or fields.get("hardware") or fields.get("model") or cpu
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "machine": platform.machine(), "logical_cores": os.cpu_count(), "usable_cores": usable,
+            "memory_gb": memory_gb, "os": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "runtime": runtime_name, "runtime_version": runtime_version}
+
+
+def percentiles(samples_ms: list[float]) -> dict:
+    values = np.asarray(samples_ms)
+    return {"p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
+            "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean()),
+            "min_ms": float(values.min()), "max_ms": float(values.max())}
+
+
+def measure_latency(detector, image: np.ndarray, *, warmup: int = 10, runs: int = 100,
+                    progress: ProgressFn = noop) -> dict:
+    """End-to-end latency of ``predict`` on one decoded uint8 image, and its stages."""
+    from edgekit.preprocess import prepare
+
+    if runs < 1:
+        raise EdgekitError(f"--runs must be at least 1, not {runs}")
+    for _ in range(warmup):
+        detector.predict(image)
+    total, pre, net, head = [], [], [], []
+    manifest = detector.manifest
+    for i in range(runs):
+        t0 = time.perf_counter()
+        batch = prepare([image], manifest.input)
+        t1 = time.perf_counter()
+        outputs = detector.backend.infer({manifest.network.input_name: batch})
+        t2 = time.perf_counter()
+        raw = detector.head(outputs[manifest.network.output_names[0]])
+        detector.decide(*raw)
+        t3 = time.perf_counter()
+        total.append((t3 - t0) * 1e3)
+        pre.append((t1 - t0) * 1e3)
+        net.append((t2 - t1) * 1e3)
+        head.append((t3 - t2) * 1e3)
+        progress("latency", i + 1, runs)
+    result = percentiles(total)
+    result["throughput_ips"] = 1e3 / result["mean_ms"]
+    result["stages_p50_ms"] = {"preprocess": float(np.median(pre)), "network": float(np.median(net)),
+                               "head": float(np.median(head))}
+    result["method"] = (f"time.perf_counter around predict() on one decoded {image.shape[1]}x{image.shape[0]} "
+                        f"uint8 image, batch 1, {warmup} warm-up runs then {runs} timed runs, "
+                        f"threads={manifest.export.get('threads', 0) or 'runtime default'}")
+    return result
+
+
+def measure_cold_start(bundle: Path, image: Path, *, repeats: int = 3, extra_predictions: int = 20) -> dict:
+    """Fresh process → first prediction, median of ``repeats``; also the child's peak RSS."""
+    walls, children = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _COLD_START_CHILD, str(bundle), str(image),
+                               str(extra_predictions)], capture_output=True, text=True, timeout=600)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgekitError(f"cold-start process failed: {last}")
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        walls.append(wall)
+        children.append(child)
+    order = int(np.argsort(walls)[len(walls) // 2])
+    median = children[order]
+    return {"cold_start_s": float(np.median(walls)), "cold_start_runs_s": [round(w, 3) for w in walls],
+            "load_s": median["load_s"], "first_predict_s": median["first_predict_s"],
+            "peak_rss_mb": float(max(c["peak_rss_mb"] for c in children)),
+            "torch_imported": any(c["torch_imported"] for c in children),
+            "method": (f"wall time from spawning a fresh `{Path(sys.executable).name}` process to the end of its "
+                       f"first predict() (includes interpreter start and imports), median of {repeats}; peak RSS "
+                       f"= max ru_maxrss of those processes after {1 + extra_predictions} predictions")}
+
+
+def measure_accuracy(detector, dataset, *, batch_size: int = 8, progress: ProgressFn = noop) -> Optional[dict]:
+    """Image AUROC, pixel AUROC, PRO and F1 at the bundle's own threshold on a labelled test split."""
+    from edgekit.metrics import f1_at_threshold, image_auroc, pixel_auroc, pro_score
+
+    samples = list(dataset.test)
+    labels = np.array([s.label for s in samples])
+    if not samples or labels.min() == labels.max():
+        return None
+    raw_scores, decisions = [], []
+    spec = detector.manifest.input
+    masks = np.zeros((len(samples), spec.height, spec.width), dtype=bool)
+    maps = np.zeros((len(samples), spec.height, spec.width), dtype=np.float32)
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        scores, raw_maps = detector.raw([s.path for s in chunk])
+        raw_scores.extend(scores.tolist())
+        maps[start:start + len(chunk)] = raw_maps
+        for offset, sample in enumerate(chunk):
+            masks[start + offset] = dataset.read_mask(sample, spec.height, spec.width)
+        progress("accuracy", start + len(chunk), len(samples))
+    raw_scores_arr = np.asarray(raw_scores)
+    threshold = detector.manifest.decision.image_threshold
+    result = {"test_images": len(samples), "anomalous": int(labels.sum()),
+              "image_auroc": image_auroc(labels, raw_scores_arr),
+              "f1_at_threshold": f1_at_threshold(labels, raw_scores_arr, threshold),
+              "method": "raw scores of this bundle on the dataset's test split; masks resized (nearest) to the input size"}
+    if masks.any():
+        result["pixel_auroc"] = pixel_auroc(masks, maps)
+        result["pro"] = pro_score(masks, maps)
+    return result

@@ -1,0 +1,54 @@
+"""OpenVINO backend: runs an IR (``.xml`` + ``.bin``) on CPU, GPU or another OpenVINO device."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime.backends import BackendOptions
+
+try:
+    import openvino as ov
+except ImportError as _exc:  # pragma: no cover - exercised on devices without the runtime
+    raise ImportError(f"openvino is not installed: {_exc}") from None
+
+#: edgekit precision -> OpenVINO INFERENCE_PRECISION_HINT. fp32 is pinned: on CPUs with bf16 or
+#: AMX support OpenVINO otherwise computes in bf16 and scores drift from the host's.
+_PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
+
+
+class OpenVinoBackend:
+    name = "openvino"
+    version = ov.__version__
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        core = ov.Core()
+        available = core.available_devices
+        device_kind = options.device.split(".")[0].split(":")[0]
+        if device_kind not in ("AUTO", "MULTI", "HETERO") and not any(d.startswith(device_kind) for d in available):
+            raise EdgekitError(f"OpenVINO device {options.device!r} is not present on this machine "
+                               f"(available: {', '.join(available) or 'none'})")
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        if device_kind == "CPU":
+            config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS.get(options.precision, "f32")
+            if options.threads:
+                config["INFERENCE_NUM_THREADS"] = int(options.threads)
+        config.update(options.extra)
+        try:
+            model = core.read_model(str(path))
+            self._compiled = core.compile_model(model, options.device, config)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgekitError(f"OpenVINO could not load {path.name} on {options.device}: {first}") from None
+        self._request = self._compiled.create_infer_request()
+        self._outputs = [(out.get_any_name(), out) for out in self._compiled.outputs]
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._request.infer(dict(inputs))
+        return {name: np.array(results[port]) for name, port in self._outputs}
+
+
+def load(path: Path, options: BackendOptions) -> OpenVinoBackend:
+    return OpenVinoBackend(path, options)

@@ -1,0 +1,94 @@
+"""The device-side detector: bundle in, predictions out. numpy + the bundle's one runtime."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from edgekit.bundle import Bundle, Decision, load_bundle
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import ImageLike, prepare
+from edgekit.runtime.backends import Backend, BackendOptions, load_backend
+from edgekit.runtime.heads import build_head
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's verdict.
+
+    ``score`` and ``anomaly_map`` are normalised so that a typical normal image is 0.0 and the
+    bundle's threshold is 0.5 (clipped to [0, 1]); ``raw_score`` is the head's own number, which
+    is what AUROC and the thresholds are computed on. The map has the network's input size.
+    """
+
+    score: float
+    is_anomalous: bool
+    anomaly_map: np.ndarray
+    raw_score: float
+
+
+def normalise(raw: np.ndarray | float, center: float, threshold: float) -> np.ndarray:
+    """Linear map with center → 0 and threshold → 0.5, clipped to [0, 1]."""
+    span = threshold - center
+    if span <= 0:
+        span = abs(threshold) or 1.0
+    return np.clip(0.5 * (np.asarray(raw, dtype=np.float64) - center) / span, 0.0, 1.0)
+
+
+class Detector:
+    """Runs a bundle: the one pre-processing, the exported network, the numpy head, the decision."""
+
+    def __init__(self, bundle: Bundle, backend: Backend) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.backend = backend
+        spec = self.manifest.input
+        arrays = {name: bundle.array(name) for name in self.manifest.head.arrays}
+        self.head = build_head(self.manifest.head.kind, self.manifest.head.params, arrays,
+                               output_height=spec.height, output_width=spec.width)
+        self._output_name = self.manifest.network.output_names[0]
+
+    def raw(self, images: Iterable[ImageLike]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw image scores (N,) and raw anomaly maps (N, H, W) for a batch of images."""
+        batch = prepare(images, self.manifest.input)
+        outputs = self.backend.infer({self.manifest.network.input_name: batch})
+        if self._output_name not in outputs:
+            raise EdgekitError(f"the network did not produce output {self._output_name!r} "
+                               f"(it gave {sorted(outputs)})")
+        return self.head(outputs[self._output_name])
+
+    def decide(self, raw_scores: np.ndarray, raw_maps: np.ndarray) -> list[Prediction]:
+        decision: Decision = self.manifest.decision
+        scores = normalise(raw_scores, decision.image_center, decision.image_threshold)
+        maps = normalise(raw_maps, decision.pixel_center, decision.pixel_threshold).astype(np.float32)
+        return [Prediction(score=float(s), is_anomalous=bool(r > decision.image_threshold),
+                           anomaly_map=m, raw_score=float(r))
+                for s, r, m in zip(scores, raw_scores, maps)]
+
+    def predict(self, image: ImageLike) -> Prediction:
+        """Score one image: a file path or an HxW / HxWxC uint8 array."""
+        return self.decide(*self.raw([image]))[0]
+
+    def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = 8) -> list[Prediction]:
+        """Score many images, ``batch_size`` per network call."""
+        predictions: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            predictions.extend(self.decide(*self.raw(images[start:start + batch_size])))
+        return predictions
+
+
+def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None) -> Detector:
+    """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
+
+    ``device`` and ``threads`` override the manifest's target settings (e.g. ``device="GPU.1"``).
+    """
+    bundle = load_bundle(Path(path))
+    manifest = bundle.manifest
+    options = BackendOptions(device=device or manifest.device,
+                             threads=manifest.export.get("threads", 0) if threads is None else threads,
+                             precision=manifest.precision,
+                             output_names=tuple(manifest.network.output_names))
+    backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
+    return Detector(bundle, backend)

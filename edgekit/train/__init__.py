@@ -1,0 +1,1 @@
+"""Training stage (host only, needs torch): offline backbones, PatchCore and run folders."""

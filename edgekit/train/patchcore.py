@@ -1,0 +1,185 @@
+"""PatchCore on the host: the exportable embedding network, training, and training-path scoring.
+
+The network is a plain ``nn.Module`` (image → locally-aware patch embeddings); the memory bank
+and the scoring live in numpy (:class:`edgekit.runtime.heads.KnnHead`), shared with the device.
+What we do differently from anomalib's PatchCore, for deployment: the pre-processing is
+edgekit's one function, the backbone comes from the offline registry, the coreset is our fast
+numpy k-center, and normal images are held out of the bank so thresholds can be fitted later.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit import __version__
+from edgekit.compress.coreset import coreset_indices
+from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import ImageLike, InputSpec, prepare
+from edgekit.progress import ProgressFn, noop
+from edgekit.runtime.heads import KnnHead
+from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
+from edgekit.train.run import Run, RunWriter
+
+NETWORK_FILE = "network.safetensors"
+
+
+class PatchcoreNetwork(nn.Module):
+    """Backbone levels → 3×3 local average → bilinear resize to the finest level → concatenation.
+
+    Output: (N, D, h, w) patch embeddings, D = the sum of the chosen levels' channels.
+    """
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        levels = [F.avg_pool2d(level, kernel_size=3, stride=1, padding=1) for level in self.extractor(image)]
+        size = levels[0].shape[-2:]
+        resized = [levels[0]] + [F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+                                 for level in levels[1:]]
+        return torch.cat(resized, dim=1)
+
+
+def input_spec_for(backbone: str, image_size: int) -> InputSpec:
+    spec = get_backbone_spec(backbone)
+    return InputSpec(height=image_size, width=image_size, channels=3,
+                     mean=tuple(spec.mean), std=tuple(spec.std))
+
+
+def embed(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec, *, batch_size: int = 8,
+          progress: ProgressFn = noop, stage: str = "embedding") -> np.ndarray:
+    """Run the torch network on images prepared by the one pre-processing: (N, D, h, w) float32."""
+    outputs = []
+    progress(stage, 0, len(images))
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(prepare(images[start:start + batch_size], spec))
+            outputs.append(network(batch).numpy())
+            progress(stage, min(start + batch_size, len(images)), len(images))
+    return np.concatenate(outputs)
+
+
+def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: bool = True) -> PatchcoreNetwork:
+    extractor = build_feature_extractor(config["backbone"], layers=tuple(config["layers"]),
+                                        weights=weights, pretrained=pretrained)
+    return PatchcoreNetwork(extractor).eval()
+
+
+def load_network(run: Run) -> PatchcoreNetwork:
+    """Rebuild a run's network from its config and its safetensors weights (no hub, no package)."""
+    from safetensors.torch import load_file
+
+    network = build_network(dict(run.config), pretrained=False)
+    weights_path = run.path / NETWORK_FILE
+    if not weights_path.is_file():
+        raise EdgekitError(f"run {run.path}: {NETWORK_FILE} is missing")
+    network.load_state_dict(load_file(str(weights_path)), strict=True)
+    return network
+
+
+def head_for(run: Run) -> KnnHead:
+    size = int(run.config["image_size"])
+    return KnnHead(memory_bank=run.array("memory_bank"), num_neighbors=int(run.config["num_neighbors"]),
+                   output_height=size, output_width=size)
+
+
+def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None,
+              batch_size: int = 8, progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
+    """The training path's raw scores and maps: torch network + the shared numpy head."""
+    network = network or load_network(run)
+    spec = InputSpec(**{**run.config["input"], "mean": tuple(run.config["input"]["mean"]),
+                        "std": tuple(run.config["input"]["std"])})
+    embeddings = embed(network, images, spec, batch_size=batch_size, progress=progress, stage="scoring")
+    return head_for(run)(embeddings)
+
+
+def split_holdout(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of training normals into (bank indices, held-out indices)."""
+    held = max(2, int(round(count * holdout)))
+    if count - held < 2:
+        raise EdgekitError(f"need at least {held + 2} training images to hold {held} out for thresholds; found {count}")
+    order = np.random.default_rng(seed).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def train_patchcore(data: str | Path, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
+                    layers: Optional[Sequence[int]] = None, image_size: int = 256,
+                    coreset_ratio: float = 0.1, num_neighbors: int = 9, holdout: float = 0.2,
+                    seed: int = 0, weights: Optional[Path] = None, batch_size: int = 8,
+                    category: Optional[str] = None, overwrite: bool = False,
+                    progress: ProgressFn = noop) -> Run:
+    """Build a PatchCore memory bank from a dataset's normal training images and evaluate it."""
+    if not 0 < coreset_ratio <= 1:
+        raise EdgekitError(f"--coreset-ratio must be in (0, 1], not {coreset_ratio}")
+    if num_neighbors < 1:
+        raise EdgekitError(f"--num-neighbors must be at least 1, not {num_neighbors}")
+    if image_size < 32 or image_size % 8:
+        raise EdgekitError(f"--image-size must be a multiple of 8 and at least 32, not {image_size}")
+    dataset: Dataset = open_dataset(Path(data), category=category)
+    spec = get_backbone_spec(backbone)
+    layers = tuple(layers) if layers else tuple(spec.patchcore_layers)
+    writer = RunWriter(Path(out), overwrite=overwrite)
+    with writer:
+        started = time.perf_counter()
+        torch.manual_seed(seed)
+        config = {"model": "patchcore", "backbone": backbone, "layers": list(layers), "image_size": image_size,
+                  "num_neighbors": num_neighbors, "coreset_ratio": coreset_ratio, "seed": seed}
+        network = build_network(config, weights=weights)
+        input_spec = input_spec_for(backbone, image_size)
+        train_paths = [s.path for s in dataset.train]
+        bank_idx, held_idx = split_holdout(len(train_paths), holdout, seed)
+        bank_paths = [train_paths[i] for i in bank_idx]
+        embeddings = embed(network, bank_paths, input_spec, batch_size=batch_size, progress=progress)
+        patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
+        count = max(1, int(len(patches) * coreset_ratio))
+        chosen = coreset_indices(patches, count, seed=seed,
+                                 progress=lambda done, total: progress("coreset", done, total))
+        writer.save_array("memory_bank", patches[chosen])
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(writer.file(NETWORK_FILE)))
+        train_seconds = time.perf_counter() - started
+        config.update({
+            "input": {"height": image_size, "width": image_size, "channels": 3,
+                      "mean": list(input_spec.mean), "std": list(input_spec.std), "resize": input_spec.resize},
+            "feature_dims": int(patches.shape[1]), "grid": list(embeddings.shape[2:]),
+            "bank_rows": int(count), "patches_seen": int(len(patches)),
+            "dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
+            "bank_images": [str(Path(p).resolve()) for p in bank_paths],
+            "holdout_images": [str(Path(train_paths[i]).resolve()) for i in held_idx],
+            "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "train_seconds": round(train_seconds, 2),
+        })
+        run = Run(path=writer.tmp, config=config)
+        metrics = evaluate_run(run, dataset, network=network, batch_size=batch_size, progress=progress)
+        writer.save_json("metrics.json", metrics)
+        return writer.commit(config)
+
+
+def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8,
+                 progress: ProgressFn = noop) -> dict:
+    """Training-path image and pixel AUROC on the dataset's labelled test split."""
+    from edgekit.metrics import image_auroc, pixel_auroc
+
+    if not dataset.test:
+        return {"test_images": 0}
+    size = int(run.config["image_size"])
+    scores, maps = score_run(run, [s.path for s in dataset.test], network=network,
+                             batch_size=batch_size, progress=progress)
+    labels = np.array([s.label for s in dataset.test])
+    result: dict = {"test_images": len(labels), "path": "training (torch network + numpy head)"}
+    if 0 < labels.sum() < len(labels):
+        result["image_auroc"] = image_auroc(labels, scores)
+        masks = np.stack([dataset.read_mask(s, size, size) for s in dataset.test])
+        if masks.any():
+            result["pixel_auroc"] = pixel_auroc(masks, maps)
+    return result

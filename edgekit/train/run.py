@@ -1,0 +1,110 @@
+"""A training run on disk: ``run.json`` (what was trained, on what) plus tensors and arrays.
+
+Nothing in a run is pickled: network weights are safetensors, arrays are ``.npy`` read with
+``allow_pickle=False``. A run is written into a temporary folder and renamed into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+RUN_FILE = "run.json"
+RUN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished training run: its folder and its ``run.json`` contents."""
+
+    path: Path
+    config: Mapping[str, Any]
+
+    @property
+    def model(self) -> str:
+        return str(self.config["model"])
+
+    def array(self, name: str) -> np.ndarray:
+        target = self.path / f"{name}.npy"
+        if not target.is_file():
+            raise EdgekitError(f"run {self.path}: {target.name} is missing")
+        return np.load(target, allow_pickle=False)
+
+    def fingerprint(self) -> str:
+        """sha256 over every file of the run, in name order: names the source of a bundle."""
+        digest = hashlib.sha256()
+        for file in sorted(p for p in self.path.iterdir() if p.is_file()):
+            digest.update(file.name.encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+        return digest.hexdigest()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def open_run(path: str | Path) -> Run:
+    """Read a run folder, refusing one that is missing or not a run."""
+    path = Path(path)
+    config_path = path / RUN_FILE
+    if not path.is_dir():
+        raise EdgekitError(f"{path}: no such run folder")
+    if not config_path.is_file():
+        raise EdgekitError(f"{path}: not a training run (no {RUN_FILE}); make one with `edgekit train`")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgekitError(f"{config_path}: unreadable ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT or "model" not in config:
+        raise EdgekitError(f"{config_path}: not a run of this edgekit version (format {config.get('format')!r})")
+    return Run(path=path, config=config)
+
+
+class RunWriter:
+    """Collects a run's files in a temporary folder beside ``dest``; ``commit`` renames it in."""
+
+    def __init__(self, dest: Path, *, overwrite: bool = False) -> None:
+        self.dest = Path(dest)
+        if self.dest.exists() and not overwrite and (not self.dest.is_dir() or any(self.dest.iterdir())):
+            raise EdgekitError(f"{self.dest} already exists; choose another --out or pass --overwrite")
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.", dir=self.dest.parent))
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def save_array(self, name: str, array: np.ndarray) -> None:
+        np.save(self.tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+    def save_json(self, name: str, data: Mapping[str, Any]) -> None:
+        (self.tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def file(self, name: str) -> Path:
+        return self.tmp / name
+
+    def commit(self, config: Mapping[str, Any]) -> Run:
+        self.save_json(RUN_FILE, {**config, "format": RUN_FORMAT})
+        old = None
+        if self.dest.exists():
+            old = self.dest.with_name(f".{self.dest.name}.old-{os.getpid()}")
+            os.replace(self.dest, old)
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run is an ordinary folder
+        os.replace(self.tmp, self.dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return open_run(self.dest)
