@@ -1,8 +1,7 @@
 """The bundle: manifest.json + network files + head arrays (.npy) + the sha256 of each.
 
 A bundle is a folder, or the same folder as one deterministic zip file ending in ``.edgekit``.
-The manifest is a set of frozen dataclasses with a versioned, strict JSON form: everything the
-device needs to reproduce a score is in it, and nothing is guessed or unpickled. Saving writes
+The manifest schema lives in :mod:`edgekit.manifest` and is re-exported here. Saving writes
 into a temporary folder beside the destination and renames it into place; loading verifies
 every checksum and refuses unlisted files; archives are extracted with limits on member count
 and size. Standard library + numpy only: the device imports this.
@@ -12,26 +11,27 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import hashlib
-import json
-import math
 import os
+import secrets
 import shutil
 import stat
 import tempfile
-import typing
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import InputSpec
+from edgekit.manifest import (MANIFEST_NAME, SCHEMA_VERSION, Decision, HeadSpec, Manifest,
+                              NetworkSpec, check_relative_path)
 
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
+__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "NetworkSpec", "HeadSpec", "Decision", "Manifest",
+           "check_relative_path", "ARCHIVE_SUFFIX", "DEFAULT_MAX_MEMBERS", "DEFAULT_MAX_BYTES",
+           "Bundle", "sha256_file", "save_bundle", "load_bundle", "unpack_bundle", "pack_bundle"]
+
 ARCHIVE_SUFFIX = ".edgekit"
 DEFAULT_MAX_MEMBERS = 10_000
 DEFAULT_MAX_BYTES = 4 * 1024**3
@@ -40,265 +40,39 @@ _CHUNK = 1 << 20
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 
-class _FieldError(Exception):
-    def __init__(self, where: str, problem: str) -> None:
-        super().__init__(f"field '{where}' {problem}")
-
-
-def _kind(value: Any) -> str:
-    names = {bool: "a boolean", str: "a string", list: "a list", dict: "an object", type(None): "null"}
-    if type(value) in names:
-        return names[type(value)]
-    return "a number" if isinstance(value, (int, float)) else type(value).__name__
-
-
-def _json_value(value: Any, where: str) -> Any:
-    """A deep copy of ``value`` as plain JSON types (tuples → lists, numpy scalars → Python)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _FieldError(where, f"holds {value}, which JSON cannot carry")
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_json_value(item, f"{where}[{index}]") for index, item in enumerate(value)]
-    if isinstance(value, dict):
-        if not all(isinstance(key, str) for key in value):
-            raise _FieldError(where, "must have string keys")
-        return {key: _json_value(item, f"{where}.{key}") for key, item in value.items()}
-    raise _FieldError(where, f"holds {type(value).__name__}, which is not JSON")
-
-
-def check_relative_path(path: Any, where: str = "path") -> str:
-    """Refuse bundle paths that could leave the bundle: absolute, ``..``, backslashes, drives."""
-    if not isinstance(path, str) or not path:
-        raise EdgekitError(f"{where}: a bundle path must be a non-empty string, not {path!r}")
-    parts = path.split("/")
-    if "\\" in path or ":" in path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise EdgekitError(f"{where}: {path!r} is not a plain relative path inside the bundle")
-    return path
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a field type, converting JSON forms (list → tuple, int → float)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        if not isinstance(value, dict):
-            raise _FieldError(where, f"must be an object, not {_kind(value)}")
-        return _build(hint, value, where + ".")
-    if hint is Any:
-        return _json_value(value, where)
-    if hint is str:
-        if not isinstance(value, str):
-            raise _FieldError(where, f"must be a string, not {_kind(value)}")
-        return str(value)
-    if hint is int:
-        if isinstance(value, np.integer):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _FieldError(where, f"must be an integer, not {_kind(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise _FieldError(where, f"must be a number, not {_kind(value)}")
-        if not math.isfinite(value):
-            raise _FieldError(where, f"must be finite, not {value}")
-        return float(value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _FieldError(where, f"must be a list, not {_kind(value)}")
-        return tuple(_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _FieldError(where, f"must be an object, not {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise _FieldError(where, "must have string keys")
-        return {key: _coerce(item, args[1], f"{where}.{key}") for key, item in value.items()}
-    raise TypeError(f"unsupported manifest field type {hint!r}")  # a bug here, not user input
-
-
-def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    """Construct ``cls`` from a mapping that must name every field and nothing else."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in names:
-            raise _FieldError(f"{prefix}{key}", "is unknown")
-    for name in names:
-        if name not in values:
-            raise _FieldError(f"{prefix}{name}", "is missing")
-    kwargs = {name: _coerce(values[name], hints[name], prefix + name) for name in names}
-    try:
-        return cls(**kwargs)
-    except EdgekitError as exc:
-        raise _FieldError(prefix.rstrip("."), f"is invalid: {exc}") from None
-
-
-def _normalise(instance: Any) -> None:
-    """__post_init__ of the contract dataclasses: validate and convert every field in place."""
-    hints = typing.get_type_hints(type(instance))
-    try:
-        for f in dataclasses.fields(instance):
-            where = f"{type(instance).__name__}.{f.name}"
-            converted = _coerce(getattr(instance, f.name), hints[f.name], where)
-            object.__setattr__(instance, f.name, converted)
-    except _FieldError as exc:
-        raise EdgekitError(str(exc)) from None
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """The exported network: its format, its files (files[0] is what the runtime opens), I/O names."""
-
-    format: str
-    files: tuple[str, ...]
-    input_name: str
-    output_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        _normalise(self)
-        if not self.files or not self.output_names:
-            raise EdgekitError("network.files and network.output_names must not be empty")
-        for index, path in enumerate(self.files):
-            check_relative_path(path, f"network.files[{index}]")
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """The numpy head: its kind, JSON parameters and array name → relative .npy path."""
-
-    kind: str
-    params: dict[str, Any]
-    arrays: dict[str, str]
-
-    def __post_init__(self) -> None:
-        _normalise(self)
-        for name, path in self.arrays.items():
-            check_relative_path(path, f"head.arrays.{name}")
-            if not path.endswith(".npy"):
-                raise EdgekitError(f"head.arrays.{name}: {path!r} must be a .npy file")
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Thresholds and normalisation, fitted on the exported model; ``raw > threshold`` is anomalous.
-
-    Normalised scores map a centre (raw score of a typical normal image) to 0.0 and the
-    threshold to 0.5.
-    """
-
-    image_threshold: float  # on the raw image score
-    pixel_threshold: float  # on raw anomaly-map values
-    image_center: float
-    pixel_center: float
-    method: str  # how they were fitted, in words
-    fitted_on: int  # number of held-out normal images used
-
-    def __post_init__(self) -> None:
-        _normalise(self)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """Everything a device needs to reproduce a score; ``files`` maps path → sha256 hex."""
-
-    schema_version: int
-    edgekit_version: str
-    model: str  # "patchcore", ...
-    backbone: str
-    target: str  # "x86", "rpi4", ...
-    runtime: str  # "openvino" | "onnxruntime" | "litert" | "fake"
-    device: str  # "CPU", "GPU", ...
-    precision: str  # "fp32" | "fp16" | "int8"
-    input: InputSpec
-    network: NetworkSpec
-    head: HeadSpec
-    decision: Decision
-    source: dict[str, Any]  # training-run fingerprint, dataset, created time, ...
-    export: dict[str, Any]  # what the export did: precision, recipe, calibration count, ...
-    files: dict[str, str] = field(default_factory=dict)  # every file but manifest.json → sha256
-
-    def __post_init__(self) -> None:
-        _normalise(self)
-        for path, digest in self.files.items():
-            check_relative_path(path, "files")
-            if path == MANIFEST_NAME:
-                raise EdgekitError(f"files: {MANIFEST_NAME} cannot list itself")
-            if len(digest) != 64 or digest.strip("0123456789abcdef"):
-                raise EdgekitError(f"files.{path}: {digest!r} is not a sha256 hex digest")
-
-    def to_json(self) -> str:
-        """The manifest as JSON: sorted keys, indent 2, floats written with repr (exact)."""
-        plain = dataclasses.asdict(self)
-        return json.dumps(_json_value(plain, "manifest"), sort_keys=True, indent=2,
-                          allow_nan=False) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = MANIFEST_NAME) -> "Manifest":
-        """Parse strictly: invalid JSON, missing/unknown/mistyped fields, unknown schema → error."""
-
-        def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            result = dict(pairs)
-            if len(result) != len(pairs):
-                twice = next(key for key, _ in pairs if [k for k, _ in pairs].count(key) > 1)
-                raise EdgekitError(f"{source}: key '{twice}' appears twice")
-            return result
-
-        def no_constants(name: str) -> Any:
-            raise EdgekitError(f"{source}: {name} is not valid JSON")
-
-        try:
-            data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
-            raise EdgekitError(f"{source}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise EdgekitError(f"{source}: must hold a JSON object, not {_kind(data)}")
-        version = data.get("schema_version")
-        if "schema_version" not in data:
-            raise EdgekitError(f"{source}: field 'schema_version' is missing")
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise EdgekitError(f"{source}: field 'schema_version' must be an integer")
-        if version > SCHEMA_VERSION:
-            raise EdgekitError(f"{source}: schema_version {version} is newer than this edgekit "
-                               f"understands ({SCHEMA_VERSION}); upgrade edgekit")
-        if version != SCHEMA_VERSION:
-            raise EdgekitError(f"{source}: unknown schema_version {version}")
-        try:
-            return _build(cls, data, "")
-        except _FieldError as exc:
-            raise EdgekitError(f"{source}: {exc}") from None
-
-
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle on disk. ``root`` is the folder (a private temp copy for archives)."""
+    """A verified bundle on disk.
+
+    ``root`` is the folder read from (a private temp copy for archives); ``origin`` is the path
+    the user gave, the folder or the ``.edgekit`` file (default ``root``): messages name it.
+    """
 
     root: Path
     manifest: Manifest
+    origin: Optional[Path] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origin", Path(self.root if self.origin is None else self.origin))
 
     def path(self, relative: str) -> Path:
         """The absolute path of a listed bundle file."""
-        check_relative_path(relative, f"bundle {self.root}")
+        check_relative_path(relative, f"bundle {self.origin}")
         if relative != MANIFEST_NAME and relative not in self.manifest.files:
-            raise EdgekitError(f"bundle {self.root} has no file {relative!r}")
+            raise EdgekitError(f"bundle {self.origin} has no file {relative!r}")
         return self.root / relative
 
     def array(self, name: str) -> np.ndarray:
         """Load the head array ``name``; never unpickles."""
         if name not in self.manifest.head.arrays:
-            raise EdgekitError(f"bundle {self.root} has no head array {name!r}; "
+            raise EdgekitError(f"bundle {self.origin} has no head array {name!r}; "
                                f"it has {sorted(self.manifest.head.arrays)}")
         path = self.path(self.manifest.head.arrays[name])
         try:
             return np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            raise EdgekitError(f"bundle {self.root}: head array {name!r} cannot be loaded without "
-                               f"pickle or is damaged ({exc})") from None
+            raise EdgekitError(f"bundle {self.origin}: head array {name!r} cannot be loaded "
+                               f"without pickle or is damaged ({exc})") from None
 
     def size_bytes(self) -> int:
         """Bytes of every file in the bundle, manifest included."""
@@ -315,8 +89,12 @@ def sha256_file(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def _verify(root: Path, name: str) -> Bundle:
-    """Parse the manifest and prove every listed file is present, intact and alone."""
+def _verify(root: Path, origin: Path) -> Bundle:
+    """Parse the manifest and prove every listed file is present, intact and alone.
+
+    ``root`` is the folder on disk; ``origin`` is what the user named, used in every message.
+    """
+    name = str(origin)
     manifest_path = root / MANIFEST_NAME
     if manifest_path.is_symlink() or not manifest_path.is_file():
         raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
@@ -351,7 +129,7 @@ def _verify(root: Path, name: str) -> Bundle:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
         if sha256_file(full) != expected:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
-    return Bundle(root=root, manifest=manifest)
+    return Bundle(root=root, manifest=manifest, origin=origin)
 
 
 def _is_bundle(path: Path) -> bool:
@@ -361,12 +139,22 @@ def _is_bundle(path: Path) -> bool:
 
 
 def _temp_beside(dest: Path, *, folder: bool) -> Path:
-    prefix, suffix = f".{dest.name}.", ".partial"
-    if folder:
-        return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dest.parent))
-    handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dest.parent)
-    os.close(handle)
-    return Path(name)
+    """A new, uniquely named ``.partial`` folder or empty file beside ``dest``.
+
+    Made with mode 0o777/0o666 so the umask applies as to any folder or file the user creates:
+    ``mkdtemp``/``mkstemp`` would give 0o700/0o600, and the rename would keep it.
+    """
+    for _ in range(1000):
+        candidate = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.partial"
+        try:
+            if folder:
+                os.mkdir(candidate, 0o777)
+            else:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name beside {dest}")
 
 
 def _remove(path: Path) -> None:
@@ -539,13 +327,13 @@ def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
     """Open and verify a bundle folder or ``.edgekit`` archive (extracted to a private temp dir)."""
     path = Path(path)
     if path.is_dir():
-        return _verify(path, str(path))
+        return _verify(path, path)
     if not path.is_file() or not zipfile.is_zipfile(path):
         raise EdgekitError(f"{path} is neither a bundle folder nor a {ARCHIVE_SUFFIX} archive")
     root = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
     try:
         _extract(path, root, max_members=max_members, max_bytes=max_bytes)
-        bundle = _verify(root, str(path))
+        bundle = _verify(root, path)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -564,7 +352,7 @@ def unpack_bundle(archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_M
     staged = _temp_beside(dest, folder=True)
     try:
         _extract(archive, staged, max_members=max_members, max_bytes=max_bytes)
-        _verify(staged, str(archive))
+        _verify(staged, archive)
         _place(staged, dest, overwrite=False)
     except OSError as exc:
         raise EdgekitError(f"could not unpack {archive} to {dest}: {exc}") from None
@@ -578,7 +366,7 @@ def pack_bundle(folder: Path, archive: Path, *, overwrite: bool = False) -> Path
     folder, archive = Path(folder), Path(archive)
     if not folder.is_dir():
         raise EdgekitError(f"{folder} is not a bundle folder")
-    bundle = _verify(folder, str(folder))
+    bundle = _verify(folder, folder)
     _check_dest(archive, overwrite=overwrite, folder=False)
     archive.parent.mkdir(parents=True, exist_ok=True)
     staged = _temp_beside(archive, folder=False)

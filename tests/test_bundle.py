@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import stat
 import tempfile
 import zipfile
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 
 import edgekit.bundle as bundle_module
-from edgekit.bundle import (SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec, load_bundle,
-                            pack_bundle, save_bundle, sha256_file, unpack_bundle)
+from edgekit.bundle import (SCHEMA_VERSION, Bundle, Decision, HeadSpec, Manifest, NetworkSpec,
+                            load_bundle, pack_bundle, save_bundle, sha256_file, unpack_bundle)
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec
 
@@ -200,6 +201,52 @@ def test_array_never_unpickles_even_with_a_matching_checksum(tmp_path: Path) -> 
     loaded = load_bundle(dest)  # checksums agree, so the bundle itself verifies
     with pytest.raises(EdgekitError, match="cannot be loaded without pickle"):
         loaded.array("memory_bank")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_saved_bundles_get_the_ordinary_mode_for_the_umask(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        folder = save_tiny(tmp_path / "bundle")
+        archive = save_tiny(tmp_path / "tiny.edgekit")
+        packed = pack_bundle(folder, tmp_path / "packed.edgekit")
+        unpacked = unpack_bundle(archive, tmp_path / "unpacked")
+    finally:
+        os.umask(previous)
+    dir_mode, file_mode = 0o777 & ~umask, 0o666 & ~umask
+    for made in (folder, unpacked):
+        assert stat.S_IMODE(made.stat().st_mode) == dir_mode  # mkdtemp would have given 0o700
+        assert stat.S_IMODE((made / "head").stat().st_mode) == dir_mode
+        assert stat.S_IMODE((made / "model.bin").stat().st_mode) == file_mode
+        assert stat.S_IMODE((made / "manifest.json").stat().st_mode) == file_mode
+    for made in (archive, packed):
+        assert stat.S_IMODE(made.stat().st_mode) == file_mode  # mkstemp would have given 0o600
+
+
+def test_errors_from_a_loaded_archive_name_the_archive_not_its_temp_copy(
+        tmp_path: Path, private_temp: Path) -> None:
+    archive = save_tiny(tmp_path / "tiny.edgekit")
+    loaded = load_bundle(archive)
+    assert loaded.origin == archive and loaded.root.parent == private_temp
+    with pytest.raises(EdgekitError, match="has no file 'missing.bin'") as missing:
+        loaded.path("missing.bin")
+    with pytest.raises(EdgekitError, match="has no head array 'coreset'") as no_array:
+        loaded.array("coreset")
+    (loaded.root / "head" / "memory_bank.npy").write_bytes(b"not an npy file")
+    with pytest.raises(EdgekitError, match="cannot be loaded without pickle") as damaged:
+        loaded.array("memory_bank")
+    for caught in (missing, no_array, damaged):
+        assert str(caught.value).startswith(f"bundle {archive}")
+        assert str(private_temp) not in str(caught.value)
+
+
+def test_bundle_origin_is_the_folder_given_and_defaults_to_root(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path / "bundle")
+    assert load_bundle(folder).origin == folder
+    direct = Bundle(tmp_path / "bundle", make_manifest())  # the two-argument form still works
+    assert direct.origin == direct.root == tmp_path / "bundle"
+    assert Bundle(folder, make_manifest(), origin=str(tmp_path / "b.edgekit")).origin == \
+        tmp_path / "b.edgekit"
 
 
 def test_save_refuses_incomplete_bundles_and_unsafe_paths(tmp_path: Path) -> None:

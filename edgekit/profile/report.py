@@ -32,7 +32,7 @@ def profile_bundle(bundle_path: str | Path, *, target: str, out: str | Path, dat
     machine = platform.machine()
     allowed = _HOST_MACHINES.get(spec.runtime)
     if allowed is not None and machine not in allowed:
-        raise EdgekitError(f"this machine is {machine}, not a {spec.name} device; run `edgekit profile` on the device")
+        raise EdgekitError(f"this machine is {machine}, which cannot run target {spec.name!r}; run `edgekit profile` on the device itself")
     detector = load(bundle_path)
     manifest = detector.manifest
     if manifest.target != spec.name:
