@@ -103,9 +103,11 @@ def train(model: str, data_dir: Path, category: Optional[str], out: Path, backbo
 @click.option("--overwrite", is_flag=True)
 def export_cmd(run_dir: Path, target: str, precision: Optional[str], out: Path, overwrite: bool) -> None:
     """Export a trained run to a bundle for one target."""
+    from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
 
-    bundle = export_run(run_dir, out, target=target, precision=precision, overwrite=overwrite, progress=_progress())
+    options = ExportOptions(precision=precision)
+    bundle = export_run(run_dir, out, target=target, options=options, overwrite=overwrite, progress=_progress())
     m = bundle.manifest
     click.echo(f"exported {m.model} for {m.target} ({m.runtime}, {m.precision}) → {out} "
                f"[{bundle.size_bytes() / 1e6:.2f} MB; image threshold {m.decision.image_threshold:.4g} "

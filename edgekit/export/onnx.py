@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.export.job import Converted, ExportJob
 
 OPSET = 17
 
@@ -27,13 +30,17 @@ def torch_to_onnx(module, example, path: Path, *, input_name: str, output_names:
     return Path(path)
 
 
-def onnx_to_onnx(onnx_path: Path, out_dir: Path) -> list[Path]:
-    """The ONNX format needs no conversion: copy the checked model into place."""
+def convert(job: "ExportJob") -> "Converted":
+    """The ONNX format: the float model as it is (fp32)."""
     import shutil
 
     import onnx
 
-    onnx.checker.check_model(str(onnx_path))
-    target = Path(out_dir) / "model.onnx"
-    shutil.copyfile(onnx_path, target)
-    return [target]
+    from edgekit.export.job import Converted
+
+    if job.precision != "fp32":
+        raise EdgekitError(f"ONNX export offers fp32 here, not {job.precision}")
+    onnx.checker.check_model(str(job.onnx_path))
+    target = Path(job.out_dir) / "model.onnx"
+    shutil.copyfile(job.onnx_path, target)
+    return Converted(files=[target], notes={"converter": f"torch.onnx (TorchScript) opset {OPSET}"})

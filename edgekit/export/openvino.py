@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.export.job import Converted, ExportJob
 
 
 def onnx_to_openvino(onnx_path: Path, out_dir: Path, *, compress_to_fp16: bool = False) -> list[Path]:
@@ -23,3 +27,13 @@ def onnx_to_openvino(onnx_path: Path, out_dir: Path, *, compress_to_fp16: bool =
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgekitError(f"OpenVINO conversion failed: {first}") from None
     return [xml, xml.with_suffix(".bin")]
+
+
+def convert(job: "ExportJob") -> "Converted":
+    """The OpenVINO format at the job's precision."""
+    from edgekit.export.job import Converted
+
+    if job.precision != "fp32":
+        raise EdgekitError(f"OpenVINO export offers fp32 here, not {job.precision}")
+    files = onnx_to_openvino(job.onnx_path, job.out_dir, compress_to_fp16=False)
+    return Converted(files=files, notes={"converter": "openvino.convert_model from ONNX, fp32 weights"})

@@ -1,7 +1,8 @@
 """``edgekit export``: a training run → a bundle for one target.
 
-1. the run's torch network → ONNX → the target's format (the FORMATS table);
-2. head arrays (the memory bank) written as .npy;
+1. the model family says what is network and what is head data (FAMILIES);
+2. the network goes torch → ONNX → the target's format at the chosen precision (FORMATS), with
+   calibration data drawn from training normals only;
 3. a provisional bundle is loaded with the device runtime itself and run on the held-out normal
    images, and the thresholds and normalisation are fitted on those raw scores;
 4. the final bundle is written atomically.
@@ -16,22 +17,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+
 from edgekit import __version__
-from edgekit.bundle import Bundle, Decision, HeadSpec, Manifest, NetworkSpec, SCHEMA_VERSION, load_bundle, save_bundle
+from edgekit.bundle import Bundle, Decision, Manifest, NetworkSpec, SCHEMA_VERSION, load_bundle, save_bundle
 from edgekit.errors import EdgekitError
-from edgekit.export.onnx import onnx_to_onnx, torch_to_onnx
-from edgekit.export.openvino import onnx_to_openvino
+from edgekit.export import onnx as onnx_format
+from edgekit.export import openvino as openvino_format
+from edgekit.export.job import Converted, ExportJob, ExportOptions
+from edgekit.export.patchcore import FamilyParts, patchcore_parts
 from edgekit.export.targets import Target, get_target
-from edgekit.preprocess import InputSpec
+from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.resources import read_toml
 from edgekit.runtime.decision import fit_decision
 from edgekit.train.run import Run, open_run
 
-#: format name -> converter from the ONNX file into a folder; returns the files, main file first.
-FORMATS: dict[str, Callable[[Path, Path], list[Path]]] = {
-    "openvino": onnx_to_openvino,
-    "onnx": onnx_to_onnx,
+#: format name -> converter (one module per format).
+FORMATS: dict[str, Callable[[ExportJob], Converted]] = {
+    "openvino": openvino_format.convert,
+    "onnx": onnx_format.convert,
+}
+
+#: model family -> what goes into the network and what into the head.
+FAMILIES: dict[str, Callable[[Run, ExportOptions], FamilyParts]] = {
+    "patchcore": patchcore_parts,
 }
 
 INPUT_NAME = "image"
@@ -40,30 +50,27 @@ _PLACEHOLDER = Decision(image_threshold=0.0, pixel_threshold=0.0, image_center=0
                         method="provisional, replaced before the bundle is written", fitted_on=0)
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86", precision: Optional[str] = None,
-               overwrite: bool = False, progress: ProgressFn = noop) -> Bundle:
+def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
+               options: ExportOptions = ExportOptions(), overwrite: bool = False,
+               progress: ProgressFn = noop) -> Bundle:
     """Export a training run for ``target``; returns the verified, loaded bundle."""
     run = open_run(run_dir)
     spec = get_target(target)
-    precision = precision or spec.default_precision
+    precision = options.precision or spec.default_precision
     if precision not in spec.precisions:
         raise EdgekitError(f"target {spec.name} offers precisions {', '.join(spec.precisions)}, not {precision!r}")
     if spec.format not in FORMATS:
         raise EdgekitError(f"target {spec.name}: format {spec.format!r} cannot be exported by this edgekit")
-    if run.model != "patchcore":
+    if run.model not in FAMILIES:
         raise EdgekitError(f"run {run.path}: exporting model {run.model!r} is not supported yet")
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgekitError(f"{out} already exists; choose another --out or pass --overwrite")
-    holdout = [Path(p) for p in run.config["holdout_images"]]
-    missing = [p for p in holdout if not p.is_file()]
-    if missing:
-        raise EdgekitError(f"held-out normal image {missing[0]} of run {run.path} is gone; "
-                           "thresholds are fitted on them, so restore the dataset or re-train")
+    holdout = _existing(run, "holdout_images", "thresholds are fitted on them")
     started = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=".edgekit-export-"))
     try:
-        manifest, files, arrays = _build(run, spec, precision, staging, progress)
+        manifest, files, arrays = _build(run, spec, precision, options, staging, progress)
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
         decision = _fit_on_exported(provisional, holdout, progress)
         manifest = replace(manifest, decision=decision,
@@ -74,49 +81,63 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86", pre
     return load_bundle(out)
 
 
-def _build(run: Run, spec: Target, precision: str, staging: Path, progress: ProgressFn):
+def _existing(run: Run, key: str, why: str) -> list[Path]:
+    paths = [Path(p) for p in run.config[key]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise EdgekitError(f"image {missing[0]} of run {run.path} is gone ({why}); restore the dataset or re-train")
+    return paths
+
+
+def _input_spec(run: Run, target: Target) -> InputSpec:
+    cfg = run.config["input"]
+    return InputSpec(height=cfg["height"], width=cfg["width"], channels=cfg["channels"], mean=tuple(cfg["mean"]),
+                     std=tuple(cfg["std"]), resize=cfg["resize"], layout=target.layout, name=INPUT_NAME)
+
+
+def _build(run: Run, spec: Target, precision: str, options: ExportOptions, staging: Path, progress: ProgressFn):
     import torch
 
-    from edgekit.train.patchcore import load_network
+    from edgekit.export.onnx import OPSET, torch_to_onnx
 
     progress("export network", 0, 2)
-    config = run.config
-    network = load_network(run)
-    size = int(config["image_size"])
-    example = torch.zeros(1, 3, size, size)
-    onnx_path = torch_to_onnx(network, example, staging / "network.onnx", input_name=INPUT_NAME,
+    recipe = read_toml("calibration", run.model)
+    parts = FAMILIES[run.model](run, options)
+    input_spec = _input_spec(run, spec)
+    example = torch.zeros(1, input_spec.channels, input_spec.height, input_spec.width)
+    onnx_path = torch_to_onnx(parts.network, example, staging / "network.onnx", input_name=INPUT_NAME,
                               output_names=(OUTPUT_NAME,))
     progress("export network", 1, 2)
     format_dir = staging / "format"
     format_dir.mkdir()
-    produced = FORMATS[spec.format](onnx_path, format_dir)
+    float_spec = replace(input_spec, layout="NCHW")  # the torch/ONNX graph is NCHW
+    calibration = validation = np.zeros((0,), np.float32)
+    if precision != "fp32":  # only quantizers need data; never test images
+        wanted = options.calibration_images or int(recipe.get("subset_size", 300))
+        calibration = prepare(_existing(run, "bank_images", "calibration uses them")[:wanted], float_spec)
+        validation = prepare(_existing(run, "holdout_images", "validation uses them"), float_spec)
+    job = ExportJob(target=spec, precision=precision, network=parts.network, example=example, onnx_path=onnx_path,
+                    input_name=INPUT_NAME, output_names=(OUTPUT_NAME,), calibration=calibration,
+                    validation=validation, recipe=recipe, options=options, out_dir=format_dir)
+    converted = FORMATS[spec.format](job)
     progress("export network", 2, 2)
-    files = {p.name: p for p in produced}
-    arrays = {"head/memory_bank.npy": run.array("memory_bank")}
-    recipe = read_toml("calibration", run.model)
-    input_cfg = config["input"]
+    files = {p.name: p for p in converted.files}
+    config = run.config
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, edgekit_version=__version__, model=run.model,
         backbone=config["backbone"], target=spec.name, runtime=spec.runtime, device=spec.device,
-        precision=precision,
-        input=InputSpec(height=input_cfg["height"], width=input_cfg["width"], channels=input_cfg["channels"],
-                        mean=tuple(input_cfg["mean"]), std=tuple(input_cfg["std"]), resize=input_cfg["resize"],
-                        layout=spec.layout, name=INPUT_NAME),
-        network=NetworkSpec(format=spec.format, files=tuple(p.name for p in produced), input_name=INPUT_NAME,
+        precision=precision, input=input_spec,
+        network=NetworkSpec(format=spec.format, files=tuple(p.name for p in converted.files), input_name=INPUT_NAME,
                             output_names=(OUTPUT_NAME,)),
-        head=HeadSpec(kind="knn", params={"num_neighbors": int(config["num_neighbors"]), "blur_sigma": 4.0},
-                      arrays={"memory_bank": "head/memory_bank.npy"}),
-        decision=_PLACEHOLDER,
+        head=parts.head, decision=_PLACEHOLDER,
         source={"run": str(run.path.resolve()), "run_fingerprint": run.fingerprint(),
-                "dataset": config["dataset"], "bank_rows": config["bank_rows"],
-                "feature_dims": config["feature_dims"], "layers": config["layers"]},
+                "dataset": config["dataset"], "layers": config["layers"]},
         export={"precision": precision, "recipe": f"calibration/{run.model}.toml", "recipe_values": recipe,
-                "onnx_opset": 17, "threads": spec.threads, "float_ops": "all (fp32 network, numpy head)",
+                "onnx_opset": OPSET, "threads": spec.threads, "calibration_images": int(len(calibration)),
+                **parts.notes, **converted.notes,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     )
-    return manifest, files, arrays
-
-
+    return manifest, files, parts.arrays
 def _fit_on_exported(provisional: Path, holdout: list[Path], progress: ProgressFn) -> Decision:
     from edgekit.runtime.detector import load
 
@@ -128,6 +149,4 @@ def _fit_on_exported(provisional: Path, holdout: list[Path], progress: ProgressF
         scores.append(batch_scores)
         maps.append(batch_maps)
         progress("fit thresholds", min(start + 8, len(holdout)), len(holdout))
-    import numpy as np
-
     return fit_decision(np.concatenate(scores), np.concatenate(maps))

@@ -1,0 +1,48 @@
+"""What every format converter receives and returns: one small, explicit contract.
+
+A converter is ``convert(job: ExportJob) -> Converted``, one file per format (openvino.py,
+onnx.py, ...), registered by name in ``FORMATS`` in pipeline.py. It writes into ``job.out_dir``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from edgekit.export.targets import Target
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The user's export choices; None means "the target's / recipe's default"."""
+
+    precision: Optional[str] = None
+    calibration_images: Optional[int] = None  # how many training normals to calibrate on
+    max_drop: Optional[float] = None           # accuracy-controlled quantization: allowed metric drop
+    bank_dims: Optional[str] = None            # PatchCore: "full", "auto" or an integer as text
+    bank_dtype: Optional[str] = None           # PatchCore: float32 | float16 | int8
+    bank_size: Optional[int] = None            # PatchCore: re-select the bank down to this many rows
+
+
+@dataclass
+class ExportJob:
+    target: Target
+    precision: str
+    network: Any                  # the float torch.nn.Module, eval mode
+    example: Any                  # torch.Tensor (1, C, H, W)
+    onnx_path: Path               # float ONNX of ``network`` (opset 17, dynamic batch)
+    input_name: str
+    output_names: tuple[str, ...]
+    calibration: np.ndarray       # prepared batch of TRAINING normals (bank images), never test images
+    validation: np.ndarray        # prepared held-out normals (for accuracy-controlled quantization)
+    recipe: dict[str, Any]        # calibration/<family>.toml
+    options: ExportOptions
+    out_dir: Path
+
+
+@dataclass
+class Converted:
+    files: list[Path]                              # main file first (what the runtime opens)
+    notes: dict[str, Any] = field(default_factory=dict)  # goes into manifest.export
