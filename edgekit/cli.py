@@ -97,19 +97,30 @@ def train(model: str, data_dir: Path, category: Optional[str], out: Path, backbo
 @cli.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="A name from `edgekit targets`.")
-@click.option("--precision", default=None, help="Default: the target's default precision.")
+@click.option("--format", "format_name", default=None, help="One of the target's formats (default: its first choice).")
+@click.option("--precision", default=None, help="fp32, fp16 or int8, as the target allows (default: the target's).")
+@click.option("--calibration-images", type=int, default=None,
+              help="Training normals to calibrate a quantized model on (default: the model family's recipe).")
+@click.option("--max-drop", type=float, default=None, help="Accuracy-controlled quantization: allowed drop.")
+@click.option("--bank-dims", default=None, help="PatchCore bank dimensions: 32|64|128|256|full|auto.")
+@click.option("--bank-dtype", type=click.Choice(["float32", "float16", "int8"]), default=None,
+              help="PatchCore bank storage type.")
+@click.option("--bank-size", type=int, default=None, help="PatchCore: re-select the bank down to N rows.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="Bundle folder, or a file ending in .edgekit for the single-file form.")
 @click.option("--overwrite", is_flag=True)
-def export_cmd(run_dir: Path, target: str, precision: Optional[str], out: Path, overwrite: bool) -> None:
+def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision: Optional[str],
+               calibration_images: Optional[int], max_drop: Optional[float], bank_dims: Optional[str],
+               bank_dtype: Optional[str], bank_size: Optional[int], out: Path, overwrite: bool) -> None:
     """Export a trained run to a bundle for one target."""
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
 
-    options = ExportOptions(precision=precision)
+    options = ExportOptions(format=format_name, precision=precision, calibration_images=calibration_images,
+                            max_drop=max_drop, bank_dims=bank_dims, bank_dtype=bank_dtype, bank_size=bank_size)
     bundle = export_run(run_dir, out, target=target, options=options, overwrite=overwrite, progress=_progress())
     m = bundle.manifest
-    click.echo(f"exported {m.model} for {m.target} ({m.runtime}, {m.precision}) → {out} "
+    click.echo(f"exported {m.model} for {m.target} ({m.network.format} on {m.runtime}, {m.precision}) → {out} "
                f"[{bundle.size_bytes() / 1e6:.2f} MB; image threshold {m.decision.image_threshold:.4g} "
                f"fitted on {m.decision.fitted_on} held-out normals of the exported model]")
 
@@ -167,11 +178,14 @@ def targets() -> None:
     """List the targets this edgekit can export for."""
     from edgekit.export.targets import all_targets
 
-    click.echo(f"{'name':<8} {'runtime':<12} {'format':<10} {'device':<7} {'precisions':<18} description")
+    click.echo(f"{'name':<8} {'format':<10} {'runtime':<12} {'device':<7} {'precisions':<18} description")
     for t in all_targets():
-        precisions = ",".join(p + ("*" if p == t.default_precision else "") for p in t.precisions)
-        click.echo(f"{t.name:<8} {t.runtime:<12} {t.format:<10} {t.device:<7} {precisions:<18} {t.description}")
-    click.echo("(* = default precision)")
+        for fmt in t.formats.values():
+            precisions = ",".join(p + ("*" if p == fmt.default_precision else "") for p in fmt.precisions)
+            marker = "" if fmt.name == t.default_format else "  (alternative format)"
+            click.echo(f"{t.name:<8} {fmt.name:<10} {fmt.runtime:<12} {t.device:<7} {precisions:<18} "
+                       f"{t.description}{marker}")
+    click.echo("(* = default precision; the first row of a target is its default format)")
 
 
 @cli.command()

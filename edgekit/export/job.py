@@ -11,13 +11,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgekit.export.targets import Target
+from edgekit.export.targets import FormatSpec, Target
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     """The user's export choices; None means "the target's / recipe's default"."""
 
+    format: Optional[str] = None               # one of the target's formats (default: its default_format)
     precision: Optional[str] = None
     calibration_images: Optional[int] = None  # how many training normals to calibrate on
     max_drop: Optional[float] = None           # accuracy-controlled quantization: allowed metric drop
@@ -29,6 +30,7 @@ class ExportOptions:
 @dataclass
 class ExportJob:
     target: Target
+    format: FormatSpec
     precision: str
     network: Any                  # the float torch.nn.Module, eval mode
     example: Any                  # torch.Tensor (1, C, H, W)

@@ -26,7 +26,7 @@ from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export.job import Converted, ExportJob, ExportOptions
 from edgekit.export.patchcore import FamilyParts, patchcore_parts
-from edgekit.export.targets import Target, get_target
+from edgekit.export.targets import FormatSpec, Target, get_target
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.resources import read_toml
@@ -56,11 +56,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
     """Export a training run for ``target``; returns the verified, loaded bundle."""
     run = open_run(run_dir)
     spec = get_target(target)
-    precision = options.precision or spec.default_precision
-    if precision not in spec.precisions:
-        raise EdgekitError(f"target {spec.name} offers precisions {', '.join(spec.precisions)}, not {precision!r}")
-    if spec.format not in FORMATS:
-        raise EdgekitError(f"target {spec.name}: format {spec.format!r} cannot be exported by this edgekit")
+    fmt = spec.format_spec(options.format)
+    precision = options.precision or fmt.default_precision
+    if precision not in fmt.precisions:
+        raise EdgekitError(f"target {spec.name} ({fmt.name}) offers precisions {', '.join(fmt.precisions)}, "
+                           f"not {precision!r}")
+    if fmt.name not in FORMATS:
+        raise EdgekitError(f"target {spec.name}: format {fmt.name!r} cannot be exported by this edgekit")
     if run.model not in FAMILIES:
         raise EdgekitError(f"run {run.path}: exporting model {run.model!r} is not supported yet")
     out = Path(out)
@@ -70,7 +72,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
     started = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=".edgekit-export-"))
     try:
-        manifest, files, arrays = _build(run, spec, precision, options, staging, progress)
+        manifest, files, arrays = _build(run, spec, fmt, precision, options, staging, progress)
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
         decision = _fit_on_exported(provisional, holdout, progress)
         manifest = replace(manifest, decision=decision,
@@ -89,13 +91,14 @@ def _existing(run: Run, key: str, why: str) -> list[Path]:
     return paths
 
 
-def _input_spec(run: Run, target: Target) -> InputSpec:
+def _input_spec(run: Run, fmt: FormatSpec) -> InputSpec:
     cfg = run.config["input"]
     return InputSpec(height=cfg["height"], width=cfg["width"], channels=cfg["channels"], mean=tuple(cfg["mean"]),
-                     std=tuple(cfg["std"]), resize=cfg["resize"], layout=target.layout, name=INPUT_NAME)
+                     std=tuple(cfg["std"]), resize=cfg["resize"], layout=fmt.layout, name=INPUT_NAME)
 
 
-def _build(run: Run, spec: Target, precision: str, options: ExportOptions, staging: Path, progress: ProgressFn):
+def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: ExportOptions, staging: Path,
+           progress: ProgressFn):
     import torch
 
     from edgekit.export.onnx import OPSET, torch_to_onnx
@@ -103,7 +106,7 @@ def _build(run: Run, spec: Target, precision: str, options: ExportOptions, stagi
     progress("export network", 0, 2)
     recipe = read_toml("calibration", run.model)
     parts = FAMILIES[run.model](run, options)
-    input_spec = _input_spec(run, spec)
+    input_spec = _input_spec(run, fmt)
     example = torch.zeros(1, input_spec.channels, input_spec.height, input_spec.width)
     onnx_path = torch_to_onnx(parts.network, example, staging / "network.onnx", input_name=INPUT_NAME,
                               output_names=(OUTPUT_NAME,))
@@ -116,18 +119,18 @@ def _build(run: Run, spec: Target, precision: str, options: ExportOptions, stagi
         wanted = options.calibration_images or int(recipe.get("subset_size", 300))
         calibration = prepare(_existing(run, "bank_images", "calibration uses them")[:wanted], float_spec)
         validation = prepare(_existing(run, "holdout_images", "validation uses them"), float_spec)
-    job = ExportJob(target=spec, precision=precision, network=parts.network, example=example, onnx_path=onnx_path,
+    job = ExportJob(target=spec, format=fmt, precision=precision, network=parts.network, example=example, onnx_path=onnx_path,
                     input_name=INPUT_NAME, output_names=(OUTPUT_NAME,), calibration=calibration,
                     validation=validation, recipe=recipe, options=options, out_dir=format_dir)
-    converted = FORMATS[spec.format](job)
+    converted = FORMATS[fmt.name](job)
     progress("export network", 2, 2)
     files = {p.name: p for p in converted.files}
     config = run.config
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, edgekit_version=__version__, model=run.model,
-        backbone=config["backbone"], target=spec.name, runtime=spec.runtime, device=spec.device,
+        backbone=config["backbone"], target=spec.name, runtime=fmt.runtime, device=spec.device,
         precision=precision, input=input_spec,
-        network=NetworkSpec(format=spec.format, files=tuple(p.name for p in converted.files), input_name=INPUT_NAME,
+        network=NetworkSpec(format=fmt.name, files=tuple(p.name for p in converted.files), input_name=INPUT_NAME,
                             output_names=(OUTPUT_NAME,)),
         head=parts.head, decision=_PLACEHOLDER,
         source={"run": str(run.path.resolve()), "run_fingerprint": run.fingerprint(),

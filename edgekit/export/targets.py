@@ -1,36 +1,84 @@
-"""Targets are data: ``targets/<name>.toml`` says how a device runs a bundle."""
+"""Targets are data: ``targets/<name>.toml`` says how a device runs a bundle.
+
+A target offers one or more formats (a Raspberry Pi runs TFLite through LiteRT or ONNX through
+onnxruntime); each format names its runtime, precisions and input layout.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional
 
 from edgekit.errors import EdgekitError
 from edgekit.resources import names, read_toml
 
 
 @dataclass(frozen=True)
+class FormatSpec:
+    name: str
+    runtime: str
+    precisions: tuple[str, ...]
+    default_precision: str
+    layout: str = "NCHW"
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
-    runtime: str
-    format: str
     device: str
-    precisions: tuple[str, ...]
-    default_precision: str
     threads: int
-    layout: str
+    formats: dict[str, FormatSpec]
+    default_format: str
+    cpu: str = ""                 # what the device is, in words
+    peak: Optional[dict[str, Any]] = None  # published peak throughput, for labelled estimates only
+
+    def format_spec(self, name: Optional[str] = None) -> FormatSpec:
+        chosen = name or self.default_format
+        if chosen not in self.formats:
+            raise EdgekitError(f"target {self.name} offers formats {', '.join(self.formats)}, not {chosen!r}")
+        return self.formats[chosen]
+
+    # the default format's fields, for callers that do not choose one
+    @property
+    def format(self) -> str:
+        return self.default_format
+
+    @property
+    def runtime(self) -> str:
+        return self.format_spec().runtime
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self.format_spec().precisions
+
+    @property
+    def default_precision(self) -> str:
+        return self.format_spec().default_precision
+
+    @property
+    def layout(self) -> str:
+        return self.format_spec().layout
 
 
 def get_target(name: str) -> Target:
     raw = read_toml("targets", name)
+    where = f"targets/{name}.toml"
     try:
-        target = Target(name=raw["name"], description=raw["description"], runtime=raw["runtime"],
-                        format=raw["format"], device=raw["device"], precisions=tuple(raw["precisions"]),
-                        default_precision=raw["default_precision"], threads=int(raw["threads"]),
-                        layout=raw["layout"])
-    except KeyError as exc:
-        raise EdgekitError(f"targets/{name}.toml: field {exc.args[0]!r} is missing") from None
-    if target.default_precision not in target.precisions:
-        raise EdgekitError(f"targets/{name}.toml: default_precision is not among its precisions")
+        formats = {
+            fmt: FormatSpec(name=fmt, runtime=spec["runtime"], precisions=tuple(spec["precisions"]),
+                            default_precision=spec["default_precision"], layout=spec.get("layout", "NCHW"))
+            for fmt, spec in raw["formats"].items()
+        }
+        target = Target(name=raw["name"], description=raw["description"], device=raw["device"],
+                        threads=int(raw.get("threads", 0)), formats=formats, default_format=raw["default_format"],
+                        cpu=raw.get("cpu", ""), peak=raw.get("peak"))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise EdgekitError(f"{where}: field {exc.args[0]!r} is missing or malformed") from None
+    if target.default_format not in formats:
+        raise EdgekitError(f"{where}: default_format {target.default_format!r} is not among its formats")
+    for fmt in formats.values():
+        if fmt.default_precision not in fmt.precisions:
+            raise EdgekitError(f"{where}: formats.{fmt.name}.default_precision is not among its precisions")
     return target
 
 
