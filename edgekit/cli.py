@@ -66,8 +66,14 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
 
 @cli.command()
 @click.option("--model", type=click.Choice(["patchcore"]), default="patchcore", show_default=True)
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
-              help="A dataset category folder (MVTec layout), or a VisA / folder dataset.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="A dataset category folder (MVTec layout) or a VisA root.")
+@click.option("--normal-dir", type=click.Path(path_type=Path), default=None,
+              help="Instead of --data: a plain folder of normal images ...")
+@click.option("--abnormal-dir", type=click.Path(path_type=Path), default=None,
+              help="... with an optional folder of anomalous images for evaluation ...")
+@click.option("--mask-dir", type=click.Path(path_type=Path), default=None,
+              help="... and their masks (<stem>.png or <stem>_mask.png).")
 @click.option("--category", default=None, help="Category inside a multi-category dataset root.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
 @click.option("--backbone", default="tf_efficientnet_lite0", show_default=True)
@@ -79,13 +85,18 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
               help="Share of training normals kept out of the bank, for fitting thresholds.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True)
-def train(model: str, data_dir: Path, category: Optional[str], out: Path, backbone: str, weights: Optional[Path],
+def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abnormal_dir: Optional[Path],
+          mask_dir: Optional[Path], category: Optional[str], out: Path, backbone: str, weights: Optional[Path],
           image_size: int, coreset_ratio: float, num_neighbors: int, holdout: float, seed: int,
           overwrite: bool) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit[train])."""
+    from edgekit.data.datasets import read_folder
     from edgekit.train.patchcore import train_patchcore
 
-    run = train_patchcore(data_dir, out, backbone=backbone, weights=weights, image_size=image_size,
+    if (data_dir is None) == (normal_dir is None):
+        raise EdgekitError("give either --data DIR or --normal-dir DIR (with optional --abnormal-dir, --mask-dir)")
+    data = data_dir if data_dir is not None else read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
+    run = train_patchcore(data, out, backbone=backbone, weights=weights, image_size=image_size,
                           coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, holdout=holdout, seed=seed,
                           category=category, overwrite=overwrite, progress=_progress())
     metrics = json.loads((run.path / "metrics.json").read_text())

@@ -112,6 +112,23 @@ def test_training_on_a_tree_without_normal_images_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_training_from_a_plain_folder_pair(brick, tmp_path):
+    normal, abnormal = tmp_path / "ok", tmp_path / "bad"
+    shutil.copytree(brick / "train" / "good", normal)
+    shutil.copytree(brick / "test" / "stain", abnormal)
+    result = run("train", "--normal-dir", normal, "--abnormal-dir", abnormal, "--out", tmp_path / "run",
+                 "--image-size", "128")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_images"] == 10 + 12  # the anomalies + the 20 % of normals moved to test
+    assert metrics["image_auroc"] >= 0.9
+
+
+def test_training_needs_exactly_one_data_source(brick, tmp_path):
+    assert_one_error_line(run("train", "--out", tmp_path / "run"), "--data")
+    assert_one_error_line(run("train", "--data", brick, "--normal-dir", brick, "--out", tmp_path / "run"), "either")
+
+
 def test_an_unknown_backbone_gets_did_you_mean(brick, tmp_path):
     result = run("train", "--data", brick, "--out", tmp_path / "run", "--backbone", "tf_efficientnet_lite")
     assert_one_error_line(result, "did you mean")

@@ -111,7 +111,7 @@ def split_holdout(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(order[held:]), np.sort(order[:held])
 
 
-def train_patchcore(data: str | Path, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
+def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                     layers: Optional[Sequence[int]] = None, image_size: int = 256,
                     coreset_ratio: float = 0.1, num_neighbors: int = 9, holdout: float = 0.2,
                     seed: int = 0, weights: Optional[Path] = None, batch_size: int = 8,
@@ -124,7 +124,7 @@ def train_patchcore(data: str | Path, out: str | Path, *, backbone: str = DEFAUL
         raise EdgekitError(f"--num-neighbors must be at least 1, not {num_neighbors}")
     if image_size < 32 or image_size % 8:
         raise EdgekitError(f"--image-size must be a multiple of 8 and at least 32, not {image_size}")
-    dataset: Dataset = open_dataset(Path(data), category=category)
+    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
     spec = get_backbone_spec(backbone)
     layers = tuple(layers) if layers else tuple(spec.patchcore_layers)
     writer = RunWriter(Path(out), overwrite=overwrite)
