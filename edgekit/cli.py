@@ -165,6 +165,31 @@ def predict(bundle: Path, images: tuple[Path, ...], as_json: bool, overlay: Opti
         click.echo(json.dumps(results, indent=2))
 
 
+@cli.command("fit")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--normals", "normals", type=click.Path(path_type=Path), required=True,
+              help="Folder of normal images captured on the device.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="New bundle (default: replace BUNDLE in place, atomically).")
+@click.option("--add", is_flag=True, help="Extend the existing bank instead of replacing it.")
+@click.option("--holdout", type=float, default=0.2, show_default=True,
+              help="Share of the images kept out of the bank, for re-fitting the thresholds.")
+@click.option("--seed", type=int, default=None, help="Split and coreset seed (default: the bundle's training seed).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out bundle.")
+def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout: float, seed: Optional[int],
+            overwrite: bool) -> None:
+    """Build a bundle's memory bank from normal images on the device (torch-free) and re-fit thresholds."""
+    from edgekit.runtime.fit import fit_bundle
+
+    result = fit_bundle(bundle, normals, out=out, add=add, holdout=holdout, seed=seed, overwrite=overwrite,
+                        progress=_progress())
+    m = result.manifest
+    bank = m.head.params.get("bank", {})
+    click.echo(f"fitted {m.model} bank {bank.get('rows')}x{bank.get('dims')} {bank.get('dtype')} on "
+               f"{bank.get('fitted', {}).get('images')} images → {out or bundle} [image threshold "
+               f"{m.decision.image_threshold:.4g} fitted on {m.decision.fitted_on} held-out normals]")
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--target", default=DEFAULT_TARGET, show_default=True)
@@ -182,6 +207,36 @@ def profile(bundle: Path, target: str, data_dir: Optional[Path], runs: int, warm
     click.echo((out / "profile.md").read_text())
     click.echo(f"report: {out / 'profile.md'} and {out / 'profile.json'}")
     return result
+
+
+@cli.command("check")
+@click.option("--reference", type=click.Path(path_type=Path), required=True, help="The bundle to compare against.")
+@click.option("--candidate", type=click.Path(path_type=Path), required=True, help="The bundle under test.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="Labelled dataset; both bundles score its test split.")
+@click.option("--category", default=None, help="Category inside a multi-category dataset root.")
+@click.option("--max-auroc-drop", type=float, default=0.01, show_default=True,
+              help="Largest allowed fall of image AUROC from reference to candidate.")
+@click.option("--min-agreement", type=float, default=0.98, show_default=True,
+              help="Smallest allowed share of test images on which both bundles decide the same.")
+@click.option("--device", default=None, help="Run both bundles on this device (e.g. CPU for an igpu bundle).")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, help="Also write the result as JUnit XML.")
+@click.pass_context
+def check_cmd(ctx: click.Context, reference: Path, candidate: Path, data_dir: Path, category: Optional[str],
+              max_auroc_drop: float, min_agreement: float, device: Optional[str], junit: Optional[Path]) -> None:
+    """CI gate: exit 1 when the candidate lost more accuracy than allowed (2: the check could not run)."""
+    from edgekit.check import check_bundles, render_table, write_junit
+
+    try:
+        result = check_bundles(reference, candidate, data_dir, max_auroc_drop=max_auroc_drop,
+                               min_agreement=min_agreement, category=category, device=device, progress=_progress())
+        if junit is not None:
+            write_junit(result, junit)
+    except EdgekitError as exc:  # like diff/cmp: 1 = the candidate differs too much, 2 = trouble
+        click.echo(f"error: {exc}", err=True)
+        ctx.exit(2)
+    click.echo(render_table(result))
+    ctx.exit(0 if result.passed else 1)
 
 
 @cli.command()

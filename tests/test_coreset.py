@@ -38,3 +38,16 @@ def test_projection_keeps_coverage_within_ten_percent_of_exact_selection():
 def test_impossible_sizes_are_refused(count):
     with pytest.raises(EdgekitError, match="coreset size"):
         coreset_indices(np.zeros((10, 3), np.float32), count)
+
+
+def test_selection_continues_from_rows_already_covered():
+    rng = np.random.default_rng(3)
+    existing = rng.standard_normal((50, 8)).astype(np.float32)
+    features = np.concatenate([existing + rng.standard_normal((50, 8)).astype(np.float32) * 0.01,
+                               rng.standard_normal((20, 8)).astype(np.float32) + 30])  # 20 new, far away
+    chosen = coreset_indices(features, 20, projection_dims=None, covered_by=existing)
+    assert set(chosen.tolist()) == set(range(50, 70))  # near-copies of covered rows are never picked
+    to_existing = np.linalg.norm(features[:, None] - existing[None], axis=-1).min(1)
+    assert chosen[0] == int(np.argmax(to_existing))
+    with pytest.raises(EdgekitError, match="already selected"):
+        coreset_indices(features, 5, covered_by=np.zeros((3, 4), np.float32))

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import numpy as np
 
 from edgekit.export.targets import FormatSpec, Target
+from edgekit.preprocess import InputSpec
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ExportJob:
     recipe: dict[str, Any]        # calibration/<family>.toml
     options: ExportOptions
     out_dir: Path
+    input_spec: Optional[InputSpec] = None  # the bundle's pre-processing (mean/std give the input's range)
 
 
 @dataclass

@@ -31,16 +31,26 @@ def torch_to_onnx(module, example, path: Path, *, input_name: str, output_names:
 
 
 def convert(job: "ExportJob") -> "Converted":
-    """The ONNX format: the float model as it is (fp32)."""
+    """The ONNX format: the float model as it is (fp32), or int8 (QDQ) with NNCF."""
     import shutil
 
     import onnx
 
     from edgekit.export.job import Converted
 
-    if job.precision != "fp32":
-        raise EdgekitError(f"ONNX export offers fp32 here, not {job.precision}")
+    if job.precision not in ("fp32", "int8"):
+        raise EdgekitError(f"ONNX export offers fp32 and int8, not {job.precision!r}")
     onnx.checker.check_model(str(job.onnx_path))
     target = Path(job.out_dir) / "model.onnx"
-    shutil.copyfile(job.onnx_path, target)
-    return Converted(files=[target], notes={"converter": f"torch.onnx (TorchScript) opset {OPSET}"})
+    if job.precision == "fp32":
+        shutil.copyfile(job.onnx_path, target)
+        return Converted(files=[target], notes={"converter": f"torch.onnx (TorchScript) opset {OPSET}"})
+    from edgekit.export.quantize import quantize_onnx
+
+    quantized, quantization = quantize_onnx(onnx.load(str(job.onnx_path)), job)
+    onnx.save(quantized, str(target))
+    return Converted(files=[target], notes={
+        "converter": f"torch.onnx (TorchScript) opset {OPSET}, then nncf.quantize (QuantizeLinear/DequantizeLinear)",
+        "quantization": quantization,
+        "compute_precision": "int8 where QuantizeLinear/DequantizeLinear pairs surround an op "
+                             "(onnxruntime fuses them into int8 kernels), float32 elsewhere"})

@@ -1,7 +1,10 @@
 """PatchCore's side of an export: which network goes into the graph, which arrays into the head.
 
-The backbone and the embedding (3×3 pooling, resize, concatenation) are the network; the memory
-bank and the kNN scoring stay in numpy on the device and never get quantized.
+The backbone and the embedding (3×3 pooling, resize, concatenation) are the network, followed,
+when the bank is PCA-compressed, by the projection folded in as a 1×1 convolution, so the
+device computes only the ``d``-dimensional features the bank lives in. The memory bank (in
+float32, float16 or int8 with per-dimension scales) and the kNN scoring stay in numpy on the
+device and never pass through a network quantizer.
 """
 from __future__ import annotations
 
@@ -11,10 +14,14 @@ from typing import Any
 import numpy as np
 
 from edgekit.bundle import HeadSpec
+from edgekit.compress.pca import DEFAULT_BANK, BankSettings, Pca
+from edgekit.errors import EdgekitError
 from edgekit.export.job import ExportOptions
+from edgekit.runtime.heads import BANK_DTYPES
 from edgekit.train.run import Run
 
-BANK_FILE = "head/memory_bank.npy"
+HEAD_DIR = "head"
+BANK_FILE = f"{HEAD_DIR}/memory_bank.npy"
 
 
 @dataclass
@@ -25,12 +32,50 @@ class FamilyParts:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
-    """The run's embedding network and its full float32 memory bank."""
-    from edgekit.train.patchcore import load_network
+def bank_settings(options: ExportOptions) -> BankSettings:
+    """The export's bank: DEFAULT_BANK when no --bank-* option is given; otherwise exactly what
+    the options say, an unset one meaning "as trained" (all dimensions, float32, every row)."""
+    if options.bank_dims is None and options.bank_dtype is None and options.bank_size is None:
+        return DEFAULT_BANK
+    dtype = options.bank_dtype or "float32"
+    if dtype not in BANK_DTYPES:
+        raise EdgekitError(f"--bank-dtype must be one of {', '.join(BANK_DTYPES)}, not {dtype!r}")
+    if options.bank_size is not None and options.bank_size < 1:
+        raise EdgekitError(f"--bank-size must be at least 1, not {options.bank_size}")
+    return BankSettings(dims=str(options.bank_dims or "full"), dtype=dtype, size=options.bank_size)
 
-    bank = run.array("memory_bank").astype(np.float32)
-    head = HeadSpec(kind="knn", params={"num_neighbors": int(run.config["num_neighbors"]), "blur_sigma": 4.0},
-                    arrays={"memory_bank": BANK_FILE})
-    return FamilyParts(network=load_network(run), head=head, arrays={BANK_FILE: bank},
-                       notes={"bank": {"rows": int(bank.shape[0]), "dims": int(bank.shape[1]), "dtype": "float32"}})
+
+def fold_projection(network, pca: Pca):
+    """``network`` followed by the PCA projection as a 1×1 convolution (weight W, bias −W μ)."""
+    import torch
+    from torch import nn
+
+    conv = nn.Conv2d(pca.input_dims, pca.dims, kernel_size=1, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(pca.weight())[:, :, None, None])
+        conv.bias.copy_(torch.from_numpy(pca.bias()))
+    return nn.Sequential(network, conv).eval()
+
+
+def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
+    """The run's embedding network (+ folded PCA) and its bank compressed as the options say."""
+    from edgekit.train.patchcore import compressed_bank, load_network
+
+    settings = bank_settings(options)
+    compressed = compressed_bank(run, settings)
+    network = load_network(run)
+    if compressed.pca is not None:
+        network = fold_projection(network, compressed.pca)
+    paths = {name: f"{HEAD_DIR}/{name}.npy" for name in compressed.arrays}
+    uncompressed_bytes = int(run.config["bank_rows"]) * int(run.config["feature_dims"]) * 4
+    bank = {**compressed.description, "bytes": compressed.nbytes,
+            "smaller_than_uncompressed": round(uncompressed_bytes / compressed.nbytes, 2),
+            "settings": {"dims": settings.dims, "dtype": settings.dtype, "size": settings.size,
+                         "share": settings.share}}
+    params = {"num_neighbors": int(run.config["num_neighbors"]), "blur_sigma": 4.0,
+              "coreset_ratio": float(run.config["coreset_ratio"]), "seed": int(run.config.get("seed", 0)),
+              "bank": bank}
+    head = HeadSpec(kind="knn", params=params, arrays=paths)
+    return FamilyParts(network=network, head=head,
+                       arrays={paths[name]: array for name, array in compressed.arrays.items()},
+                       notes={"bank": bank})

@@ -24,6 +24,7 @@ from edgekit.bundle import Bundle, Decision, Manifest, NetworkSpec, SCHEMA_VERSI
 from edgekit.errors import EdgekitError
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
+from edgekit.export import tflite as tflite_format
 from edgekit.export.job import Converted, ExportJob, ExportOptions
 from edgekit.export.patchcore import FamilyParts, patchcore_parts
 from edgekit.export.targets import FormatSpec, Target, get_target
@@ -37,6 +38,7 @@ from edgekit.train.run import Run, open_run
 FORMATS: dict[str, Callable[[ExportJob], Converted]] = {
     "openvino": openvino_format.convert,
     "onnx": onnx_format.convert,
+    "tflite": tflite_format.convert,
 }
 
 #: model family -> what goes into the network and what into the head.
@@ -74,7 +76,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
     try:
         manifest, files, arrays = _build(run, spec, fmt, precision, options, staging, progress)
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
-        decision = _fit_on_exported(provisional, holdout, progress)
+        # a converter whose device is absent here names a stand-in (recorded in the manifest)
+        fit_device = manifest.export.get("threshold_fit", {}).get("device")
+        decision = _fit_on_exported(provisional, holdout, progress, device=fit_device)
         manifest = replace(manifest, decision=decision,
                            export={**manifest.export, "seconds": round(time.perf_counter() - started, 2)})
         save_bundle(out, manifest, files=files, arrays=arrays, overwrite=overwrite)
@@ -121,7 +125,8 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
         validation = prepare(_existing(run, "holdout_images", "validation uses them"), float_spec)
     job = ExportJob(target=spec, format=fmt, precision=precision, network=parts.network, example=example, onnx_path=onnx_path,
                     input_name=INPUT_NAME, output_names=(OUTPUT_NAME,), calibration=calibration,
-                    validation=validation, recipe=recipe, options=options, out_dir=format_dir)
+                    validation=validation, recipe=recipe, options=options, out_dir=format_dir,
+                    input_spec=input_spec)
     converted = FORMATS[fmt.name](job)
     progress("export network", 2, 2)
     files = {p.name: p for p in converted.files}
@@ -141,10 +146,11 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     )
     return manifest, files, parts.arrays
-def _fit_on_exported(provisional: Path, holdout: list[Path], progress: ProgressFn) -> Decision:
+def _fit_on_exported(provisional: Path, holdout: list[Path], progress: ProgressFn, *,
+                     device: Optional[str] = None) -> Decision:
     from edgekit.runtime.detector import load
 
-    detector = load(provisional)
+    detector = load(provisional, device=device)
     progress("fit thresholds", 0, len(holdout))
     scores, maps = [], []
     for start in range(0, len(holdout), 8):

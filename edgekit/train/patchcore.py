@@ -19,16 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit import __version__
-from edgekit.compress.coreset import coreset_indices
+from edgekit.compress.coreset import coreset_count, coreset_indices
+from edgekit.compress.pca import (DEFAULT_BANK, UNCOMPRESSED, BankSettings, CompressedBank, FeatureStatistics,
+                                  compress_bank, feature_statistics, fit_pca, resolve_dims)
 from edgekit.data.datasets import Dataset, open_dataset
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import KnnHead
+from edgekit.runtime.heads import KnnHead, decode_bank
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
 from edgekit.train.run import Run, RunWriter
 
 NETWORK_FILE = "network.safetensors"
+#: Mean and covariance of all bank-image patch features: what PCA bank compression is fitted on.
+PATCH_MEAN, PATCH_COVARIANCE = "patch_mean", "patch_covariance"
 
 
 class PatchcoreNetwork(nn.Module):
@@ -86,29 +90,65 @@ def load_network(run: Run) -> PatchcoreNetwork:
     return network
 
 
-def head_for(run: Run) -> KnnHead:
+def patch_statistics(run: Run) -> tuple[FeatureStatistics, str]:
+    """The run's training patch statistics for PCA, and what they were computed on.
+
+    Runs made before edgekit stored them fall back to the coreset bank itself (a biased sample:
+    the coreset over-represents rare patches), and say so.
+    """
+    if (run.path / f"{PATCH_MEAN}.npy").is_file() and (run.path / f"{PATCH_COVARIANCE}.npy").is_file():
+        rows = int(run.config.get("patch_statistics_rows", run.config.get("patches_seen", 0)))
+        statistics = FeatureStatistics(mean=run.array(PATCH_MEAN), covariance=run.array(PATCH_COVARIANCE), count=rows)
+        return statistics, f"all {rows} training patches"
+    bank = run.array("memory_bank")
+    return feature_statistics(bank), f"the {len(bank)}-row coreset (this run stores no patch statistics)"
+
+
+def compressed_bank(run: Run, settings: BankSettings = DEFAULT_BANK) -> CompressedBank:
+    """The run's coreset bank compressed as ``settings`` say: one function for export and scoring."""
+    statistics, source = patch_statistics(run)
+    dims = resolve_dims(settings.dims, statistics)
+    pca = fit_pca(statistics, dims) if dims is not None else None
+    bank = run.array("memory_bank")
+    size = settings.rows(len(bank), bank.shape[1], dims or bank.shape[1])
+    compressed = compress_bank(bank, pca=pca, dtype=settings.dtype, size=size, seed=int(run.config.get("seed", 0)))
+    if pca is not None:
+        compressed.description["pca_fitted_on"] = source
+    return compressed
+
+
+def head_for(run: Run, compressed: Optional[CompressedBank] = None) -> KnnHead:
     size = int(run.config["image_size"])
-    return KnnHead(memory_bank=run.array("memory_bank"), num_neighbors=int(run.config["num_neighbors"]),
+    compressed = compressed or compressed_bank(run, UNCOMPRESSED)
+    bank = decode_bank(compressed.arrays, compressed.description["dtype"])
+    return KnnHead(memory_bank=bank, num_neighbors=int(run.config["num_neighbors"]),
                    output_height=size, output_width=size)
 
 
 def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None,
-              batch_size: int = 8, progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
-    """The training path's raw scores and maps: torch network + the shared numpy head."""
+              bank: BankSettings = DEFAULT_BANK, batch_size: int = 8,
+              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
+    """The training path's raw scores and maps: torch network + the shared numpy head.
+
+    ``bank`` compresses the memory bank as an export with those settings does (default: the
+    export default), the PCA projection applied in numpy as the folded convolution computes it,
+    so this equals the exported bundle's scores up to the runtime's float rounding.
+    """
     network = network or load_network(run)
     spec = InputSpec(**{**run.config["input"], "mean": tuple(run.config["input"]["mean"]),
                         "std": tuple(run.config["input"]["std"])})
     embeddings = embed(network, images, spec, batch_size=batch_size, progress=progress, stage="scoring")
-    return head_for(run)(embeddings)
+    compressed = compressed_bank(run, bank)
+    if compressed.pca is not None:
+        embeddings = compressed.pca.project_maps(embeddings)
+    return head_for(run, compressed)(embeddings)
 
 
 def split_holdout(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of training normals into (bank indices, held-out indices)."""
-    held = max(2, int(round(count * holdout)))
-    if count - held < 2:
-        raise EdgekitError(f"need at least {held + 2} training images to hold {held} out for thresholds; found {count}")
-    order = np.random.default_rng(seed).permutation(count)
-    return np.sort(order[held:]), np.sort(order[:held])
+    """Seeded split of training normals into (bank indices, held-out indices); ``edgekit fit`` uses it too."""
+    from edgekit.runtime.fit import split_normals
+
+    return split_normals(count, holdout, seed)
 
 
 def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
@@ -140,10 +180,13 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
         bank_paths = [train_paths[i] for i in bank_idx]
         embeddings = embed(network, bank_paths, input_spec, batch_size=batch_size, progress=progress)
         patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
-        count = max(1, int(len(patches) * coreset_ratio))
+        count = coreset_count(len(patches), coreset_ratio)
         chosen = coreset_indices(patches, count, seed=seed,
                                  progress=lambda done, total: progress("coreset", done, total))
         writer.save_array("memory_bank", patches[chosen])
+        statistics = feature_statistics(patches)
+        writer.save_array(PATCH_MEAN, statistics.mean)
+        writer.save_array(PATCH_COVARIANCE, statistics.covariance)
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(writer.file(NETWORK_FILE)))
@@ -152,7 +195,7 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
             "input": {"height": image_size, "width": image_size, "channels": 3,
                       "mean": list(input_spec.mean), "std": list(input_spec.std), "resize": input_spec.resize},
             "feature_dims": int(patches.shape[1]), "grid": list(embeddings.shape[2:]),
-            "bank_rows": int(count), "patches_seen": int(len(patches)),
+            "bank_rows": int(count), "patches_seen": int(len(patches)), "patch_statistics_rows": statistics.count,
             "dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
             "bank_images": [str(Path(p).resolve()) for p in bank_paths],
             "holdout_images": [str(Path(train_paths[i]).resolve()) for i in held_idx],
@@ -173,10 +216,10 @@ def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = N
     if not dataset.test:
         return {"test_images": 0}
     size = int(run.config["image_size"])
-    scores, maps = score_run(run, [s.path for s in dataset.test], network=network,
+    scores, maps = score_run(run, [s.path for s in dataset.test], network=network, bank=UNCOMPRESSED,
                              batch_size=batch_size, progress=progress)
     labels = np.array([s.label for s in dataset.test])
-    result: dict = {"test_images": len(labels), "path": "training (torch network + numpy head)"}
+    result: dict = {"test_images": len(labels), "path": "training (torch network + numpy head, uncompressed bank)"}
     if 0 < labels.sum() < len(labels):
         result["image_auroc"] = image_auroc(labels, scores)
         masks = np.stack([dataset.read_mask(s, size, size) for s in dataset.test])

@@ -19,6 +19,7 @@ from edgekit.errors import EdgekitError
 BACKENDS: dict[str, tuple[str, str]] = {
     "openvino": ("edgekit.runtime.backends.openvino", "edgekit[openvino]"),
     "onnxruntime": ("edgekit.runtime.backends.onnxruntime", "edgekit[onnx]"),
+    "litert": ("edgekit.runtime.backends.litert", "edgekit[litert]"),
     "fake": ("edgekit.runtime.backends.fake", "edgekit"),
 }
 

@@ -14,9 +14,11 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised on devices without the runtime
     raise ImportError(f"openvino is not installed: {_exc}") from None
 
-#: edgekit precision -> OpenVINO INFERENCE_PRECISION_HINT. fp32 is pinned: on CPUs with bf16 or
-#: AMX support OpenVINO otherwise computes in bf16 and scores drift from the host's.
-_PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
+#: edgekit precision -> OpenVINO INFERENCE_PRECISION_HINT on CPU. All pinned to f32: on CPUs with
+#: bf16 or AMX support OpenVINO otherwise computes in bf16 (an "f16" hint also yields bf16 there)
+#: and scores drift from the host's by a few per cent. An fp16 bundle's fp16 is its weights; int8
+#: layers run in int8 whatever the hint. Other devices keep their plugin's default (GPU: f16).
+_PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "fp16": "f32"}
 
 
 class OpenVinoBackend:

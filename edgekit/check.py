@@ -1,0 +1,201 @@
+"""``edgekit check``: the CI gate that refuses a candidate bundle that lost too much accuracy.
+
+Both bundles score the labelled test split of one dataset with the device runtime (numpy + the
+bundle's runtime, no torch). The candidate fails when its image AUROC falls more than
+``max_auroc_drop`` below the reference's, or when its decisions (``is_anomalous``, each bundle at
+its own threshold) agree with the reference's on fewer than ``min_agreement`` of the images.
+The largest difference of normalised scores (0 = typical normal, 0.5 = threshold) is reported
+beside them. The result renders as a small table and, for CI systems, as JUnit XML.
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.progress import ProgressFn, noop
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    """One bundle's scores on the test split."""
+
+    path: str
+    target: str
+    precision: str
+    raw_scores: np.ndarray       # (N,) the head's raw scores, what AUROC is computed on
+    scores: np.ndarray           # (N,) normalised: 0 typical normal, 0.5 the bundle's threshold
+    decisions: np.ndarray        # (N,) bool, raw score > the bundle's image threshold
+    auroc: float
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    data: str
+    labels: np.ndarray
+    reference: BundleResult
+    candidate: BundleResult
+    max_auroc_drop: float
+    min_agreement: float
+
+    @property
+    def images(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def auroc_drop(self) -> float:
+        """Reference AUROC minus candidate AUROC (positive: the candidate is worse)."""
+        return self.reference.auroc - self.candidate.auroc
+
+    @property
+    def disagreements(self) -> int:
+        return int(np.count_nonzero(self.reference.decisions != self.candidate.decisions))
+
+    @property
+    def agreement(self) -> float:
+        """Share of test images on which both bundles decide the same."""
+        return 1.0 - self.disagreements / self.images
+
+    @property
+    def max_score_difference(self) -> float:
+        return float(np.max(np.abs(self.reference.scores - self.candidate.scores)))
+
+    @property
+    def failures(self) -> list[str]:
+        """Each broken limit in words; empty when the candidate passes."""
+        broken = []
+        # a tiny tolerance, so a drop that equals the limit up to float rounding passes
+        if self.auroc_drop > self.max_auroc_drop + 1e-12:
+            broken.append(f"image AUROC dropped by {self.auroc_drop:.4f} "
+                          f"({self.reference.auroc:.4f} -> {self.candidate.auroc:.4f}), "
+                          f"more than the allowed {self.max_auroc_drop:.4f}")
+        if self.agreement < self.min_agreement - 1e-12:
+            broken.append(f"decisions agree on {self.agreement:.1%} of test images "
+                          f"({self.disagreements} of {self.images} differ), less than the required "
+                          f"{self.min_agreement:.1%}")
+        return broken
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _score_bundle(detector, path: Path, samples: list, labels: np.ndarray, *, batch_size: int,
+                  progress: ProgressFn, stage: str) -> BundleResult:
+    from edgekit.metrics import image_auroc
+
+    predictions = []
+    progress(stage, 0, len(samples))
+    for start in range(0, len(samples), batch_size):
+        predictions.extend(detector.predict_batch(samples[start:start + batch_size], batch_size=batch_size))
+        progress(stage, len(predictions), len(samples))
+    raw = np.array([p.raw_score for p in predictions], dtype=np.float64)
+    manifest = detector.manifest
+    return BundleResult(path=str(path), target=manifest.target, precision=manifest.precision, raw_scores=raw,
+                        scores=np.array([p.score for p in predictions], dtype=np.float64),
+                        decisions=np.array([p.is_anomalous for p in predictions], dtype=bool),
+                        auroc=image_auroc(labels, raw))
+
+
+def check_bundles(reference: str | Path, candidate: str | Path, data: str | Path, *,
+                  max_auroc_drop: float = 0.01, min_agreement: float = 0.98, category: Optional[str] = None,
+                  device: Optional[str] = None, batch_size: int = 8, progress: ProgressFn = noop) -> CheckResult:
+    """Score both bundles on the test split of ``data`` and compare them against the limits.
+
+    ``device`` overrides both bundles' device (e.g. ``"CPU"`` to check an igpu bundle on a CI
+    runner without a GPU). Raises :class:`EdgekitError` for bad input; a broken limit is a
+    result (``CheckResult.passed`` is False), not an error.
+    """
+    from edgekit.data.datasets import open_dataset
+
+    if not 0.0 <= max_auroc_drop <= 1.0:
+        raise EdgekitError(f"--max-auroc-drop must be between 0 and 1, not {max_auroc_drop}")
+    if not 0.0 <= min_agreement <= 1.0:
+        raise EdgekitError(f"--min-agreement must be between 0 and 1 (a share of images), not {min_agreement}")
+    dataset = open_dataset(Path(data), category=category)
+    samples = [sample.path for sample in dataset.test]
+    labels = np.array([sample.label for sample in dataset.test], dtype=bool)
+    if labels.all() or not labels.any():
+        raise EdgekitError(f"{data}: the test split needs both normal and anomalous images to compare AUROC")
+    from edgekit.runtime.detector import load
+
+    paths = (Path(reference), Path(candidate))
+    detectors = [load(path, device=device) for path in paths]  # both, before any scoring: fail fast
+    results = [_score_bundle(detector, path, samples, labels, batch_size=batch_size, progress=progress, stage=stage)
+               for detector, path, stage in zip(detectors, paths, ("score reference", "score candidate"))]
+    return CheckResult(data=str(data), labels=labels, reference=results[0], candidate=results[1],
+                       max_auroc_drop=float(max_auroc_drop), min_agreement=float(min_agreement))
+
+
+def render_table(result: CheckResult) -> str:
+    """The comparison as a plain-text table, one verdict line per limit and an overall result."""
+    ref, cand = result.reference, result.candidate
+    ok = {True: "ok", False: "FAIL"}
+    auroc_ok = result.auroc_drop <= result.max_auroc_drop + 1e-12
+    agreement_ok = result.agreement >= result.min_agreement - 1e-12
+    rows = [
+        ("", "reference", "candidate", "limit", ""),
+        ("bundle", ref.path, cand.path, "", ""),
+        ("target / precision", f"{ref.target} / {ref.precision}", f"{cand.target} / {cand.precision}", "", ""),
+        ("image AUROC", f"{ref.auroc:.4f}", f"{cand.auroc:.4f}", "", ""),
+        ("AUROC drop", "", f"{result.auroc_drop:.4f}", f"<= {result.max_auroc_drop:.4f}", ok[auroc_ok]),
+        ("decision agreement", "", f"{result.agreement:.1%} ({result.images - result.disagreements}/{result.images})",
+         f">= {result.min_agreement:.1%}", ok[agreement_ok]),
+        ("max |score difference|", "", f"{result.max_score_difference:.4f}", "(reported)", ""),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [f"edgekit check on {result.images} test images ({int(result.labels.sum())} anomalous) of {result.data}"]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.append("scores are normalised per bundle (0 = typical normal, 0.5 = its threshold); AUROC on raw scores")
+    lines.append("result: PASS" if result.passed else "result: FAIL - " + "; ".join(result.failures))
+    return "\n".join(lines)
+
+
+def junit_xml(result: CheckResult) -> str:
+    """One JUnit test suite with a test case per limit, the numbers as properties."""
+    cases = [
+        (f"image AUROC drop <= {result.max_auroc_drop:g}", result.auroc_drop > result.max_auroc_drop + 1e-12,
+         f"AUROC {result.reference.auroc:.4f} -> {result.candidate.auroc:.4f} (drop {result.auroc_drop:.4f})"),
+        (f"decision agreement >= {result.min_agreement:g}", result.agreement < result.min_agreement - 1e-12,
+         f"agreement {result.agreement:.4f} ({result.disagreements} of {result.images} decisions differ)"),
+    ]
+    suite = ET.Element("testsuite", name="edgekit check", tests=str(len(cases)),
+                       failures=str(sum(failed for _, failed, _ in cases)), errors="0", skipped="0")
+    properties = ET.SubElement(suite, "properties")
+    for name, value in (("reference", result.reference.path), ("candidate", result.candidate.path),
+                        ("data", result.data), ("images", result.images),
+                        ("reference_auroc", f"{result.reference.auroc:.6f}"),
+                        ("candidate_auroc", f"{result.candidate.auroc:.6f}"),
+                        ("auroc_drop", f"{result.auroc_drop:.6f}"), ("agreement", f"{result.agreement:.6f}"),
+                        ("max_score_difference", f"{result.max_score_difference:.6f}")):
+        ET.SubElement(properties, "property", name=name, value=str(value))
+    for name, failed, message in cases:
+        case = ET.SubElement(suite, "testcase", classname="edgekit.check", name=name)
+        if failed:
+            ET.SubElement(case, "failure", message=message, type="limit").text = message
+        else:
+            ET.SubElement(case, "system-out").text = message
+    ET.SubElement(suite, "system-out").text = render_table(result)
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def write_junit(result: CheckResult, path: str | Path) -> Path:
+    """Write :func:`junit_xml` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgekitError(f"--junit {path} is a folder; give a file name such as {path / 'edgekit-check.xml'}")
+    temporary = path.parent / f".{path.name}.{os.getpid()}.partial"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(junit_xml(result), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise EdgekitError(f"could not write {path}: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,303 @@
+"""PyTorch → TFLite with litert-torch (no TensorFlow), quantized with ai-edge-quantizer.
+
+The .tflite file has one signature, ``serving_default``, whose input and output keys are the
+bundle's tensor names (``image`` → ``embedding``), so the device maps the manifest's names onto
+the interpreter's tensors by name. The input takes the target's layout (NHWC for the Raspberry Pi
+targets: TFLite's own layout, so the graph needs no input transpose). The batch is fixed at 1 in
+the file; the LiteRT backend resizes the input when it is given another batch.
+
+Precisions:
+- fp32: the converted float graph as it is.
+- fp16: the weights of every convolution stored as float16 (ai-edge-quantizer float casting);
+  activations and arithmetic stay float32 (XNNPACK widens the weights when it loads them).
+- int8: by default static int8 (``[tflite] int8_scheme = "static"`` in the family's recipe):
+  int8 per-channel weights and int8 per-tensor activations whose ranges come from the
+  calibration images (training normals only; ai-edge-quantizer's running average of each image's
+  min/max). The recipe's ``float_ops`` stay float. The input's range is not calibrated but set to
+  the whole range the pre-processing can produce, so a defect darker or brighter than every
+  training normal is not clipped at the door (this needs the job's input spec; without it the
+  calibration images' min/max is used and the manifest says so). ``"dynamic"`` keeps activations
+  float (quantized per call at run time).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgekit.export.job import Converted, ExportJob
+
+SIGNATURE = "serving_default"
+MODEL_FILE = "model.tflite"
+#: ops whose weights float casting can store as float16 (ai-edge-quantizer 0.10)
+_FP16_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_TRANSPOSE")
+_INT8_SCHEMES = ("static", "dynamic")
+
+
+def torch_to_tflite(module, example, path: Path, *, input_name: str, output_names: Sequence[str],
+                    layout: str = "NCHW") -> Path:
+    """Convert ``module`` (NCHW in, one tensor or a tuple out) to a float32 .tflite at ``path``.
+
+    ``example`` is the NCHW example input; with ``layout="NHWC"`` the file takes NHWC input.
+    """
+    try:
+        import litert_torch
+    except ImportError:
+        raise EdgekitError("exporting TFLite needs litert-torch: pip install 'edgekit[train]'") from None
+    if layout not in ("NCHW", "NHWC"):
+        raise EdgekitError(f"TFLite export supports layouts NCHW and NHWC, not {layout!r}")
+    wrapped = _named_io(module.eval(), input_layout=layout, output_names=tuple(output_names))
+    sample = example.permute(0, 2, 3, 1).contiguous() if layout == "NHWC" else example
+    with _quiet("litert-torch conversion"):
+        edge_model = litert_torch.convert(wrapped, sample_kwargs={input_name: sample})
+        edge_model.export(str(path))
+    return Path(path)
+
+
+def _named_io(network, *, input_layout: str, output_names: tuple[str, ...]):
+    """``network`` taking its input in ``input_layout`` and returning ``{output name: tensor}``.
+
+    The class is defined on first use so that importing this module does not import torch.
+    """
+    from torch import nn
+
+    class NamedIO(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, image):
+            if input_layout == "NHWC":
+                image = image.permute(0, 3, 1, 2)
+            outputs = self.network(image)
+            if not isinstance(outputs, (tuple, list)):
+                outputs = (outputs,)
+            if len(outputs) != len(output_names):
+                raise ValueError(f"the network gives {len(outputs)} outputs for names {output_names}")
+            return dict(zip(output_names, outputs))
+
+    return NamedIO().eval()
+
+
+def float16_weights(float_model: Path, path: Path) -> dict[str, Any]:
+    """Store every convolution's weights as float16; returns notes on what changed."""
+    from ai_edge_quantizer import quantizer
+
+    engine = quantizer.Quantizer(str(float_model))
+    for op in _FP16_WEIGHT_OPS:
+        engine.add_weight_only_config(regex=".*", operation_name=op, num_bits=16, algorithm_key="float_casting")
+    with _quiet("ai-edge-quantizer float16"):
+        result = engine.quantize(enable_progress_report=False)
+    Path(path).write_bytes(bytes(result.quantized_model))
+    census = op_census(path)
+    return {"scheme": "float16 weights (ai-edge-quantizer float_casting)",
+            "quantized": "weights of " + _ops_phrase(census["float16_weights"]) + " stored as float16",
+            "float": "all activations and arithmetic: float32 (weights are widened when the model loads)",
+            "ops": census["ops"]}
+
+
+def int8_quantize(float_model: Path, path: Path, calibration: np.ndarray, *, input_name: str,
+                  input_range: tuple[float, float], scheme: str = "static",
+                  float_ops: Sequence[str] = ()) -> dict[str, Any]:
+    """Quantize ``float_model`` to int8 with ai-edge-quantizer; returns notes on what changed.
+
+    ``calibration`` is a batch in the file's input layout, training normals only. ``input_range``
+    (low, high) is the range the pre-processing can produce; the input is quantized over it.
+    ``float_ops`` names TFLite ops (e.g. ``RESIZE_BILINEAR``) that stay float.
+    """
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    unknown = sorted(set(float_ops) - {op.value for op in qtyping.TFLOperationName})
+    if unknown:
+        raise EdgekitError(f"calibration recipe: [tflite] float_ops names {unknown[0]!r}, which is not a TFLite op "
+                           f"ai-edge-quantizer knows (e.g. DEPTHWISE_CONV_2D, RESIZE_BILINEAR)")
+    if scheme not in _INT8_SCHEMES:
+        raise EdgekitError(f"calibration recipe: [tflite] int8_scheme must be one of {', '.join(_INT8_SCHEMES)}, "
+                           f"not {scheme!r}")
+    engine = quantizer.Quantizer(str(float_model), recipe.static_wi8_ai8() if scheme == "static"
+                                 else recipe.dynamic_wi8_afp32())
+    for op in float_ops:
+        engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key="no_quantize")
+    calibration_result = None
+    if scheme == "static":
+        if len(calibration) == 0:
+            raise EdgekitError("int8 TFLite export needs calibration images (training normals); none were given")
+        samples = [{input_name: np.ascontiguousarray(calibration[i:i + 1], np.float32)}
+                   for i in range(len(calibration))]
+        with _quiet("ai-edge-quantizer calibration"):
+            calibration_result = engine.calibrate({SIGNATURE: samples}, num_threads=max(1, os.cpu_count() or 1))
+        tensor = _signature_tensor_name(float_model, input_name)
+        bounds = calibration_result.get(tensor)
+        if bounds is None:
+            raise EdgekitError(f"ai-edge-quantizer calibration did not see the input tensor {tensor!r}")
+        seen = (float(np.min(bounds["min"])), float(np.max(bounds["max"])))
+        bounds["min"] = np.full_like(bounds["min"], input_range[0])
+        bounds["max"] = np.full_like(bounds["max"], input_range[1])
+    with _quiet("ai-edge-quantizer int8"):
+        result = engine.quantize(calibration_result, enable_progress_report=False)
+    Path(path).write_bytes(bytes(result.quantized_model))
+    census = op_census(path)
+    notes: dict[str, Any] = {"ops": census["ops"], "float_ops_requested": list(float_ops)}
+    if scheme == "static":
+        notes.update({
+            "scheme": "static int8 (ai-edge-quantizer static_wi8_ai8, running-average min/max ranges)",
+            "quantized": ("int8 per-channel weights and int8 per-tensor activations in "
+                          + _ops_phrase(census["int8"])),
+            "float": _ops_phrase(census["float"]) or "nothing inside the network",
+            "calibration_images": int(len(calibration)),
+            "input_range": [float(input_range[0]), float(input_range[1])],
+            "input_range_calibrated": [round(seen[0], 6), round(seen[1], 6)],  # what calibration alone gave
+            "io": census["io"]})
+    else:
+        notes.update({
+            "scheme": "dynamic range int8 (ai-edge-quantizer dynamic_wi8_afp32)",
+            "quantized": "int8 per-channel weights of " + _ops_phrase(census["int8_weights"])
+                         + "; their float32 inputs are quantized per call at run time",
+            "float": "activations between ops and " + (_ops_phrase(census["float"]) or "no op"),
+            "io": census["io"]})
+    return notes
+
+
+def op_census(path: Path) -> dict[str, Any]:
+    """Which ops of a .tflite compute in int8 and which in float, and its input/output types."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ops: Counter = Counter()
+    int8_ops: Counter = Counter()
+    float_ops: Counter = Counter()
+    int8_weights: Counter = Counter()
+    float16_weights: Counter = Counter()
+    bookkeeping = {"QUANTIZE", "DEQUANTIZE"}
+    dequantized_from: dict[int, Any] = {}
+    for op in interpreter._get_ops_details():  # the only public-enough view of the graph
+        name = op["op_name"]
+        ops[name] += 1
+        if name == "DEQUANTIZE":
+            for out in op["outputs"]:
+                dequantized_from[int(out)] = details[int(op["inputs"][0])]["dtype"]
+            continue
+        if name in bookkeeping:
+            continue
+        out_types = {details[int(i)]["dtype"] for i in op["outputs"] if int(i) in details}
+        (int8_ops if np.dtype(np.int8) in {np.dtype(t) for t in out_types} else float_ops)[name] += 1
+        weight_types = {np.dtype(details[int(i)]["dtype"]) for i in op["inputs"][1:2] if int(i) in details}
+        weight_types |= {np.dtype(dequantized_from[int(i)]) for i in op["inputs"][1:2] if int(i) in dequantized_from}
+        if np.dtype(np.int8) in weight_types:
+            int8_weights[name] += 1
+        if np.dtype(np.float16) in weight_types:
+            float16_weights[name] += 1
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    io = {key: np.dtype(value["dtype"]).name
+          for key, value in {**runner.get_input_details(), **runner.get_output_details()}.items()}
+    return {"ops": dict(ops), "int8": dict(int8_ops), "float": dict(float_ops), "int8_weights": dict(int8_weights),
+            "float16_weights": dict(float16_weights), "io": io}
+
+
+def _ops_phrase(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {name}" for name, count in sorted(counts.items()))
+
+
+def _signature_tensor_name(path: Path, key: str) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner(SIGNATURE)
+    return runner.get_input_details()[key]["name"]
+
+
+def input_range(mean: Sequence[float], std: Sequence[float]) -> tuple[float, float]:
+    """The lowest and highest value :func:`edgekit.preprocess.prepare` can produce (pixels 0..255)."""
+    low = [(0.0 - m) / s for m, s in zip(mean, std)]
+    high = [(1.0 - m) / s for m, s in zip(mean, std)]
+    return float(min(low)), float(max(high))
+
+
+def convert(job: "ExportJob") -> "Converted":
+    """The TFLite format at the job's precision (fp32, fp16 or int8)."""
+    from edgekit.export.job import Converted
+
+    if job.precision not in ("fp32", "fp16", "int8"):
+        raise EdgekitError(f"TFLite export offers fp32, fp16 and int8, not {job.precision}")
+    layout = job.format.layout
+    target = Path(job.out_dir) / MODEL_FILE
+    float_path = target if job.precision == "fp32" else Path(job.out_dir) / "float.tflite"
+    torch_to_tflite(job.network, job.example, float_path, input_name=job.input_name,
+                    output_names=job.output_names, layout=layout)
+    from litert_torch import __version__ as converter_version
+
+    notes: dict[str, Any] = {"converter": f"litert-torch {converter_version} (torch.export, no TensorFlow)",
+                             "tflite_input_layout": layout, "tflite_signature": SIGNATURE}
+    if job.precision == "fp32":
+        notes["quantization"] = {"scheme": "none", "float": "everything (float32)"}
+        return Converted(files=[target], notes=notes)
+    try:
+        if job.precision == "fp16":
+            notes["quantization"] = float16_weights(float_path, target)
+        else:
+            settings = dict(job.recipe.get("tflite", {}))
+            calibration = job.calibration.transpose(0, 2, 3, 1) if layout == "NHWC" else job.calibration
+            bounds, source = _input_range(job, calibration)
+            notes["quantization"] = int8_quantize(
+                float_path, target, calibration, input_name=job.input_name, input_range=bounds,
+                scheme=str(settings.get("int8_scheme", "static")), float_ops=tuple(settings.get("float_ops", ())))
+            notes["quantization"]["input_range_source"] = source
+    finally:
+        float_path.unlink(missing_ok=True)
+    return Converted(files=[target], notes=notes)
+
+
+def _input_range(job: "ExportJob", calibration: np.ndarray) -> tuple[tuple[float, float], str]:
+    """The int8 input range: the pre-processing's full range when the job says its mean/std.
+
+    Falls back to the calibration images' own min/max (then a defect darker or brighter than every
+    training normal is clipped at the input; the manifest says which one was used).
+    """
+    spec = getattr(job, "input_spec", None)  # an InputSpec, when the pipeline passes one
+    if spec is not None:
+        return input_range(spec.mean, spec.std), "pre-processing (pixels 0..255 through mean/std)"
+    return (float(calibration.min()), float(calibration.max())), "calibration images (min/max)"
+
+
+@contextlib.contextmanager
+def _quiet(stage: str) -> Iterator[None]:
+    """Silence the converters' progress bars and C++ logs; a failure becomes one EdgekitError line.
+
+    litert-torch and ai-edge-quantizer print to the process's file descriptors 1 and 2 (rich,
+    tqdm, absl), which Python-level redirection cannot catch, so the descriptors are pointed at a
+    temporary file for the duration; an exception becomes one line naming the stage.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        failure = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        except EdgekitError:
+            raise
+        except Exception as exc:  # the converters raise many types; report the first line
+            failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        if failure is not None:
+            raise EdgekitError(f"{stage} failed: {failure}") from None

@@ -1,0 +1,142 @@
+"""``edgekit fit``: a new (or extended) memory bank from normal images, on the device, without torch.
+
+A camera installer whose product line changed points the bundle at a folder of normal images.
+They are split (seeded) into bank images and held-out images, as training splits its normals;
+the bank images go through the bundle's own network with its own runtime — PCA included, as it
+is folded into the network — and the same greedy k-center coreset and bank storage as training
+and export; the thresholds are then re-fitted on the held-out images with the new bank. The
+network files are copied byte for byte; the new bundle is written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from edgekit.bundle import Bundle, save_bundle
+from edgekit.compress.coreset import coreset_count, coreset_indices
+from edgekit.compress.pca import BankSettings, compress_bank
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import ImageLike, prepare
+from edgekit.progress import ProgressFn, noop
+from edgekit.runtime.decision import fit_decision
+from edgekit.runtime.heads import KnnHead, build_head
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+HEAD_DIR = "head"
+
+
+def split_normals(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``count`` normal images into (bank indices, held-out indices), both sorted."""
+    if not 0 < holdout < 1:
+        raise EdgekitError(f"the held-out share must be between 0 and 1, not {holdout}")
+    held = max(2, int(round(count * holdout)))
+    if count - held < 2:
+        raise EdgekitError(f"need at least {held + 2} normal images to hold {held} out for thresholds; found {count}")
+    order = np.random.default_rng(seed).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def list_normals(folder: Path) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgekitError(f"{folder}: no such folder of normal images")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise EdgekitError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def embed_images(detector, images: Sequence[ImageLike], *, batch_size: int = 8, progress: ProgressFn = noop,
+                 stage: str = "embedding") -> np.ndarray:
+    """The bundle's network output for images, through its own pre-processing and runtime."""
+    manifest = detector.manifest
+    input_name, output_name = manifest.network.input_name, manifest.network.output_names[0]
+    outputs = []
+    progress(stage, 0, len(images))
+    for start in range(0, len(images), batch_size):
+        batch = prepare(images[start:start + batch_size], manifest.input)
+        result = detector.backend.infer({input_name: batch})
+        if output_name not in result:
+            raise EdgekitError(f"the network did not produce output {output_name!r} (it gave {sorted(result)})")
+        outputs.append(np.asarray(result[output_name], dtype=np.float32))
+        progress(stage, min(start + batch_size, len(images)), len(images))
+    return np.concatenate(outputs)
+
+
+def _patches(embeddings: np.ndarray) -> np.ndarray:
+    return embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
+
+
+def fit_bundle(bundle: str | Path, normals: str | Path, *, out: Optional[str | Path] = None, add: bool = False,
+               holdout: float = 0.2, seed: Optional[int] = None, batch_size: int = 8, overwrite: bool = False,
+               progress: ProgressFn = noop) -> Bundle:
+    """Build (or, with ``add``, extend) a bundle's bank from normal images and re-fit its thresholds.
+
+    ``out`` None replaces ``bundle`` in place (atomically). ``seed`` defaults to the bundle's
+    training seed, so the split and the coreset are those training would make.
+    """
+    from edgekit.bundle import load_bundle
+    from edgekit.runtime.detector import load
+
+    source = Path(bundle)
+    dest = Path(out) if out is not None else source
+    if out is not None and dest.exists() and not overwrite and dest.resolve() != source.resolve():
+        raise EdgekitError(f"{dest} already exists; choose another --out or pass --overwrite")
+    detector = load(source)
+    manifest = detector.manifest
+    if manifest.head.kind != "knn" or not isinstance(detector.head, KnnHead):
+        raise EdgekitError(f"bundle {source}: fitting a bank needs a kNN (PatchCore) head, not {manifest.head.kind!r}")
+    params = dict(manifest.head.params)
+    bank_info = dict(params.get("bank") or {})
+    dtype = str(bank_info.get("dtype", "float32"))
+    stored = dict(bank_info.get("settings") or {})
+    settings = BankSettings(dims=str(stored.get("dims", "full")), dtype=dtype, size=stored.get("size"),
+                            share=stored.get("share"))
+    ratio = float(params.get("coreset_ratio", 0.1))
+    seed = int(params.get("seed", 0)) if seed is None else seed
+
+    images = list_normals(Path(normals))
+    bank_idx, held_idx = split_normals(len(images), holdout, seed)
+    embeddings = embed_images(detector, images, batch_size=batch_size, progress=progress)
+    patches = _patches(embeddings[bank_idx])
+    count = coreset_count(len(patches), ratio)
+    old_bank = detector.head.memory_bank if add else None
+    chosen = coreset_indices(patches, count, seed=seed, covered_by=old_bank,
+                             progress=lambda done, total: progress("coreset", done, total))
+    rows = patches[chosen] if old_bank is None else np.concatenate([old_bank, patches[chosen]])
+    coreset_rows = count + (int(bank_info.get("coreset_rows", len(old_bank))) if old_bank is not None else 0)
+    feature_dims = int(bank_info.get("feature_dims", patches.shape[1]))
+    size = settings.rows(coreset_rows, feature_dims, patches.shape[1])
+    compressed = compress_bank(rows, dtype=dtype, size=size, seed=seed, feature_dims=feature_dims)
+
+    bank_info.update({key: value for key, value in compressed.description.items()
+                      if key in ("rows", "dims", "dtype", "reselected_from")})
+    bank_info["coreset_rows"] = coreset_rows
+    bank_info["smaller_than_uncompressed"] = round(coreset_rows * feature_dims * 4 / compressed.nbytes, 2)
+    bank_info["bytes"] = compressed.nbytes
+    fitted = {"images": len(bank_idx), "held_out": len(held_idx), "folder": str(Path(normals).resolve()),
+              "patches": int(len(patches)), "added_rows": int(count), "add": bool(add), "seed": seed,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if old_bank is not None:
+        fitted["previous_rows"] = int(len(old_bank))  # before any re-thinning of the union
+    params["bank"] = {**bank_info, "fitted": fitted}
+    paths = {name: f"{HEAD_DIR}/{name}.npy" for name in compressed.arrays}
+    spec = manifest.input
+    head = build_head(manifest.head.kind, params, compressed.arrays, output_height=spec.height,
+                      output_width=spec.width)
+    progress("fit thresholds", 0, len(held_idx))
+    scores, maps = head(embeddings[held_idx])
+    progress("fit thresholds", len(held_idx), len(held_idx))
+    head_spec = dataclasses.replace(manifest.head, params=params, arrays=paths)
+    new_manifest = dataclasses.replace(manifest, head=head_spec, decision=fit_decision(scores, maps),
+                                       export={**manifest.export, "bank": params["bank"]})
+    files = {name: detector.bundle.path(name) for name in manifest.network.files}
+    save_bundle(dest, new_manifest, files=files,
+                arrays={paths[name]: array for name, array in compressed.arrays.items()},
+                overwrite=overwrite or dest == source)
+    return load_bundle(dest)

@@ -1,0 +1,193 @@
+"""`edgekit fit`: a bank built on the device from normal images, torch-free, written atomically."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import edgekit
+from edgekit.bundle import HeadSpec, NetworkSpec, load_bundle, save_bundle, sha256_file
+from edgekit.cli import cli
+from edgekit.compress.coreset import coreset_count, coreset_indices
+from edgekit.compress.pca import compress_bank
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import InputSpec, prepare
+from edgekit.runtime.decision import fit_decision
+from edgekit.runtime.fit import fit_bundle, list_normals, split_normals
+from edgekit.runtime.heads import decode_bank, encode_bank
+
+SPEC = InputSpec(height=32, width=32, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+POOL = 4
+
+
+def _fake_features(images) -> np.ndarray:
+    """What the fake network computes: the prepared image averaged over POOL×POOL blocks."""
+    batch = prepare(images, SPEC)
+    n, c, h, w = batch.shape
+    return batch.reshape(n, c, h // POOL, POOL, w // POOL, POOL).mean(axis=(3, 5))
+
+
+def _patches(embeddings: np.ndarray) -> np.ndarray:
+    return embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
+
+
+@pytest.fixture(scope="module")
+def normals(tmp_path_factory) -> Path:
+    """Ten smooth random 32×32 colour images."""
+    folder = tmp_path_factory.mktemp("normals")
+    rng = np.random.default_rng(0)
+    for index in range(10):
+        coarse = rng.integers(60, 200, (4, 4, 3)).astype(np.uint8)
+        Image.fromarray(coarse).resize((32, 32), Image.BILINEAR).save(folder / f"n{index:02d}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fake_bundle(tmp_path_factory) -> Path:
+    """A kNN bundle on the fake runtime with an int8 bank of 40 random rows in the network's space."""
+    from edgekit.bundle import SCHEMA_VERSION, Decision, Manifest
+
+    bank = np.random.default_rng(1).standard_normal((40, 3)).astype(np.float32)
+    arrays = encode_bank(bank, "int8")
+    head = HeadSpec(kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0, "coreset_ratio": 0.25, "seed": 0,
+                                        "bank": {"rows": 40, "dims": 3, "dtype": "int8",
+                                                 "settings": {"dims": "full", "dtype": "int8", "size": None}}},
+                    arrays={name: f"head/{name}.npy" for name in arrays})
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, edgekit_version=edgekit.__version__, model="patchcore", backbone="fake",
+        target="x86", runtime="fake", device="CPU", precision="fp32", input=SPEC,
+        network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
+        head=head, decision=Decision(image_threshold=1.0, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0,
+                                     method="test", fitted_on=2),
+        source={}, export={})
+    out = tmp_path_factory.mktemp("fake") / "bundle"
+    network = json.dumps({"pool": POOL, "outputs": ["embedding"]}).encode()
+    return save_bundle(out, manifest, files={"net.json": network},
+                       arrays={f"head/{name}.npy": array for name, array in arrays.items()})
+
+
+def test_fit_builds_the_bank_training_would_and_refits_thresholds(fake_bundle, normals, tmp_path):
+    out = tmp_path / "fitted"
+    fitted = fit_bundle(fake_bundle, normals, out=out)
+    images = list_normals(normals)
+    assert len(images) == 10  # the .txt file is not an image
+    bank_idx, held_idx = split_normals(10, 0.2, 0)
+    patches = _patches(_fake_features([images[i] for i in bank_idx]))
+    count = coreset_count(len(patches), 0.25)
+    expected = compress_bank(patches[coreset_indices(patches, count, seed=0)], dtype="int8")
+    for name, array in expected.arrays.items():
+        np.testing.assert_array_equal(fitted.array(name), array)
+    bank = fitted.manifest.head.params["bank"]
+    assert (bank["rows"], bank["dims"], bank["dtype"]) == (count, 3, "int8")
+    assert bank["fitted"]["images"] == 8 and bank["fitted"]["held_out"] == 2 and bank["fitted"]["add"] is False
+    assert sha256_file(out / "net.json") == sha256_file(fake_bundle / "net.json")  # network byte-identical
+    detector = edgekit.load(out)
+    held_scores, held_maps = detector.raw([images[i] for i in held_idx])
+    assert fitted.manifest.decision == fit_decision(held_scores, held_maps)
+    assert fitted.manifest.decision.fitted_on == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written left behind
+
+
+def test_add_keeps_the_old_bank_and_adds_the_patches_farthest_from_it(fake_bundle, normals, tmp_path):
+    old = decode_bank({name: load_bundle(fake_bundle).array(name) for name in ("memory_bank", "bank_scale",
+                                                                                "bank_offset")}, "int8")
+    added = fit_bundle(fake_bundle, normals, out=tmp_path / "added", add=True)
+    images = list_normals(normals)
+    bank_idx, _ = split_normals(10, 0.2, 0)
+    patches = _patches(_fake_features([images[i] for i in bank_idx]))
+    count = coreset_count(len(patches), 0.25)
+    new = patches[coreset_indices(patches, count, seed=0, covered_by=old)]
+    bank = decode_bank({name: added.array(name) for name in added.manifest.head.arrays}, "int8")
+    assert bank.shape == (40 + count, 3) and added.manifest.head.params["bank"]["fitted"]["previous_rows"] == 40
+    scale = added.array("bank_scale")
+    assert np.all(np.abs(bank - np.concatenate([old, new])) <= scale * 0.5001)  # re-encoded with wider scales
+    first_new = np.linalg.norm(patches - old[:, None], axis=-1).min(0).argmax()
+    np.testing.assert_allclose(bank[40], patches[first_new], atol=float(scale.max()))
+
+
+def test_fit_in_place_replaces_the_bundle_and_refuses_an_existing_out(fake_bundle, normals, tmp_path):
+    copy = shutil.copytree(fake_bundle, tmp_path / "copy")
+    fit_bundle(copy, normals)
+    assert load_bundle(copy).manifest.head.params["bank"]["fitted"]["images"] == 8
+    with pytest.raises(EdgekitError, match="already exists"):
+        fit_bundle(fake_bundle, normals, out=copy)
+    with pytest.raises(EdgekitError, match="holds no images"):
+        fit_bundle(fake_bundle, tmp_path / "copy" / "head", out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_fit_command_prints_one_line_and_errors_are_one_line(fake_bundle, normals, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["fit", str(fake_bundle), "--normals", str(normals), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert "fitted patchcore bank" in result.output and "fitted on 2 held-out normals" in result.output
+    result = runner.invoke(cli, ["fit", str(fake_bundle), "--normals", str(tmp_path / "none"), "--out",
+                                 str(tmp_path / "c")])
+    assert result.exit_code == 1 and result.output.strip().startswith("error:") and "no such folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+# --- the real bundle: runtime features vs torch features, torch absent --------------------------------------
+
+@pytest.fixture(scope="module")
+def device_fit(x86_bundle, brick, tmp_path_factory):
+    """`fit` on 12 brick training images, in a fresh process in which torch cannot be imported."""
+    folder = tmp_path_factory.mktemp("device_normals")
+    for path in sorted((brick / "train" / "good").iterdir())[:12]:
+        shutil.copyfile(path, folder / path.name)
+    out = tmp_path_factory.mktemp("device_fit") / "bundle"
+    code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
+            "from edgekit.runtime.fit import fit_bundle\n"
+            "fit_bundle(sys.argv[1], sys.argv[2], out=sys.argv[3])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'anomalib')))")
+    done = subprocess.run([sys.executable, "-c", code, str(x86_bundle), str(folder), str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return folder, out, done.stdout.strip()
+
+
+def test_fit_runs_without_torch(device_fit):
+    _, out, imported = device_fit
+    assert imported == "['torch']"  # only the blocked placeholder: nothing imported torch, timm or anomalib
+    assert load_bundle(out).manifest.head.params["bank"]["fitted"]["images"] == 10
+
+
+def test_device_bank_equals_the_training_path_on_the_same_images(device_fit, patchcore_run):
+    from edgekit.compress.pca import DEFAULT_BANK
+    from edgekit.train.patchcore import compressed_bank, embed, input_spec_for, load_network
+
+    folder, out, _ = device_fit
+    images = list_normals(folder)
+    bank_idx, _ = split_normals(len(images), 0.2, patchcore_run.config["seed"])
+    config = patchcore_run.config
+    torch_features = embed(load_network(patchcore_run), [images[i] for i in bank_idx],
+                           input_spec_for(config["backbone"], config["image_size"]))
+    pca = compressed_bank(patchcore_run, DEFAULT_BANK).pca
+    patches = _patches(torch_features if pca is None else pca.project_maps(torch_features))
+    count = coreset_count(len(patches), config["coreset_ratio"])
+    chosen = coreset_indices(patches, count, seed=config["seed"])
+    rows = DEFAULT_BANK.rows(count, 152, patches.shape[1])
+    expected = compress_bank(patches[chosen], dtype=DEFAULT_BANK.dtype, size=rows, seed=config["seed"])
+    fitted = load_bundle(out)
+    got = decode_bank({name: fitted.array(name) for name in fitted.manifest.head.arrays}, DEFAULT_BANK.dtype)
+    want = decode_bank(expected.arrays, DEFAULT_BANK.dtype)
+    assert got.shape == want.shape == (rows or count, patches.shape[1])
+    assert fitted.manifest.head.params["bank"]["coreset_rows"] == count
+    # the same rows (float32 greedy selection may visit two near-tied patches in swapped order)
+    step = float(np.max(expected.arrays.get("bank_scale", np.float32(0))))
+    tolerance = step + 1e-3 * float(np.abs(want).max())
+    from edgekit.runtime.heads import nearest_neighbors
+
+    for a, b in ((got, want), (want, got)):
+        distances, nearest = nearest_neighbors(a, b)
+        assert np.all(np.abs(a - b[nearest]) <= tolerance)
+    mismatched = np.flatnonzero(np.abs(got - want).max(axis=1) > tolerance)
+    assert len(mismatched) <= 4, f"selection order differs at {len(mismatched)} rows"

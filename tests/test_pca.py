@@ -1,0 +1,96 @@
+"""PCA bank compression: statistics, axes, dimension choice and the folded 1×1 convolution."""
+import numpy as np
+import pytest
+
+from edgekit.compress.pca import AUTO_VARIANCE, compress_bank, feature_statistics, fit_pca, resolve_dims
+from edgekit.errors import EdgekitError
+
+
+@pytest.fixture(scope="module")
+def features() -> np.ndarray:
+    """Correlated, offset, non-negative features (like pooled ReLU activations): 3000 × 24."""
+    rng = np.random.default_rng(0)
+    mixing = rng.standard_normal((24, 24)) * np.linspace(3.0, 0.05, 24)[:, None]
+    return np.abs(rng.standard_normal((3000, 24)) @ mixing + 2.0).astype(np.float32)
+
+
+def test_statistics_equal_numpy_mean_and_covariance_across_chunks(features, monkeypatch):
+    monkeypatch.setattr("edgekit.compress.pca._STATISTICS_ROWS", 700)  # five uneven chunks
+    stats = feature_statistics(features)
+    np.testing.assert_allclose(stats.mean, features.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.covariance, np.cov(features.astype(np.float64), rowvar=False, bias=True),
+                               rtol=1e-9, atol=1e-12)
+    assert stats.count == 3000
+
+
+def test_axes_are_orthonormal_sorted_and_match_sklearn(features):
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    pca = fit_pca(feature_statistics(features), 8)
+    np.testing.assert_allclose(pca.components @ pca.components.T, np.eye(8), atol=1e-10)
+    assert np.all(np.diff(pca.variances) <= 0)
+    reference = decomposition.PCA(n_components=8, svd_solver="full").fit(features.astype(np.float64))
+    signs = np.sign(np.sum(reference.components_ * pca.components, axis=1))
+    np.testing.assert_allclose(pca.components, reference.components_ * signs[:, None], atol=1e-6)
+    assert pca.explained_variance == pytest.approx(reference.explained_variance_ratio_.sum(), rel=1e-9)
+
+
+def test_full_rotation_keeps_every_pairwise_distance(features):
+    pca = fit_pca(feature_statistics(features), 24)
+    projected = pca.project_rows(features[:50]).astype(np.float64)
+    original = features[:50].astype(np.float64)
+    before = np.linalg.norm(original[:, None] - original[None], axis=-1)
+    after = np.linalg.norm(projected[:, None] - projected[None], axis=-1)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_dims_spec_full_auto_and_numbers(features):
+    stats = feature_statistics(features)
+    assert resolve_dims("full", stats) is None and resolve_dims(None, stats) is None
+    assert resolve_dims("24", stats) is None  # all dimensions: no projection at all
+    assert resolve_dims("8", stats) == 8
+    auto = resolve_dims("auto", stats)
+    assert fit_pca(stats, auto).explained_variance >= AUTO_VARIANCE > fit_pca(stats, auto - 1).explained_variance
+    for bad, message in [("64", "more than the features' 24"), ("0", "positive integer"), ("half", "positive")]:
+        with pytest.raises(EdgekitError, match=message):
+            resolve_dims(bad, stats)
+
+
+def test_map_projection_equals_row_projection(features):
+    pca = fit_pca(feature_statistics(features), 6)
+    maps = features[:2 * 5 * 7].reshape(2, 5, 7, 24).transpose(0, 3, 1, 2)
+    projected = pca.project_maps(maps)
+    rows = pca.project_rows(maps.transpose(0, 2, 3, 1).reshape(-1, 24)).reshape(2, 5, 7, 6).transpose(0, 3, 1, 2)
+    assert projected.shape == (2, 6, 5, 7) and projected.dtype == np.float32
+    np.testing.assert_allclose(projected, rows, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_network_output_equals_pca_of_unfolded_output(features):
+    torch = pytest.importorskip("torch")
+    from edgekit.export.patchcore import fold_projection
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.ReLU()).eval()
+    pca = fit_pca(feature_statistics(features), 10)
+    folded = fold_projection(network, pca)
+    image = torch.randn(2, 3, 12, 12)
+    with torch.inference_mode():
+        unfolded_out, folded_out = network(image).numpy(), folded(image).numpy()
+    assert folded_out.shape == (2, 10, 12, 12)
+    np.testing.assert_allclose(folded_out, pca.project_maps(unfolded_out), rtol=1e-5, atol=1e-5)
+    reference = np.einsum("dc,nchw->ndhw", pca.components, unfolded_out - pca.mean[None, :, None, None])
+    np.testing.assert_allclose(folded_out, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_compress_bank_projects_reselects_in_the_projected_space_and_encodes(features):
+    pca = fit_pca(feature_statistics(features), 8)
+    bank = features[:600]
+    compressed = compress_bank(bank, pca=pca, dtype="int8", size=150, seed=1)
+    assert compressed.arrays["memory_bank"].shape == (150, 8) and compressed.arrays["memory_bank"].dtype == np.int8
+    assert compressed.description == {
+        "rows": 150, "dims": 8, "feature_dims": 24, "dtype": "int8", "coreset_rows": 600, "reselected_from": 600,
+        "projection": "pca (folded into the network as a 1x1 convolution)",
+        "explained_variance": round(pca.explained_variance, 6), "pca_fitted_on": 3000}
+    assert compressed.nbytes == 150 * 8 + 2 * 8 * 4
+    uncompressed = compress_bank(bank)
+    np.testing.assert_array_equal(uncompressed.arrays["memory_bank"], bank)  # full + float32: the bank itself
+    assert uncompressed.pca is None and uncompressed.description["reselected_from"] is None
