@@ -85,18 +85,18 @@ def pca_bundle(patchcore_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_images(brick):
+def sample_images(brick):
     from edgekit.data.datasets import open_dataset
 
     return [s.path for s in open_dataset(brick).test[::10]]
 
 
 @pytest.fixture(scope="module")
-def torch_embeddings(patchcore_run, test_images):
+def torch_embeddings(patchcore_run, sample_images):
     from edgekit.train.patchcore import embed, input_spec_for, load_network
 
     config = patchcore_run.config
-    return embed(load_network(patchcore_run), test_images, input_spec_for(config["backbone"], config["image_size"]))
+    return embed(load_network(patchcore_run), sample_images, input_spec_for(config["backbone"], config["image_size"]))
 
 
 def _stored(bundle_path):
@@ -123,7 +123,7 @@ def test_default_bank_is_int8_thinned_to_a_twentieth_of_anomalib_s(x86_bundle, p
 
 
 def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundle, patchcore_run, torch_embeddings,
-                                                                       test_images):
+                                                                       sample_images):
     import edgekit
     from edgekit.compress.pca import BankSettings
     from edgekit.runtime.fit import embed_images
@@ -136,14 +136,14 @@ def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundl
     assert bank["pca_fitted_on"] == f"all {patchcore_run.config['patches_seen']} training patches"
     assert 0.5 < bank["explained_variance"] < 1 and bank["bytes"] == bank["rows"] * 32 + 2 * 32 * 4
     assert sorted(stored) == ["bank_offset", "bank_scale", "memory_bank"]
-    device = embed_images(edgekit.load(pca_bundle), test_images)
+    device = embed_images(edgekit.load(pca_bundle), sample_images)
     expected = compressed_bank(patchcore_run, BankSettings(dims="32", dtype="int8")).pca.project_maps(torch_embeddings)
-    assert device.shape == expected.shape == (len(test_images), 32, 32, 32)
+    assert device.shape == expected.shape == (len(sample_images), 32, 32, 32)
     np.testing.assert_allclose(device, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
 
 
 def test_full_float32_bank_is_the_run_bank_and_scores_equal_the_uncompressed_computation(
-        uncompressed_bundle, patchcore_run, torch_embeddings, test_images):
+        uncompressed_bundle, patchcore_run, torch_embeddings, sample_images):
     import edgekit
     from edgekit.train.patchcore import head_for
 
@@ -155,7 +155,7 @@ def test_full_float32_bank_is_the_run_bank_and_scores_equal_the_uncompressed_com
     exact = KnnHead(memory_bank=patchcore_run.array("memory_bank"), num_neighbors=9, output_height=256,
                     output_width=256)(torch_embeddings)
     np.testing.assert_array_equal(head_for(patchcore_run)(torch_embeddings)[0], exact[0])
-    scores, _ = detector.raw(test_images)
+    scores, _ = detector.raw(sample_images)
     np.testing.assert_allclose(scores, exact[0], rtol=1e-4)
 
 

@@ -89,6 +89,7 @@ def test_compress_bank_projects_reselects_in_the_projected_space_and_encodes(fea
     assert compressed.description == {
         "rows": 150, "dims": 8, "feature_dims": 24, "dtype": "int8", "coreset_rows": 600, "reselected_from": 600,
         "projection": "pca (folded into the network as a 1x1 convolution)",
+        "quantization": "affine per dimension: value = bank_offset + bank_scale * q",
         "explained_variance": round(pca.explained_variance, 6), "pca_fitted_on": 3000}
     assert compressed.nbytes == 150 * 8 + 2 * 8 * 4
     uncompressed = compress_bank(bank)

@@ -22,8 +22,6 @@ from edgekit.errors import EdgekitError
 AUTO_VARIANCE = 0.95
 #: Rows of features accumulated per step when computing statistics (bounds float64 temporaries).
 _STATISTICS_ROWS = 16384
-
-
 _ITEM_BYTES = {"float32": 4, "float16": 2, "int8": 1}
 
 
@@ -201,6 +199,8 @@ def compress_bank(bank: np.ndarray, *, pca: Optional[Pca] = None, dtype: str = "
         "reselected_from": int(source_rows) if len(bank) < source_rows else None,
         "projection": "none" if pca is None else "pca (folded into the network as a 1x1 convolution)",
     }
+    if dtype == "int8":
+        description["quantization"] = "affine per dimension: value = bank_offset + bank_scale * q"
     if pca is not None:
         description.update({"explained_variance": round(pca.explained_variance, 6), "pca_fitted_on": pca.fitted_on})
     return CompressedBank(arrays=arrays, pca=pca, description=description)

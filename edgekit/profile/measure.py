@@ -82,7 +82,7 @@ def measure_latency(detector, image: np.ndarray, *, warmup: int = 10, runs: int 
         t1 = time.perf_counter()
         outputs = detector.backend.infer({manifest.network.input_name: batch})
         t2 = time.perf_counter()
-        raw = detector.head(outputs[manifest.network.output_names[0]])
+        raw = detector.run_head(outputs[manifest.network.output_names[0]])
         detector.decide(*raw)
         t3 = time.perf_counter()
         total.append((t3 - t0) * 1e3)

@@ -40,7 +40,7 @@ def normalise(raw: np.ndarray | float, center: float, threshold: float) -> np.nd
 class Detector:
     """Runs a bundle: the one pre-processing, the exported network, the numpy head, the decision."""
 
-    def __init__(self, bundle: Bundle, backend: Backend) -> None:
+    def __init__(self, bundle: Bundle, backend: Backend, *, head_threads: Optional[int] = None) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.backend = backend
@@ -49,6 +49,12 @@ class Detector:
         self.head = build_head(self.manifest.head.kind, self.manifest.head.params, arrays,
                                output_height=spec.height, output_width=spec.width)
         self._output_name = self.manifest.network.output_names[0]
+        self._blas_limit = _blas_limiter(head_threads)
+
+    def run_head(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The numpy head on network outputs, with numpy's BLAS threads capped (see ``load``)."""
+        with self._blas_limit():
+            return self.head(embeddings)
 
     def raw(self, images: Iterable[ImageLike]) -> tuple[np.ndarray, np.ndarray]:
         """Raw image scores (N,) and raw anomaly maps (N, H, W) for a batch of images."""
@@ -57,7 +63,7 @@ class Detector:
         if self._output_name not in outputs:
             raise EdgekitError(f"the network did not produce output {self._output_name!r} "
                                f"(it gave {sorted(outputs)})")
-        return self.head(outputs[self._output_name])
+        return self.run_head(outputs[self._output_name])
 
     def decide(self, raw_scores: np.ndarray, raw_maps: np.ndarray) -> list[Prediction]:
         decision: Decision = self.manifest.decision
@@ -79,10 +85,32 @@ class Detector:
         return predictions
 
 
-def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None) -> Detector:
+def _blas_limiter(threads: Optional[int]):
+    """A context manager capping numpy's BLAS threads (no-op without threadpoolctl or when None).
+
+    A multi-threaded BLAS product right after inference competes with the runtime's own worker
+    threads. Measured on the 2-core test VM: under load from other processes one BLAS thread made
+    predict() about 3× faster (benchmarks/vs_anomalib.py --blas-threads 1); on the idle machine it
+    made no difference for a 975-row bank and was ~15 % slower for a 4,915-row one. Hence opt-in.
+    """
+    import contextlib
+
+    if threads is None:
+        return contextlib.nullcontext
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=threads, user_api="blas")
+
+
+def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None,
+         head_threads: Optional[int] = None) -> Detector:
     """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
 
     ``device`` and ``threads`` override the manifest's target settings (e.g. ``device="GPU.1"``).
+    ``head_threads`` caps numpy's BLAS threads while the numpy head runs (None: numpy's default).
     """
     bundle = load_bundle(Path(path))
     manifest = bundle.manifest
@@ -91,4 +119,4 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
                              precision=manifest.precision,
                              output_names=tuple(manifest.network.output_names))
     backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
-    return Detector(bundle, backend)
+    return Detector(bundle, backend, head_threads=head_threads)

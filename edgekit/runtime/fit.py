@@ -115,7 +115,7 @@ def fit_bundle(bundle: str | Path, normals: str | Path, *, out: Optional[str | P
     compressed = compress_bank(rows, dtype=dtype, size=size, seed=seed, feature_dims=feature_dims)
 
     bank_info.update({key: value for key, value in compressed.description.items()
-                      if key in ("rows", "dims", "dtype", "reselected_from")})
+                      if key in ("rows", "dims", "dtype", "reselected_from", "quantization")})
     bank_info["coreset_rows"] = coreset_rows
     bank_info["smaller_than_uncompressed"] = round(coreset_rows * feature_dims * 4 / compressed.nbytes, 2)
     bank_info["bytes"] = compressed.nbytes
