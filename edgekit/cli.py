@@ -113,7 +113,9 @@ def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abno
 @click.option("--calibration-images", type=int, default=None,
               help="Training normals to calibrate a quantized model on (default: the model family's recipe).")
 @click.option("--max-drop", type=float, default=None, help="Accuracy-controlled quantization: allowed drop.")
-@click.option("--bank-dims", default=None, help="PatchCore bank dimensions: 32|64|128|256|full|auto.")
+@click.option("--bank-dims", default=None,
+              help="PatchCore bank dimensions: 32|64|128|256|full|auto. Any --bank-* option replaces the default "
+                   "bank (all dims, int8, 1/20 of the coreset's bytes); unset ones then mean 'as trained'.")
 @click.option("--bank-dtype", type=click.Choice(["float32", "float16", "int8"]), default=None,
               help="PatchCore bank storage type.")
 @click.option("--bank-size", type=int, default=None, help="PatchCore: re-select the bank down to N rows.")

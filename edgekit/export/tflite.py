@@ -263,7 +263,7 @@ def _input_range(job: "ExportJob", calibration: np.ndarray) -> tuple[tuple[float
     Falls back to the calibration images' own min/max (then a defect darker or brighter than every
     training normal is clipped at the input; the manifest says which one was used).
     """
-    spec = getattr(job, "input_spec", None)  # an InputSpec, when the pipeline passes one
+    spec = job.input_spec
     if spec is not None:
         return input_range(spec.mean, spec.std), "pre-processing (pixels 0..255 through mean/std)"
     return (float(calibration.min()), float(calibration.max())), "calibration images (min/max)"
