@@ -56,14 +56,18 @@ class Detector:
         with self._blas_limit():
             return self.head(embeddings)
 
-    def raw(self, images: Iterable[ImageLike]) -> tuple[np.ndarray, np.ndarray]:
-        """Raw image scores (N,) and raw anomaly maps (N, H, W) for a batch of images."""
+    def embed(self, images: Iterable[ImageLike]) -> np.ndarray:
+        """The network's output for a batch of images, through the one pre-processing."""
         batch = prepare(images, self.manifest.input)
         outputs = self.backend.infer({self.manifest.network.input_name: batch})
         if self._output_name not in outputs:
             raise EdgekitError(f"the network did not produce output {self._output_name!r} "
                                f"(it gave {sorted(outputs)})")
-        return self.run_head(outputs[self._output_name])
+        return outputs[self._output_name]
+
+    def raw(self, images: Iterable[ImageLike]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw image scores (N,) and raw anomaly maps (N, H, W) for a batch of images."""
+        return self.run_head(self.embed(images))
 
     def decide(self, raw_scores: np.ndarray, raw_maps: np.ndarray) -> list[Prediction]:
         decision: Decision = self.manifest.decision

@@ -20,7 +20,7 @@ from edgekit.bundle import Bundle, save_bundle
 from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import BankSettings, compress_bank
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, prepare
+from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.decision import fit_decision
 from edgekit.runtime.heads import KnnHead, build_head
@@ -54,16 +54,10 @@ def list_normals(folder: Path) -> list[Path]:
 def embed_images(detector, images: Sequence[ImageLike], *, batch_size: int = 8, progress: ProgressFn = noop,
                  stage: str = "embedding") -> np.ndarray:
     """The bundle's network output for images, through its own pre-processing and runtime."""
-    manifest = detector.manifest
-    input_name, output_name = manifest.network.input_name, manifest.network.output_names[0]
     outputs = []
     progress(stage, 0, len(images))
     for start in range(0, len(images), batch_size):
-        batch = prepare(images[start:start + batch_size], manifest.input)
-        result = detector.backend.infer({input_name: batch})
-        if output_name not in result:
-            raise EdgekitError(f"the network did not produce output {output_name!r} (it gave {sorted(result)})")
-        outputs.append(np.asarray(result[output_name], dtype=np.float32))
+        outputs.append(np.asarray(detector.embed(images[start:start + batch_size]), dtype=np.float32))
         progress(stage, min(start + batch_size, len(images)), len(images))
     return np.concatenate(outputs)
 
