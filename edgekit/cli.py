@@ -11,6 +11,7 @@ import click
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
+from edgekit.train.registry import TRAINERS
 
 DEFAULT_TARGET = "x86"
 
@@ -65,7 +66,7 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
 
 
 @cli.command()
-@click.option("--model", type=click.Choice(["patchcore"]), default="patchcore", show_default=True)
+@click.option("--model", type=click.Choice(list(TRAINERS)), default="patchcore", show_default=True)
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="A dataset category folder (MVTec layout) or a VisA root.")
 @click.option("--normal-dir", type=click.Path(path_type=Path), default=None,
@@ -76,33 +77,41 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
               help="... and their masks (<stem>.png or <stem>_mask.png).")
 @click.option("--category", default=None, help="Category inside a multi-category dataset root.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
-@click.option("--backbone", default="tf_efficientnet_lite0", show_default=True)
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local backbone weights file.")
-@click.option("--image-size", type=int, default=256, show_default=True)
-@click.option("--coreset-ratio", type=float, default=0.1, show_default=True)
-@click.option("--num-neighbors", type=int, default=9, show_default=True)
+@click.option("--image-size", type=int, default=None, help="Input side in pixels (default: the model's).")
 @click.option("--holdout", type=float, default=0.2, show_default=True,
-              help="Share of training normals kept out of the bank, for fitting thresholds.")
+              help="Share of training normals kept out of training, for fitting thresholds.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True)
+@click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local backbone weights file.")
+@click.option("--coreset-ratio", type=float, default=None, help="PatchCore: share of patches kept [0.1].")
+@click.option("--num-neighbors", type=int, default=None, help="PatchCore: neighbours re-weighting the score [9].")
+@click.option("--epochs", type=int, default=None, help="Models trained by gradient descent: epochs.")
+@click.option("--batch-size", type=int, default=None, help="Training batch size (default: the model's).")
+@click.option("--learning-rate", type=float, default=None, help="Models trained by gradient descent.")
+@click.option("--teacher-weights", type=click.Path(path_type=Path), default=None,
+              help="EfficientAD: a PDN teacher's weights (default: edgekit's distilled offline teacher).")
 def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abnormal_dir: Optional[Path],
-          mask_dir: Optional[Path], category: Optional[str], out: Path, backbone: str, weights: Optional[Path],
-          image_size: int, coreset_ratio: float, num_neighbors: int, holdout: float, seed: int,
-          overwrite: bool) -> None:
+          mask_dir: Optional[Path], category: Optional[str], out: Path, image_size: Optional[int], holdout: float,
+          seed: int, overwrite: bool, **model_options) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit[train])."""
     from edgekit.data.datasets import read_folder
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.train.registry import train as train_model
 
     if (data_dir is None) == (normal_dir is None):
         raise EdgekitError("give either --data DIR or --normal-dir DIR (with optional --abnormal-dir, --mask-dir)")
     data = data_dir if data_dir is not None else read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
-    run = train_patchcore(data, out, backbone=backbone, weights=weights, image_size=image_size,
-                          coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, holdout=holdout, seed=seed,
-                          category=category, overwrite=overwrite, progress=_progress())
+    given = {name: value for name, value in model_options.items() if value is not None}
+    if image_size is not None:
+        given["image_size"] = image_size
+    run = train_model(model, data, out, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                      progress=_progress(), **given)
     metrics = json.loads((run.path / "metrics.json").read_text())
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc") if k in metrics)
-    click.echo(f"trained {model} ({backbone}, bank {run.config['bank_rows']}x{run.config['feature_dims']}) "
-               f"in {run.config['train_seconds']:.1f} s → {run.path}" + (f"; training path: {summary}" if summary else ""))
+    config = run.config
+    shape = (f", bank {config['bank_rows']}x{config['feature_dims']}" if "bank_rows" in config else "")
+    click.echo(f"trained {model} ({config.get('backbone', 'no backbone')}{shape}) "
+               f"in {config['train_seconds']:.1f} s → {run.path}" + (f"; training path: {summary}" if summary else ""))
 
 
 @cli.command("export")
@@ -193,22 +202,78 @@ def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--target", default=DEFAULT_TARGET, show_default=True)
+@click.option("--sweep", is_flag=True,
+              help="PATHS may be training runs: export every variant the target allows (format x precision x "
+                   "bank) into OUT/bundles and measure each. Bundles among PATHS are measured as given.")
+@click.option("--precisions", default=None, help="With --sweep: only these precisions (comma-separated).")
+@click.option("--formats", default=None, help="With --sweep: only these formats (comma-separated).")
+@click.option("--banks", default=None, help="With --sweep: only these bank settings (full,default,small).")
+@click.option("--estimate", is_flag=True,
+              help="On a host that is not the target: a roofline latency estimate from FLOPs and the target's "
+                   "published peak, labelled 'estimate'; accuracy is scored on this host.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help="Labelled dataset: adds image/pixel AUROC, PRO and F1 at the bundle's threshold.")
+              help="Labelled dataset: adds image/pixel AUROC, PRO, F1 at the bundle's threshold, and heat maps.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed runs after warm-up.")
 @click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--cold-starts", type=int, default=3, show_default=True, help="Fresh processes timed (median).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("."), show_default=True)
-def profile(bundle: Path, target: str, data_dir: Optional[Path], runs: int, warmup: int, out: Path) -> None:
-    """Measure a bundle on this device: latency, cold start, memory, size, accuracy."""
-    from edgekit.profile.report import profile_bundle
+def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optional[str], formats: Optional[str],
+            banks: Optional[str], estimate: bool, data_dir: Optional[Path], runs: int, warmup: int,
+            cold_starts: int, out: Path) -> None:
+    """Measure bundles on this device: latency, cold start, memory, size, accuracy, heat maps.
 
-    result = profile_bundle(bundle, target=target, out=out, data=data_dir, runs=runs, warmup=warmup,
-                            progress=_progress())
+    Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html."""
+    from edgekit.export.targets import get_target, host_mismatch
+    from edgekit.profile.report import profile_bundles
+    from edgekit.profile.sweep import export_variants, plan_variants
+
+    spec = get_target(target)
+    mismatch = host_mismatch(spec)
+    if mismatch and not estimate:  # before any export: say so at once
+        raise EdgekitError(f"{mismatch}: run `edgekit profile` on the device itself, or pass --estimate for a "
+                           f"labelled roofline estimate")
+    if not sweep and (precisions or formats or banks):
+        raise EdgekitError("--precisions, --formats and --banks choose sweep variants: add --sweep")
+    bar = _progress()
+    bundles: list[Path] = []
+    for path in paths:
+        if (path / "run.json").is_file():
+            if not sweep:
+                raise EdgekitError(f"{path} is a training run: export it first, or pass --sweep to export and "
+                                   f"measure every variant of it")
+            from edgekit.train.run import open_run
+
+            variants = plan_variants(spec, model=open_run(path).model, formats=_split(formats),
+                                     precisions=_split(precisions), banks=_split(banks))
+            click.echo(f"{path}: {len(variants)} variants for {spec.name} → {out / 'bundles'}")
+            bundles += export_variants(path, spec.name, out / "bundles", variants, progress=bar)
+        elif path.exists():
+            bundles.append(path)
+        else:
+            raise EdgekitError(f"{path}: no such bundle or training run")
+    profile_bundles(bundles, target=spec.name, out=out, data=data_dir, runs=runs, warmup=warmup,
+                    cold_starts=cold_starts, estimate=estimate, progress=bar)
     click.echo((out / "profile.md").read_text())
-    click.echo(f"report: {out / 'profile.md'} and {out / 'profile.json'}")
-    return result
+    click.echo(f"report: {out / 'report.html'}, {out / 'profile.md'} and {out / 'profile.json'}")
+
+
+def _split(text: Optional[str]) -> Optional[list[str]]:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+@cli.command()
+@click.argument("profiles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
+def report(profiles: tuple[Path, ...], out: Path) -> None:
+    """Merge profile.json files from several devices into one self-contained HTML comparison."""
+    from edgekit.profile.report import load_profile, write_report_html
+
+    loaded = [load_profile(p) for p in profiles]
+    write_report_html(loaded, out, sources=[str(p) for p in profiles])
+    click.echo(f"report: {out} ({len(loaded)} profiles, "
+               f"{sum(len(p['variants']) for p in loaded)} variants)")
 
 
 @cli.command("check")
@@ -279,7 +344,7 @@ def demo(workdir: Path, texture: str) -> None:
     if subprocess.run(command, stdout=subprocess.DEVNULL).returncode != 0:
         raise EdgekitError("profiling the demo bundle failed (see the message above)")
     click.echo((workdir / "report" / "profile.md").read_text())
-    click.echo(f"report: {workdir / 'report' / 'profile.md'} (and profile.json)")
+    click.echo(f"report: {workdir / 'report' / 'report.html'} (open it in a browser), profile.md and profile.json")
 
 
 def main() -> None:  # pragma: no cover - console-script entry

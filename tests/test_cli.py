@@ -7,22 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from edgekit.cli import cli
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_error_line(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+from cli_helpers import assert_one_error_line, run
 
 
 @pytest.fixture()
@@ -171,7 +158,8 @@ def test_data_synth_writes_a_readable_dataset(tmp_path):
 @pytest.mark.e2e
 def test_profile_for_the_wrong_target_is_refused(x86_bundle, tmp_path, monkeypatch):
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
-    assert_one_error_line(run("profile", x86_bundle, "--out", tmp_path), "cannot run target 'x86'")
+    assert_one_error_line(run("profile", x86_bundle, "--out", tmp_path), "this machine is aarch64, not x86's")
+    assert not (tmp_path / "profile.json").exists()
 
 
 @pytest.mark.e2e
@@ -179,6 +167,8 @@ def test_demo_runs_the_whole_path(tmp_path):
     result = run("demo", "--workdir", tmp_path / "demo")
     assert result.exit_code == 0, result.output
     profile = json.loads((tmp_path / "demo" / "report" / "profile.json").read_text())
-    assert profile["accuracy"]["image_auroc"] >= 0.95
-    assert profile["bundle"]["target"] == "x86" and profile["bundle"]["precision"] == "fp32"
+    (variant,) = profile["variants"]
+    assert variant["accuracy"]["image_auroc"] >= 0.95
+    assert variant["bundle"]["target"] == "x86" and variant["bundle"]["precision"] == "fp32"
+    assert (tmp_path / "demo" / "report" / "report.html").is_file()
     assert "report:" in result.stdout

@@ -25,6 +25,7 @@ from edgekit.export.job import ExportJob, ExportOptions
 from edgekit.export.quantize import (ScoreAgreementValidation, max_patch_distance, recipe_for, reference_bank,
                                      score_agreement)
 from edgekit.export.targets import FormatSpec, get_target
+from edgekit.runtime.decision import prediction_bound_factor
 from edgekit.resources import read_toml
 
 
@@ -261,15 +262,11 @@ def test_x86_int8_changes_decisions_only_where_fp32_sits_on_its_threshold(int8_v
     margins = np.abs(result.reference.raw_scores - threshold) / threshold
     flipped = result.reference.decisions != result.candidate.decisions
     assert np.all(margins[flipped] < KNIFE_EDGE)
-    assert result.agreement >= 0.95
     relative_change = np.abs(result.candidate.raw_scores - result.reference.raw_scores) / result.reference.raw_scores
     assert relative_change.mean() < 0.01
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="issue 3 done-means not met on the default data: the fp32 bundle has test "
-                                       "normals within 0.1 % and 0.3 % of its own threshold, which int8's ~0.5 % "
-                                       "score noise flips (2 of 60 = 96.7 %); see the report")
 def test_x86_int8_decisions_agree_on_98_percent_of_test_images(int8_vs_fp32):
     assert int8_vs_fp32.agreement >= 0.98
 
@@ -283,7 +280,8 @@ def test_int8_thresholds_are_refitted_on_its_own_held_out_scores(x86_bundle, x86
     scores, _ = int8.raw(holdout)
     decision = int8.manifest.decision
     assert decision.fitted_on == len(holdout)
-    assert decision.image_threshold == pytest.approx(scores.mean() + 3 * scores.std(ddof=1), rel=1e-6)
+    k = prediction_bound_factor(len(holdout))
+    assert decision.image_threshold == pytest.approx(scores.mean() + k * scores.std(ddof=1), rel=1e-6)
     fp32_threshold = load_bundle(x86_bundle).manifest.decision.image_threshold
     assert abs(decision.image_threshold - fp32_threshold) > 1e-4 * fp32_threshold
 
@@ -317,14 +315,13 @@ def _damaged_copy(bundle: Path, out: Path, keep_every: int = 4) -> Path:
 @pytest.mark.e2e
 def test_check_passes_int8_and_fails_a_damaged_bundle(x86_bundle, x86_int8, brick, tmp_path):
     runner = CliRunner()
-    # 0.95: the int8 bundle's real agreement is 96.7 % here (see the xfail above)
     passed = runner.invoke(cli, ["check", "--reference", str(x86_bundle), "--candidate", str(x86_int8),
-                                 "--data", str(brick), "--min-agreement", "0.95", "--junit", str(tmp_path / "int8.xml")])
+                                 "--data", str(brick), "--junit", str(tmp_path / "int8.xml")])
     assert passed.exit_code == 0, passed.output
     assert "x86 / int8" in passed.output and "result: PASS" in passed.output
     damaged = _damaged_copy(x86_int8, tmp_path / "damaged")
     failed = runner.invoke(cli, ["check", "--reference", str(x86_bundle), "--candidate", str(damaged),
-                                 "--data", str(brick), "--min-agreement", "0.95", "--junit", str(tmp_path / "damaged.xml")])
+                                 "--data", str(brick), "--junit", str(tmp_path / "damaged.xml")])
     assert failed.exit_code == 1, failed.output
     assert "result: FAIL - decisions agree on" in failed.output
     assert ET.parse(tmp_path / "damaged.xml").getroot().get("failures") != "0"

@@ -114,6 +114,7 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
     example = torch.zeros(1, input_spec.channels, input_spec.height, input_spec.width)
     onnx_path = torch_to_onnx(parts.network, example, staging / "network.onnx", input_name=INPUT_NAME,
                               output_names=(OUTPUT_NAME,))
+    network_flops, output_shape = _count_flops(parts.network, example)
     progress("export network", 1, 2)
     format_dir = staging / "format"
     format_dir.mkdir()
@@ -142,10 +143,23 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
                 "dataset": config["dataset"], "layers": config["layers"]},
         export={"precision": precision, "recipe": f"calibration/{run.model}.toml", "recipe_values": recipe,
                 "onnx_opset": OPSET, "threads": spec.threads, "calibration_images": int(len(calibration)),
+                "network_flops": network_flops, "output_shape": output_shape,
+                "network_flops_method": "torch FlopCounterMode on the float network, batch 1, 2 FLOPs per "
+                                        "multiply-add of convolutions and matrix products",
                 **parts.notes, **converted.notes,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     )
     return manifest, files, parts.arrays
+def _count_flops(network, example) -> tuple[int, list[int]]:
+    """FLOPs of one forward pass (convolutions and matrix products) and the output's shape."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        output = network(example)
+    return int(counter.get_total_flops()), [int(d) for d in output.shape]
+
+
 def _fit_on_exported(provisional: Path, holdout: list[Path], progress: ProgressFn, *,
                      device: Optional[str] = None) -> Decision:
     from edgekit.runtime.detector import load

@@ -31,6 +31,8 @@ class Target:
     default_format: str
     cpu: str = ""                 # what the device is, in words
     peak: Optional[dict[str, Any]] = None  # published peak throughput, for labelled estimates only
+    hosts: tuple[str, ...] = ()   # platform.machine() values of hosts that are this device
+    cpu_parts: tuple[str, ...] = ()  # "CPU part" values of /proc/cpuinfo (Arm) that are this device
 
     def format_spec(self, name: Optional[str] = None) -> FormatSpec:
         chosen = name or self.default_format
@@ -60,6 +62,29 @@ class Target:
         return self.format_spec().layout
 
 
+def host_mismatch(target: Target, *, machine: Optional[str] = None,
+                  cpuinfo: Optional[str] = None) -> Optional[str]:
+    """Why this host is not ``target``'s device, or None when it is (measurements may be taken)."""
+    import platform
+    from pathlib import Path
+
+    machine = machine if machine is not None else platform.machine()
+    if target.hosts and machine not in target.hosts:
+        return f"this machine is {machine}, not {target.name}'s {'/'.join(target.hosts)}"
+    if target.cpu_parts:
+        if cpuinfo is None:
+            try:
+                cpuinfo = Path("/proc/cpuinfo").read_text()
+            except OSError:
+                cpuinfo = ""
+        parts = {line.partition(":")[2].strip().lower() for line in cpuinfo.splitlines()
+                 if line.lower().startswith("cpu part")}
+        if parts and not parts & {p.lower() for p in target.cpu_parts}:
+            return (f"this machine's CPU part is {', '.join(sorted(parts))}, not {target.name}'s "
+                    f"{', '.join(target.cpu_parts)} ({target.cpu or target.description})")
+    return None
+
+
 def get_target(name: str) -> Target:
     raw = read_toml("targets", name)
     where = f"targets/{name}.toml"
@@ -71,7 +96,8 @@ def get_target(name: str) -> Target:
         }
         target = Target(name=raw["name"], description=raw["description"], device=raw["device"],
                         threads=int(raw.get("threads", 0)), formats=formats, default_format=raw["default_format"],
-                        cpu=raw.get("cpu", ""), peak=raw.get("peak"))
+                        cpu=raw.get("cpu", ""), peak=raw.get("peak"),
+                        hosts=tuple(raw.get("hosts", ())), cpu_parts=tuple(raw.get("cpu_parts", ())))
     except (KeyError, TypeError, AttributeError) as exc:
         raise EdgekitError(f"{where}: field {exc.args[0]!r} is missing or malformed") from None
     if target.default_format not in formats:

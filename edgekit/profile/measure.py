@@ -68,36 +68,50 @@ def percentiles(samples_ms: list[float]) -> dict:
 def measure_latency(detector, image: np.ndarray, *, warmup: int = 10, runs: int = 100,
                     progress: ProgressFn = noop) -> dict:
     """End-to-end latency of ``predict`` on one decoded uint8 image, and its stages."""
+    return measure_latencies([detector], [image], warmup=warmup, runs=runs, progress=progress)[0]
+
+
+def measure_latencies(detectors: list, images: list[np.ndarray], *, warmup: int = 10, runs: int = 100,
+                      progress: ProgressFn = noop) -> list[dict]:
+    """Latency of several bundles, interleaved: each round times every bundle once, in an order
+    rotated every round, so a noisy shared machine slows all alike and their ratios hold."""
     from edgekit.preprocess import prepare
 
     if runs < 1:
         raise EdgekitError(f"--runs must be at least 1, not {runs}")
     for _ in range(warmup):
-        detector.predict(image)
-    total, pre, net, head = [], [], [], []
-    manifest = detector.manifest
-    for i in range(runs):
-        t0 = time.perf_counter()
-        batch = prepare([image], manifest.input)
-        t1 = time.perf_counter()
-        outputs = detector.backend.infer({manifest.network.input_name: batch})
-        t2 = time.perf_counter()
-        raw = detector.run_head(outputs[manifest.network.output_names[0]])
-        detector.decide(*raw)
-        t3 = time.perf_counter()
-        total.append((t3 - t0) * 1e3)
-        pre.append((t1 - t0) * 1e3)
-        net.append((t2 - t1) * 1e3)
-        head.append((t3 - t2) * 1e3)
-        progress("latency", i + 1, runs)
-    result = percentiles(total)
-    result["throughput_ips"] = 1e3 / result["mean_ms"]
-    result["stages_p50_ms"] = {"preprocess": float(np.median(pre)), "network": float(np.median(net)),
-                               "head": float(np.median(head))}
-    result["method"] = (f"time.perf_counter around predict() on one decoded {image.shape[1]}x{image.shape[0]} "
-                        f"uint8 image, batch 1, {warmup} warm-up runs then {runs} timed runs, "
-                        f"threads={manifest.export.get('threads', 0) or 'runtime default'}")
-    return result
+        for detector, image in zip(detectors, images):
+            detector.predict(image)
+    count = len(detectors)
+    samples = [{"total": [], "preprocess": [], "network": [], "head": []} for _ in detectors]
+    for round_index in range(runs):
+        for k in range(count):
+            i = (round_index + k) % count
+            detector, manifest = detectors[i], detectors[i].manifest
+            t0 = time.perf_counter()
+            batch = prepare([images[i]], manifest.input)
+            t1 = time.perf_counter()
+            outputs = detector.backend.infer({manifest.network.input_name: batch})
+            t2 = time.perf_counter()
+            raw = detector.run_head(outputs[manifest.network.output_names[0]])
+            detector.decide(*raw)
+            t3 = time.perf_counter()
+            for key, value in (("total", t3 - t0), ("preprocess", t1 - t0), ("network", t2 - t1), ("head", t3 - t2)):
+                samples[i][key].append(value * 1e3)
+        progress("latency", round_index + 1, runs)
+    results = []
+    for detector, image, sample in zip(detectors, images, samples):
+        result = percentiles(sample["total"])
+        result["throughput_ips"] = 1e3 / result["mean_ms"]
+        result["stages_p50_ms"] = {k: float(np.median(sample[k])) for k in ("preprocess", "network", "head")}
+        threads = detector.manifest.export.get("threads", 0) or "runtime default"
+        together = (f"; interleaved with {count - 1} other variant(s), one of each per round in a rotating "
+                    f"order" if count > 1 else "")
+        result["method"] = (f"time.perf_counter around predict() on one decoded {image.shape[1]}x{image.shape[0]} "
+                            f"uint8 image, batch 1, {warmup} warm-up runs then {runs} timed runs, "
+                            f"threads={threads}{together}")
+        results.append(result)
+    return results
 
 
 def measure_cold_start(bundle: Path, image: Path, *, repeats: int = 3, extra_predictions: int = 20) -> dict:
@@ -133,7 +147,7 @@ def measure_accuracy(detector, dataset, *, batch_size: int = 8, progress: Progre
     labels = np.array([s.label for s in samples])
     if not samples or labels.min() == labels.max():
         return None
-    raw_scores, decisions = [], []
+    raw_scores: list[float] = []
     spec = detector.manifest.input
     masks = np.zeros((len(samples), spec.height, spec.width), dtype=bool)
     maps = np.zeros((len(samples), spec.height, spec.width), dtype=np.float32)

@@ -1,13 +1,20 @@
-"""``edgekit profile``: measure a bundle here and write ``profile.json`` and ``profile.md``."""
+"""``edgekit profile``: measure bundles here and write ``profile.json``, ``profile.md`` and ``report.html``.
+
+One profile is one device: ``variants`` holds a record per bundle measured (one, or every variant
+of a sweep). On a host that is not the target's device nothing is timed: with ``estimate`` the
+latency is a roofline estimate, labelled as such, and accuracy is scored on this host.
+"""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import platform
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -15,56 +22,125 @@ from edgekit import __version__
 from edgekit.errors import EdgekitError
 from edgekit.progress import ProgressFn, noop
 
-#: `platform.machine()` values that can run each target family natively.
-_HOST_MACHINES = {"openvino": {"x86_64", "AMD64"}}
+SCHEMA = "edgekit-profile/2"
 
 
-def profile_bundle(bundle_path: str | Path, *, target: str, out: str | Path, data: Optional[str | Path] = None,
-                   runs: int = 100, warmup: int = 10, cold_starts: int = 3,
-                   progress: ProgressFn = noop) -> dict:
-    """Measure a bundle on this machine; returns the profile and writes the two report files."""
-    from edgekit.export.targets import get_target
-    from edgekit.preprocess import read_image, resize
-    from edgekit.profile.measure import describe_device, measure_accuracy, measure_cold_start, measure_latency
-    from edgekit.runtime.detector import load
+def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Path,
+                    data: Optional[str | Path] = None, runs: int = 100, warmup: int = 10, cold_starts: int = 3,
+                    estimate: bool = False, examples: int = 3, progress: ProgressFn = noop) -> dict:
+    """Measure (or, off the device, estimate) each bundle; returns the profile and writes the reports."""
+    from edgekit.export.targets import get_target, host_mismatch
+    from edgekit.profile.html import pareto_front
+    from edgekit.profile.measure import describe_device
 
     spec = get_target(target)
-    machine = platform.machine()
-    allowed = _HOST_MACHINES.get(spec.runtime)
-    if allowed is not None and machine not in allowed:
-        raise EdgekitError(f"this machine is {machine}, which cannot run target {spec.name!r}; run `edgekit profile` on the device itself")
-    detector = load(bundle_path)
-    manifest = detector.manifest
-    if manifest.target != spec.name:
-        raise EdgekitError(f"bundle {bundle_path} was exported for {manifest.target!r}, not {spec.name!r}")
+    mismatch = host_mismatch(spec)
+    if mismatch and not estimate:
+        raise EdgekitError(f"{mismatch}: run `edgekit profile` on the device itself, or pass --estimate for a "
+                           f"labelled roofline estimate")
+    if not mismatch and estimate:
+        raise EdgekitError(f"this machine can run target {spec.name!r}: measure it (drop --estimate)")
+    if not bundles:
+        raise EdgekitError("give at least one bundle (or, with --sweep, a training run)")
     dataset = None
     if data is not None:
         from edgekit.data.datasets import open_dataset
 
         dataset = open_dataset(Path(data))
-    sample = _sample_image(dataset, manifest)
-    image = resize(read_image(sample, manifest.input.channels), manifest.input.height, manifest.input.width)
-    latency = measure_latency(detector, image, warmup=warmup, runs=runs, progress=progress)
-    with tempfile.TemporaryDirectory() as tmp:
-        sample_png = Path(tmp) / "sample.png"
-        _write_png(image, sample_png)
-        progress("cold start", 0, cold_starts)
-        cold = measure_cold_start(Path(bundle_path), sample_png, repeats=cold_starts)
-        progress("cold start", cold_starts, cold_starts)
-    accuracy = measure_accuracy(detector, dataset, progress=progress) if dataset is not None else None
-    size = detector.bundle.size_bytes()
+    detectors = [_load_for(Path(b), spec) for b in bundles]
+    latencies: list = [None] * len(detectors)
+    if not estimate:
+        from edgekit.preprocess import read_image, resize
+        from edgekit.profile.measure import measure_latencies
+
+        images = []
+        for detector in detectors:
+            spec_in = detector.manifest.input
+            images.append(resize(read_image(_sample_image(dataset, detector.manifest), spec_in.channels),
+                                 spec_in.height, spec_in.width))
+        latencies = measure_latencies(detectors, images, warmup=warmup, runs=runs, progress=progress)
+    variants = [_profile_one(Path(b), detector, latency, spec, dataset, cold_starts=cold_starts, estimate=estimate,
+                             examples=examples, host=None if not mismatch else platform.machine(),
+                             progress=progress)
+                for b, detector, latency in zip(bundles, detectors, latencies)]
+    if len({v["bundle"]["source_run"] for v in variants}) > 1:
+        for v in variants:
+            v["name"] = f"{Path(v['bundle']['source_run']).name}: {v['name']}"
+    front = pareto_front([(_latency_of(v), (v["accuracy"] or {}).get("image_auroc")) for v in variants])
+    for variant, on_front in zip(variants, front):
+        variant["pareto"] = bool(on_front)
+    runtimes = sorted({f"{v['bundle']['runtime']} {v['bundle']['runtime_version']}" for v in variants})
     profile = {
-        "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "bundle": {"path": str(Path(bundle_path).resolve()), "model": manifest.model, "backbone": manifest.backbone,
-                   "target": manifest.target, "precision": manifest.precision, "runtime": manifest.runtime,
-                   "size_bytes": size, "input": f"{manifest.input.width}x{manifest.input.height}x{manifest.input.channels}"},
-        "device": describe_device(detector.backend.name, detector.backend.version),
-        "latency": latency, "cold_start": cold, "accuracy": accuracy,
-        "data": str(Path(data).resolve()) if data is not None else None,
-        "estimate": False,
+        "schema": SCHEMA, "edgekit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": spec.name, "host_is_target": not mismatch, "estimate": bool(estimate),
+        "host_note": mismatch, "device": {**describe_device(", ".join(runtimes), ""), "target_cpu": spec.cpu},
+        "data": str(Path(data).resolve()) if data is not None else None, "variants": variants,
     }
     write_reports(profile, Path(out))
     return profile
+
+
+def _latency_of(variant: dict) -> Optional[float]:
+    if variant.get("latency"):
+        return variant["latency"]["p50_ms"]
+    if variant.get("estimate"):
+        return variant["estimate"]["latency_ms"]
+    return None
+
+
+def _load_for(path: Path, spec):
+    from edgekit.runtime.detector import load
+
+    detector = load(path)
+    if detector.manifest.target != spec.name:
+        raise EdgekitError(f"bundle {path} was exported for {detector.manifest.target!r}, not {spec.name!r}")
+    return detector
+
+
+def _profile_one(path: Path, detector, latency: Optional[dict], spec, dataset, *, cold_starts: int, estimate: bool,
+                 examples: int, host: Optional[str], progress: ProgressFn) -> dict:
+    from edgekit.profile.estimate import roofline_estimate
+    from edgekit.profile.measure import measure_cold_start
+    from edgekit.preprocess import read_image, resize
+
+    manifest = detector.manifest
+    bank = dict(manifest.head.params.get("bank") or {})
+    bank_text = f", bank {bank['rows']}x{bank['dims']} {bank['dtype']}" if bank else ""
+    name = f"{manifest.model} {manifest.network.format} {manifest.precision}{bank_text}"
+    cold = estimated = None
+    if estimate:
+        estimated = roofline_estimate(detector, spec)
+    else:
+        image = resize(read_image(_sample_image(dataset, manifest), manifest.input.channels),
+                       manifest.input.height, manifest.input.width)
+        with tempfile.TemporaryDirectory() as tmp:
+            sample_png = Path(tmp) / "sample.png"
+            _write_png(image, sample_png)
+            progress(f"{name}: cold start", 0, cold_starts)
+            cold = measure_cold_start(path, sample_png, repeats=cold_starts)
+            progress(f"{name}: cold start", cold_starts, cold_starts)
+    accuracy = None
+    if dataset is not None:
+        from edgekit.profile.measure import measure_accuracy
+
+        accuracy = measure_accuracy(detector, dataset,
+                                    progress=lambda stage, done, total: progress(f"{name}: {stage}", done, total))
+        if accuracy is not None and host:
+            accuracy["method"] += (f"; scored on this {host} host with the bundle's own runtime, not on "
+                                   f"{spec.name} (the emulated-ARM parity tests hold scores equal to 5e-3)")
+    return {
+        "name": name,
+        "bundle": {"path": str(path.resolve()), "model": manifest.model, "backbone": manifest.backbone,
+                   "target": manifest.target, "format": manifest.network.format, "precision": manifest.precision,
+                   "runtime": manifest.runtime, "runtime_version": detector.backend.version,
+                   "size_bytes": detector.bundle.size_bytes(),
+                   "input": f"{manifest.input.width}x{manifest.input.height}x{manifest.input.channels}",
+                   "bank": ({k: bank[k] for k in ("rows", "dims", "dtype", "bytes") if k in bank} or None),
+                   "source_run": str(manifest.source.get("run", ""))},
+        "latency": latency, "estimate": estimated, "cold_start": cold, "accuracy": accuracy,
+        "examples": _examples(detector, dataset, examples) if dataset is not None else [],
+    }
 
 
 def _sample_image(dataset, manifest) -> Path | np.ndarray:
@@ -76,56 +152,128 @@ def _sample_image(dataset, manifest) -> Path | np.ndarray:
     return rng.integers(0, 256, (manifest.input.height, manifest.input.width, 3), dtype=np.uint8)
 
 
+def pick_examples(samples: Sequence, count: int) -> list:
+    """One normal image, then the first image of each defect kind (sorted), up to ``count``."""
+    normals = [s for s in samples if s.label == 0]
+    by_kind: dict[str, object] = {}
+    for sample in samples:
+        if sample.label == 1:
+            by_kind.setdefault(sample.defect, sample)
+    picked = normals[:1] + [by_kind[k] for k in sorted(by_kind)]
+    return picked[:count]
+
+
+def _examples(detector, dataset, count: int) -> list[dict]:
+    from PIL import Image
+
+    from edgekit.preprocess import read_image, resize
+    from edgekit.runtime.overlay import blend
+
+    spec = detector.manifest.input
+    result = []
+    for sample in pick_examples(list(dataset.test), count):
+        pixels = resize(read_image(sample.path, spec.channels), spec.height, spec.width)
+        prediction = detector.predict(pixels)
+        thumbnail = Image.fromarray(blend(pixels, prediction.anomaly_map)).resize((128, 128), Image.BILINEAR)
+        buffer = io.BytesIO()
+        thumbnail.save(buffer, format="JPEG", quality=85)
+        result.append({"image": f"{Path(sample.path).parent.name}/{Path(sample.path).name}", "label": sample.defect, "anomalous_truth": bool(sample.label),
+                       "score": round(float(prediction.score), 4), "decided_anomalous": bool(prediction.is_anomalous),
+                       "mime": "image/jpeg", "overlay_base64": base64.b64encode(buffer.getvalue()).decode("ascii")})
+    return result
+
+
 def _write_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(path)
 
 
-def write_reports(profile: dict, out: Path) -> tuple[Path, Path]:
-    """Write profile.json and profile.md into ``out``, each via a temporary file and a rename."""
+def load_profile(path: Path) -> dict:
+    """A profile.json written by `edgekit profile` (this schema), or one clear error."""
+    try:
+        profile = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EdgekitError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgekitError(f"{path} is not a profile.json ({exc})") from None
+    if not isinstance(profile, dict) or profile.get("schema") != SCHEMA:
+        found = profile.get("schema") if isinstance(profile, dict) else type(profile).__name__
+        raise EdgekitError(f"{path} is not an edgekit profile of schema {SCHEMA} (found {found!r}); "
+                           f"profile the bundle again with this edgekit")
+    return profile
+
+
+def write_report_html(profiles: list[dict], out: Path, *, sources: Optional[list[str]] = None) -> Path:
+    from edgekit.profile.html import render_html
+
+    text = render_html(profiles, sources=sources)
+    _atomic_write(out, text)
+    return out
+
+
+def write_reports(profile: dict, out: Path) -> tuple[Path, Path, Path]:
+    """profile.json, profile.md and report.html in ``out``, each via a temporary file and a rename."""
+    from edgekit.profile.html import render_html
+
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (("profile.json", json.dumps(profile, indent=2) + "\n"), ("profile.md", render_markdown(profile))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
-        with os.fdopen(fd, "w") as handle:
+    texts = {"profile.json": json.dumps(profile, indent=2) + "\n", "profile.md": render_markdown(profile),
+             "report.html": render_html([profile])}
+    for name, text in texts.items():
+        _atomic_write(out / name, text)
+    return out / "profile.json", out / "profile.md", out / "report.html"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(tmp, out / name)
-        written.append(out / name)
-    return written[0], written[1]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(value, pattern: str, unit: str = "") -> str:
+    return "—" if value is None else f"{value:{pattern}}{unit}"
 
 
 def render_markdown(profile: dict) -> str:
-    b, d, lat, cold, acc = (profile["bundle"], profile["device"], profile["latency"], profile["cold_start"],
-                            profile["accuracy"])
-    rows = [
-        ("model / backbone", f"{b['model']} / {b['backbone']}"),
-        ("target / precision / runtime", f"{b['target']} / {b['precision']} / {b['runtime']} {d['runtime_version']}"),
-        ("input", b["input"]),
-        ("bundle size", f"{b['size_bytes'] / 1e6:.2f} MB"),
-        ("cold start (process → first prediction)", f"{cold['cold_start_s']:.2f} s"),
-        ("latency p50 / p90 / p99", f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f} ms"),
-        ("  of which pre-process / network / head (p50)",
-         " / ".join(f"{lat['stages_p50_ms'][k]:.1f}" for k in ("preprocess", "network", "head")) + " ms"),
-        ("throughput (batch 1)", f"{lat['throughput_ips']:.1f} images/s"),
-        ("peak RSS", f"{cold['peak_rss_mb']:.0f} MB"),
-        ("torch imported on the device path", "yes" if cold["torch_imported"] else "no"),
-    ]
-    if acc:
-        rows += [("image AUROC", f"{acc['image_auroc']:.4f}"),
-                 ("pixel AUROC", f"{acc['pixel_auroc']:.4f}" if "pixel_auroc" in acc else "n/a (no masks)"),
-                 ("PRO (FPR ≤ 0.3)", f"{acc['pro']:.4f}" if "pro" in acc else "n/a"),
-                 ("F1 at the bundle's threshold", f"{acc['f1_at_threshold']:.4f}"),
-                 ("test images (anomalous)", f"{acc['test_images']} ({acc['anomalous']})")]
-    lines = [f"# edgekit profile: {b['model']} on {b['target']} ({b['precision']})", "",
-             "| measure | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    lines += ["", "## Device", "",
+    d = profile["device"]
+    kind = "estimated (roofline lower bound, not measured)" if profile["estimate"] else "measured"
+    lines = [f"# edgekit profile: target {profile['target']}, {len(profile['variants'])} variant(s), {kind}", ""]
+    if profile.get("host_note"):
+        lines += [f"Not measured on the device: {profile['host_note']}. Latencies below are estimates.", ""]
+    lines += ["| variant | size MB | p50 / p90 / p99 ms | network / head ms | cold start s | peak RSS MB | "
+              "image AUROC | pixel AUROC | F1 at threshold | Pareto |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in profile["variants"]:
+        lat, est, cold, acc = v["latency"], v["estimate"], v["cold_start"], v["accuracy"] or {}
+        if lat:
+            timing = f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f}"
+            split = f"{lat['stages_p50_ms']['network']:.1f} / {lat['stages_p50_ms']['head']:.1f}"
+        elif est:
+            timing = f"≈{est['latency_ms']:.1f} (estimate)"
+            split = f"≈{est['network_ms']:.1f} / ≈{est['head_ms']:.1f} (estimate)"
+        else:
+            timing = split = "—"
+        lines.append(f"| {v['name']} | {v['bundle']['size_bytes'] / 1e6:.2f} | {timing} | {split} | "
+                     f"{_fmt(cold and cold['cold_start_s'], '.2f')} | {_fmt(cold and cold['peak_rss_mb'], '.0f')} | "
+                     f"{_fmt(acc.get('image_auroc'), '.4f')} | {_fmt(acc.get('pixel_auroc'), '.4f')} | "
+                     f"{_fmt(acc.get('f1_at_threshold'), '.4f')} | {'yes' if v['pareto'] else ''} |")
+    lines += ["", "Pareto: no other variant here is both faster and more accurate (image AUROC).", "", "## Device", "",
               f"{d['cpu']}, {d['machine']}, {d['usable_cores']} usable of {d['logical_cores']} logical cores, "
-              f"{d['memory_gb']} GB; {d['os']}; Python {d['python']}, numpy {d['numpy']}, "
-              f"{d['runtime']} {d['runtime_version']}.", "",
-              "## Method", "", f"- latency: {lat['method']}", f"- cold start: {cold['method']}"]
-    if acc:
-        lines.append(f"- accuracy: {acc['method']} ({profile['data']})")
+              f"{d['memory_gb']} GB; {d['os']}; Python {d['python']}, numpy {d['numpy']}, {d['runtime']}.", "",
+              "## Method", ""]
+    methods = []
+    for v in profile["variants"]:
+        for key, label in (("latency", "latency"), ("estimate", "latency"), ("cold_start", "cold start"),
+                           ("accuracy", "accuracy")):
+            if v.get(key) and f"- {label}: {v[key]['method']}" not in methods:
+                methods.append(f"- {label}: {v[key]['method']}")
+    lines += methods
+    if profile["data"]:
+        lines.append(f"- data: {profile['data']}")
     lines += ["", f"edgekit {profile['edgekit_version']}, {profile['created']}", ""]
     return "\n".join(lines)

@@ -221,6 +221,20 @@ class KnnHead:
             maps[i] = rows @ distances[i].reshape(grid_h, grid_w) @ cols
         return scores, maps
 
+    def cost(self, grid_h: int, grid_w: int) -> tuple[int, int]:
+        """(FLOPs, bytes touched) of one image through this head: for labelled roofline estimates.
+
+        FLOPs: the distance product 2·P·R·D, the exact re-ranking of two candidates per patch, the
+        isolation weight (one R×D product) and the two map products. Bytes: the float32 bank and its
+        norms, the patch embeddings, the map operators and the map, each read or written once."""
+        rows, dims = self.memory_bank.shape
+        patches = grid_h * grid_w
+        height, width = self.output_height, self.output_width
+        flops = (2 * patches * rows * dims + 2 * patches * rows + 3 * patches * min(_CANDIDATES, rows) * dims
+                 + 2 * rows * dims + 2 * height * grid_h * grid_w + 2 * height * grid_w * width)
+        touched = 4 * (rows * dims + rows + patches * dims + height * grid_h + grid_w * width + height * width)
+        return int(flops), int(touched)
+
     def _isolation_weight(self, patch: np.ndarray, nearest_index: int) -> float:
         """1 − softmax weight of the nearest member among its own k nearest bank neighbours."""
         k = min(self.num_neighbors, len(self.memory_bank))

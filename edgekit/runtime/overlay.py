@@ -20,15 +20,22 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return (_ANCHORS[low] * (1 - frac) + _ANCHORS[high] * frac).astype(np.uint8)
 
 
-def write_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: Path, *, alpha: float = 0.45) -> Path:
-    """Blend the (normalised) map, resized to the image, over the HxWxC uint8 image; atomic write."""
+def blend(image: np.ndarray, anomaly_map: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
+    """The (normalised) map, resized to the HxWxC uint8 image, blended over it: HxWx3 uint8."""
     from PIL import Image
 
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
     heat = Image.fromarray((np.clip(anomaly_map, 0, 1) * 255).astype(np.uint8)).resize(
         (rgb.shape[1], rgb.shape[0]), Image.BILINEAR)
     colours = colorize(np.asarray(heat) / 255.0)
-    blended = (rgb * (1 - alpha) + colours * alpha).astype(np.uint8)
+    return (rgb * (1 - alpha) + colours * alpha).astype(np.uint8)
+
+
+def write_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: Path, *, alpha: float = 0.45) -> Path:
+    """``blend`` written as a PNG; atomic write."""
+    from PIL import Image
+
+    blended = blend(image, anomaly_map, alpha=alpha)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)

@@ -1,0 +1,35 @@
+"""Model name → its trainer, as "module:function" text so naming a model imports nothing.
+
+A trainer is ``train(data, out, *, image_size, holdout, seed, category, overwrite, progress,
+**options) -> Run``; ``options`` are the model's own (``backbone``, ``epochs``, ...) and only those
+the user gave; one that is not a parameter of the model's trainer is refused in one line.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+from edgekit.errors import EdgekitError
+
+TRAINERS: dict[str, str] = {
+    "patchcore": "edgekit.train.patchcore:train_patchcore",
+}
+
+
+def trainer(model: str) -> Callable:
+    if model not in TRAINERS:
+        raise EdgekitError(f"unknown model {model!r}; edgekit trains {', '.join(TRAINERS)}")
+    module, _, function = TRAINERS[model].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def train(model: str, data: Any, out: Any, **options: Any):
+    """Run ``model``'s trainer; an option its trainer does not take is one clear error."""
+    function = trainer(model)
+    accepted = set(inspect.signature(function).parameters)
+    unknown = sorted(name for name in options if name not in accepted)
+    if unknown:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+        raise EdgekitError(f"{flags} does not apply to model {model!r}")
+    return function(data, out, **options)
