@@ -246,23 +246,27 @@ def render_markdown(profile: dict) -> str:
     lines = [f"# edgekit profile: target {profile['target']}, {len(profile['variants'])} variant(s), {kind}", ""]
     if profile.get("host_note"):
         lines += [f"Not measured on the device: {profile['host_note']}. Latencies below are estimates.", ""]
-    lines += ["| variant | size MB | p50 / p90 / p99 ms | network / head ms | cold start s | peak RSS MB | "
-              "image AUROC | pixel AUROC | F1 at threshold | Pareto |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for v in profile["variants"]:
-        lat, est, cold, acc = v["latency"], v["estimate"], v["cold_start"], v["accuracy"] or {}
-        if lat:
-            timing = f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f}"
-            split = f"{lat['stages_p50_ms']['network']:.1f} / {lat['stages_p50_ms']['head']:.1f}"
-        elif est:
-            timing = f"≈{est['latency_ms']:.1f} (estimate)"
-            split = f"≈{est['network_ms']:.1f} / ≈{est['head_ms']:.1f} (estimate)"
-        else:
-            timing = split = "—"
-        lines.append(f"| {v['name']} | {v['bundle']['size_bytes'] / 1e6:.2f} | {timing} | {split} | "
-                     f"{_fmt(cold and cold['cold_start_s'], '.2f')} | {_fmt(cold and cold['peak_rss_mb'], '.0f')} | "
-                     f"{_fmt(acc.get('image_auroc'), '.4f')} | {_fmt(acc.get('pixel_auroc'), '.4f')} | "
-                     f"{_fmt(acc.get('f1_at_threshold'), '.4f')} | {'yes' if v['pareto'] else ''} |")
-    lines += ["", "Pareto: no other variant here is both faster and more accurate (image AUROC).", "", "## Device", "",
+    if len(profile["variants"]) == 1:
+        lines += _single_variant_rows(profile["variants"][0])
+    else:
+        lines += ["| variant | size MB | p50 / p90 / p99 ms | network / head ms | cold start s | peak RSS MB | "
+                  "image AUROC | pixel AUROC | F1 at threshold | Pareto |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for v in profile["variants"]:
+            lat, est, cold, acc = v["latency"], v["estimate"], v["cold_start"], v["accuracy"] or {}
+            if lat:
+                timing = f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f}"
+                split = f"{lat['stages_p50_ms']['network']:.1f} / {lat['stages_p50_ms']['head']:.1f}"
+            elif est:
+                timing = f"≈{est['latency_ms']:.1f} (estimate)"
+                split = f"≈{est['network_ms']:.1f} / ≈{est['head_ms']:.1f} (estimate)"
+            else:
+                timing = split = "—"
+            lines.append(f"| {v['name']} | {v['bundle']['size_bytes'] / 1e6:.2f} | {timing} | {split} | "
+                         f"{_fmt(cold and cold['cold_start_s'], '.2f')} | {_fmt(cold and cold['peak_rss_mb'], '.0f')} | "
+                         f"{_fmt(acc.get('image_auroc'), '.4f')} | {_fmt(acc.get('pixel_auroc'), '.4f')} | "
+                         f"{_fmt(acc.get('f1_at_threshold'), '.4f')} | {'yes' if v['pareto'] else ''} |")
+        lines += ["", "Pareto: no other variant here is both faster and more accurate (image AUROC)."]
+    lines += ["", "## Device", "",
               f"{d['cpu']}, {d['machine']}, {d['usable_cores']} usable of {d['logical_cores']} logical cores, "
               f"{d['memory_gb']} GB; {d['os']}; Python {d['python']}, numpy {d['numpy']}, {d['runtime']}.", "",
               "## Method", ""]
@@ -277,3 +281,33 @@ def render_markdown(profile: dict) -> str:
         lines.append(f"- data: {profile['data']}")
     lines += ["", f"edgekit {profile['edgekit_version']}, {profile['created']}", ""]
     return "\n".join(lines)
+
+
+def _single_variant_rows(v: dict) -> list[str]:
+    """One bundle: a measure / value table, every figure on its own row."""
+    b, lat, est, cold, acc = v["bundle"], v["latency"], v["estimate"], v["cold_start"], v["accuracy"]
+    rows = [("model / backbone", f"{b['model']} / {b['backbone']}"),
+            ("target / precision / runtime", f"{b['target']} / {b['precision']} / {b['runtime']} {b['runtime_version']}"),
+            ("input", b["input"]), ("bundle size", f"{b['size_bytes'] / 1e6:.2f} MB")]
+    if b.get("bank"):
+        bank = b["bank"]
+        rows.append(("memory bank", f"{bank['rows']} x {bank['dims']} {bank['dtype']} ({bank['bytes'] / 1e3:.1f} kB)"))
+    if lat:
+        rows += [("latency p50 / p90 / p99", f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f} ms"),
+                 ("  of which pre-process / network / head (p50)",
+                  " / ".join(f"{lat['stages_p50_ms'][k]:.1f}" for k in ("preprocess", "network", "head")) + " ms"),
+                 ("throughput (batch 1)", f"{lat['throughput_ips']:.1f} images/s")]
+    if est:
+        rows += [("latency (estimate, roofline lower bound)", f"≈{est['latency_ms']:.1f} ms (estimate)"),
+                 ("  network / head (estimate)", f"≈{est['network_ms']:.1f} / ≈{est['head_ms']:.1f} ms (estimate)")]
+    if cold:
+        rows += [("cold start (process → first prediction)", f"{cold['cold_start_s']:.2f} s"),
+                 ("peak RSS", f"{cold['peak_rss_mb']:.0f} MB"),
+                 ("torch imported on the device path", "yes" if cold["torch_imported"] else "no")]
+    if acc:
+        rows += [("image AUROC", f"{acc['image_auroc']:.4f}"),
+                 ("pixel AUROC", f"{acc['pixel_auroc']:.4f}" if "pixel_auroc" in acc else "n/a (no masks)"),
+                 ("PRO (FPR ≤ 0.3)", f"{acc['pro']:.4f}" if "pro" in acc else "n/a"),
+                 ("F1 at the bundle's threshold", f"{acc['f1_at_threshold']:.4f}"),
+                 ("test images (anomalous)", f"{acc['test_images']} ({acc['anomalous']})")]
+    return ["| measure | value |", "|---|---|"] + [f"| {k} | {value} |" for k, value in rows]
