@@ -26,6 +26,7 @@ from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
 from edgekit.export.job import Converted, ExportJob, ExportOptions
+from edgekit.export.padim import padim_parts
 from edgekit.export.patchcore import FamilyParts, patchcore_parts
 from edgekit.export.targets import FormatSpec, Target, get_target
 from edgekit.preprocess import InputSpec, prepare
@@ -44,6 +45,7 @@ FORMATS: dict[str, Callable[[ExportJob], Converted]] = {
 #: model family -> what goes into the network and what into the head.
 FAMILIES: dict[str, Callable[[Run, ExportOptions], FamilyParts]] = {
     "patchcore": patchcore_parts,
+    "padim": padim_parts,
 }
 
 INPUT_NAME = "image"

@@ -253,7 +253,189 @@ class KnnHead:
         return float(1.0 - softmax[0])
 
 
-HEADS = {"knn": KnnHead}
+#: Image-score rules a :class:`MapHead` offers (head param ``score``).
+MAP_SCORES = ("max", "mean", "top_mean")
+
+
+@dataclass
+class MapHead:
+    """The head of families whose network outputs an anomaly map itself (the autoencoders' per-pixel
+    squared error; later STFPM, FastFlow, Reverse Distillation, EfficientAD).
+
+    Map: the network's (N, 1, h, w) or (N, h, w) output, up-sampled bilinearly (half-pixel
+    centres, as ``torch.nn.functional.interpolate(align_corners=False)``) to the input size when
+    h, w differ from it, then smoothed with a Gaussian of ``blur_sigma`` output pixels (reflected
+    borders; 0 = no blur). Both steps are linear and folded into two small matrices, as in KnnHead.
+    Image score, read off that final map by the rule ``score``:
+      ``max``       the largest map value;
+      ``mean``      the mean over all pixels;
+      ``top_mean``  the mean of the largest ``top_fraction`` of the pixels (at least one).
+    Computed in float64; maps are returned as float32.
+    """
+
+    output_height: int
+    output_width: int
+    score: str = "max"
+    top_fraction: float = 0.01
+    blur_sigma: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.score not in MAP_SCORES:
+            raise EdgekitError(f"map head score must be one of {', '.join(MAP_SCORES)}, not {self.score!r}")
+        if not 0 < self.top_fraction <= 1:
+            raise EdgekitError(f"map head top_fraction must be in (0, 1], not {self.top_fraction}")
+        if self.blur_sigma < 0:
+            raise EdgekitError(f"map head blur_sigma must be 0 or more, not {self.blur_sigma}")
+        self._map_ops: dict[tuple[int, int], "tuple[np.ndarray, np.ndarray] | None"] = {}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
+                    output_height: int, output_width: int, **options: Any) -> "MapHead":
+        """The head a manifest describes (it has no arrays; device options such as ``search`` do not apply)."""
+        return cls(output_height=output_height, output_width=output_width, score=str(params.get("score", "max")),
+                   top_fraction=float(params.get("top_fraction", 0.01)),
+                   blur_sigma=float(params.get("blur_sigma", 0.0)))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What ``from_params`` reads back: the manifest's head params."""
+        return {"score": self.score, "top_fraction": self.top_fraction, "blur_sigma": self.blur_sigma}
+
+    def _map_operators(self, grid_h: int, grid_w: int) -> "tuple[np.ndarray, np.ndarray] | None":
+        """(rows, cols) with final = rows @ map @ cols, or None when the map is used as it is."""
+        key = (grid_h, grid_w)
+        if key not in self._map_ops:
+            same = (grid_h, grid_w) == (self.output_height, self.output_width)
+            if same and self.blur_sigma == 0:
+                self._map_ops[key] = None
+            else:
+                rows = _gaussian_matrix(self.output_height, self.blur_sigma) @ _bilinear_matrix(self.output_height, grid_h)
+                cols = _gaussian_matrix(self.output_width, self.blur_sigma) @ _bilinear_matrix(self.output_width, grid_w)
+                self._map_ops[key] = (rows, cols.T.copy())
+        return self._map_ops[key]
+
+    def _image_score(self, final: np.ndarray) -> float:
+        values = final.ravel()
+        if self.score == "max":
+            return float(values.max())
+        if self.score == "mean":
+            return float(values.mean())
+        count = max(1, int(round(self.top_fraction * values.size)))
+        return float(np.partition(values, values.size - count)[values.size - count:].mean())
+
+    def __call__(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 1, h, w) or (N, h, w) network maps → raw image scores (N,) float64 and maps (N, H, W) float32."""
+        maps = np.asarray(outputs)
+        if maps.ndim == 4 and maps.shape[1] == 1:
+            maps = maps[:, 0]
+        if maps.ndim != 3 or 0 in maps.shape:
+            raise EdgekitError(f"a map head needs network output (N, 1, h, w) or (N, h, w), not {np.shape(outputs)}")
+        count, grid_h, grid_w = maps.shape
+        operators = self._map_operators(grid_h, grid_w)
+        scores = np.empty(count)
+        final_maps = np.empty((count, self.output_height, self.output_width), dtype=np.float32)
+        for i in range(count):
+            final = maps[i].astype(np.float64)
+            if operators is not None:
+                final = operators[0] @ final @ operators[1]
+            scores[i] = self._image_score(final)
+            final_maps[i] = final
+        return scores, final_maps
+
+    def cost(self, grid_h: int, grid_w: int) -> tuple[int, int]:
+        """(FLOPs, bytes touched) of one image through this head: for labelled roofline estimates.
+
+        FLOPs: the two map products (none when the map is used as it is) and one pass over the
+        final map for the score. Bytes: the float32 network map, the operators and the final map."""
+        height, width = self.output_height, self.output_width
+        flops, touched = height * width, 4 * (grid_h * grid_w + height * width)
+        if self._map_operators(grid_h, grid_w) is not None:
+            flops += 2 * height * grid_h * grid_w + 2 * height * grid_w * width
+            touched += 4 * (height * grid_h + grid_w * width)
+        return int(flops), int(touched)
+
+
+
+#: How Σ⁻¹ may be stored in a bundle (head param ``dtype``). float16 is safe: every entry of
+#: (Σ + εI)⁻¹ is at most 1/ε in magnitude (100 for PaDiM's ε = 0.01), far inside float16's range.
+MAHALANOBIS_DTYPES = ("float32", "float16")
+
+
+@dataclass
+class MahalanobisHead:
+    """PaDiM's head: the Mahalanobis distance of each grid position's embedding to that position's
+    Gaussian of the training normals, sqrt((x − μ)ᵀ Σ⁻¹ (x − μ)).
+
+    ``mean`` is (P, d) and ``inv_covariance`` (P, d, d), P = h·w positions in row-major order,
+    both float32 (Σ already holds its regularisation). The distance grid becomes the anomaly map
+    and image score exactly as a :class:`MapHead` with ``score="max"`` makes them: bilinear
+    up-sampling to the input size, Gaussian blur (σ = ``blur_sigma``), image score = map maximum.
+    The distances are computed in float32 (one d×d product per position, batched over images).
+    """
+
+    mean: np.ndarray
+    inv_covariance: np.ndarray
+    output_height: int
+    output_width: int
+    blur_sigma: float = 4.0
+
+    def __post_init__(self) -> None:
+        mean, inverse = np.asarray(self.mean), np.asarray(self.inv_covariance)
+        if mean.ndim != 2 or inverse.shape != (*mean.shape, mean.shape[1]) or 0 in mean.shape:
+            raise EdgekitError(f"Mahalanobis head needs mean (P, d) and inv_covariance (P, d, d), "
+                               f"not {mean.shape} and {inverse.shape}")
+        self.mean = np.ascontiguousarray(mean, dtype=np.float32)
+        self.inv_covariance = np.ascontiguousarray(inverse, dtype=np.float32)
+        self._maps = MapHead(output_height=self.output_height, output_width=self.output_width, score="max",
+                             blur_sigma=self.blur_sigma)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
+                    output_height: int, output_width: int, **options: Any) -> "MahalanobisHead":
+        """The head a manifest describes; Σ⁻¹ stored as param ``dtype`` (float32 or float16) is
+        widened to float32 once, here. Device options such as ``search`` do not apply."""
+        missing = [name for name in ("mean", "inv_covariance") if name not in arrays]
+        if missing:
+            raise EdgekitError(f"the Mahalanobis head has no {missing[0]} array")
+        dtype = str(params.get("dtype", "float32"))
+        if dtype not in MAHALANOBIS_DTYPES:
+            raise EdgekitError(f"the manifest names Mahalanobis dtype {dtype!r}; this edgekit knows "
+                               f"{', '.join(MAHALANOBIS_DTYPES)}")
+        if np.asarray(arrays["inv_covariance"]).dtype != np.dtype(dtype):
+            raise EdgekitError(f"inv_covariance is stored as {np.asarray(arrays['inv_covariance']).dtype}, "
+                               f"the manifest says {dtype}")
+        return cls(mean=arrays["mean"], inv_covariance=arrays["inv_covariance"], output_height=output_height,
+                   output_width=output_width, blur_sigma=float(params.get("blur_sigma", 4.0)))
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, d, h, w) embeddings → (N, h, w) float32 Mahalanobis distances."""
+        positions, dims = self.mean.shape
+        shape = np.shape(embeddings)
+        if len(shape) != 4 or shape[1] != dims or shape[2] * shape[3] != positions:
+            raise EdgekitError(f"network output {shape} does not match the Gaussians "
+                               f"({positions} positions of {dims} dimensions)")
+        count, _, grid_h, grid_w = shape
+        vectors = np.asarray(embeddings, np.float32).reshape(count, dims, positions).transpose(2, 0, 1)
+        delta = vectors - self.mean[:, None]  # (P, N, d)
+        squared = np.einsum("pnd,pnd->pn", np.matmul(delta, self.inv_covariance), delta)
+        return np.sqrt(np.maximum(squared, 0.0)).T.reshape(count, grid_h, grid_w)
+
+    def __call__(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, d, h, w) embeddings → raw image scores (N,) float64 and maps (N, H, W) float32."""
+        return self._maps(self.distances(embeddings))
+
+    def cost(self, grid_h: int, grid_w: int) -> tuple[int, int]:
+        """(FLOPs, bytes touched) of one image through this head: for labelled roofline estimates.
+
+        FLOPs: per position the subtraction, the d×d product and the dot product, then the map
+        head's. Bytes: μ, Σ⁻¹ and the embedding (float32) read once, then the map head's."""
+        positions, dims = self.mean.shape
+        map_flops, map_bytes = self._maps.cost(grid_h, grid_w)
+        flops = positions * (dims + 2 * dims * dims + 2 * dims + 1)
+        touched = 4 * positions * (dims * dims + 2 * dims)
+        return int(flops + map_flops), int(touched + map_bytes)
+
+HEADS = {"knn": KnnHead, "map": MapHead, "mahalanobis": MahalanobisHead}
 
 
 def build_head(kind: str, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,

@@ -14,6 +14,7 @@ from edgekit.errors import EdgekitError
 
 TRAINERS: dict[str, str] = {
     "patchcore": "edgekit.train.patchcore:train_patchcore",
+    "padim": "edgekit.train.padim:train_padim",
 }
 
 
