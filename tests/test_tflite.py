@@ -216,3 +216,13 @@ def test_rpi4_tflite_bundle_runs_with_numpy_and_litert_only(bundles, brick):
         expected = edgekit.load(bundles[name]).predict(image).raw_score
         assert float(out[0]) == pytest.approx(expected, rel=1e-6)
         assert out[1:] == ["True", "litert", "[]"]
+
+
+def test_a_converted_file_litert_cannot_load_is_one_error_not_a_traceback(tmp_path):
+    from edgekit.export.tflite import op_census
+
+    broken = tmp_path / "network.tflite"
+    broken.write_bytes(b"TFL3" + bytes(64))
+    with pytest.raises(EdgekitError, match="LiteRT cannot run the converted network.tflite") as caught:
+        op_census(broken)
+    assert "\n" not in str(caught.value)

@@ -25,6 +25,7 @@ from edgekit.errors import EdgekitError
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
+from edgekit.export.autoencoders import dae_parts, sae_parts
 from edgekit.export.job import Converted, ExportJob, ExportOptions
 from edgekit.export.padim import padim_parts
 from edgekit.export.patchcore import FamilyParts, patchcore_parts
@@ -46,6 +47,8 @@ FORMATS: dict[str, Callable[[ExportJob], Converted]] = {
 FAMILIES: dict[str, Callable[[Run, ExportOptions], FamilyParts]] = {
     "patchcore": patchcore_parts,
     "padim": padim_parts,
+    "sae": sae_parts,
+    "dae": dae_parts,
 }
 
 INPUT_NAME = "image"

@@ -172,7 +172,12 @@ def op_census(path: Path) -> dict[str, Any]:
     """Which ops of a .tflite compute in int8 and which in float, and its input/output types."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
+    try:
+        interpreter = Interpreter(model_path=str(path))
+    except (ValueError, RuntimeError) as exc:  # e.g. an op or op version LiteRT's kernels lack
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgekitError(f"LiteRT cannot run the converted {path.name}: {first} (keep that op float in "
+                           f"the calibration recipe's [tflite] float_ops, or choose another precision)") from None
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ops: Counter = Counter()
     int8_ops: Counter = Counter()

@@ -15,6 +15,8 @@ from edgekit.errors import EdgekitError
 TRAINERS: dict[str, str] = {
     "patchcore": "edgekit.train.patchcore:train_patchcore",
     "padim": "edgekit.train.padim:train_padim",
+    "sae": "edgekit.train.autoencoders:train_sae",
+    "dae": "edgekit.train.autoencoders:train_dae",
 }
 
 

@@ -1,0 +1,282 @@
+"""The two autoencoders (SAE, DAE): architecture, the map head, and train → export → device runtime."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgekit
+from edgekit.cli import cli
+from edgekit.data.datasets import open_dataset
+from edgekit.errors import EdgekitError
+from edgekit.runtime.heads import HEADS, MapHead, build_head
+
+#: Epochs for the test runs: enough to give a non-trivial reconstruction, few for speed.
+TEST_EPOCHS = {"sae": 2, "dae": 1}
+
+
+def assert_one_error_line(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# -- the map head (numpy only) ----------------------------------------------------------------------
+
+def test_map_head_score_rules_read_the_map_as_documented():
+    maps = np.zeros((2, 1, 10, 10), np.float32)
+    maps[0, 0, 0, :5] = [5, 4, 3, 2, 1]          # 100 pixels: top 1 % is the single largest
+    maps[1, 0] = 0.5
+    for rule, expected in (("max", [5.0, 0.5]), ("mean", [0.15, 0.5]), ("top_mean", [5.0, 0.5])):
+        scores, out = MapHead(10, 10, score=rule)(maps)
+        np.testing.assert_allclose(scores, expected, rtol=1e-12)
+        np.testing.assert_array_equal(out, maps[:, 0])  # same size, no blur: the map as it is
+    scores, _ = MapHead(10, 10, score="top_mean", top_fraction=0.04)(maps)
+    np.testing.assert_allclose(scores, [3.5, 0.5], rtol=1e-12)  # mean of 5, 4, 3, 2
+
+
+def test_map_head_resizes_like_torch_bilinear_then_blurs():
+    torch = pytest.importorskip("torch")
+    grid = np.random.default_rng(0).random((3, 8, 12)).astype(np.float32)
+    _, resized = MapHead(32, 48)(grid)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(grid)[:, None], size=(32, 48), mode="bilinear",
+                                               align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(resized, expected, atol=1e-6)
+    scores, blurred = MapHead(32, 48, blur_sigma=2.0, score="max")(grid)
+    assert blurred.shape == (3, 32, 48) and blurred.dtype == np.float32
+    assert blurred.max() < resized.max() and abs(blurred.mean() - resized.mean()) < 0.02 * resized.mean()
+    np.testing.assert_allclose(scores, blurred.reshape(3, -1).max(axis=1), rtol=1e-6)
+
+
+def test_map_head_is_registered_and_refuses_bad_params_and_outputs():
+    assert HEADS["map"] is MapHead
+    head = build_head("map", {"score": "mean", "blur_sigma": 4.0}, {}, output_height=16, output_width=16)
+    assert (head.score, head.blur_sigma, head.top_fraction) == ("mean", 4.0, 0.01)
+    with pytest.raises(EdgekitError, match="score must be one of max, mean, top_mean"):
+        MapHead(16, 16, score="median")
+    with pytest.raises(EdgekitError, match="top_fraction"):
+        MapHead(16, 16, top_fraction=0.0)
+    with pytest.raises(EdgekitError, match=r"\(N, 1, h, w\)"):
+        head(np.zeros((1, 2, 16, 16), np.float32))
+
+
+def test_map_head_cost_counts_the_map_products_only_when_there_are_any():
+    assert MapHead(128, 128).cost(128, 128) == (128 * 128, 4 * 2 * 128 * 128)
+    flops, touched = MapHead(128, 128, blur_sigma=4.0).cost(128, 128)
+    assert flops == 128 * 128 + 2 * 2 * 128 ** 3 and touched == 4 * (2 * 128 * 128 + 2 * 128 * 128)
+
+
+# -- the networks -----------------------------------------------------------------------------------
+
+def test_sae_has_the_specified_layers_and_parameter_count():
+    torch = pytest.importorskip("torch")
+    from edgekit.train.autoencoders import SparseAutoencoder
+
+    model = SparseAutoencoder().eval()
+    convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (1, 32, (4, 4), (2, 2), (1, 1)), (32, 64, (4, 4), (2, 2), (1, 1))]
+    assert (model.bottleneck.in_features, model.bottleneck.out_features) == (65536, 64)
+    assert (model.expand.in_features, model.expand.out_features) == (64, 65536)
+    transposed = [m for m in model.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(t.in_channels, t.out_channels, t.stride) for t in transposed] == [(64, 32, (2, 2)), (32, 1, (2, 2))]
+    assert isinstance(model.decoder[-1], torch.nn.Sigmoid)
+    # convs 544 + 32832, BN 64 + 128 + 64, FC 4194368 + 4259840, transposed convs 32800 + 513
+    assert sum(p.numel() for p in model.parameters()) == 8_521_153
+    with torch.no_grad():
+        reconstruction, code = model(torch.rand(2, 1, 128, 128))
+    assert model.encoder(torch.rand(1, 1, 128, 128)).shape == (1, 64, 32, 32)
+    assert reconstruction.shape == (2, 1, 128, 128) and code.shape == (2, 64)
+    assert 0 <= float(reconstruction.min()) and float(reconstruction.max()) <= 1
+
+
+def test_dae_has_the_specified_stages_and_parameter_count():
+    torch = pytest.importorskip("torch")
+    from edgekit.train.autoencoders import DeepAutoencoder
+
+    model = DeepAutoencoder().eval()
+    convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128, 256, 256]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1)] * 4
+    assert sum(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.2 for m in model.encoder) == 8
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder) == 8
+    assert (model.bottleneck.in_features, model.bottleneck.out_features) == (16384, 128)
+    assert (model.expand.in_features, model.expand.out_features) == (128, 16384)
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in model.decoder) == 4
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.decoder) == 4
+    assert isinstance(model.decoder[-1], torch.nn.Sigmoid) and model.decoder[-2].out_channels == 1
+    assert sum(p.numel() for p in model.parameters()) == 6_594_273
+    with torch.no_grad():
+        assert model.encoder(torch.rand(1, 1, 128, 128)).shape == (1, 256, 8, 8)
+        reconstruction, code = model(torch.rand(2, 1, 128, 128))
+    assert reconstruction.shape == (2, 1, 128, 128) and code.shape == (2, 128)
+
+
+def test_ssim_is_one_for_identical_images_and_lower_for_noisy_ones():
+    torch = pytest.importorskip("torch")
+    from edgekit.train.autoencoders import ssim
+
+    image = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert float(ssim(image, image)) == pytest.approx(1.0, abs=1e-6)
+    noisy = (image + 0.2 * torch.randn(image.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert 0 < float(ssim(image, noisy)) < 0.9
+    noisy.requires_grad_(True)
+    (1 - ssim(image, noisy)).backward()
+    assert noisy.grad is not None and float(noisy.grad.abs().sum()) > 0
+
+
+# -- train → export → device (e2e) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def grey_brick(tmp_path_factory) -> Path:
+    from edgekit.data.synth import synthesize
+
+    (category,) = synthesize(tmp_path_factory.mktemp("grey"), texture="brick", size=128, grayscale=True)
+    return category
+
+
+@pytest.fixture(scope="module")
+def runs(grey_brick, tmp_path_factory) -> dict:
+    from edgekit.train.autoencoders import train_dae, train_sae
+
+    out = tmp_path_factory.mktemp("ae-runs")
+    return {"sae": train_sae(grey_brick, out / "sae", epochs=TEST_EPOCHS["sae"]),
+            "dae": train_dae(grey_brick, out / "dae", epochs=TEST_EPOCHS["dae"])}
+
+
+@pytest.fixture(scope="module")
+def x86_bundles(runs, tmp_path_factory) -> dict:
+    from edgekit.export.pipeline import export_run
+
+    out = tmp_path_factory.mktemp("ae-bundles")
+    return {model: export_run(run.path, out / f"{model}-x86", target="x86").root for model, run in runs.items()}
+
+
+def _test_images(grey_brick: Path) -> list[Path]:
+    return [s.path for s in open_dataset(grey_brick).test[::6]]  # 10 images, normal and defective
+
+
+@pytest.mark.e2e
+def test_run_records_what_the_export_pipeline_reads(runs):
+    for model, run in runs.items():
+        config = run.config
+        assert config["model"] == model and config["backbone"] == "none" and config["layers"] == []
+        assert config["input"] == {"height": 128, "width": 128, "channels": 1, "mean": [0.0], "std": [1.0],
+                                   "resize": "pil-bilinear"}
+        assert len(config["bank_images"]) == 48 and len(config["holdout_images"]) == 12
+        assert not set(config["bank_images"]) & set(config["holdout_images"])
+        metrics = json.loads((run.path / "metrics.json").read_text())
+        assert len(metrics["loss"]) == TEST_EPOCHS[model] == metrics["epochs"]
+        assert 0.5 < metrics["image_auroc"] <= 1 and 0.5 < metrics["pixel_auroc"] <= 1
+        assert (run.path / "network.safetensors").is_file() and config["train_seconds"] > 0
+
+
+@pytest.mark.e2e
+def test_training_is_deterministic_given_the_seed(runs, grey_brick, tmp_path):
+    from edgekit.train.autoencoders import train_sae
+
+    again = train_sae(grey_brick, tmp_path / "again", epochs=TEST_EPOCHS["sae"])
+    digest = [hashlib.sha256((run.path / "network.safetensors").read_bytes()).hexdigest()
+              for run in (runs["sae"], again)]
+    assert digest[0] == digest[1]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("model", ["sae", "dae"])
+def test_x86_bundle_scores_equal_the_training_path_to_1e4_relative(model, runs, x86_bundles, grey_brick):
+    from edgekit.train.autoencoders import score_run
+
+    images = _test_images(grey_brick)
+    train_scores, train_maps = score_run(runs[model], images)
+    detector = edgekit.load(x86_bundles[model])
+    device_scores, device_maps = detector.raw(images)
+    np.testing.assert_allclose(device_scores, train_scores, rtol=1e-4)
+    np.testing.assert_allclose(device_maps, train_maps, rtol=1e-4, atol=1e-4 * float(train_maps.max()))
+    manifest = detector.manifest
+    assert manifest.head.kind == "map" and manifest.head.arrays == {}
+    assert manifest.input.channels == 1 and manifest.export["output_shape"] == [1, 1, 128, 128]
+    prediction = detector.predict(images[-1])
+    assert prediction.anomaly_map.shape == (128, 128)
+    assert prediction.raw_score == pytest.approx(train_scores[-1], rel=1e-4)
+
+
+@pytest.mark.e2e
+def test_predicting_with_an_autoencoder_bundle_leaves_torch_out(x86_bundles, grey_brick):
+    image = _test_images(grey_brick)[0]
+    code = ("import sys, edgekit; p = edgekit.load(sys.argv[1]).predict(sys.argv[2]); "
+            "print(p.raw_score, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(x86_bundles["sae"]), str(image)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert float(out[0]) > 0 and out[1] == "False"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_rpi4_fp32_bundle_gives_the_x86_scores_to_1e5_relative(fmt, runs, x86_bundles, grey_brick, tmp_path):
+    from edgekit.export.job import ExportOptions
+    from edgekit.export.pipeline import export_run
+
+    bundle = export_run(runs["sae"].path, tmp_path / fmt, target="rpi4", options=ExportOptions(format=fmt))
+    assert bundle.manifest.runtime == {"tflite": "litert", "onnx": "onnxruntime"}[fmt]
+    images = _test_images(grey_brick)
+    rpi4_scores, rpi4_maps = edgekit.load(bundle.root).raw(images)
+    x86_scores, x86_maps = edgekit.load(x86_bundles["sae"]).raw(images)
+    np.testing.assert_allclose(rpi4_scores, x86_scores, rtol=1e-5)
+    np.testing.assert_allclose(rpi4_maps, x86_maps, rtol=1e-4, atol=1e-5 * float(x86_maps.max()))
+
+
+@pytest.fixture(scope="module")
+def int8_sae(runs, x86_bundles, grey_brick, tmp_path_factory) -> dict:
+    """The SAE's int8 x86 bundle and its and the fp32 bundle's raw scores on the test images, split by label."""
+    from edgekit.export.job import ExportOptions
+    from edgekit.export.pipeline import export_run
+
+    bundle = export_run(runs["sae"].path, tmp_path_factory.mktemp("ae-int8") / "sae-int8", target="x86",
+                        options=ExportOptions(precision="int8"))
+    samples = open_dataset(grey_brick).test[::6]
+    images = [s.path for s in samples]
+    normal = np.array([s.label == 0 for s in samples])
+    int8_scores, _ = edgekit.load(bundle.root).raw(images)
+    fp32_scores, _ = edgekit.load(x86_bundles["sae"]).raw(images)
+    return {"bundle": bundle, "normal": normal, "relative": np.abs(int8_scores - fp32_scores) / fp32_scores}
+
+
+@pytest.mark.e2e
+def test_int8_x86_bundle_scores_normals_within_1_percent_and_has_its_own_thresholds(int8_sae, x86_bundles):
+    bundle = int8_sae["bundle"]
+    assert int8_sae["normal"].sum() == 3
+    assert int8_sae["relative"][int8_sae["normal"]].max() < 0.01  # measured: 0.16 % at most
+    assert bundle.manifest.precision == "int8" and bundle.manifest.decision.fitted_on == 12
+    fp32 = edgekit.load(x86_bundles["sae"]).manifest.decision
+    assert bundle.manifest.decision.image_threshold != fp32.image_threshold
+    assert bundle.manifest.decision.pixel_threshold != fp32.pixel_threshold
+
+
+@pytest.mark.e2e
+def test_int8_x86_bundle_scores_defects_within_1_percent(int8_sae):
+    # measured with those two ops float: 0.23 % at most over all 10 images
+    assert int8_sae["relative"][~int8_sae["normal"]].max() < 0.01
+
+
+@pytest.mark.e2e
+def test_training_an_autoencoder_with_a_patchcore_option_is_one_error_line(grey_brick, tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--model", "sae", "--data", str(grey_brick), "--out",
+                                      str(tmp_path / "run"), "--coreset-ratio", "0.1"])
+    assert_one_error_line(result, "--coreset-ratio", "'sae'")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.e2e
+def test_exporting_an_autoencoder_with_a_bank_option_is_one_error_line(runs, tmp_path):
+    result = CliRunner().invoke(cli, ["export", str(runs["dae"].path), "--out", str(tmp_path / "bundle"),
+                                      "--bank-dims", "32"])
+    assert_one_error_line(result, "--bank-* options apply to PatchCore only")
+    assert not (tmp_path / "bundle").exists()
