@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import edgekit
+from cli_helpers import assert_one_error_line
 from edgekit.cli import cli
 from edgekit.data.datasets import open_dataset
 from edgekit.errors import EdgekitError
@@ -19,14 +20,6 @@ from edgekit.runtime.heads import HEADS, MapHead, build_head
 
 #: Epochs for the test runs: enough to give a non-trivial reconstruction, few for speed.
 TEST_EPOCHS = {"sae": 2, "dae": 1}
-
-
-def assert_one_error_line(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # -- the map head (numpy only) ----------------------------------------------------------------------

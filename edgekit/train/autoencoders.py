@@ -27,7 +27,6 @@ same map the device shows.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -36,13 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit import __version__
 from edgekit.data.datasets import Dataset, open_dataset
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
-from edgekit.train.run import Run, RunWriter
+from edgekit.train.run import Run, RunWriter, provenance
 
 NETWORK_FILE = "network.safetensors"
 #: The map head of both autoencoders (manifest head params; see the module docstring for why).
@@ -298,20 +296,14 @@ def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *
         history, mse_history = _fit(model, network, prepare(trained_paths, spec), epochs=epochs, batch_size=batch_size,
                        learning_rate=learning_rate, seed=seed, progress=progress)
         network.eval()
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(writer.file(NETWORK_FILE)))
+        writer.save_network(NETWORK_FILE, network)
         train_seconds = time.perf_counter() - started
         config.update({
             "input": {"height": image_size, "width": image_size, "channels": 1, "mean": list(spec.mean),
                       "std": list(spec.std), "resize": spec.resize},
             "parameters": int(sum(p.numel() for p in network.parameters())),
-            "dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
-            "bank_images": [str(Path(p).resolve()) for p in trained_paths],
-            "holdout_images": [str(Path(train_paths[i]).resolve()) for i in held_idx],
-            "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "train_seconds": round(train_seconds, 2),
         })
+        config.update(provenance(dataset, trained_paths, [train_paths[i] for i in held_idx], train_seconds))
         run = Run(path=writer.tmp, config=config)
         metrics = evaluate_run(run, dataset, network=network, progress=progress)
         metrics.update({"epochs": epochs, "loss": history, "final_loss": history[-1],

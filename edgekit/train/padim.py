@@ -16,7 +16,6 @@ float16 a bundle stores (measurements at DEFAULT_DIMS and HEAD_DTYPE).
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit import __version__
 from edgekit.data.datasets import Dataset, open_dataset
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec
@@ -33,7 +31,7 @@ from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MahalanobisHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
 from edgekit.train.patchcore import embed, input_spec_for, split_holdout
-from edgekit.train.run import Run, RunWriter
+from edgekit.train.run import Run, RunWriter, provenance
 
 NETWORK_FILE = "network.safetensors"
 MEAN, INV_COVARIANCE = "mean", "inv_covariance"
@@ -223,20 +221,14 @@ def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
         mean, inv_covariance = fit.statistics(REGULARISATION)
         writer.save_array(MEAN, mean)
         writer.save_array(INV_COVARIANCE, inv_covariance)
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(writer.file(NETWORK_FILE)))
+        writer.save_network(NETWORK_FILE, network)
         train_seconds = time.perf_counter() - started
         config.update({
             "input": {"height": image_size, "width": image_size, "channels": 3,
                       "mean": list(input_spec.mean), "std": list(input_spec.std), "resize": input_spec.resize},
             "feature_dims": dims, "grid": fit.grid, "head_bytes": int(mean.nbytes + inv_covariance.nbytes),
-            "dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
-            "bank_images": [str(Path(p).resolve()) for p in bank_paths],
-            "holdout_images": [str(Path(train_paths[i]).resolve()) for i in held_idx],
-            "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "train_seconds": round(train_seconds, 2),
         })
+        config.update(provenance(dataset, bank_paths, [train_paths[i] for i in held_idx], train_seconds))
         run = Run(path=writer.tmp, config=config)
         metrics = evaluate_run(run, dataset, network=network, batch_size=batch_size, progress=progress)
         writer.save_json("metrics.json", metrics)

@@ -9,7 +9,6 @@ numpy k-center, and normal images are held out of the bank so thresholds can be 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit import __version__
 from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import (DEFAULT_BANK, UNCOMPRESSED, BankSettings, CompressedBank, FeatureStatistics,
                                   compress_bank, feature_statistics, fit_pca, resolve_dims)
@@ -28,7 +26,7 @@ from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import KnnHead, decode_bank
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
-from edgekit.train.run import Run, RunWriter
+from edgekit.train.run import Run, RunWriter, provenance
 
 NETWORK_FILE = "network.safetensors"
 #: Mean and covariance of all bank-image patch features: what PCA bank compression is fitted on.
@@ -187,21 +185,15 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
         statistics = feature_statistics(patches)
         writer.save_array(PATCH_MEAN, statistics.mean)
         writer.save_array(PATCH_COVARIANCE, statistics.covariance)
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(writer.file(NETWORK_FILE)))
+        writer.save_network(NETWORK_FILE, network)
         train_seconds = time.perf_counter() - started
         config.update({
             "input": {"height": image_size, "width": image_size, "channels": 3,
                       "mean": list(input_spec.mean), "std": list(input_spec.std), "resize": input_spec.resize},
             "feature_dims": int(patches.shape[1]), "grid": list(embeddings.shape[2:]),
             "bank_rows": int(count), "patches_seen": int(len(patches)), "patch_statistics_rows": statistics.count,
-            "dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
-            "bank_images": [str(Path(p).resolve()) for p in bank_paths],
-            "holdout_images": [str(Path(train_paths[i]).resolve()) for i in held_idx],
-            "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "train_seconds": round(train_seconds, 2),
         })
+        config.update(provenance(dataset, bank_paths, [train_paths[i] for i in held_idx], train_seconds))
         run = Run(path=writer.tmp, config=config)
         metrics = evaluate_run(run, dataset, network=network, batch_size=batch_size, progress=progress)
         writer.save_json("metrics.json", metrics)

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -94,6 +94,12 @@ class RunWriter:
     def save_json(self, name: str, data: Mapping[str, Any]) -> None:
         (self.tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
+    def save_network(self, name: str, network: Any) -> None:
+        """A torch module's weights as safetensors (never pickled)."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(self.file(name)))
+
     def file(self, name: str) -> Path:
         return self.tmp / name
 
@@ -108,3 +114,17 @@ class RunWriter:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return open_run(self.dest)
+
+
+def provenance(dataset: Any, trained: Sequence[Any], held_out: Sequence[Any], train_seconds: float) -> dict[str, Any]:
+    """The run.json fields every trainer writes: the data, the images trained on (the export
+    calibrates int8 on them), the held-out normals (thresholds are fitted on them), and when."""
+    from datetime import datetime, timezone
+
+    from edgekit import __version__
+
+    return {"dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
+            "bank_images": [str(Path(p).resolve()) for p in trained],
+            "holdout_images": [str(Path(p).resolve()) for p in held_out],
+            "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "train_seconds": round(train_seconds, 2)}
