@@ -192,9 +192,9 @@ def _quantize(model: Any, job: "ExportJob", *, format_name: str, named_parts: di
     notes: dict[str, Any] = {
         "tool": f"nncf {_nncf().__version__}", "preset": recipe.preset,
         "calibration_images": len(calibration_items),
-        "calibration_source": "training normals (memory-bank images), never test images",
+        "calibration_source": "training normals (the images the model was built from), never test images",
         "stay_float": list(parts), "float_op_types": float_types, "float_nodes": len(float_names),
-        "never_quantized": "the kNN search and score head (numpy on the device)",
+        "never_quantized": "the head after the network (numpy on the device)",
     }
     with _quiet_nncf() as nncf:
         scope = nncf.IgnoredScope(types=float_types, names=float_names, validate=False)
