@@ -40,7 +40,7 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
-from edgekit.train.run import Run, RunWriter, provenance
+from edgekit.train.run import Run, RunWriter, provenance, metrics_on_test_split
 
 NETWORK_FILE = "network.safetensors"
 #: The map head of both autoencoders (manifest head params; see the module docstring for why).
@@ -315,21 +315,12 @@ def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
                  progress: ProgressFn = noop) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    from edgekit.metrics import image_auroc, pixel_auroc
-
     if not dataset.test:
         return {"test_images": 0}
     size = int(run.config["image_size"])
     scores, maps = score_run(run, [s.path for s in dataset.test], network=network, progress=progress)
-    labels = np.array([s.label for s in dataset.test])
-    result: dict = {"test_images": len(labels), "path": "training (torch error map + numpy map head)",
-                    "score_rule": dict(run.config.get("head", SCORE_RULE))}
-    if 0 < labels.sum() < len(labels):
-        result["image_auroc"] = image_auroc(labels, scores)
-        masks = np.stack([dataset.read_mask(s, size, size) for s in dataset.test])
-        if masks.any():
-            result["pixel_auroc"] = pixel_auroc(masks, maps)
-    return result
+    return {**metrics_on_test_split(dataset, scores, maps, size, "training (torch error map + numpy map head)"),
+            "score_rule": dict(run.config.get("head", SCORE_RULE))}
 
 
 def train_sae(data: str | Path | Dataset, out: str | Path, *, image_size: int = 128, epochs: Optional[int] = None,

@@ -26,7 +26,7 @@ from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import KnnHead, decode_bank
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
-from edgekit.train.run import Run, RunWriter, provenance
+from edgekit.train.run import Run, RunWriter, provenance, metrics_on_test_split
 
 NETWORK_FILE = "network.safetensors"
 #: Mean and covariance of all bank-image patch features: what PCA bank compression is fitted on.
@@ -203,18 +203,10 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8,
                  progress: ProgressFn = noop) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    from edgekit.metrics import image_auroc, pixel_auroc
-
     if not dataset.test:
         return {"test_images": 0}
     size = int(run.config["image_size"])
     scores, maps = score_run(run, [s.path for s in dataset.test], network=network, bank=UNCOMPRESSED,
                              batch_size=batch_size, progress=progress)
-    labels = np.array([s.label for s in dataset.test])
-    result: dict = {"test_images": len(labels), "path": "training (torch network + numpy head, uncompressed bank)"}
-    if 0 < labels.sum() < len(labels):
-        result["image_auroc"] = image_auroc(labels, scores)
-        masks = np.stack([dataset.read_mask(s, size, size) for s in dataset.test])
-        if masks.any():
-            result["pixel_auroc"] = pixel_auroc(masks, maps)
-    return result
+    return metrics_on_test_split(dataset, scores, maps, size,
+                                 "training (torch network + numpy head, uncompressed bank)")

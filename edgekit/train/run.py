@@ -128,3 +128,19 @@ def provenance(dataset: Any, trained: Sequence[Any], held_out: Sequence[Any], tr
             "holdout_images": [str(Path(p).resolve()) for p in held_out],
             "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "train_seconds": round(train_seconds, 2)}
+
+
+def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, size: int,
+                          path: str) -> dict[str, Any]:
+    """Image and pixel AUROC of training-path ``scores`` / ``maps`` on the dataset's test split
+    (in its order); AUROCs only where both labels, and masks, exist. ``path`` says what scored."""
+    from edgekit.metrics import image_auroc, pixel_auroc
+
+    labels = np.array([s.label for s in dataset.test])
+    result: dict[str, Any] = {"test_images": len(labels), "path": path}
+    if 0 < labels.sum() < len(labels):
+        result["image_auroc"] = image_auroc(labels, scores)
+        masks = np.stack([dataset.read_mask(s, size, size) for s in dataset.test])
+        if masks.any():
+            result["pixel_auroc"] = pixel_auroc(masks, maps)
+    return result
