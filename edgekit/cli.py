@@ -225,15 +225,12 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
     """Measure bundles on this device: latency, cold start, memory, size, accuracy, heat maps.
 
     Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html."""
-    from edgekit.export.targets import get_target, host_mismatch
-    from edgekit.profile.report import profile_bundles
+    from edgekit.export.targets import get_target
+    from edgekit.profile.report import check_host, profile_bundles
     from edgekit.profile.sweep import export_variants, plan_variants
 
     spec = get_target(target)
-    mismatch = host_mismatch(spec)
-    if mismatch and not estimate:  # before any export: say so at once
-        raise EdgekitError(f"{mismatch}: run `edgekit profile` on the device itself, or pass --estimate for a "
-                           f"labelled roofline estimate")
+    check_host(spec, estimate=estimate)  # before any export: a wrong host is said at once
     if not sweep and (precisions or formats or banks):
         raise EdgekitError("--precisions, --formats and --banks choose sweep variants: add --sweep")
     bar = _progress()

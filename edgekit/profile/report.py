@@ -29,17 +29,12 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
                     data: Optional[str | Path] = None, runs: int = 100, warmup: int = 10, cold_starts: int = 3,
                     estimate: bool = False, examples: int = 3, progress: ProgressFn = noop) -> dict:
     """Measure (or, off the device, estimate) each bundle; returns the profile and writes the reports."""
-    from edgekit.export.targets import get_target, host_mismatch
+    from edgekit.export.targets import get_target
     from edgekit.profile.html import pareto_front
     from edgekit.profile.measure import describe_device
 
     spec = get_target(target)
-    mismatch = host_mismatch(spec)
-    if mismatch and not estimate:
-        raise EdgekitError(f"{mismatch}: run `edgekit profile` on the device itself, or pass --estimate for a "
-                           f"labelled roofline estimate")
-    if not mismatch and estimate:
-        raise EdgekitError(f"this machine can run target {spec.name!r}: measure it (drop --estimate)")
+    mismatch = check_host(spec, estimate=estimate)
     if not bundles:
         raise EdgekitError("give at least one bundle (or, with --sweep, a training run)")
     dataset = None
@@ -48,21 +43,17 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
 
         dataset = open_dataset(Path(data))
     detectors = [_load_for(Path(b), spec) for b in bundles]
+    images: list = [None] * len(detectors)
     latencies: list = [None] * len(detectors)
     if not estimate:
-        from edgekit.preprocess import read_image, resize
         from edgekit.profile.measure import measure_latencies
 
-        images = []
-        for detector in detectors:
-            spec_in = detector.manifest.input
-            images.append(resize(read_image(_sample_image(dataset, detector.manifest), spec_in.channels),
-                                 spec_in.height, spec_in.width))
+        images = [_decoded_sample(dataset, detector.manifest) for detector in detectors]
         latencies = measure_latencies(detectors, images, warmup=warmup, runs=runs, progress=progress)
-    variants = [_profile_one(Path(b), detector, latency, spec, dataset, cold_starts=cold_starts, estimate=estimate,
-                             examples=examples, host=None if not mismatch else platform.machine(),
-                             progress=progress)
-                for b, detector, latency in zip(bundles, detectors, latencies)]
+    variants = [_profile_one(Path(b), detector, image, latency, spec, dataset, cold_starts=cold_starts,
+                             estimate=estimate, examples=examples,
+                             host=None if not mismatch else platform.machine(), progress=progress)
+                for b, detector, image, latency in zip(bundles, detectors, images, latencies)]
     if len({v["bundle"]["source_run"] for v in variants}) > 1:
         for v in variants:
             v["name"] = f"{Path(v['bundle']['source_run']).name}: {v['name']}"
@@ -79,6 +70,20 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
     }
     write_reports(profile, Path(out))
     return profile
+
+
+def check_host(spec, *, estimate: bool) -> Optional[str]:
+    """Why this host is not ``spec``'s device (None: it is); one clear error when that and
+    ``estimate`` disagree: measuring needs the device, estimating needs another host."""
+    from edgekit.export.targets import host_mismatch
+
+    mismatch = host_mismatch(spec)
+    if mismatch and not estimate:
+        raise EdgekitError(f"{mismatch}: run `edgekit profile` on the device itself, or pass --estimate for a "
+                           f"labelled roofline estimate")
+    if not mismatch and estimate:
+        raise EdgekitError(f"this machine can run target {spec.name!r}: measure it (drop --estimate)")
+    return mismatch
 
 
 def _latency_of(variant: dict) -> Optional[float]:
@@ -98,11 +103,12 @@ def _load_for(path: Path, spec):
     return detector
 
 
-def _profile_one(path: Path, detector, latency: Optional[dict], spec, dataset, *, cold_starts: int, estimate: bool,
-                 examples: int, host: Optional[str], progress: ProgressFn) -> dict:
+def _profile_one(path: Path, detector, image: Optional[np.ndarray], latency: Optional[dict], spec, dataset, *,
+                 cold_starts: int, estimate: bool, examples: int, host: Optional[str], progress: ProgressFn) -> dict:
+    """One variant's record; ``image`` (the decoded sample the latency was timed on) also feeds the
+    cold start. Off the device (``estimate``) nothing is timed."""
     from edgekit.profile.estimate import roofline_estimate
     from edgekit.profile.measure import measure_cold_start
-    from edgekit.preprocess import read_image, resize
 
     manifest = detector.manifest
     bank = dict(manifest.head.params.get("bank") or {})
@@ -112,8 +118,6 @@ def _profile_one(path: Path, detector, latency: Optional[dict], spec, dataset, *
     if estimate:
         estimated = roofline_estimate(detector, spec)
     else:
-        image = resize(read_image(_sample_image(dataset, manifest), manifest.input.channels),
-                       manifest.input.height, manifest.input.width)
         with tempfile.TemporaryDirectory() as tmp:
             sample_png = Path(tmp) / "sample.png"
             _write_png(image, sample_png)
@@ -141,6 +145,14 @@ def _profile_one(path: Path, detector, latency: Optional[dict], spec, dataset, *
         "latency": latency, "estimate": estimated, "cold_start": cold, "accuracy": accuracy,
         "examples": _examples(detector, dataset, examples) if dataset is not None else [],
     }
+
+
+def _decoded_sample(dataset, manifest) -> np.ndarray:
+    """The image latency is timed on, decoded and resized to the bundle's input (uint8 HxWxC)."""
+    from edgekit.preprocess import read_image, resize
+
+    spec = manifest.input
+    return resize(read_image(_sample_image(dataset, manifest), spec.channels), spec.height, spec.width)
 
 
 def _sample_image(dataset, manifest) -> Path | np.ndarray:
