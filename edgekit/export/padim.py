@@ -10,8 +10,8 @@ benchmarks/padim_head.py measures this split against the distance inside the Ope
 from __future__ import annotations
 
 from edgekit.bundle import HeadSpec
-from edgekit.errors import EdgekitError
 from edgekit.export.job import ExportOptions
+from edgekit.export.maps import refuse_bank_options
 from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
@@ -24,8 +24,7 @@ def padim_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's embedding network and its Gaussians as head arrays."""
     from edgekit.train.padim import BLUR_SIGMA, HEAD_DTYPE, head_arrays, load_network
 
-    if options.bank_dims is not None or options.bank_dtype is not None or options.bank_size is not None:
-        raise EdgekitError("--bank-* options apply to PatchCore only")
+    refuse_bank_options(options)
     named = head_arrays(run, HEAD_DTYPE)
     paths = {name: f"{HEAD_DIR}/{name}.npy" for name in named}
     arrays = {paths[name]: array for name, array in named.items()}

@@ -40,6 +40,7 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
+from edgekit.train.maps import input_config, load_weights, map_head_for, map_outputs, parameter_count, split_train_images
 from edgekit.train.run import Run, RunWriter, provenance, metrics_on_test_split
 
 NETWORK_FILE = "network.safetensors"
@@ -184,46 +185,25 @@ def build_network(config: dict) -> nn.Module:
 
 def load_network(run: Run) -> nn.Module:
     """The run's autoencoder from its config and safetensors weights, in eval mode."""
-    from safetensors.torch import load_file
-
-    weights_path = run.path / NETWORK_FILE
-    if not weights_path.is_file():
-        raise EdgekitError(f"run {run.path}: {NETWORK_FILE} is missing")
-    network = build_network(dict(run.config))
-    network.load_state_dict(load_file(str(weights_path)), strict=True)
-    return network.eval()
+    return load_weights(build_network(dict(run.config)), run, NETWORK_FILE)
 
 
 def head_for(run: Run) -> MapHead:
-    size = int(run.config["image_size"])
-    return MapHead.from_params(run.config.get("head", SCORE_RULE), {}, output_height=size, output_width=size)
+    return map_head_for(run, SCORE_RULE)
 
 
 def error_maps(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec, *, batch_size: int = 8,
                progress: ProgressFn = noop, stage: str = "scoring") -> np.ndarray:
     """The exported graph's output computed in torch: (N, 1, H, W) squared reconstruction errors."""
     error_network = network if isinstance(network, ErrorMapNetwork) else ErrorMapNetwork(network)
-    error_network.eval()
-    outputs = []
-    progress(stage, 0, len(images))
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            outputs.append(error_network(torch.from_numpy(prepare(images[start:start + batch_size], spec))).numpy())
-            progress(stage, min(start + batch_size, len(images)), len(images))
-    return np.concatenate(outputs)
-
-
-def run_input_spec(run: Run) -> InputSpec:
-    cfg = run.config["input"]
-    return InputSpec(height=cfg["height"], width=cfg["width"], channels=cfg["channels"], mean=tuple(cfg["mean"]),
-                     std=tuple(cfg["std"]), resize=cfg["resize"])
+    return map_outputs(error_network, images, spec, batch_size=batch_size, progress=progress, stage=stage)
 
 
 def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 8,
               progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
     """The training path's raw scores (N,) and maps (N, H, W): torch error maps + the shared MapHead."""
     network = network if network is not None else load_network(run)
-    maps = error_maps(network, images, run_input_spec(run), batch_size=batch_size, progress=progress)
+    maps = error_maps(network, images, run.input_spec(), batch_size=batch_size, progress=progress)
     return head_for(run)(maps)
 
 
@@ -267,8 +247,6 @@ def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *
                       category: Optional[str] = None, overwrite: bool = False,
                       progress: ProgressFn = noop) -> Run:
     """Train ``model`` ("sae" or "dae") on a dataset's normal training images, held-out ones excluded."""
-    from edgekit.train.patchcore import split_holdout
-
     _, _, default_epochs, default_batch, default_rate = MODELS[model]
     epochs = default_epochs if epochs is None else epochs
     batch_size = default_batch if batch_size is None else batch_size
@@ -290,20 +268,16 @@ def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *
                   "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "head": dict(SCORE_RULE)}
         network = build_network(config)
         spec = input_spec_for(image_size)
-        train_paths = [s.path for s in dataset.train]
-        train_idx, held_idx = split_holdout(len(train_paths), holdout, seed)
-        trained_paths = [train_paths[i] for i in train_idx]
+        trained_paths, held_paths = split_train_images(dataset, holdout, seed)
         history, mse_history = _fit(model, network, prepare(trained_paths, spec), epochs=epochs, batch_size=batch_size,
                        learning_rate=learning_rate, seed=seed, progress=progress)
         network.eval()
         writer.save_network(NETWORK_FILE, network)
         train_seconds = time.perf_counter() - started
         config.update({
-            "input": {"height": image_size, "width": image_size, "channels": 1, "mean": list(spec.mean),
-                      "std": list(spec.std), "resize": spec.resize},
-            "parameters": int(sum(p.numel() for p in network.parameters())),
+            "input": input_config(spec), "parameters": parameter_count(network),
         })
-        config.update(provenance(dataset, trained_paths, [train_paths[i] for i in held_idx], train_seconds))
+        config.update(provenance(dataset, trained_paths, held_paths, train_seconds))
         run = Run(path=writer.tmp, config=config)
         metrics = evaluate_run(run, dataset, network=network, progress=progress)
         metrics.update({"epochs": epochs, "loss": history, "final_loss": history[-1],

@@ -26,7 +26,7 @@ from torch import nn
 
 from edgekit.data.datasets import Dataset, open_dataset
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, InputSpec
+from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MahalanobisHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
@@ -169,11 +169,6 @@ def head_for(run: Run, dtype: str = HEAD_DTYPE) -> MahalanobisHead:
     return MahalanobisHead.from_params(params, head_arrays(run, dtype), output_height=size, output_width=size)
 
 
-def _input_spec(run: Run) -> InputSpec:
-    cfg = run.config["input"]
-    return InputSpec(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})
-
-
 def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None,
               head_dtype: str = HEAD_DTYPE, batch_size: int = 8,
               progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +176,7 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
     as ``head_dtype`` (default: as the export ships it, so this equals the bundle's scores up to
     the runtime's float rounding)."""
     network = network or load_network(run)
-    embeddings = embed(network, images, _input_spec(run), batch_size=batch_size, progress=progress, stage="scoring")
+    embeddings = embed(network, images, run.input_spec(), batch_size=batch_size, progress=progress, stage="scoring")
     return head_for(run, head_dtype)(embeddings)
 
 

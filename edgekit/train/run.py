@@ -33,6 +33,14 @@ class Run:
     def model(self) -> str:
         return str(self.config["model"])
 
+    def input_spec(self):
+        """The pre-processing the run trained with (its ``input`` block), as an InputSpec."""
+        from edgekit.preprocess import InputSpec
+
+        cfg = self.config["input"]
+        return InputSpec(height=int(cfg["height"]), width=int(cfg["width"]), channels=int(cfg["channels"]),
+                         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), resize=cfg["resize"])
+
     def array(self, name: str) -> np.ndarray:
         target = self.path / f"{name}.npy"
         if not target.is_file():

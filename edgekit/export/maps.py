@@ -1,0 +1,28 @@
+"""The export side of the families whose network outputs the anomaly map itself.
+
+The graph is image → (N, 1, h, w) map (reconstruction error, feature distance, log-likelihood,
+...), and the device only post-processes it with :class:`edgekit.runtime.heads.MapHead`
+(bilinear up-sampling to the input size, blur, the image-score rule) with the parameters the
+training run scored with. There are no head arrays.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from edgekit.bundle import HeadSpec
+from edgekit.errors import EdgekitError
+from edgekit.export.job import ExportOptions
+from edgekit.export.patchcore import FamilyParts
+
+
+def refuse_bank_options(options: ExportOptions) -> None:
+    if options.bank_dims is not None or options.bank_dtype is not None or options.bank_size is not None:
+        raise EdgekitError("--bank-* options apply to PatchCore only")
+
+
+def map_parts(network: Any, head_params: Mapping[str, Any], split: str, options: ExportOptions) -> FamilyParts:
+    """``network`` (image → map) and a map head with ``head_params``; ``split`` says, for the
+    manifest, what the graph computes and what the numpy head does."""
+    refuse_bank_options(options)
+    head = HeadSpec(kind="map", params=dict(head_params), arrays={})
+    return FamilyParts(network=network.eval(), head=head, arrays={}, notes={"split": split})
