@@ -11,7 +11,7 @@ import click
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
-from edgekit.train.registry import TRAINERS
+from edgekit.train.registry import MODELS_WITH_OWN_DATA, TRAINERS
 
 DEFAULT_TARGET = "x86"
 
@@ -78,8 +78,8 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
 @click.option("--category", default=None, help="Category inside a multi-category dataset root.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
 @click.option("--image-size", type=int, default=None, help="Input side in pixels (default: the model's).")
-@click.option("--holdout", type=float, default=0.2, show_default=True,
-              help="Share of training normals kept out of training, for fitting thresholds.")
+@click.option("--holdout", type=float, default=None,
+              help="Share of training normals kept out of training, for fitting thresholds [0.2].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
@@ -92,20 +92,20 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
 @click.option("--teacher-weights", type=click.Path(path_type=Path), default=None,
               help="EfficientAD: a PDN teacher's weights (default: edgekit's distilled offline teacher).")
 def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abnormal_dir: Optional[Path],
-          mask_dir: Optional[Path], category: Optional[str], out: Path, image_size: Optional[int], holdout: float,
-          seed: int, overwrite: bool, **model_options) -> None:
+          mask_dir: Optional[Path], category: Optional[str], out: Path, seed: int, overwrite: bool,
+          **model_options) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit[train])."""
     from edgekit.data.datasets import read_folder
     from edgekit.train.registry import train as train_model
 
-    if (data_dir is None) == (normal_dir is None):
+    if data_dir is not None and normal_dir is not None or data_dir is None and normal_dir is None and \
+            model not in MODELS_WITH_OWN_DATA:
         raise EdgekitError("give either --data DIR or --normal-dir DIR (with optional --abnormal-dir, --mask-dir)")
-    data = data_dir if data_dir is not None else read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
+    data = data_dir if normal_dir is None else read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
     given = {name: value for name, value in model_options.items() if value is not None}
-    if image_size is not None:
-        given["image_size"] = image_size
-    run = train_model(model, data, out, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                      progress=_progress(), **given)
+    if category is not None:
+        given["category"] = category
+    run = train_model(model, data, out, seed=seed, overwrite=overwrite, progress=_progress(), **given)
     metrics = json.loads((run.path / "metrics.json").read_text())
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc") if k in metrics)
     config = run.config

@@ -260,6 +260,24 @@ def test_int8_x86_bundle_scores_defects_within_1_percent(int8_sae):
 
 
 @pytest.mark.e2e
+def test_max_drop_validates_with_the_bundles_own_map_head(runs, x86_bundles, tmp_path):
+    """Accuracy control scores held-out normals with the map head the bundle ships, so the agreement
+    it records is the one the two bundles give on those images."""
+    from edgekit.export.job import ExportOptions
+    from edgekit.export.pipeline import export_run
+    from edgekit.export.quantize import score_agreement
+
+    bundle = export_run(runs["sae"].path, tmp_path / "sae-int8", target="x86",
+                        options=ExportOptions(precision="int8", max_drop=0.01))
+    validation = bundle.manifest.export["quantization"]["validation"]
+    assert "the bundle's own numpy head" in validation["metric"] and validation["held_out_images"] == 12
+    holdout = runs["sae"].config["holdout_images"]
+    measured, _ = score_agreement(edgekit.load(x86_bundles["sae"]).raw(holdout)[0],
+                                  edgekit.load(bundle.root).raw(holdout)[0])
+    assert measured >= 0.99 and validation["agreement"] == pytest.approx(measured, abs=2e-3)
+
+
+@pytest.mark.e2e
 def test_training_an_autoencoder_with_a_patchcore_option_is_one_error_line(grey_brick, tmp_path):
     result = CliRunner().invoke(cli, ["train", "--model", "sae", "--data", str(grey_brick), "--out",
                                       str(tmp_path / "run"), "--coreset-ratio", "0.1"])

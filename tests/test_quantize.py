@@ -63,7 +63,8 @@ def test_validation_function_scores_the_float_network_1_and_a_shifted_one_lower(
     images = rng.standard_normal((3, 4, 2, 2)).astype(np.float32)
     reference = rng.standard_normal((20, 4)).astype(np.float32)
     float_scores = max_patch_distance(images, reference)
-    validate = ScoreAgreementValidation(reference, float_scores, embed_with=lambda scale: (lambda batch: batch * scale))
+    validate = ScoreAgreementValidation(lambda outputs: max_patch_distance(outputs, reference), float_scores,
+                                        embed_with=lambda scale: (lambda batch: batch * scale))
     items = [(i, images[i:i + 1]) for i in range(3)]
     assert validate(1.0, items) == (1.0, [1.0, 1.0, 1.0])
     shifted, per_image = validate(np.float32(50.0), items[1:])  # far away: every score is off by >100 %

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class ExportJob:
     precision: str
     network: Any                  # the float torch.nn.Module, eval mode
     example: Any                  # torch.Tensor (1, C, H, W)
-    onnx_path: Path               # float ONNX of ``network`` (opset 17, dynamic batch)
+    onnx_path: Optional[Path]     # float ONNX of ``network`` (opset 17, dynamic batch); None for TFLite
     input_name: str
     output_names: tuple[str, ...]
     calibration: np.ndarray       # prepared batch of TRAINING normals (bank images), never test images
@@ -44,6 +44,8 @@ class ExportJob:
     options: ExportOptions
     out_dir: Path
     input_spec: Optional[InputSpec] = None  # the bundle's pre-processing (mean/std give the input's range)
+    #: the bundle's numpy head as network outputs -> raw image scores (--max-drop validates with it)
+    head_score: Optional[Callable[[np.ndarray], np.ndarray]] = None
 
 
 @dataclass

@@ -14,6 +14,8 @@ from edgekit.errors import EdgekitError
 from edgekit.export.job import ExportOptions
 from edgekit.export.patchcore import FamilyParts
 
+OUTPUT_NAME = "anomaly_map"
+
 
 def refuse_bank_options(options: ExportOptions) -> None:
     if options.bank_dims is not None or options.bank_dtype is not None or options.bank_size is not None:
@@ -25,4 +27,5 @@ def map_parts(network: Any, head_params: Mapping[str, Any], split: str, options:
     manifest, what the graph computes and what the numpy head does."""
     refuse_bank_options(options)
     head = HeadSpec(kind="map", params=dict(head_params), arrays={})
-    return FamilyParts(network=network.eval(), head=head, arrays={}, notes={"split": split})
+    return FamilyParts(network=network.eval(), head=head, arrays={}, notes={"split": split},
+                       output_name=OUTPUT_NAME)

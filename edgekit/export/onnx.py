@@ -1,11 +1,12 @@
 """PyTorch → ONNX, the first step of every export."""
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, UnsupportedOp
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.export.job import Converted, ExportJob
@@ -26,6 +27,9 @@ def torch_to_onnx(module, example, path: Path, *, input_name: str, output_names:
                               input_names=[input_name], output_names=list(output_names), dynamic_axes=axes)
         except Exception as exc:  # torch raises many types here; name the op if it says one
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            named = re.search(r"operator '([\w:.]+)'", first)
+            if named:
+                raise UnsupportedOp(named.group(1), f"the ONNX exporter (opset {OPSET})") from None
             raise EdgekitError(f"ONNX export failed: {first}") from None
     return Path(path)
 

@@ -1,10 +1,11 @@
 """ONNX → OpenVINO IR (``model.xml`` + ``model.bin``) at fp32, fp16 (weights) or int8 (NNCF)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, UnsupportedOp
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.export.job import Converted, ExportJob
@@ -41,7 +42,10 @@ def read_onnx(onnx_path: Path) -> Any:
     ov = _openvino()
     try:
         return ov.convert_model(str(onnx_path))
-    except RuntimeError as exc:
+    except Exception as exc:  # OpConversionFailure, RuntimeError, ...
+        named = re.search(r"No conversion rule found for operations: ([^\n]+)", str(exc))
+        if named:
+            raise UnsupportedOp(named.group(1).strip(), "OpenVINO's ONNX front end") from None
         raise EdgekitError(f"OpenVINO conversion failed: {_first_line(exc)}") from None
 
 

@@ -30,6 +30,7 @@ class FamilyParts:
     head: HeadSpec
     arrays: dict[str, np.ndarray]         # bundle-relative .npy path -> array
     notes: dict[str, Any] = field(default_factory=dict)
+    output_name: str = "embedding"        # what the graph outputs: "embedding" (a head reads it) or "anomaly_map"
 
 
 def bank_settings(options: ExportOptions) -> BankSettings:

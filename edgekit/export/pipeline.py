@@ -9,19 +9,20 @@
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from edgekit import __version__
 from edgekit.bundle import Bundle, Decision, Manifest, NetworkSpec, SCHEMA_VERSION, load_bundle, save_bundle
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, UnsupportedOp
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
@@ -40,6 +41,9 @@ FORMATS: dict[str, Callable[[ExportJob], Converted]] = {
     "onnx": onnx_format.convert,
     "tflite": tflite_format.convert,
 }
+#: formats whose converter reads the float ONNX file (TFLite converts from torch directly, so an op
+#: only the ONNX exporter lacks does not stop a TFLite export).
+READS_ONNX = frozenset({"openvino", "onnx"})
 
 #: model family -> its "module:function" ``parts(run, options) -> FamilyParts``: what goes into the
 #: network and what into the head (text, so naming a family imports nothing).
@@ -60,7 +64,6 @@ def family_parts(run: Run, options: ExportOptions) -> FamilyParts:
 
 
 INPUT_NAME = "image"
-OUTPUT_NAME = "embedding"
 _PLACEHOLDER = Decision(image_threshold=0.0, pixel_threshold=0.0, image_center=0.0, pixel_center=0.0,
                         method="provisional, replaced before the bundle is written", fitted_on=0)
 
@@ -78,6 +81,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
                            f"not {precision!r}")
     if fmt.name not in FORMATS:
         raise EdgekitError(f"target {spec.name}: format {fmt.name!r} cannot be exported by this edgekit")
+    if run.model == "pdn-teacher":
+        raise EdgekitError(f"run {run.path} is a PDN teacher, not an anomaly detector; train one on it with "
+                           f"`edgekit train --model efficient_ad --teacher-weights {run.path}`")
     if run.model not in FAMILIES:
         raise EdgekitError(f"run {run.path}: exporting model {run.model!r} is not supported yet")
     out = Path(out)
@@ -125,8 +131,12 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
     parts = family_parts(run, options)
     input_spec = _input_spec(run, fmt)
     example = torch.zeros(1, input_spec.channels, input_spec.height, input_spec.width)
-    onnx_path = torch_to_onnx(parts.network, example, staging / "network.onnx", input_name=INPUT_NAME,
-                              output_names=(OUTPUT_NAME,))
+    outputs = (parts.output_name,)
+    onnx_path = None
+    if fmt.name in READS_ONNX:
+        with _naming_the_target(spec, fmt, run):
+            onnx_path = torch_to_onnx(parts.network, example, staging / "network.onnx", input_name=INPUT_NAME,
+                                      output_names=outputs)
     network_flops, output_shape = _count_flops(parts.network, example)
     progress("export network", 1, 2)
     format_dir = staging / "format"
@@ -138,10 +148,11 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
         calibration = prepare(_existing(run, "bank_images", "calibration uses them")[:wanted], float_spec)
         validation = prepare(_existing(run, "holdout_images", "validation uses them"), float_spec)
     job = ExportJob(target=spec, format=fmt, precision=precision, network=parts.network, example=example, onnx_path=onnx_path,
-                    input_name=INPUT_NAME, output_names=(OUTPUT_NAME,), calibration=calibration,
+                    input_name=INPUT_NAME, output_names=outputs, calibration=calibration,
                     validation=validation, recipe=recipe, options=options, out_dir=format_dir,
-                    input_spec=input_spec)
-    converted = FORMATS[fmt.name](job)
+                    input_spec=input_spec, head_score=_head_score(parts, input_spec))
+    with _naming_the_target(spec, fmt, run):
+        converted = FORMATS[fmt.name](job)
     progress("export network", 2, 2)
     files = {p.name: p for p in converted.files}
     config = run.config
@@ -150,12 +161,12 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
         backbone=config["backbone"], target=spec.name, runtime=fmt.runtime, device=spec.device,
         precision=precision, input=input_spec,
         network=NetworkSpec(format=fmt.name, files=tuple(p.name for p in converted.files), input_name=INPUT_NAME,
-                            output_names=(OUTPUT_NAME,)),
+                            output_names=outputs),
         head=parts.head, decision=_PLACEHOLDER,
         source={"run": str(run.path.resolve()), "run_fingerprint": run.fingerprint(),
                 "dataset": config["dataset"], "layers": config["layers"]},
         export={"precision": precision, "recipe": f"calibration/{run.model}.toml", "recipe_values": recipe,
-                "onnx_opset": OPSET, "threads": spec.threads, "calibration_images": int(len(calibration)),
+                **({"onnx_opset": OPSET} if onnx_path is not None else {}), "threads": spec.threads, "calibration_images": int(len(calibration)),
                 "network_flops": network_flops, "output_shape": output_shape,
                 "network_flops_method": "torch FlopCounterMode on the float network, batch 1, 2 FLOPs per "
                                         "multiply-add of convolutions and matrix products",
@@ -163,6 +174,26 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     )
     return manifest, files, parts.arrays
+def _head_score(parts: FamilyParts, spec: InputSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """The head the bundle will hold, as network outputs -> raw image scores."""
+    from edgekit.runtime.heads import build_head
+
+    arrays = {name: parts.arrays[path] for name, path in parts.head.arrays.items()}
+    head = build_head(parts.head.kind, parts.head.params, arrays, output_height=spec.height, output_width=spec.width)
+    return lambda outputs: head(outputs)[0]
+
+
+@contextlib.contextmanager
+def _naming_the_target(spec: Target, fmt: FormatSpec, run: Run) -> Iterator[None]:
+    """An op a converter cannot express becomes one line naming the op, the target and the way out."""
+    try:
+        yield
+    except UnsupportedOp as exc:
+        others = [name for name in spec.formats if name != fmt.name]
+        way_out = (f"; try --format {' or '.join(others)}" if others else "")
+        raise EdgekitError(f"cannot export {run.model} for target {spec.name} ({fmt.name}): {exc}{way_out}") from None
+
+
 def _count_flops(network, example) -> tuple[int, list[int]]:
     """FLOPs of one forward pass (convolutions and matrix products) and the output's shape."""
     import torch

@@ -146,11 +146,12 @@ class ScoreAgreementValidation:
 
     ``embed_with(model)`` turns what NNCF passes (an OpenVINO CompiledModel, an ONNX ModelProto)
     into an :data:`Embed`; the last one is kept, as NNCF validates one model item by item.
+    ``score`` turns network outputs into image scores (the bundle's head, or a proxy of it).
     """
 
-    def __init__(self, reference: np.ndarray, float_scores: np.ndarray,
+    def __init__(self, score: Callable[[np.ndarray], np.ndarray], float_scores: np.ndarray,
                  embed_with: Callable[[Any], Embed]) -> None:
-        self.reference = reference
+        self.score = score
         self.float_scores = np.asarray(float_scores, dtype=np.float64)
         self.embed_with = embed_with
         self._last: tuple[Any, Embed] | None = None
@@ -162,7 +163,7 @@ class ScoreAgreementValidation:
         indices, scores = [], []
         for index, batch in items:
             indices.append(int(index))
-            scores.append(float(max_patch_distance(embed(batch), self.reference)[0]))
+            scores.append(float(self.score(embed(batch))[0]))
         return score_agreement(self.float_scores[indices], np.asarray(scores))
 
 
@@ -202,7 +203,7 @@ def _quantize(model: Any, job: "ExportJob", *, format_name: str, named_parts: di
                       subset_size=min(recipe.subset_size, len(calibration_items)),
                       fast_bias_correction=recipe.fast_bias_correction, ignored_scope=scope)
         calibration = nncf.Dataset(calibration_items, transform)
-        validate, items = _score_agreement_on_held_out(job, recipe, float_embed, embed_with)
+        validate, items, meaning = _score_agreement_on_held_out(job, recipe, float_embed, embed_with)
         try:
             if max_drop is None:
                 quantized = nncf.quantize(model, calibration, **common)
@@ -218,22 +219,28 @@ def _quantize(model: Any, job: "ExportJob", *, format_name: str, named_parts: di
             raise EdgekitError(f"NNCF quantization failed: {first}") from None
     if items:
         notes["validation"] = {
-            "metric": "score agreement: mean over held-out normals of max(0, 1 - |s_q - s_f| / s_f), s = largest "
-                      "patch distance to a fixed random subset of float calibration patch embeddings",
-            "held_out_images": len(items), "reference_rows": int(len(validate.reference)),
-            "agreement": round(validate(quantized, items)[0], 6), "max_drop": max_drop}
+            "metric": f"score agreement: mean over held-out normals of max(0, 1 - |s_q - s_f| / s_f), s = {meaning}",
+            "held_out_images": len(items), "agreement": round(validate(quantized, items)[0], 6), "max_drop": max_drop}
     return quantized, notes
 
 
 def _score_agreement_on_held_out(job: "ExportJob", recipe: QuantizationRecipe, float_embed: Embed,
                                  embed_with: Callable[[Any], Embed]):
-    """The validation function and its ``(index, image)`` items; no items without held-out images."""
-    reference = reference_bank(_embed_all(float_embed, job.calibration), recipe.reference_rows)
+    """The validation function, its ``(index, image)`` items (none without held-out images) and
+    what its score means: the bundle's own head when the job has one, else the largest patch
+    distance to a fixed random subset of float calibration patch embeddings (a kNN proxy)."""
     if len(job.validation) == 0:
-        return ScoreAgreementValidation(reference, np.zeros(0), embed_with), []
-    float_scores = max_patch_distance(_embed_all(float_embed, job.validation), reference)
+        return ScoreAgreementValidation(lambda outputs: outputs, np.zeros(0), embed_with), [], ""
+    if job.head_score is not None:
+        score, meaning = job.head_score, "the raw image score of the bundle's own numpy head"
+    else:
+        reference = reference_bank(_embed_all(float_embed, job.calibration), recipe.reference_rows)
+        score = lambda outputs: max_patch_distance(outputs, reference)  # noqa: E731
+        meaning = (f"largest patch distance to a fixed random subset of {len(reference)} float calibration "
+                   f"patch embeddings")
+    float_scores = score(_embed_all(float_embed, job.validation))
     items = [(i, job.validation[i:i + 1]) for i in range(len(job.validation))]
-    return ScoreAgreementValidation(reference, float_scores, embed_with), items
+    return ScoreAgreementValidation(score, float_scores, embed_with), items, meaning
 
 
 def _census(ops: Iterable[tuple[str, bool]]) -> dict[str, dict[str, int]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, UnsupportedOp
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.export.job import Converted, ExportJob
@@ -305,4 +306,7 @@ def _quiet(stage: str) -> Iterator[None]:
             os.close(saved[0])
             os.close(saved[1])
         if failure is not None:
+            named = re.search(r"Lowering not found: (\S+)", failure)
+            if named:
+                raise UnsupportedOp(named.group(1), "litert-torch (it has no TFLite lowering for it)") from None
             raise EdgekitError(f"{stage} failed: {failure}") from None

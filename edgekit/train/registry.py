@@ -18,6 +18,8 @@ TRAINERS: dict[str, str] = {
     "sae": "edgekit.train.autoencoders:train_sae",
     "dae": "edgekit.train.autoencoders:train_dae",
 }
+#: Models that train on edgekit's own offline images when no --data is given (not detectors).
+MODELS_WITH_OWN_DATA = frozenset({"pdn-teacher"})
 
 
 def trainer(model: str) -> Callable:
