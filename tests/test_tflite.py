@@ -226,3 +226,22 @@ def test_a_converted_file_litert_cannot_load_is_one_error_not_a_traceback(tmp_pa
     with pytest.raises(EdgekitError, match="LiteRT cannot run the converted network.tflite") as caught:
         op_census(broken)
     assert "\n" not in str(caught.value)
+
+
+def test_litert_backend_runs_image_by_image_when_a_graph_pins_its_batch_to_1(tmp_path):
+    """litert-torch writes some reductions as a RESHAPE to a fixed batch-1 shape; such a graph
+    resizes without complaint and would give one result for N images."""
+    import torch
+
+    from edgekit.export.tflite import torch_to_tflite
+    from edgekit.runtime.backends import BackendOptions, load_backend
+
+    class StackedMean(torch.nn.Module):  # torch.stack is written as a batch-1 RESHAPE
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return torch.stack([image[:, :1], image[:, 1:2]], dim=1).mean(dim=1)
+
+    path = torch_to_tflite(StackedMean().eval(), torch.zeros(1, 3, 8, 8), tmp_path / "m.tflite", input_name="image",
+                           output_names=("anomaly_map",), layout="NHWC")
+    batch = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
+    out = load_backend("litert", path, BackendOptions(output_names=("anomaly_map",))).infer({"image": batch})
+    np.testing.assert_allclose(out["anomaly_map"], batch[..., :2].mean(axis=3)[:, None], rtol=1e-6)

@@ -52,6 +52,9 @@ FAMILIES: dict[str, str] = {
     "padim": "edgekit.export.padim:padim_parts",
     "sae": "edgekit.export.autoencoders:sae_parts",
     "dae": "edgekit.export.autoencoders:dae_parts",
+    "stfpm": "edgekit.export.stfpm:stfpm_parts",
+    "reverse_distillation": "edgekit.export.reverse_distillation:reverse_distillation_parts",
+    "efficient_ad": "edgekit.export.efficient_ad:efficient_ad_parts",
 }
 
 
@@ -82,8 +85,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
     if fmt.name not in FORMATS:
         raise EdgekitError(f"target {spec.name}: format {fmt.name!r} cannot be exported by this edgekit")
     if run.model == "pdn-teacher":
-        raise EdgekitError(f"run {run.path} is a PDN teacher, not an anomaly detector; train one on it with "
-                           f"`edgekit train --model efficient_ad --teacher-weights {run.path}`")
+        from edgekit.export.efficient_ad import TEACHER_NOT_A_DETECTOR
+
+        raise EdgekitError(f"run {run.path}: {TEACHER_NOT_A_DETECTOR}")
     if run.model not in FAMILIES:
         raise EdgekitError(f"run {run.path}: exporting model {run.model!r} is not supported yet")
     out = Path(out)

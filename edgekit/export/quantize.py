@@ -50,6 +50,15 @@ FLOAT_PARTS: dict[str, dict[str, tuple[str, ...]]] = {
     # autoencoders: the squared error (x - x̂)² in the graph. Ranges calibrated on normals clip
     # a defect's larger error (11-47 % low in int8), so it stays float.
     "error_map": {"openvino": ("Subtract", "Multiply"), "onnx": ("Sub", "Mul")},
+    # reverse_distillation: the per-level cosine distance of encoder and decoder features and the
+    # resize of the deeper levels' distances (calibration/reverse_distillation.toml has the figures).
+    "feature_distance": {"openvino": ("Multiply", "ReduceSum", "Sqrt", "Divide", "Interpolate"),
+                         "onnx": ("Mul", "ReduceSum", "Sqrt", "Div", "Resize")},
+    # EfficientAD: the squared differences, their channel means and the quantile normalisation of
+    # the two maps. Kept float by analogy with error_map; int8 without it was not measured, and
+    # with it defects are still clipped in the convolutions (calibration/efficient_ad.toml).
+    "efficient_ad_map": {"openvino": ("Subtract", "Multiply", "Divide", "Power", "Add", "ReduceMean"),
+                         "onnx": ("Sub", "Mul", "Div", "Pow", "Add", "ReduceMean")},
 }
 #: Op types whose int8 or float state the manifest reports (arithmetic ops NNCF can quantize).
 _REPORTED_OPS = {"Convolution", "GroupConvolution", "MatMul", "AvgPool", "Interpolate",

@@ -17,6 +17,10 @@ TRAINERS: dict[str, str] = {
     "padim": "edgekit.train.padim:train_padim",
     "sae": "edgekit.train.autoencoders:train_sae",
     "dae": "edgekit.train.autoencoders:train_dae",
+    "stfpm": "edgekit.train.stfpm:train_stfpm",
+    "reverse_distillation": "edgekit.train.reverse_distillation:train_reverse_distillation",
+    "efficient_ad": "edgekit.train.efficient_ad:train_efficient_ad",
+    "pdn-teacher": "edgekit.train.pdn_teacher:train_pdn_teacher",
 }
 #: Models that train on edgekit's own offline images when no --data is given (not detectors).
 MODELS_WITH_OWN_DATA = frozenset({"pdn-teacher"})

@@ -86,10 +86,15 @@ class LiteRtBackend:
             if tuple(value.shape[1:]) != expected:
                 raise EdgekitError(f"input {details['name']} must be (N, {', '.join(map(str, expected))}), "
                                    f"not {value.shape}")
+        batch = int(feeds[0][1].shape[0])
         try:
             for details, value in feeds:
                 self._interpreter.resize_tensor_input(details["index"], list(value.shape))
             self._interpreter.allocate_tensors()
+            # a graph with a batch-1 RESHAPE inside resizes "successfully" and returns one
+            # result for N images (litert-torch writes some reductions that way): not resizable
+            if any(self._interpreter.get_tensor(index).shape[:1] != (batch,) for index in self._output_map.values()):
+                raise ValueError("the outputs do not follow the input's batch size")
         except (ValueError, RuntimeError):
             for details, _ in feeds:  # back to the file's own shape
                 self._interpreter.resize_tensor_input(details["index"], list(details["shape"]))
