@@ -53,6 +53,7 @@ FAMILIES: dict[str, str] = {
     "sae": "edgekit.export.autoencoders:sae_parts",
     "dae": "edgekit.export.autoencoders:dae_parts",
     "stfpm": "edgekit.export.stfpm:stfpm_parts",
+    "fastflow": "edgekit.export.fastflow:fastflow_parts",
     "reverse_distillation": "edgekit.export.reverse_distillation:reverse_distillation_parts",
     "efficient_ad": "edgekit.export.efficient_ad:efficient_ad_parts",
 }

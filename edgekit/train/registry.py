@@ -18,6 +18,7 @@ TRAINERS: dict[str, str] = {
     "sae": "edgekit.train.autoencoders:train_sae",
     "dae": "edgekit.train.autoencoders:train_dae",
     "stfpm": "edgekit.train.stfpm:train_stfpm",
+    "fastflow": "edgekit.train.fastflow:train_fastflow",
     "reverse_distillation": "edgekit.train.reverse_distillation:train_reverse_distillation",
     "efficient_ad": "edgekit.train.efficient_ad:train_efficient_ad",
     "pdn-teacher": "edgekit.train.pdn_teacher:train_pdn_teacher",
