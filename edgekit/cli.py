@@ -227,7 +227,7 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
     Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html."""
     from edgekit.export.targets import get_target
     from edgekit.profile.report import check_host, profile_bundles
-    from edgekit.profile.sweep import export_variants, plan_variants
+    from edgekit.profile.sweep import export_variants, plan_variants, split_refused
 
     spec = get_target(target)
     check_host(spec, estimate=estimate)  # before any export: a wrong host is said at once
@@ -242,8 +242,11 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
                                    f"measure every variant of it")
             from edgekit.train.run import open_run
 
-            variants = plan_variants(spec, model=open_run(path).model, formats=_split(formats),
-                                     precisions=_split(precisions), banks=_split(banks))
+            model = open_run(path).model
+            variants, refused = split_refused(model, plan_variants(spec, model=model, formats=_split(formats),
+                                                                   precisions=_split(precisions), banks=_split(banks)))
+            for variant, why in refused:
+                click.echo(f"{path}: {variant.slug} left out: {why}")
             click.echo(f"{path}: {len(variants)} variants for {spec.name} → {out / 'bundles'}")
             bundles += export_variants(path, spec.name, out / "bundles", variants, progress=bar)
         elif path.exists():

@@ -291,3 +291,14 @@ def test_exporting_an_autoencoder_with_a_bank_option_is_one_error_line(runs, tmp
                                       "--bank-dims", "32"])
     assert_one_error_line(result, "--bank-* options apply to PatchCore only")
     assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.e2e
+def test_every_file_of_a_run_has_the_modes_of_an_ordinary_file(runs):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in runs["sae"].path.iterdir():  # safetensors writes 0600 by itself
+        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file.name

@@ -168,3 +168,14 @@ def test_the_html_reports_open_in_headless_chromium_without_errors_or_fetches(x8
         assert result.console_errors == [], result.console_errors
         assert result.external_requests == []
         assert not is_blank(result.screenshot_png)
+
+
+def test_a_sweep_leaves_out_what_a_recipe_refuses_and_says_why():
+    from edgekit.profile.sweep import plan_variants, split_refused
+
+    planned = plan_variants(get_target("rpi4"), model="fastflow")
+    kept, refused = split_refused("fastflow", planned)
+    assert sorted(v.slug for v, _ in refused) == ["onnx-int8-bank-default"]
+    assert "tflite-int8-bank-default" in [v.slug for v in kept] and len(kept) + len(refused) == len(planned)
+    assert refused[0][1].startswith("NNCF int8 refused for fastflow: NNCF int8 collapses")
+    assert split_refused("stfpm", planned) == (planned, [])

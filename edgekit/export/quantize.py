@@ -86,8 +86,9 @@ def recipe_for(recipe: dict[str, Any]) -> QuantizationRecipe:
     """The NNCF part of a family recipe (calibration/<family>.toml), checked."""
     section = recipe.get("nncf", {})
     if section.get("refuse"):
-        raise EdgekitError(f"int8 is not offered for {recipe.get('family', 'this model')} with NNCF: {section['refuse']} "
-                           f"(calibration/{recipe.get('family', '?')}.toml); export fp32 or fp16 (rpi4/rpi5: TFLite int8)")
+        family = recipe.get("family", "?")
+        raise EdgekitError(f"int8 is not offered for {family} with NNCF: {section['refuse']} (calibration/{family}.toml); "
+                           f"export fp32 or fp16 (rpi4/rpi5: TFLite int8)")
     preset = str(section.get("preset", "performance"))
     if preset not in ("performance", "mixed"):
         raise EdgekitError(f"calibration recipe: nncf.preset must be 'performance' or 'mixed', not {preset!r}")

@@ -52,6 +52,21 @@ def plan_variants(target, *, model: str = "patchcore", formats: Optional[Sequenc
     return variants
 
 
+def split_refused(model: str, variants: Sequence[Variant]) -> tuple[list[Variant], list[tuple[Variant, str]]]:
+    """(variants to export, [(variant, why)] the model's recipe refuses): NNCF int8 (OpenVINO, ONNX)
+    when calibration/<model>.toml says ``[nncf] refuse``, so a sweep says so instead of failing."""
+    from edgekit.resources import read_toml
+
+    refusal = read_toml("calibration", model).get("nncf", {}).get("refuse")
+    kept, refused = [], []
+    for variant in variants:
+        if refusal and variant.precision == "int8" and variant.format in ("openvino", "onnx"):
+            refused.append((variant, f"NNCF int8 refused for {model}: {refusal}"))
+        else:
+            kept.append(variant)
+    return kept, refused
+
+
 def export_variants(run_dir: Path, target: str, out_dir: Path, variants: Sequence[Variant], *,
                     progress: ProgressFn = noop) -> list[Path]:
     """Export each variant of a run; returns the bundle paths, in order."""

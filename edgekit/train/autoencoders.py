@@ -40,8 +40,9 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
-from edgekit.train.maps import input_config, load_weights, map_head_for, map_outputs, parameter_count, split_train_images
-from edgekit.train.run import Run, RunWriter, provenance, metrics_on_test_split
+from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, map_outputs,
+                                parameter_count, split_train_images, training_settings)
+from edgekit.train.run import Run, RunWriter, provenance
 
 NETWORK_FILE = "network.safetensors"
 #: The map head of both autoencoders (manifest head params; see the module docstring for why).
@@ -248,17 +249,11 @@ def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *
                       progress: ProgressFn = noop) -> Run:
     """Train ``model`` ("sae" or "dae") on a dataset's normal training images, held-out ones excluded."""
     _, _, default_epochs, default_batch, default_rate = MODELS[model]
-    epochs = default_epochs if epochs is None else epochs
-    batch_size = default_batch if batch_size is None else batch_size
-    learning_rate = default_rate if learning_rate is None else learning_rate
+    epochs, batch_size, learning_rate = training_settings(
+        epochs, batch_size, learning_rate, defaults=(default_epochs, default_batch, default_rate), min_batch=2,
+        why=" (BatchNorm)")
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
-    if epochs < 1:
-        raise EdgekitError(f"--epochs must be at least 1, not {epochs}")
-    if batch_size < 2:
-        raise EdgekitError(f"--batch-size must be at least 2 (BatchNorm), not {batch_size}")
-    if not learning_rate > 0:
-        raise EdgekitError(f"--learning-rate must be positive, not {learning_rate}")
     dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
     writer = RunWriter(Path(out), overwrite=overwrite)
     with writer:
@@ -289,12 +284,8 @@ def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
                  progress: ProgressFn = noop) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    if not dataset.test:
-        return {"test_images": 0}
-    size = int(run.config["image_size"])
-    scores, maps = score_run(run, [s.path for s in dataset.test], network=network, progress=progress)
-    return {**metrics_on_test_split(dataset, scores, maps, size, "training (torch error map + numpy map head)"),
-            "score_rule": dict(run.config.get("head", SCORE_RULE))}
+    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
+                            what="training (torch error map + numpy map head)")
 
 
 def train_sae(data: str | Path | Dataset, out: str | Path, *, image_size: int = 128, epochs: Optional[int] = None,

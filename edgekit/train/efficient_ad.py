@@ -65,9 +65,9 @@ from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
 from edgekit.train import pdn_teacher
-from edgekit.train.maps import (input_config, load_weights, map_head_for, map_outputs, parameter_count,
-                                split_train_images, train_epochs)
-from edgekit.train.run import Run, RunWriter, metrics_on_test_split, provenance
+from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
+                                score_map_run, split_train_images, train_epochs, training_settings)
+from edgekit.train.run import Run, RunWriter, provenance
 
 NETWORK_FILE = "network.safetensors"
 CHANNELS = pdn_teacher.TEACHER_CHANNELS
@@ -149,9 +149,7 @@ def head_for(run: Run) -> MapHead:
 def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 4,
               progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
     """The training path's raw scores (N,) and maps (N, S, S): the torch graph + the shared MapHead."""
-    network = network if network is not None else load_network(run)
-    maps = map_outputs(network, images, run.input_spec(), batch_size=batch_size, progress=progress)
-    return head_for(run)(maps)
+    return score_map_run(run, images, network, load_network, SCORE_RULE, batch_size=batch_size, progress=progress)
 
 
 # ---- the teacher ----------------------------------------------------------------------------------
@@ -265,14 +263,10 @@ def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_w
     ``teacher_weights``: anomalib's pretrained_teacher_small.pth or a pdn-teacher run folder; None
     uses edgekit's default distilled teacher (distilled into the user cache on first use).
     """
-    epochs = DEFAULT_EPOCHS if epochs is None else epochs
-    batch_size = DEFAULT_BATCH if batch_size is None else batch_size
-    learning_rate = DEFAULT_RATE if learning_rate is None else learning_rate
+    epochs, batch_size, learning_rate = training_settings(epochs, batch_size, learning_rate,
+                                                          defaults=(DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE))
     if image_size < 256 or image_size % 64:  # the autoencoder's encoder ends in an 8x8 convolution at S/32
         raise EdgekitError(f"--image-size must be a multiple of 64 and at least 256, not {image_size}")
-    if epochs < 1 or batch_size < 1 or not learning_rate > 0:
-        raise EdgekitError(f"--epochs and --batch-size must be at least 1 and --learning-rate positive, "
-                           f"not {epochs}, {batch_size}, {learning_rate}")
     dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
     if teacher_weights is not None:
         teacher, teacher_origin = pdn_teacher.load_teacher(teacher_weights)
@@ -316,9 +310,5 @@ def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_w
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
                  progress: ProgressFn = noop) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    if not dataset.test:
-        return {"test_images": 0}
-    size = int(run.config["image_size"])
-    scores, maps = score_run(run, [s.path for s in dataset.test], network=network, progress=progress)
-    return {**metrics_on_test_split(dataset, scores, maps, size, "training (torch map graph + numpy map head)"),
-            "score_rule": dict(run.config.get("head", SCORE_RULE))}
+    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
+                            what="training (torch map graph + numpy map head)")

@@ -7,7 +7,7 @@ numpy head, so a bundle's scores equal the run's up to the runtime's float round
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
-from edgekit.train.run import Run
+from edgekit.train.run import Run, metrics_on_test_split
 
 
 def map_outputs(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec, *, batch_size: int = 8,
@@ -99,3 +99,39 @@ def input_config(spec: InputSpec) -> dict:
     """The ``input`` block of run.json (the bundle's pre-processing is read from it)."""
     return {"height": spec.height, "width": spec.width, "channels": spec.channels, "mean": list(spec.mean),
             "std": list(spec.std), "resize": spec.resize}
+
+
+def training_settings(epochs: Optional[int], batch_size: Optional[int], learning_rate: Optional[float], *,
+                      defaults: tuple[int, int, float], min_batch: int = 1,
+                      why: str = "") -> tuple[int, int, float]:
+    """The user's --epochs / --batch-size / --learning-rate, or the model's ``defaults``, checked."""
+    epochs = defaults[0] if epochs is None else int(epochs)
+    batch_size = defaults[1] if batch_size is None else int(batch_size)
+    learning_rate = defaults[2] if learning_rate is None else float(learning_rate)
+    if epochs < 1:
+        raise EdgekitError(f"--epochs must be at least 1, not {epochs}")
+    if batch_size < min_batch:
+        raise EdgekitError(f"--batch-size must be at least {min_batch}{why}, not {batch_size}")
+    if not learning_rate > 0:
+        raise EdgekitError(f"--learning-rate must be positive, not {learning_rate}")
+    return epochs, batch_size, learning_rate
+
+
+def score_map_run(run: Run, images: Sequence[ImageLike], network: Optional[nn.Module],
+                  load_network: Callable[[Run], nn.Module], default_rule: Mapping[str, object], *,
+                  batch_size: int = 8, progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
+    """The training path of a map family: the torch graph's maps + the run's MapHead, (N,), (N, H, W)."""
+    network = network if network is not None else load_network(run)
+    maps = map_outputs(network, images, run.input_spec(), batch_size=batch_size, progress=progress)
+    return map_head_for(run, default_rule)(maps)
+
+
+def evaluate_map_run(run: Run, dataset, score_run: Callable, *, what: str, default_rule: Mapping[str, object],
+                     network: Optional[nn.Module] = None, progress: ProgressFn = noop) -> dict:
+    """Training-path image and pixel AUROC on the dataset's labelled test split (``what`` scored)."""
+    if not dataset.test:
+        return {"test_images": 0}
+    size = int(run.config["image_size"])
+    scores, maps = score_run(run, [s.path for s in dataset.test], network=network, progress=progress)
+    return {**metrics_on_test_split(dataset, scores, maps, size, what),
+            "score_rule": dict(run.config.get("head", default_rule))}

@@ -107,6 +107,7 @@ class RunWriter:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(self.file(name)))
+        os.chmod(self.file(name), 0o666 & ~_umask())  # safetensors writes 0600; a run's files are ordinary files
 
     def file(self, name: str) -> Path:
         return self.tmp / name

@@ -61,10 +61,10 @@ from edgekit.preprocess import ImageLike, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
-from edgekit.train.maps import (input_config, load_weights, map_head_for, map_outputs, parameter_count,
-                                split_train_images, train_epochs)
+from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
+                                score_map_run, split_train_images, train_epochs, training_settings)
 from edgekit.train.patchcore import input_spec_for
-from edgekit.train.run import Run, RunWriter, metrics_on_test_split, provenance
+from edgekit.train.run import Run, RunWriter, provenance
 
 NETWORK_FILE = "network.safetensors"
 DEFAULT_LAYERS = (1, 2, 3)
@@ -154,9 +154,7 @@ def head_for(run: Run) -> MapHead:
 def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 8,
               progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
     """The training path's raw scores (N,) and maps (N, H, W): the torch graph + the shared MapHead."""
-    network = network if network is not None else load_network(run)
-    maps = map_outputs(network, images, run.input_spec(), batch_size=batch_size, progress=progress)
-    return head_for(run)(maps)
+    return score_map_run(run, images, network, load_network, SCORE_RULE, batch_size=batch_size, progress=progress)
 
 
 def _fit(network: StfpmNetwork, images: np.ndarray, *, epochs: int, batch_size: int, learning_rate: float,
@@ -192,17 +190,11 @@ def train_stfpm(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
                 seed: int = 0, category: Optional[str] = None, overwrite: bool = False,
                 progress: ProgressFn = noop, layers: Sequence[int] = DEFAULT_LAYERS) -> Run:
     """Train an STFPM student against the frozen teacher on a dataset's normal training images."""
-    epochs = DEFAULT_EPOCHS if epochs is None else epochs
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    learning_rate = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
+    epochs, batch_size, learning_rate = training_settings(
+        epochs, batch_size, learning_rate, defaults=(DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE),
+        min_batch=2, why=" (the student's BatchNorm trains)")
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
-    if epochs < 1:
-        raise EdgekitError(f"--epochs must be at least 1, not {epochs}")
-    if batch_size < 2:
-        raise EdgekitError(f"--batch-size must be at least 2 (the student's BatchNorm trains), not {batch_size}")
-    if not learning_rate > 0:
-        raise EdgekitError(f"--learning-rate must be positive, not {learning_rate}")
     dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
     writer = RunWriter(Path(out), overwrite=overwrite)
     with writer:
@@ -234,9 +226,5 @@ def train_stfpm(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
                  progress: ProgressFn = noop) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    if not dataset.test:
-        return {"test_images": 0}
-    size = int(run.config["image_size"])
-    scores, maps = score_run(run, [s.path for s in dataset.test], network=network, progress=progress)
-    return {**metrics_on_test_split(dataset, scores, maps, size, "training (torch teacher/student map + numpy map head)"),
-            "score_rule": dict(run.config.get("head", SCORE_RULE))}
+    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
+                            what="training (torch teacher/student map + numpy map head)")
