@@ -27,8 +27,9 @@ average 15-20 (three other jobs training; nothing here was timed on an idle mach
   autoencoder, backward) took ~15 s wall under that load; one epoch = 48 steps took 12.4 min
   wall, the whole run (channel statistics, quantiles, test-split scoring) 15.4 min wall and
   ~380 s of CPU including a second scoring of the test split, so about 2-3 min on an idle
-  2-core machine (estimated from CPU time). The default teacher is distilled once on first
-  use (569 s at load 10-17) and cached, so later runs do not pay for it.
+  2-core machine (estimated from CPU time; benchmarks/models.py then measured 209 s at load
+  3-4). The default teacher is distilled once on first use (569 s at load 10-17, 61 s idle) and
+  cached, so later runs do not pay for it.
 - brick after 1 epoch at 1e-3: image AUROC 1.000, pixel AUROC 0.991 (final losses: student-teacher
   7.32, penalty 0.21, autoencoder 1.71, student-autoencoder 0.0075). Image AUROC is 1.000 under
   every rule. grass, gravel (same defaults, trained at the same time, 33 min wall each at load
