@@ -82,13 +82,8 @@ class StudentPyramid(nn.Module):
         self.steps, self.taps = tuple(pyramid.steps), tuple(pyramid.taps)
         self.requires_grad_(True)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for step in self.steps:
-            x = self.network.get_submodule(step)(x)
-            if step in self.taps:
-                features.append(x)
-        return features
+    # the teacher's walk through the steps, collecting the tapped levels (only train() differs)
+    forward = FeaturePyramid.forward
 
 
 def normalise(features: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
