@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edgekit
 from cli_helpers import assert_one_error_line, run as run_cli
+from export_helpers import bundle_exporter
 from edgekit.data.datasets import open_dataset
 from edgekit.errors import EdgekitError
 
@@ -46,21 +46,8 @@ def ead_run(small_brick, teacher_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundles(ead_run, tmp_path_factory):
-    """Each bundle exported once: name -> path."""
-    from edgekit.export.job import ExportOptions
-    from edgekit.export.pipeline import export_run
-
-    root = tmp_path_factory.mktemp("ead-bundles")
-    made = {}
-
-    def get(target: str, fmt: str, precision: str) -> Path:
-        name = f"{target}-{fmt}-{precision}"
-        if name not in made:
-            made[name] = root / name
-            export_run(ead_run.path, made[name], target=target, options=ExportOptions(format=fmt, precision=precision))
-        return made[name]
-
-    return get
+    """Each bundle exported once: (target, format, precision) -> path."""
+    return bundle_exporter(ead_run.path, tmp_path_factory.mktemp("ead-bundles"))
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edgekit
 from cli_helpers import assert_one_error_line, run as run_cli
+from export_helpers import bundle_exporter
 from edgekit.data.datasets import open_dataset
 from edgekit.errors import EdgekitError
 
@@ -112,21 +112,8 @@ def fastflow_run(brick, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundles(fastflow_run, tmp_path_factory):
-    """Each bundle exported once: name -> loaded Bundle."""
-    from edgekit.export.job import ExportOptions
-    from edgekit.export.pipeline import export_run
-
-    root = tmp_path_factory.mktemp("fastflow-bundles")
-    made = {}
-
-    def get(target: str, fmt: str, precision: str = "fp32"):
-        name = f"{target}-{fmt}-{precision}"
-        if name not in made:
-            made[name] = export_run(fastflow_run[0].path, root / name, target=target,
-                                    options=ExportOptions(format=fmt, precision=precision))
-        return made[name]
-
-    return get
+    """Each bundle exported once: (target, format, precision) -> path."""
+    return bundle_exporter(fastflow_run[0].path, tmp_path_factory.mktemp("fastflow-bundles"))
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +150,11 @@ def test_run_records_what_the_export_pipeline_reads(fastflow_run):
 @pytest.mark.parametrize("target, fmt", [("x86", "openvino"), ("rpi4", "tflite"), ("rpi4", "onnx")])
 def test_fp32_bundle_scores_equal_the_training_path(target, fmt, bundles, training_path, test_samples):
     train_scores, train_maps = training_path
-    bundle = bundles(target, fmt)
-    detector = edgekit.load(bundle.root)
+    detector = edgekit.load(bundles(target, fmt))
     scores, maps = detector.raw([s.path for s in test_samples])
     np.testing.assert_allclose(scores, train_scores, rtol=SCORE_RTOL[fmt])
     np.testing.assert_allclose(maps, train_maps, atol=SCORE_RTOL[fmt] * float(np.abs(train_maps).max()))
-    assert bundle.manifest.head.kind == "map" and bundle.manifest.export["output_shape"] == [1, 1, 64, 64]
+    assert detector.manifest.head.kind == "map" and detector.manifest.export["output_shape"] == [1, 1, 64, 64]
 
 
 @pytest.mark.e2e

@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from export_helpers import bundle_exporter
 from edgekit.errors import EdgekitError
 from edgekit.runtime.heads import HEADS, MahalanobisHead
 from edgekit.train.padim import GaussianFit, PadimNetwork, channel_subset
@@ -98,22 +99,8 @@ def padim_run(brick, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundles(padim_run, tmp_path_factory):
-    """Each bundle exported once: name -> path."""
-    from edgekit.export.job import ExportOptions
-    from edgekit.export.pipeline import export_run
-
-    root = tmp_path_factory.mktemp("padim-bundles")
-    made = {}
-
-    def get(target: str, fmt: str, precision: str) -> Path:
-        name = f"{target}-{fmt}-{precision}"
-        if name not in made:
-            made[name] = root / name
-            options = ExportOptions(format=fmt, precision=precision)
-            export_run(padim_run.path, made[name], target=target, options=options)
-        return made[name]
-
-    return get
+    """Each bundle exported once: (target, format, precision) -> path."""
+    return bundle_exporter(padim_run.path, tmp_path_factory.mktemp("padim-bundles"))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ two) rendered to a string and parsed with html.parser / xml.etree.
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import re
 import xml.etree.ElementTree as ET

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cli_helpers import assert_one_error_line, run as run_cli
+from export_helpers import bundle_exporter
 from edgekit.errors import EdgekitError
 
 torch = pytest.importorskip("torch")
@@ -92,21 +92,8 @@ def rd_run(rd_training):
 
 @pytest.fixture(scope="module")
 def bundles(rd_run, tmp_path_factory):
-    """Each bundle exported once: "target-format-precision" -> path."""
-    from edgekit.export.job import ExportOptions
-    from edgekit.export.pipeline import export_run
-
-    root = tmp_path_factory.mktemp("rd-bundles")
-    made = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            target, fmt, precision = name.split("-")
-            made[name] = root / name
-            export_run(rd_run.path, made[name], target=target, options=ExportOptions(format=fmt, precision=precision))
-        return made[name]
-
-    return get
+    """Each bundle exported once: (target, format, precision) -> path."""
+    return bundle_exporter(rd_run.path, tmp_path_factory.mktemp("rd-bundles"))
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +114,7 @@ def training_scores(rd_run, test_samples):
 def x86_scores(bundles, test_samples):
     import edgekit
 
-    return edgekit.load(bundles("x86-openvino-fp32")).raw([s.path for s in test_samples])
+    return edgekit.load(bundles("x86", "openvino", "fp32")).raw([s.path for s in test_samples])
 
 
 @pytest.mark.e2e
@@ -180,7 +167,7 @@ def test_x86_fp32_bundle_scores_equal_the_training_path(rd_run, bundles, trainin
     # measured (all 60 test images of a 1-epoch brick run, max rule): 2.1e-7 relative at most; maps 8e-7 of their max
     np.testing.assert_allclose(device_scores, train_scores, rtol=1e-5)
     np.testing.assert_allclose(device_maps, train_maps, rtol=1e-5, atol=1e-5 * float(train_maps.max()))
-    manifest = edgekit.load(bundles("x86-openvino-fp32")).manifest
+    manifest = edgekit.load(bundles("x86", "openvino", "fp32")).manifest
     assert manifest.head.kind == "map" and manifest.head.arrays == {}
     assert manifest.export["output_shape"] == [1, 1, 64, 64]
 
@@ -190,7 +177,7 @@ def test_x86_fp32_bundle_scores_equal_the_training_path(rd_run, bundles, trainin
 def test_rpi4_fp32_bundles_give_the_training_path_scores(fmt, bundles, test_samples, training_scores):
     import edgekit
 
-    detector = edgekit.load(bundles(f"rpi4-{fmt}-fp32"))
+    detector = edgekit.load(bundles("rpi4", fmt, "fp32"))
     assert detector.manifest.runtime == {"tflite": "litert", "onnx": "onnxruntime"}[fmt]
     scores, maps = detector.raw([s.path for s in test_samples])
     # measured (60 test images of a 1-epoch brick run, max rule): TFLite 4.7e-7, ONNX 3.0e-7 relative at most;
@@ -204,7 +191,7 @@ def test_x86_int8_keeps_brick_separated_and_fits_its_own_thresholds(bundles, tes
     import edgekit
     from edgekit.metrics import image_auroc
 
-    detector = edgekit.load(bundles("x86-openvino-int8"))
+    detector = edgekit.load(bundles("x86", "openvino", "int8"))
     scores, _ = detector.raw([s.path for s in test_samples])
     labels = np.array([s.label for s in test_samples])
     relative = np.abs(scores - x86_scores[0]) / x86_scores[0]
@@ -216,7 +203,8 @@ def test_x86_int8_keeps_brick_separated_and_fits_its_own_thresholds(bundles, tes
         "feature_distance", "depthwise", "first_convolution"]
     decision = detector.manifest.decision
     assert detector.manifest.precision == "int8" and decision.fitted_on == 12
-    assert decision.image_threshold != edgekit.load(bundles("x86-openvino-fp32")).manifest.decision.image_threshold
+    fp32 = edgekit.load(bundles("x86", "openvino", "fp32")).manifest.decision
+    assert decision.image_threshold != fp32.image_threshold
 
 
 @pytest.mark.e2e

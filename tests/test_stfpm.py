@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cli_helpers import assert_one_error_line, run as run_cli
+from export_helpers import bundle_exporter
 from edgekit.errors import EdgekitError
 
 #: The test run: few epochs at 128² (a quarter of the default's work per epoch) to keep the file fast.
@@ -18,7 +19,8 @@ TEST_EPOCHS, TEST_SIZE = 3, 128
 def _pyramid_features(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Teacher-like and student-like features at Lite0's levels 1-3 for a 64² input (2 images)."""
     generator = torch.Generator().manual_seed(seed)
-    teacher = [torch.randn(2, channels, size, size, generator=generator) for channels, size in ((24, 16), (40, 8), (112, 4))]
+    levels = ((24, 16), (40, 8), (112, 4))
+    teacher = [torch.randn(2, channels, size, size, generator=generator) for channels, size in levels]
     student = [t + 0.5 * torch.randn(t.shape, generator=generator) for t in teacher]
     return teacher, student
 
@@ -87,21 +89,8 @@ def stfpm_run(brick, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundles(stfpm_run, tmp_path_factory):
-    """Each bundle exported once: name -> path."""
-    from edgekit.export.job import ExportOptions
-    from edgekit.export.pipeline import export_run
-
-    root = tmp_path_factory.mktemp("stfpm-bundles")
-    made = {}
-
-    def get(target: str, fmt: str, precision: str) -> Path:
-        name = f"{target}-{fmt}-{precision}"
-        if name not in made:
-            made[name] = root / name
-            export_run(stfpm_run.path, made[name], target=target, options=ExportOptions(format=fmt, precision=precision))
-        return made[name]
-
-    return get
+    """Each bundle exported once: (target, format, precision) -> path."""
+    return bundle_exporter(stfpm_run.path, tmp_path_factory.mktemp("stfpm-bundles"))
 
 
 @pytest.fixture(scope="module")

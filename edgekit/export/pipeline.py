@@ -61,10 +61,9 @@ FAMILIES: dict[str, str] = {
 
 def family_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """What the run's family puts into the network and into the head."""
-    import importlib
+    from edgekit.train.registry import resolve
 
-    module, _, function = FAMILIES[run.model].partition(":")
-    return getattr(importlib.import_module(module), function)(run, options)
+    return resolve(FAMILIES[run.model])(run, options)
 
 
 INPUT_NAME = "image"
@@ -171,7 +170,8 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
         source={"run": str(run.path.resolve()), "run_fingerprint": run.fingerprint(),
                 "dataset": config["dataset"], "layers": config["layers"]},
         export={"precision": precision, "recipe": f"calibration/{run.model}.toml", "recipe_values": recipe,
-                **({"onnx_opset": OPSET} if onnx_path is not None else {}), "threads": spec.threads, "calibration_images": int(len(calibration)),
+                **({"onnx_opset": OPSET} if onnx_path is not None else {}), "threads": spec.threads,
+                "calibration_images": int(len(calibration)),
                 "network_flops": network_flops, "output_shape": output_shape,
                 "network_flops_method": "torch FlopCounterMode on the float network, batch 1, 2 FLOPs per "
                                         "multiply-add of convolutions and matrix products",

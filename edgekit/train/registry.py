@@ -27,11 +27,16 @@ TRAINERS: dict[str, str] = {
 MODELS_WITH_OWN_DATA = frozenset({"pdn-teacher"})
 
 
+def resolve(reference: str) -> Callable:
+    """The function a "module:function" reference names, importing its module only now."""
+    module, _, function = reference.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def trainer(model: str) -> Callable:
     if model not in TRAINERS:
         raise EdgekitError(f"unknown model {model!r}; edgekit trains {', '.join(TRAINERS)}")
-    module, _, function = TRAINERS[model].partition(":")
-    return getattr(importlib.import_module(module), function)
+    return resolve(TRAINERS[model])
 
 
 def train(model: str, data: Any, out: Any, **options: Any):
