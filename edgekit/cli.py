@@ -14,6 +14,7 @@ from edgekit.errors import EdgekitError
 from edgekit.train.registry import MODELS_WITH_OWN_DATA, TRAINERS
 
 DEFAULT_TARGET = "x86"
+DEFAULT_SERVE = "127.0.0.1:8080"
 
 
 class _Group(click.Group):
@@ -94,7 +95,7 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
 def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abnormal_dir: Optional[Path],
           mask_dir: Optional[Path], category: Optional[str], out: Path, seed: int, overwrite: bool,
           **model_options) -> None:
-    """Train a model on a dataset's normal images (host only; needs edgekit[train])."""
+    """Train a model on a dataset's normal images (host only; needs edgekit-anomaly[train])."""
     from edgekit.data.datasets import read_folder
     from edgekit.train.registry import train as train_model
 
@@ -149,31 +150,155 @@ def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of lines.")
 @click.option("--overlay", type=click.Path(path_type=Path), default=None,
               help="Folder for heat-map overlays (<image stem>_overlay.png).")
-def predict(bundle: Path, images: tuple[Path, ...], as_json: bool, overlay: Optional[Path]) -> None:
-    """Score images with a bundle (torch-free)."""
+@click.option("--fail-on-anomaly", is_flag=True,
+              help="Exit 3 when any image is anomalous (0: all normal, 1: an error).")
+@click.pass_context
+def predict(ctx: click.Context, bundle: Path, images: tuple[str, ...], as_json: bool, overlay: Optional[Path],
+            fail_on_anomaly: bool) -> None:
+    """Score images with a bundle (torch-free). IMAGES: files, folders, globs, or - for one image on stdin."""
     from edgekit.preprocess import read_image
     from edgekit.runtime.detector import load
     from edgekit.runtime.overlay import write_overlay
 
     detector = load(bundle)
-    results = []
-    for image_path in images:
-        pixels = read_image(image_path, detector.manifest.input.channels)
+    channels = detector.manifest.input.channels
+    results, anomalous = [], 0
+    for name in _expand_images(images):
+        pixels = _read_stdin_image(channels) if name == "-" else read_image(name, channels)
         prediction = detector.predict(pixels)
-        row = {"image": str(image_path), "score": round(prediction.score, 6), "raw_score": prediction.raw_score,
+        anomalous += prediction.is_anomalous
+        row = {"image": name, "score": round(prediction.score, 6), "raw_score": prediction.raw_score,
                "is_anomalous": prediction.is_anomalous}
         if overlay is not None:
-            row["overlay"] = str(write_overlay(pixels, prediction.anomaly_map, overlay / f"{image_path.stem}_overlay.png"))
+            stem = "stdin" if name == "-" else Path(name).stem
+            row["overlay"] = str(write_overlay(pixels, prediction.anomaly_map, overlay / f"{stem}_overlay.png"))
         results.append(row)
         if not as_json:
             verdict = "ANOMALOUS" if prediction.is_anomalous else "normal"
-            click.echo(f"{image_path}\t{verdict}\tscore {prediction.score:.3f}\traw {prediction.raw_score:.4f}")
+            click.echo(f"{name}\t{verdict}\tscore {prediction.score:.3f}\traw {prediction.raw_score:.4f}")
     if as_json:
         click.echo(json.dumps(results, indent=2))
+    ctx.exit(3 if fail_on_anomaly and anomalous else 0)
+
+
+def _expand_images(arguments: tuple[str, ...]) -> list[str]:
+    """Files as given, folders as their image files in name order, globs expanded; "-" stays."""
+    import glob
+
+    from edgekit.serve.sources import IMAGE_SUFFIXES
+
+    names: list[str] = []
+    for argument in arguments:
+        path = Path(argument)
+        if argument == "-" or path.is_file():
+            names.append(argument)
+        elif path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise EdgekitError(f"{argument}: no image files in this folder")
+            names += found
+        elif any(ch in argument for ch in "*?["):
+            found = sorted(p for p in glob.glob(argument, recursive=True) if Path(p).is_file())
+            if not found:
+                raise EdgekitError(f"{argument}: no file matches this pattern")
+            names += found
+        else:
+            raise EdgekitError(f"{argument}: no such image file, folder or pattern")
+    if names.count("-") > 1:
+        raise EdgekitError("- (stdin) can be given once")
+    return names
+
+
+def _read_stdin_image(channels: int):
+    from edgekit.preprocess import decode_image
+
+    data = sys.stdin.buffer.read(64 * 2**20 + 1)
+    if len(data) > 64 * 2**20:
+        raise EdgekitError("-: the image on stdin is larger than 64 MiB")
+    if not data:
+        raise EdgekitError("-: nothing on stdin")
+    return decode_image(data, channels, label="-")
+
+
+@cli.command("run")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--source", default=None,
+              help="Camera index or /dev/videoN, video file, rtsp:// or http:// stream, image folder, or a glob.")
+@click.option("--watch", is_flag=True, help="Folder or glob: keep scoring files that appear later.")
+@click.option("--fps", type=float, default=None, help="Score at most this many frames per second.")
+@click.option("--max-frames", type=int, default=None, help="Stop after scoring this many frames.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--events", default="-", show_default=True,
+              help="JSON Lines file for one event per scored frame ('-': stdout; 'none': no events).")
+@click.option("--events-max-mb", type=float, default=100.0, show_default=True,
+              help="Rotate the events file past this size (one previous file is kept as FILE.1).")
+@click.option("--save-anomalies", type=click.Path(path_type=Path), default=None,
+              help="Folder for anomalous frames, their heat-map overlays and events.")
+@click.option("--keep", type=int, default=100, show_default=True, help="Saved anomalies kept (newest).")
+@click.option("--keep-mb", type=float, default=500.0, show_default=True, help="Size cap of saved anomalies.")
+@click.option("--mqtt", default=None, help="MQTT broker HOST[:PORT]: one message per anomaly plus a heartbeat.")
+@click.option("--mqtt-topic", default="edgekit", show_default=True, help="Topic prefix.")
+@click.option("--heartbeat", type=float, default=30.0, show_default=True, help="Seconds between MQTT heartbeats.")
+@click.option("--webhook", default=None, help="URL that receives each anomaly as a JSON POST (with retries).")
+@click.option("--serve", "serve", is_flag=False, flag_value=DEFAULT_SERVE, default=None,
+              help=f"Local page and HTTP API on HOST:PORT [{DEFAULT_SERVE}]. Other than loopback only when asked.")
+@click.option("--token", default=None, envvar="EDGEKIT_TOKEN",
+              help="Bearer token the page and API require (or env EDGEKIT_TOKEN).")
+@click.option("--threads", type=int, default=None, help="Inference threads (default: the bundle's target).")
+@click.option("--print-systemd-unit", is_flag=True,
+              help="Print a systemd unit that runs this command at boot, and exit.")
+@click.option("--user", default=None, help="With --print-systemd-unit: the user the service runs as.")
+@click.pass_context
+def run_cmd(ctx: click.Context, bundle: Path, print_systemd_unit: bool, user: Optional[str], events: str,
+            **options) -> None:
+    """Inspect frames from a camera, video, stream or folder, all day: events out, page and API."""
+    from edgekit.serve.app import RunConfig, run_service
+
+    if print_systemd_unit:
+        click.echo(_systemd_unit(user), nl=False)
+        return
+    if user is not None:
+        raise EdgekitError("--user goes with --print-systemd-unit")
+    config = RunConfig(bundle=bundle, events=None if events.lower() == "none" else events, **options)
+    ctx.exit(run_service(config))
+
+
+def _systemd_unit(user: Optional[str]) -> str:
+    """The unit for this very command line, minus the unit options, with absolute paths."""
+    import getpass
+    import os
+    import shutil
+
+    from edgekit.serve.service import systemd_unit
+
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if argument == "--print-systemd-unit":
+            continue
+        if argument == "--user":
+            skip = True
+            continue
+        if argument.startswith("--user="):
+            continue
+        arguments.append(_absolute_if_path(argument))
+    script = shutil.which("edgekit") or str(Path(sys.argv[0]).resolve())
+    return systemd_unit([str(Path(script).absolute()), *arguments], user=user or getpass.getuser(),
+                        working_directory=os.getcwd())
+
+
+def _absolute_if_path(argument: str) -> str:
+    """An argument that names an existing file or folder, made absolute (a unit has no cwd of ours)."""
+    if argument.startswith("-") or "://" in argument:
+        return argument
+    path = Path(argument)
+    return str(path.resolve()) if path.exists() else argument
 
 
 @cli.command("fit")

@@ -51,21 +51,12 @@ def read_image(source: ImageLike, channels: int = 3) -> np.ndarray:
     Grey input for a colour model is replicated to three channels and colour input for a grey
     model is converted with ITU-R 601-2 luma (Pillow's ``L``), so one camera fits both.
     """
-    from PIL import Image, UnidentifiedImageError
-
     mode = "RGB" if channels == 3 else "L"
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise EdgekitError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    img = img.point(lambda v: v / 256).convert("L")
-                array = np.asarray(img.convert(mode))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise EdgekitError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+        array = _decode(path, mode, str(path))
     elif isinstance(source, np.ndarray):
         array = _array_to_mode(source, mode)
     else:
@@ -73,6 +64,27 @@ def read_image(source: ImageLike, channels: int = 3) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     return np.ascontiguousarray(array)
+
+
+def decode_image(data: bytes, channels: int = 3, *, label: str = "image") -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG, ...) → HxWxC uint8, as :func:`read_image` reads a file."""
+    import io
+
+    array = _decode(io.BytesIO(data), "RGB" if channels == 3 else "L", label)
+    return np.ascontiguousarray(array if array.ndim == 3 else array[:, :, None])
+
+
+def _decode(source, mode: str, label: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(source) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                img = img.point(lambda v: v / 256).convert("L")
+            return np.asarray(img.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise EdgekitError(f"{label}: not a readable image ({exc.__class__.__name__})") from None
 
 
 def _array_to_mode(array: np.ndarray, mode: str) -> np.ndarray:

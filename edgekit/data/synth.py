@@ -195,7 +195,7 @@ def _load_photo(texture: str) -> np.ndarray:
     try:
         import skimage.data
     except ImportError:
-        raise EdgekitError("the default data needs scikit-image: pip install 'edgekit[train]'") from None
+        raise EdgekitError("the default data needs scikit-image: pip install 'edgekit-anomaly[train]'") from None
 
     photo = np.asarray(getattr(skimage.data, texture)(), dtype=np.uint8)
     if photo.shape != (PHOTO_SIDE, PHOTO_SIDE):

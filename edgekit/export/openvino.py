@@ -29,7 +29,7 @@ def _openvino():
     try:
         import openvino as ov
     except ImportError:
-        raise EdgekitError("exporting for OpenVINO needs openvino: pip install 'edgekit[openvino]'") from None
+        raise EdgekitError("exporting for OpenVINO needs openvino: pip install 'edgekit-anomaly[openvino]'") from None
     return ov
 
 

@@ -107,7 +107,7 @@ def _nncf():
     try:
         import nncf
     except ImportError:
-        raise EdgekitError("int8 export needs NNCF: pip install 'edgekit[train]'") from None
+        raise EdgekitError("int8 export needs NNCF: pip install 'edgekit-anomaly[train]'") from None
     return nncf
 
 
@@ -324,7 +324,7 @@ def quantize_onnx(model: Any, job: "ExportJob") -> tuple[Any, dict]:
     try:
         import onnxruntime  # noqa: F401  (NNCF's ONNX backend and the validation run on it)
     except ImportError:
-        raise EdgekitError("int8 ONNX export needs onnxruntime: pip install 'edgekit[onnx]'") from None
+        raise EdgekitError("int8 ONNX export needs onnxruntime: pip install 'edgekit-anomaly[onnx]'") from None
     name = job.input_name
     convolutions = [node for node in model.graph.node if node.op_type == "Conv"]
     named_parts = {"depthwise": [n.name for n in convolutions if _onnx_op_type(n) == "Conv (depthwise)"],

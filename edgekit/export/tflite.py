@@ -54,7 +54,7 @@ def torch_to_tflite(module, example, path: Path, *, input_name: str, output_name
     try:
         import litert_torch
     except ImportError:
-        raise EdgekitError("exporting TFLite needs litert-torch: pip install 'edgekit[train]'") from None
+        raise EdgekitError("exporting TFLite needs litert-torch: pip install 'edgekit-anomaly[train]'") from None
     if layout not in ("NCHW", "NHWC"):
         raise EdgekitError(f"TFLite export supports layouts NCHW and NHWC, not {layout!r}")
     wrapped = _named_io(module.eval(), input_layout=layout, output_names=tuple(output_names))

@@ -1,13 +1,15 @@
 """The device-side detector: bundle in, predictions out. numpy + the bundle's one runtime."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from edgekit.bundle import Bundle, Decision, load_bundle
+from edgekit.bundle import MANIFEST_NAME, Bundle, Decision, load_bundle
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, prepare
 from edgekit.runtime.backends import Backend, BackendOptions, load_backend
@@ -37,8 +39,17 @@ def normalise(raw: np.ndarray | float, center: float, threshold: float) -> np.nd
     return np.clip(0.5 * (np.asarray(raw, dtype=np.float64) - center) / span, 0.0, 1.0)
 
 
+#: channel orders an image array may come in; "bgr" is OpenCV's (cv2.imread, VideoCapture.read)
+COLOR_ORDERS = ("rgb", "bgr")
+
+
 class Detector:
-    """Runs a bundle: the one pre-processing, the exported network, the numpy head, the decision."""
+    """Runs a bundle: the one pre-processing, the exported network, the numpy head, the decision.
+
+    Image arrays are RGB (or grey) unless ``color="bgr"`` says they come from OpenCV: a BGR frame
+    read as RGB swaps red and blue, which a colour model sees as a defect everywhere. One Detector
+    may be shared by several threads.
+    """
 
     def __init__(self, bundle: Bundle, backend: Backend, *, head_threads: Optional[int] = None) -> None:
         self.bundle = bundle
@@ -51,23 +62,28 @@ class Detector:
         self._output_name = self.manifest.network.output_names[0]
         self._blas_limit = _blas_limiter(head_threads)
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """16 hex digits of the sha256 of the bundle's manifest: names exactly this bundle in events."""
+        return hashlib.sha256(self.bundle.path(MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+
     def run_head(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The numpy head on network outputs, with numpy's BLAS threads capped (see ``load``)."""
         with self._blas_limit():
             return self.head(embeddings)
 
-    def embed(self, images: Iterable[ImageLike]) -> np.ndarray:
+    def embed(self, images: Iterable[ImageLike], *, color: str = "rgb") -> np.ndarray:
         """The network's output for a batch of images, through the one pre-processing."""
-        batch = prepare(images, self.manifest.input)
+        batch = prepare((_to_rgb(image, color) for image in images), self.manifest.input)
         outputs = self.backend.infer({self.manifest.network.input_name: batch})
         if self._output_name not in outputs:
             raise EdgekitError(f"the network did not produce output {self._output_name!r} "
                                f"(it gave {sorted(outputs)})")
         return outputs[self._output_name]
 
-    def raw(self, images: Iterable[ImageLike]) -> tuple[np.ndarray, np.ndarray]:
+    def raw(self, images: Iterable[ImageLike], *, color: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
         """Raw image scores (N,) and raw anomaly maps (N, H, W) for a batch of images."""
-        return self.run_head(self.embed(images))
+        return self.run_head(self.embed(images, color=color))
 
     def decide(self, raw_scores: np.ndarray, raw_maps: np.ndarray) -> list[Prediction]:
         decision: Decision = self.manifest.decision
@@ -77,16 +93,26 @@ class Detector:
                            anomaly_map=m, raw_score=float(r))
                 for s, r, m in zip(scores, raw_scores, maps)]
 
-    def predict(self, image: ImageLike) -> Prediction:
-        """Score one image: a file path or an HxW / HxWxC uint8 array."""
-        return self.decide(*self.raw([image]))[0]
+    def predict(self, image: ImageLike, *, color: str = "rgb") -> Prediction:
+        """Score one image: a file path or an HxW / HxWxC uint8 array (RGB, or BGR with color="bgr")."""
+        return self.decide(*self.raw([image], color=color))[0]
 
-    def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = 8) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = 8,
+                      color: str = "rgb") -> list[Prediction]:
         """Score many images, ``batch_size`` per network call."""
         predictions: list[Prediction] = []
         for start in range(0, len(images), batch_size):
-            predictions.extend(self.decide(*self.raw(images[start:start + batch_size])))
+            predictions.extend(self.decide(*self.raw(images[start:start + batch_size], color=color)))
         return predictions
+
+
+def _to_rgb(image: ImageLike, color: str) -> ImageLike:
+    """A BGR(A) array in RGB order; paths and grey arrays as they are (files are decoded as RGB)."""
+    if color not in COLOR_ORDERS:
+        raise EdgekitError(f"color must be one of {', '.join(COLOR_ORDERS)}, not {color!r}")
+    if color == "bgr" and isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] in (3, 4):
+        return image[:, :, 2::-1]
+    return image
 
 
 def _blas_limiter(threads: Optional[int]):

@@ -1,8 +1,9 @@
 """Runtime backends: one file per runtime, all with the same two-call protocol.
 
 A backend is ``load(path, options) -> Backend`` and ``Backend.infer(inputs) -> outputs``, where
-inputs and outputs are dicts of numpy arrays keyed by tensor name. The module for a runtime is
-imported only when a bundle names it, so a device needs just the one runtime it uses.
+inputs and outputs are dicts of numpy arrays keyed by tensor name. ``infer`` must be safe to call
+from several threads at once (a Detector is shared by a camera loop and HTTP requests). The module
+for a runtime is imported only when a bundle names it, so a device needs just the one runtime it uses.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from edgekit.errors import EdgekitError
 
 #: runtime name -> (module, pip extra that installs it)
 BACKENDS: dict[str, tuple[str, str]] = {
-    "openvino": ("edgekit.runtime.backends.openvino", "edgekit[openvino]"),
-    "onnxruntime": ("edgekit.runtime.backends.onnxruntime", "edgekit[onnx]"),
-    "litert": ("edgekit.runtime.backends.litert", "edgekit[litert]"),
-    "fake": ("edgekit.runtime.backends.fake", "edgekit"),
+    "openvino": ("edgekit.runtime.backends.openvino", "edgekit-anomaly[openvino]"),
+    "onnxruntime": ("edgekit.runtime.backends.onnxruntime", "edgekit-anomaly[onnx]"),
+    "litert": ("edgekit.runtime.backends.litert", "edgekit-anomaly[litert]"),
+    "fake": ("edgekit.runtime.backends.fake", "edgekit-anomaly"),
 }
 
 

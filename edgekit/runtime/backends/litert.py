@@ -11,6 +11,7 @@ always pass and receive float32.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -63,8 +64,13 @@ class LiteRtBackend:
         self._output_details = {d["index"]: d for d in self._outputs.values()}
         self._interpreter.allocate_tensors()
         self._shapes = {d["index"]: tuple(int(n) for n in d["shape"]) for d in self._inputs.values()}
+        self._lock = threading.Lock()  # an interpreter holds one set of tensors: one call at a time
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._infer(inputs)
+
+    def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(inputs) != len(self._inputs):
             raise EdgekitError(f"the network takes {len(self._inputs)} input(s) ({', '.join(self._inputs)}), "
                                f"got {len(inputs)}")

@@ -1,6 +1,7 @@
 """OpenVINO backend: runs an IR (``.xml`` + ``.bin``) on CPU, GPU or another OpenVINO device."""
 from __future__ import annotations
 
+import queue
 from pathlib import Path
 from typing import Mapping
 
@@ -44,12 +45,22 @@ class OpenVinoBackend:
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EdgekitError(f"OpenVINO could not load {path.name} on {options.device}: {first}") from None
-        self._request = self._compiled.create_infer_request()
         self._outputs = [(out.get_any_name(), out) for out in self._compiled.outputs]
+        # An infer request serves one call at a time ("Infer Request is busy" otherwise, or another
+        # thread's results): each call borrows an idle one, and a new one is made when none is idle.
+        # A process makes at most as many as it ever runs at once.
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._request.infer(dict(inputs))
-        return {name: np.array(results[port]) for name, port in self._outputs}
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            results = request.infer(dict(inputs))
+            return {name: np.array(results[port]) for name, port in self._outputs}
+        finally:
+            self._idle.put(request)
 
 
 def load(path: Path, options: BackendOptions) -> OpenVinoBackend:

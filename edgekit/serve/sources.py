@@ -1,0 +1,252 @@
+"""Frame sources for ``edgekit run``: cameras, video files, streams, image folders and globs.
+
+``open_source(text)`` reads what the user typed. A source yields :class:`Frame` objects, always RGB
+(or grey) uint8: OpenCV's BGR frames are converted here, once. A *live* source (camera, stream)
+produces frames whether or not anyone takes them, so the pipeline keeps only the latest; a file
+source (video file, folder, glob) is read at the pace of inference and no frame is skipped.
+Cameras and streams that fail mid-run are reopened with back-off; one that cannot be opened at
+start is an error, so a wrong address is said at once.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.serve.events import Frame, log
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+RECONNECT_FIRST_S = 0.5  # first wait after a camera or stream is lost; doubled up to the cap
+RECONNECT_MAX_S = 30.0
+STREAM_TIMEOUT_MS = 5000  # OpenCV/FFmpeg open and read time-outs: a stalled stream counts as lost
+POLL_S = 0.25  # how often a watched folder is listed
+
+
+def _cv2():
+    # OpenCV and FFmpeg would print their own warnings on every failed (re)connect; the lines that
+    # matter (lost, reconnected) are ours. A user's own setting of these variables wins.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    try:
+        import cv2
+    except ImportError:
+        raise EdgekitError("cameras, video files and streams need OpenCV: "
+                           "pip install 'edgekit-anomaly[camera]'") from None
+    return cv2
+
+
+def _has_magic(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+@dataclass
+class VideoSource:
+    """A camera (index or /dev/videoN), a stream URL or a video file, read with OpenCV."""
+
+    target: Union[int, str]
+    kind: str  # "camera", "stream" or "video"
+    text: str  # what the user gave
+    channels: int = 3
+    reconnect_first_s: float = RECONNECT_FIRST_S
+    reconnect_max_s: float = RECONNECT_MAX_S
+    _capture: object = field(default=None, init=False, repr=False)
+
+    @property
+    def live(self) -> bool:
+        return self.kind != "video"
+
+    def _open(self):
+        cv2 = _cv2()
+        if self.kind == "stream":
+            capture = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG,
+                                       [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+        else:
+            capture = cv2.VideoCapture(self.target)
+        if self.kind == "camera":
+            capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's queue would deliver stale frames
+        if not capture.isOpened():
+            capture.release()
+            return None
+        return capture
+
+    def open(self) -> None:
+        if self.kind == "video" and not Path(self.text).is_file():
+            raise EdgekitError(f"{self.text}: no such video file")
+        self._capture = self._open()
+        if self._capture is None:
+            what = {"camera": "camera", "stream": "stream", "video": "video file"}[self.kind]
+            raise EdgekitError(f"{self.text}: cannot open this {what} with OpenCV")
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame]:
+        cv2 = _cv2()
+        capture, index, wait = self._capture, 0, self.reconnect_first_s
+        try:
+            while not stop.is_set():
+                ok, pixels = capture.read() if capture is not None else (False, None)
+                if ok and pixels is not None:
+                    wait = self.reconnect_first_s
+                    yield Frame(index=index, image=_from_opencv(cv2, pixels, self.channels), source=self.text,
+                                captured=time.time(), captured_mono=time.perf_counter())
+                    index += 1
+                    continue
+                if not self.live:
+                    return  # end of the video file
+                if capture is not None:
+                    capture.release()
+                    capture = None
+                    log(f"{self.kind} {self.text} lost after frame {index - 1}; reconnecting in {wait:.1f} s")
+                if stop.wait(wait):
+                    return
+                capture = self._open()
+                if capture is not None:
+                    log(f"{self.kind} {self.text} reconnected")
+                else:
+                    log(f"{self.kind} {self.text} still unavailable; next try in {min(wait * 2, self.reconnect_max_s):.1f} s")
+                wait = min(wait * 2, self.reconnect_max_s)
+        finally:
+            if capture is not None:
+                capture.release()
+            self._capture = None
+
+
+def _from_opencv(cv2, pixels: np.ndarray, channels: int) -> np.ndarray:
+    """An OpenCV frame (BGR, BGRA or grey) as RGB or grey uint8."""
+    if pixels.dtype != np.uint8:
+        pixels = cv2.convertScaleAbs(pixels)
+    if pixels.ndim == 2:
+        return pixels
+    if channels == 1:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY if pixels.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
+
+
+@dataclass
+class FileSource:
+    """Image files from a folder or a glob, in name order; with ``watch``, also files that appear later.
+
+    A watched file is taken once its size and modification time have stayed the same for one poll,
+    so a file still being written is not read half-way, and it is taken again whenever it changes
+    (a camera that rewrites ``latest.jpg``). Memory stays flat: a name is remembered only while the
+    file exists.
+    """
+
+    text: str
+    list_files: Callable[[], list[str]]
+    watch: bool = False
+    channels: int = 3
+    poll_s: float = POLL_S
+    live = False
+
+    def open(self) -> None:
+        if not self.watch and not self.list_files():
+            raise EdgekitError(f"{self.text}: no image files")
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame]:
+        from edgekit.preprocess import read_image
+
+        taken: dict[str, tuple[int, int]] = {}  # name -> (size, mtime) when it was last taken
+        pending: dict[str, tuple[int, int]] = {}  # name -> (size, mtime) at the previous poll
+        index = 0
+        while not stop.is_set():
+            present = self.list_files()
+            for name in present:
+                if stop.is_set():
+                    break
+                if self.watch:
+                    try:
+                        info = os.stat(name)
+                    except OSError:
+                        continue
+                    signature = (info.st_size, info.st_mtime_ns)
+                    if taken.get(name) == signature:
+                        continue
+                    if pending.get(name) != signature or info.st_size == 0:
+                        pending[name] = signature  # new or still changing: look again next poll
+                        continue
+                    taken[name] = signature
+                elif name in taken:
+                    continue
+                else:
+                    taken[name] = (0, 0)
+                pending.pop(name, None)
+                try:
+                    image = read_image(name, self.channels)
+                except EdgekitError as exc:
+                    log(f"skipped {exc}" + ("; it is read again if it changes" if self.watch else ""))
+                    continue
+                yield Frame(index=index, image=image, source=self.text, name=name,
+                            captured=time.time(), captured_mono=time.perf_counter())
+                index += 1
+            if not self.watch:
+                return
+            names = set(present)
+            for remembered in (taken, pending):
+                for name in [n for n in remembered if n not in names]:
+                    del remembered[name]
+            stop.wait(self.poll_s)
+
+
+def _folder_lister(folder: Path) -> Callable[[], list[str]]:
+    def list_files() -> list[str]:
+        try:
+            with os.scandir(folder) as entries:
+                return sorted(e.path for e in entries
+                              if e.is_file() and not e.name.startswith(".") and
+                              os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        except OSError:
+            return []
+    return list_files
+
+
+def _glob_lister(pattern: str) -> Callable[[], list[str]]:
+    def list_files() -> list[str]:
+        return sorted(p for p in glob.glob(pattern, recursive=True)
+                      if os.path.isfile(p) and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+    return list_files
+
+
+Source = Union[VideoSource, FileSource]
+
+
+def open_source(text: str, *, watch: bool = False, channels: int = 3) -> Source:
+    """The source a ``--source`` value names; opened, so a wrong one is an error here."""
+    text = text.strip()
+    if not text:
+        raise EdgekitError("--source is empty")
+    source: Source
+    if text.isdigit() or text.startswith("/dev/video"):
+        source = VideoSource(int(text) if text.isdigit() else text, "camera", text, channels)
+    elif text.lower().startswith(STREAM_SCHEMES):
+        source = VideoSource(text, "stream", text, channels)
+    elif Path(text).is_dir():
+        source = FileSource(text, _folder_lister(Path(text)), watch=watch, channels=channels)
+    elif _has_magic(text):
+        source = FileSource(text, _glob_lister(text), watch=watch, channels=channels)
+    elif Path(text).is_file() and Path(text).suffix.lower() in IMAGE_SUFFIXES:
+        source = FileSource(text, lambda: [text], channels=channels)
+    elif Path(text).is_file():
+        source = VideoSource(text, "video", text, channels)
+    else:
+        raise EdgekitError(f"{text}: no such camera, video file, image folder, glob or stream URL")
+    if watch and not isinstance(source, FileSource):
+        raise EdgekitError("--watch takes an image folder or a glob, not a camera, video or stream")
+    source.open()
+    return source
+
+
+def describe(source: Source) -> str:
+    if isinstance(source, VideoSource):
+        return f"{source.kind} {source.text}"
+    return f"{'watched ' if source.watch else ''}images {source.text}"
+
+
+__all__ = ["Frame", "VideoSource", "FileSource", "Source", "open_source", "describe", "IMAGE_SUFFIXES"]
