@@ -75,11 +75,12 @@ def decode_image(data: bytes, channels: int = 3, *, label: str = "image") -> np.
 
 
 def _decode(source, mode: str, label: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(source) as img:
             img.load()
+            img = ImageOps.exif_transpose(img)  # a phone or camera JPEG shot rotated is scored upright
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 img = img.point(lambda v: v / 256).convert("L")
             return np.asarray(img.convert(mode))

@@ -7,6 +7,10 @@ a PNG of the viewport. Requests that would leave the machine are recorded and th
 and CI have no network, and a report must not need one), so a page that asks for an outside URL still
 finishes loading quickly and its request shows up in `PageResult.external_requests`.
 
+`open_served_page` does the same for a page served on this machine (http://127.0.0.1:PORT/): requests
+to that one origin go through, every other one is recorded and failed (DevTools' Fetch interception),
+and the test drives the live page: evaluate JavaScript, wait for a condition, take screenshots.
+
 `chromium_path` installs Debian's ``chromium`` with apt-get when it is missing and we are root: that is
 how CI (a clean machine, ``bash .ci/run`` as root with ``CI=true``) gets its browser. Without one, tests
 skip on a workstation and FAIL in CI, where a silent skip would hide a missing check.
@@ -14,6 +18,7 @@ skip on a workstation and FAIL in CI, where a silent skip would hide a missing c
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import io
 import json
@@ -26,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -53,11 +59,19 @@ class PageResult:
     console_messages: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     screenshot_png: bytes = b""
+    allowed_origins: tuple[str, ...] = ()  # e.g. ("http://127.0.0.1:8080",) for a served page
 
     @property
     def external_requests(self) -> list[str]:
-        """Requested URLs whose scheme is not file:, data:, blob: or about: (would need a network)."""
-        return [url for url in self.requests if urlsplit(url).scheme.lower() not in LOCAL_SCHEMES]
+        """Requested URLs whose scheme is not file:, data:, blob: or about: and whose origin is not
+        allowed (would need a network)."""
+        return [url for url in self.requests
+                if urlsplit(url).scheme.lower() not in LOCAL_SCHEMES and _origin(url) not in self.allowed_origins]
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{parts.netloc.rsplit('@', 1)[-1].lower()}"
 
 
 def chromium_path() -> str:
@@ -120,6 +134,13 @@ def render_page(html_path: Path, *, width: int = 1280, height: int = 900, timeou
     html_path = Path(html_path).resolve()
     if not html_path.is_file():
         raise FileNotFoundError(f"no HTML page at {html_path}")
+    with _browser(width, height, timeout, html_path.name) as cdp:
+        return _load(cdp, html_path, width, height)
+
+
+@contextlib.contextmanager
+def _browser(width: int, height: int, timeout: float, what: str) -> Iterator["_Cdp"]:
+    """A fresh headless Chromium on a debugging pipe, ended with its whole process group on exit."""
     binary = chromium_path()
     deadline = time.monotonic() + timeout
     workdir = Path(tempfile.mkdtemp(prefix="edgekit-chromium-"))
@@ -150,8 +171,8 @@ def render_page(html_path: Path, *, width: int = 1280, height: int = 900, timeou
             os.close(child_end)
         cdp = _Cdp(to_child_w, from_child_r, deadline, stderr_log)
         pipe_fds.clear()  # cdp closes its two ends
-        cdp.timeout_note = f" ({timeout:g} s for {html_path.name})"
-        return _load(cdp, html_path, width, height)
+        cdp.timeout_note = f" ({timeout:g} s for {what})"
+        yield cdp
     finally:
         for fd in pipe_fds:
             os.close(fd)
@@ -229,6 +250,27 @@ def _end_process_group(proc: subprocess.Popen) -> None:
 def _load(cdp: "_Cdp", html_path: Path, width: int, height: int) -> PageResult:
     result = PageResult()
     state = {"navigating": False, "loaded": False}
+    cdp.on_event = _recorder(result, state)
+    target = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Runtime", "Log", "Page", "Network"):
+        cdp.call(f"{domain}.enable", session=session)
+    cdp.call("Network.setBlockedURLs", {"urls": list(BLOCKED_URLS)}, session=session)
+    cdp.call("Emulation.setDeviceMetricsOverride",
+             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+    state["navigating"] = True
+    navigated = cdp.call("Page.navigate", {"url": html_path.as_uri()}, session=session)
+    if navigated.get("errorText"):
+        raise BrowserError(f"Chromium could not open {html_path}: {navigated['errorText']}")
+    cdp.wait_for(lambda: state["loaded"], "the page's load event")
+    cdp.settle(quiet=SETTLE_QUIET_S, longest=SETTLE_MAX_S)
+    shot = cdp.call("Page.captureScreenshot", {"format": "png"}, session=session)
+    result.screenshot_png = base64.b64decode(shot["data"])
+    return result
+
+
+def _recorder(result: PageResult, state: dict):
+    """A CDP event handler that records console output, errors and requested URLs into `result`."""
 
     def on_event(method: str, params: dict) -> None:
         if method == "Runtime.consoleAPICalled":
@@ -251,23 +293,95 @@ def _load(cdp: "_Cdp", html_path: Path, width: int, height: int) -> PageResult:
         elif method == "Page.loadEventFired" and state["navigating"]:
             state["loaded"] = True
 
-    cdp.on_event = on_event
-    target = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-    for domain in ("Runtime", "Log", "Page", "Network"):
-        cdp.call(f"{domain}.enable", session=session)
-    cdp.call("Network.setBlockedURLs", {"urls": list(BLOCKED_URLS)}, session=session)
-    cdp.call("Emulation.setDeviceMetricsOverride",
-             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
-    state["navigating"] = True
-    navigated = cdp.call("Page.navigate", {"url": html_path.as_uri()}, session=session)
-    if navigated.get("errorText"):
-        raise BrowserError(f"Chromium could not open {html_path}: {navigated['errorText']}")
-    cdp.wait_for(lambda: state["loaded"], "the page's load event")
-    cdp.settle(quiet=SETTLE_QUIET_S, longest=SETTLE_MAX_S)
-    shot = cdp.call("Page.captureScreenshot", {"format": "png"}, session=session)
-    result.screenshot_png = base64.b64decode(shot["data"])
-    return result
+    return on_event
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+class ServedPage:
+    """A page from a local server, open in headless Chromium; see `open_served_page`.
+
+    `result` fills as the page runs (console errors, requested URLs); the page only runs while a
+    method here is reading Chromium's messages, so wait with `wait_until` or `run_for`, not sleep.
+    """
+
+    def __init__(self, cdp: "_Cdp", session: str, result: PageResult) -> None:
+        self._cdp, self._session, self.result = cdp, session, result
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (promises awaited); BrowserError if it throws."""
+        reply = self._cdp.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                    "awaitPromise": True}, session=self._session)
+        if "exceptionDetails" in reply:
+            raise BrowserError(f"{expression!r} threw: {_exception_text(reply['exceptionDetails'])}")
+        return reply.get("result", {}).get("value")
+
+    def wait_until(self, expression: str, *, timeout: float = 10.0, poll: float = 0.1) -> Any:
+        """Let the page run until `expression` is truthy; its value. BrowserError after `timeout` s."""
+        give_up = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() >= give_up:
+                raise BrowserError(f"after {timeout:g} s, {expression!r} is still {value!r}")
+            self.run_for(poll)
+
+    def run_for(self, seconds: float) -> None:
+        """Let the page run (its requests answered, its events recorded) for `seconds`."""
+        until = min(self._cdp.deadline, time.monotonic() + seconds)
+        while time.monotonic() < until:
+            self._cdp.read_until(until)
+
+    def screenshot(self) -> bytes:
+        """A PNG of the viewport now (also kept as `result.screenshot_png`)."""
+        shot = self._cdp.call("Page.captureScreenshot", {"format": "png"}, session=self._session)
+        self.result.screenshot_png = base64.b64decode(shot["data"])
+        return self.result.screenshot_png
+
+
+@contextlib.contextmanager
+def open_served_page(url: str, *, width: int = 1280, height: int = 900, timeout: float = 60) -> Iterator[ServedPage]:
+    """Open `url` (http on 127.0.0.1, localhost or [::1]) in a fresh headless Chromium, after its load event.
+
+    Requests to the URL's own origin are let through; every other one is recorded in
+    `result.requests` and failed, so `result.external_requests` lists what would have left the page's
+    server. The whole session (load and everything done with the page) must end within `timeout` s.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.netloc.rsplit(":", 1)[0].lower() not in LOOPBACK_HOSTS:
+        raise ValueError(f"open_served_page opens http://127.0.0.1:PORT/ pages (loopback), not {url!r}")
+    origin = _origin(url)
+    with _browser(width, height, timeout, url) as cdp:
+        result = PageResult(allowed_origins=(origin,))
+        state = {"navigating": False, "loaded": False}
+        record = _recorder(result, state)
+        target = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+
+        def on_event(method: str, params: dict) -> None:
+            if method == "Fetch.requestPaused":  # every request of the page stops here until we answer
+                request_url = params.get("request", {}).get("url", "")
+                if _origin(request_url) == origin:
+                    cdp.send("Fetch.continueRequest", {"requestId": params["requestId"]}, session=session)
+                else:
+                    cdp.send("Fetch.failRequest", {"requestId": params["requestId"], "errorReason": "BlockedByClient"},
+                             session=session)
+            record(method, params)
+
+        cdp.on_event = on_event
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            cdp.call(f"{domain}.enable", session=session)
+        cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*", "requestStage": "Request"}]}, session=session)
+        cdp.call("Emulation.setDeviceMetricsOverride",
+                 {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        state["navigating"] = True
+        navigated = cdp.call("Page.navigate", {"url": url}, session=session)
+        if navigated.get("errorText"):
+            raise BrowserError(f"Chromium could not open {url}: {navigated['errorText']}")
+        cdp.wait_for(lambda: state["loaded"], "the page's load event")
+        yield ServedPage(cdp, session, result)
 
 
 def _remote_object_text(obj: dict) -> str:
@@ -320,6 +434,8 @@ class _Cdp:
         self.replies: dict[int, dict] = {}
         self.open = True
         self.timeout_note = ""
+        self.unawaited: set[int] = set()  # ids of commands sent with send()
+        self.errors: list[str] = []  # errors Chromium answered to those
 
     def call(self, method: str, params: dict | None = None, *, session: str | None = None) -> dict:
         """Send a command and wait for its reply (events met meanwhile go to on_event)."""
@@ -334,6 +450,19 @@ class _Cdp:
         if "error" in reply:
             raise BrowserError(f"Chromium refused {method}: {reply['error'].get('message', reply['error'])}")
         return reply.get("result", {})
+
+    def send(self, method: str, params: dict | None = None, *, session: str | None = None) -> None:
+        """Send a command without waiting: its reply is dropped unless it is an error (kept in `errors`)."""
+        self.next_id += 1
+        self.unawaited.add(self.next_id)
+        message: dict = {"id": self.next_id, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        self._write(json.dumps(message).encode() + b"\0")
+
+    def read_until(self, until: float) -> None:
+        """Read and dispatch what Chromium sends until `until` (or the deadline); BrowserError if it exits."""
+        self._read_some(min(until, self.deadline))
 
     def wait_for(self, done, what: str) -> None:
         """Read messages until done() is true; raise BrowserError at the deadline or if Chromium exits."""
@@ -391,7 +520,11 @@ class _Cdp:
         *messages, self.buffer = self.buffer.split(b"\0")
         for raw in messages:
             message = json.loads(raw)
-            if "id" in message:
+            if "id" in message and message["id"] in self.unawaited:
+                self.unawaited.discard(message["id"])
+                if "error" in message:
+                    self.errors.append(str(message["error"].get("message", message["error"])))
+            elif "id" in message:
                 self.replies[message["id"]] = message
             elif "method" in message:
                 self.on_event(message["method"], message.get("params", {}))

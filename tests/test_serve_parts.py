@@ -1,0 +1,144 @@
+"""The parts of `edgekit run` that need no model: the frame slot, the size caps of the sinks, the
+watched-folder rules and address parsing. Fast; they run on a device-only install too."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime.detector import Prediction
+from edgekit.serve.app import RunConfig, parse_address
+from edgekit.serve.events import Frame, Scored, SinkWorker, make_event
+from edgekit.serve.pipeline import FrameSlot
+from edgekit.serve.sinks import AnomalyStore, JsonlSink
+from edgekit.serve.sources import open_source
+
+
+def _scored(index: int, *, anomalous: bool = True, side: int = 32) -> Scored:
+    rng = np.random.default_rng(index)
+    frame = Frame(index=index, image=rng.integers(0, 255, (side, side, 3), dtype=np.uint8), source="test",
+                  captured_mono=time.perf_counter())
+    prediction = Prediction(score=0.9 if anomalous else 0.1, is_anomalous=anomalous,
+                            anomaly_map=rng.random((side, side)).astype(np.float32), raw_score=float(index))
+    return Scored(frame, prediction, make_event(frame, prediction, latency_s=0.01, bundle="0" * 16))
+
+
+def test_latest_only_slot_keeps_the_newest_frame_and_counts_the_replaced():
+    slot, stop = FrameSlot(latest_only=True), threading.Event()
+    replaced = [slot.put(i, stop) for i in range(5)]
+    assert replaced == [False, True, True, True, True]
+    assert slot.take(0.01) == 4 and slot.take(0.01) is None
+    assert slot.put(5, stop) is False  # nothing was waiting: not a drop
+
+
+def test_file_slot_makes_the_reader_wait_instead_of_dropping():
+    slot, stop = FrameSlot(latest_only=False, depth=2), threading.Event()
+    slot.put(0, stop)
+    slot.put(1, stop)
+    writer = threading.Thread(target=slot.put, args=(2, stop))
+    writer.start()
+    time.sleep(0.2)
+    assert writer.is_alive()  # full: the reader waits ...
+    assert slot.take(0.1) == 0
+    writer.join(2)
+    assert not writer.is_alive()  # ... until there is room, and nothing was lost
+    assert [slot.take(0.1), slot.take(0.1)] == [1, 2]
+
+
+def test_anomaly_store_keeps_the_newest_items_within_count_and_size(tmp_path):
+    store = AnomalyStore(tmp_path / "a", keep=3)
+    for index in range(6):
+        store.handle(_scored(index, anomalous=index != 2))
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    frames = sorted({int(n.split("_f")[1][:8]) for n in names})
+    assert frames == [3, 4, 5] and len(names) == 9  # png + overlay + json each; frame 2 was normal
+    assert json.loads((tmp_path / "a" / next(n for n in names if n.endswith(".json"))).read_text())["frame"] == 3
+    one_item = sum(p.stat().st_size for p in (tmp_path / "a").iterdir()) / 3
+    restarted = AnomalyStore(tmp_path / "a", keep=100, keep_bytes=int(one_item * 2.5))  # a restart thins too
+    assert len(list((tmp_path / "a").iterdir())) == 6
+    restarted.handle(_scored(9))
+    assert sorted({int(p.name.split("_f")[1][:8]) for p in (tmp_path / "a").iterdir()}) == [5, 9]
+
+
+def test_events_file_is_rotated_past_its_cap_and_every_line_is_whole(tmp_path):
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(path, max_bytes=2000)
+    for index in range(40):
+        sink.handle(_scored(index))
+    sink.close()
+    rotated = path.with_name("events.jsonl.1")
+    assert path.stat().st_size <= 2000 and rotated.stat().st_size <= 2000
+    rows = [json.loads(line) for f in (rotated, path) for line in f.read_text().splitlines()]
+    assert [r["frame"] for r in rows] == list(range(40 - len(rows), 40))  # the newest, in order
+    assert set(rows[0]) >= {"time", "frame", "source", "score", "raw_score", "is_anomalous", "latency_ms",
+                            "frame_to_event_ms", "bundle"}
+
+
+def test_sink_worker_drops_instead_of_waiting_for_a_slow_sink():
+    release = threading.Event()
+
+    class Slow:
+        name = "slow"
+        handled: list[int] = []
+
+        def handle(self, item):
+            release.wait(5)
+            self.handled.append(item.event.frame)
+
+        def close(self):
+            pass
+
+    worker = SinkWorker(Slow(), capacity=2)
+    started = time.perf_counter()
+    accepted = [worker.submit(_scored(i)) for i in range(6)]
+    assert time.perf_counter() - started < 0.5
+    assert accepted.count(False) == worker.dropped >= 3
+    release.set()
+    worker.close()
+    assert Slow.handled == [i for i, ok in enumerate(accepted) if ok]
+
+
+def test_watched_folder_takes_a_rewritten_file_again(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "latest.png")
+    source = open_source(str(tmp_path), watch=True)
+    source.poll_s = 0.05
+    stop, seen = threading.Event(), []
+
+    def read():
+        for frame in source.frames(stop):
+            seen.append(int(frame.image.mean()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.5)
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "latest.png")
+    time.sleep(0.5)
+    stop.set()
+    reader.join(2)
+    assert seen == [0, 200]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:8080", ("127.0.0.1", 8080)), ("broker", ("broker", 1883)), ("[::1]:9000", ("::1", 9000)),
+    ("0.0.0.0:0", ("0.0.0.0", 0)),
+])
+def test_addresses_parse(text, expected):
+    assert parse_address(text, default_port=1883, what="--mqtt") == expected
+
+
+@pytest.mark.parametrize("text", ["host:http", ":80", "host:70000"])
+def test_bad_addresses_are_one_error(text):
+    with pytest.raises(EdgekitError):
+        parse_address(text, default_port=1883, what="--serve")
+
+
+def test_run_config_refuses_what_cannot_work(tmp_path):
+    with pytest.raises(EdgekitError, match="--keep must be positive"):
+        RunConfig(bundle=tmp_path, source="0", keep=0)
+    with pytest.raises(EdgekitError, match="--token is empty"):
+        RunConfig(bundle=tmp_path, serve="127.0.0.1:8080", token=" ")
