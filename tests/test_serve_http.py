@@ -26,7 +26,8 @@ from browser import is_blank, open_served_page
 from edgekit.runtime.detector import load
 from edgekit.serve.events import Frame, Scored, make_event
 from edgekit.serve.http import HttpService
-from edgekit.serve.monitor import LATENCY_BUCKETS_S, Monitor, public_source
+from edgekit.serve.monitor import LATENCY_BUCKETS_S, Monitor
+from edgekit.serve.sources import public_source
 
 pytestmark = pytest.mark.e2e
 

@@ -16,13 +16,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Optional
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from edgekit.runtime.detector import Detector
 from edgekit.runtime.overlay import blend
 from edgekit.serve.events import Scored
+from edgekit.serve.sources import public_source
 
 #: upper bounds (seconds) of the inference latency histogram: 5 ms on an x86 to seconds on a Pi
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -217,17 +217,6 @@ class Monitor:
             return (len(times) - 1) / max(times[-1] - times[0], 1e-9)  # faster than the buffer covers
         window = min(self._fps_window_s, now - self._started_mono)
         return sum(1 for t in times if t > now - self._fps_window_s) / max(window, 1e-3)
-
-
-def public_source(source: str) -> str:
-    """``source`` without credentials: rtsp://user:secret@cam/stream → rtsp://cam/stream."""
-    try:
-        parts = urlsplit(source)
-    except ValueError:
-        return source
-    if not parts.scheme or "@" not in parts.netloc:
-        return source
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _shrink(array: np.ndarray, longest: int) -> np.ndarray:

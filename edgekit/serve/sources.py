@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Union
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -43,6 +44,17 @@ def _cv2():
     return cv2
 
 
+def public_source(source: str) -> str:
+    """``source`` without credentials (rtsp://user:secret@cam/x → rtsp://cam/x): what events and logs show."""
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return source
+    if not parts.scheme or "@" not in parts.netloc:
+        return source
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def _has_magic(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
@@ -53,7 +65,7 @@ class VideoSource:
 
     target: Union[int, str]
     kind: str  # "camera", "stream" or "video"
-    text: str  # what the user gave
+    text: str  # what the user gave, without credentials (events and logs show it)
     channels: int = 3
     reconnect_first_s: float = RECONNECT_FIRST_S
     reconnect_max_s: float = RECONNECT_MAX_S
@@ -226,7 +238,7 @@ def open_source(text: str, *, watch: bool = False, channels: int = 3) -> Source:
     if text.isdigit() or text.startswith("/dev/video"):
         source = VideoSource(int(text) if text.isdigit() else text, "camera", text, channels)
     elif text.lower().startswith(STREAM_SCHEMES):
-        source = VideoSource(text, "stream", text, channels)
+        source = VideoSource(text, "stream", public_source(text), channels)
     elif Path(text).is_dir():
         source = FileSource(text, _folder_lister(Path(text)), watch=watch, channels=channels)
     elif _has_magic(text):
@@ -249,4 +261,5 @@ def describe(source: Source) -> str:
     return f"{'watched ' if source.watch else ''}images {source.text}"
 
 
-__all__ = ["Frame", "VideoSource", "FileSource", "Source", "open_source", "describe", "IMAGE_SUFFIXES"]
+__all__ = ["Frame", "VideoSource", "FileSource", "Source", "open_source", "describe", "public_source",
+           "IMAGE_SUFFIXES"]
