@@ -142,3 +142,53 @@ def test_run_config_refuses_what_cannot_work(tmp_path):
         RunConfig(bundle=tmp_path, source="0", keep=0)
     with pytest.raises(EdgekitError, match="--token is empty"):
         RunConfig(bundle=tmp_path, serve="127.0.0.1:8080", token=" ")
+
+
+_STAND_IN_PICAMERA2 = '''
+import numpy as np
+calls = []
+class Picamera2:
+    def __init__(self, camera_num=0):
+        calls.append(("init", camera_num))
+    def create_video_configuration(self, main=None):
+        return {"main": main}
+    def configure(self, config):
+        calls.append(("configure", config["main"]["format"]))
+    def start(self):
+        calls.append(("start",))
+    def capture_array(self, name="main"):
+        frame = np.zeros((6, 8, 3), np.uint8)
+        frame[..., 0] = 200  # BGR888 is [R, G, B] in memory
+        return frame
+    def stop(self):
+        calls.append(("stop",))
+    def close(self):
+        calls.append(("close",))
+'''
+
+
+def test_pi_camera_frames_are_rgb_and_the_camera_is_released(tmp_path, monkeypatch):
+    # picamera2 needs a Pi camera and libcamera; this stand-in follows its documented API so that
+    # edgekit's side (format asked for, colour order, release on stop) is pinned here.
+    (tmp_path / "picamera2").mkdir()
+    (tmp_path / "picamera2" / "__init__.py").write_text(_STAND_IN_PICAMERA2)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "picamera2", raising=False)
+    source = open_source("picamera2:1")
+    assert source.live
+    stop, frames = threading.Event(), []
+    for frame in source.frames(stop):
+        frames.append(frame)
+        if len(frames) == 3:
+            stop.set()
+    import picamera2
+
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert frames[0].image[0, 0].tolist() == [200, 0, 0]
+    assert picamera2.calls == [("init", 1), ("configure", "BGR888"), ("start",), ("stop",), ("close",)]
+
+
+def test_pi_camera_without_picamera2_is_one_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "picamera2", None)
+    with pytest.raises(EdgekitError, match="picamera2 is not importable here"):
+        open_source("picamera2")

@@ -66,7 +66,6 @@ class VideoSource:
     target: Union[int, str]
     kind: str  # "camera", "stream" or "video"
     text: str  # what the user gave, without credentials (events and logs show it)
-    channels: int = 3
     reconnect_first_s: float = RECONNECT_FIRST_S
     reconnect_max_s: float = RECONNECT_MAX_S
     _capture: object = field(default=None, init=False, repr=False)
@@ -106,7 +105,7 @@ class VideoSource:
                 ok, pixels = capture.read() if capture is not None else (False, None)
                 if ok and pixels is not None:
                     wait = self.reconnect_first_s
-                    yield Frame(index=index, image=_from_opencv(cv2, pixels, self.channels), source=self.text,
+                    yield Frame(index=index, image=_from_opencv(cv2, pixels), source=self.text,
                                 captured=time.time(), captured_mono=time.perf_counter())
                     index += 1
                     continue
@@ -130,14 +129,55 @@ class VideoSource:
             self._capture = None
 
 
-def _from_opencv(cv2, pixels: np.ndarray, channels: int) -> np.ndarray:
-    """An OpenCV frame (BGR, BGRA or grey) as RGB or grey uint8."""
+@dataclass
+class PiCameraSource:
+    """A Raspberry Pi camera module through picamera2 (libcamera), when picamera2 is importable.
+
+    picamera2 comes with Raspberry Pi OS (apt's python3-picamera2), not from PyPI, so a venv sees
+    it only when made with ``--system-site-packages``. Its "BGR888" format is [R, G, B] in memory,
+    so frames need no conversion. A camera error ends the run (systemd restarts the service).
+    """
+
+    camera: int
+    text: str
+    live = True
+    _picam: object = field(default=None, init=False, repr=False)
+
+    def open(self) -> None:
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise EdgekitError(f"{self.text}: picamera2 is not importable here (on Raspberry Pi OS: "
+                               f"apt install python3-picamera2, and make the venv with --system-site-packages)") from None
+        try:
+            picam = Picamera2(self.camera)
+            picam.configure(picam.create_video_configuration(main={"format": "BGR888"}))
+            picam.start()
+        except Exception as exc:  # libcamera's errors are RuntimeError, IndexError (no such camera), ...
+            raise EdgekitError(f"{self.text}: cannot start the camera ({type(exc).__name__}: {exc})") from None
+        self._picam = picam
+
+    def frames(self, stop: threading.Event) -> Iterator[Frame]:
+        picam, index = self._picam, 0
+        try:
+            while not stop.is_set():
+                pixels = np.asarray(picam.capture_array("main"))[:, :, :3]
+                yield Frame(index=index, image=np.ascontiguousarray(pixels), source=self.text,
+                            captured=time.time(), captured_mono=time.perf_counter())
+                index += 1
+        finally:
+            picam.stop()
+            picam.close()
+            self._picam = None
+
+
+def _from_opencv(cv2, pixels: np.ndarray) -> np.ndarray:
+    """An OpenCV frame (BGR, BGRA or grey) as RGB or grey uint8; a grey model's luma is taken later
+    by the one pre-processing, as for every other image."""
     if pixels.dtype != np.uint8:
         pixels = cv2.convertScaleAbs(pixels)
     if pixels.ndim == 2:
         return pixels
-    if channels == 1:
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY if pixels.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3 else cv2.COLOR_BGRA2RGB)
 
 
@@ -226,7 +266,7 @@ def _glob_lister(pattern: str) -> Callable[[], list[str]]:
     return list_files
 
 
-Source = Union[VideoSource, FileSource]
+Source = Union[VideoSource, FileSource, PiCameraSource]
 
 
 def open_source(text: str, *, watch: bool = False, channels: int = 3) -> Source:
@@ -235,10 +275,12 @@ def open_source(text: str, *, watch: bool = False, channels: int = 3) -> Source:
     if not text:
         raise EdgekitError("--source is empty")
     source: Source
-    if text.isdigit() or text.startswith("/dev/video"):
-        source = VideoSource(int(text) if text.isdigit() else text, "camera", text, channels)
+    if text == "picamera2" or text.startswith("picamera2:") and text[10:].isdigit():
+        source = PiCameraSource(int(text[10:] or 0), text)
+    elif text.isdigit() or text.startswith("/dev/video"):
+        source = VideoSource(int(text) if text.isdigit() else text, "camera", text)
     elif text.lower().startswith(STREAM_SCHEMES):
-        source = VideoSource(text, "stream", public_source(text), channels)
+        source = VideoSource(text, "stream", public_source(text))
     elif Path(text).is_dir():
         source = FileSource(text, _folder_lister(Path(text)), watch=watch, channels=channels)
     elif _has_magic(text):
@@ -246,7 +288,7 @@ def open_source(text: str, *, watch: bool = False, channels: int = 3) -> Source:
     elif Path(text).is_file() and Path(text).suffix.lower() in IMAGE_SUFFIXES:
         source = FileSource(text, lambda: [text], channels=channels)
     elif Path(text).is_file():
-        source = VideoSource(text, "video", text, channels)
+        source = VideoSource(text, "video", text)
     else:
         raise EdgekitError(f"{text}: no such camera, video file, image folder, glob or stream URL")
     if watch and not isinstance(source, FileSource):
@@ -258,8 +300,10 @@ def open_source(text: str, *, watch: bool = False, channels: int = 3) -> Source:
 def describe(source: Source) -> str:
     if isinstance(source, VideoSource):
         return f"{source.kind} {source.text}"
+    if isinstance(source, PiCameraSource):
+        return f"Pi camera {source.camera} (picamera2)"
     return f"{'watched ' if source.watch else ''}images {source.text}"
 
 
-__all__ = ["Frame", "VideoSource", "FileSource", "Source", "open_source", "describe", "public_source",
+__all__ = ["Frame", "VideoSource", "FileSource", "PiCameraSource", "Source", "open_source", "describe", "public_source",
            "IMAGE_SUFFIXES"]
