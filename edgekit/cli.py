@@ -240,6 +240,12 @@ def _read_stdin_image(channels: int):
               help="Folder for anomalous frames, their heat-map overlays and events.")
 @click.option("--keep", type=int, default=100, show_default=True, help="Saved anomalies kept (newest).")
 @click.option("--keep-mb", type=float, default=500.0, show_default=True, help="Size cap of saved anomalies.")
+@click.option("--save-frames", type=click.Path(path_type=Path), default=None,
+              help="Folder for every --save-every'th frame as PNG, whatever its verdict: camera frames to re-fit "
+                   "the bundle on (edgekit fit BUNDLE --normals FOLDER).")
+@click.option("--save-every", type=int, default=10, show_default=True, help="With --save-frames.")
+@click.option("--save-frames-keep", type=int, default=500, show_default=True,
+              help="With --save-frames: frames kept (newest).")
 @click.option("--mqtt", default=None, help="MQTT broker HOST[:PORT]: one message per anomaly plus a heartbeat.")
 @click.option("--mqtt-topic", default="edgekit", show_default=True, help="Topic prefix.")
 @click.option("--heartbeat", type=float, default=30.0, show_default=True, help="Seconds between MQTT heartbeats.")

@@ -15,7 +15,7 @@ from edgekit.runtime.detector import Prediction
 from edgekit.serve.app import RunConfig, parse_address
 from edgekit.serve.events import Frame, Scored, SinkWorker, make_event
 from edgekit.serve.pipeline import FrameSlot
-from edgekit.serve.sinks import AnomalyStore, JsonlSink
+from edgekit.serve.sinks import FrameStore, JsonlSink
 from edgekit.serve.sources import open_source
 
 
@@ -51,7 +51,7 @@ def test_file_slot_makes_the_reader_wait_instead_of_dropping():
 
 
 def test_anomaly_store_keeps_the_newest_items_within_count_and_size(tmp_path):
-    store = AnomalyStore(tmp_path / "a", keep=3)
+    store = FrameStore(tmp_path / "a", keep=3)
     for index in range(6):
         store.handle(_scored(index, anomalous=index != 2))
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
@@ -59,7 +59,7 @@ def test_anomaly_store_keeps_the_newest_items_within_count_and_size(tmp_path):
     assert frames == [3, 4, 5] and len(names) == 9  # png + overlay + json each; frame 2 was normal
     assert json.loads((tmp_path / "a" / next(n for n in names if n.endswith(".json"))).read_text())["frame"] == 3
     one_item = sum(p.stat().st_size for p in (tmp_path / "a").iterdir()) / 3
-    restarted = AnomalyStore(tmp_path / "a", keep=100, keep_bytes=int(one_item * 2.5))  # a restart thins too
+    restarted = FrameStore(tmp_path / "a", keep=100, keep_bytes=int(one_item * 2.5))  # a restart thins too
     assert len(list((tmp_path / "a").iterdir())) == 6
     restarted.handle(_scored(9))
     assert sorted({int(p.name.split("_f")[1][:8]) for p in (tmp_path / "a").iterdir()}) == [5, 9]
@@ -192,3 +192,14 @@ def test_pi_camera_without_picamera2_is_one_error(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "picamera2", None)
     with pytest.raises(EdgekitError, match="picamera2 is not importable here"):
         open_source("picamera2")
+
+
+def test_frame_store_can_keep_every_nth_frame_alone_for_fitting(tmp_path):
+    store = FrameStore(tmp_path / "frames", keep=3, every=4, option="--save-frames")
+    for index in range(20):
+        store.handle(_scored(index, anomalous=index % 3 == 0))
+    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert [int(n.split("_f")[1][:8]) for n in names] == [8, 12, 16]  # 0, 4, ... thinned to the newest 3
+    assert all(n.endswith(".png") for n in names)  # images only: edgekit fit reads the folder as it is
+    saved = np.asarray(Image.open(tmp_path / "frames" / names[0]))
+    np.testing.assert_array_equal(saved, _scored(8).frame.image)  # lossless

@@ -222,9 +222,16 @@ def test_run_options_limit_frames_and_time(x86_bundle, video, tmp_path):
     assert result.exit_code == 0, result.output
     assert [e["frame"] for e in _events(events_file)] == [0, 1, 2]
     started = time.monotonic()
-    result = run("run", x86_bundle, "--source", video, "--events", "none", "--fps", 4)
+    result = run("run", x86_bundle, "--source", video, "--events", "none", "--fps", 4,
+                 "--save-frames", tmp_path / "frames", "--save-every", 3)
     assert result.exit_code == 0 and "source ended: 10 frames scored" in result.stderr
     assert time.monotonic() - started >= 9 / 4 - 0.05  # --fps paces a file source
+    saved = sorted((tmp_path / "frames").iterdir())
+    assert [int(p.name.split("_f")[1][:8]) for p in saved] == [0, 3, 6, 9]
+    decoded = _decoded(video)
+    for path in saved:  # the frames as the source delivered them, RGB, lossless: ready for edgekit fit
+        index = int(path.name.split("_f")[1][:8])
+        np.testing.assert_array_equal(_rgb(path), cv2.cvtColor(decoded[index], cv2.COLOR_BGR2RGB))
 
 
 @pytest.mark.parametrize("args, message", [

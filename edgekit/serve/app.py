@@ -33,6 +33,9 @@ class RunConfig:
     save_anomalies: Optional[Path] = None
     keep: int = 100
     keep_mb: float = 500.0
+    save_frames: Optional[Path] = None
+    save_every: int = 10
+    save_frames_keep: int = 500
     mqtt: Optional[str] = None  # HOST[:PORT]
     mqtt_topic: str = "edgekit"
     heartbeat: float = 30.0
@@ -42,7 +45,8 @@ class RunConfig:
     threads: Optional[int] = None
 
     def __post_init__(self) -> None:
-        for name in ("fps", "max_frames", "duration", "events_max_mb", "keep", "keep_mb", "heartbeat", "threads"):
+        for name in ("fps", "max_frames", "duration", "events_max_mb", "keep", "keep_mb", "save_every",
+                     "save_frames_keep", "heartbeat", "threads"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise EdgekitError(f"--{name.replace('_', '-')} must be positive, not {value}")
@@ -82,9 +86,14 @@ def build_sinks(config: RunConfig, *, fingerprint: str) -> list:
 
         sinks.append(JsonlSink(config.events, max_bytes=int(config.events_max_mb * 2**20)))
     if config.save_anomalies is not None:
-        from edgekit.serve.sinks import AnomalyStore
+        from edgekit.serve.sinks import FrameStore
 
-        sinks.append(AnomalyStore(config.save_anomalies, keep=config.keep, keep_bytes=int(config.keep_mb * 2**20)))
+        sinks.append(FrameStore(config.save_anomalies, keep=config.keep, keep_bytes=int(config.keep_mb * 2**20)))
+    if config.save_frames is not None:
+        from edgekit.serve.sinks import FrameStore
+
+        sinks.append(FrameStore(config.save_frames, keep=config.save_frames_keep, keep_bytes=2**62,
+                                every=config.save_every, option="--save-frames"))
     if config.mqtt is not None:
         from edgekit.serve.mqtt import MqttSink
 

@@ -1,4 +1,4 @@
-"""Sinks on the device itself: JSON Lines events and saved anomalous frames, both size-capped.
+"""Sinks on the device itself: JSON Lines events and saved frames, both size-capped.
 
 Every write is whole or absent: an event line goes out in one ``write`` of an ``O_APPEND`` file,
 and a saved frame is written beside its final name and renamed into place, so SIGTERM (or a power
@@ -67,20 +67,26 @@ class JsonlSink:
 _STEM = re.compile(r"^(\d{8}T\d{6}\.\d{3}Z_f\d{8})(?:\.png|_overlay\.jpg|\.json)$")
 
 
-class AnomalyStore:
-    """Saves each anomalous frame with its heat-map overlay and event; keeps the newest within caps."""
+class FrameStore:
+    """Saves frames to a folder and keeps the newest within a count and a size cap.
 
-    name = "anomalies"
+    Default: each anomalous frame with its heat-map overlay and its event. ``every=N``: every Nth
+    scored frame alone, as a lossless PNG, whatever its verdict: normal frames as the camera
+    delivers them, for ``edgekit fit`` to re-fit the bundle on (camera compression moves scores).
+    """
 
-    def __init__(self, folder: str | Path, *, keep: int = 100, keep_bytes: int = 500 * 2**20) -> None:
-        if keep < 1 or keep_bytes < 1:
-            raise EdgekitError("--keep and --keep-mb must be positive")
+    def __init__(self, folder: str | Path, *, keep: int = 100, keep_bytes: int = 500 * 2**20,
+                 every: Optional[int] = None, option: str = "--save-anomalies") -> None:
+        if keep < 1 or keep_bytes < 1 or every is not None and every < 1:
+            raise EdgekitError(f"{option}: the count and size caps must be positive")
         self.folder = Path(folder)
-        self.keep, self.keep_bytes = keep, keep_bytes
+        self.name = "anomalies" if every is None else "frames"
+        self.keep, self.keep_bytes, self.every = keep, keep_bytes, every
+        self._seen = 0
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise EdgekitError(f"--save-anomalies {self.folder}: cannot create ({exc.strerror})") from None
+            raise EdgekitError(f"{option} {self.folder}: cannot create ({exc.strerror})") from None
         self._items: deque[tuple[str, int]] = deque()  # (stem, bytes), oldest first
         self._bytes = 0
         for stem in sorted({m.group(1) for m in map(_STEM.match, os.listdir(self.folder)) if m}):
@@ -88,7 +94,8 @@ class AnomalyStore:
         self._prune()
 
     def handle(self, item: Scored) -> None:
-        if not item.event.is_anomalous:
+        self._seen += 1
+        if (not item.event.is_anomalous) if self.every is None else (self._seen - 1) % self.every:
             return
         from PIL import Image
 
@@ -99,9 +106,10 @@ class AnomalyStore:
         image = item.frame.image if item.frame.image.ndim == 3 else item.frame.image[:, :, None]
         self._write(f"{stem}.png", lambda f: Image.fromarray(np.squeeze(image, axis=2) if image.shape[2] == 1
                                                             else image).save(f, format="PNG"))
-        overlay = blend(image, item.prediction.anomaly_map)
-        self._write(f"{stem}_overlay.jpg", lambda f: Image.fromarray(overlay).save(f, format="JPEG", quality=85))
-        self._write(f"{stem}.json", lambda f: f.write(json.dumps(item.event.to_json(), indent=1).encode()))
+        if self.every is None:
+            overlay = blend(image, item.prediction.anomaly_map)
+            self._write(f"{stem}_overlay.jpg", lambda f: Image.fromarray(overlay).save(f, format="JPEG", quality=85))
+            self._write(f"{stem}.json", lambda f: f.write(json.dumps(item.event.to_json(), indent=1).encode()))
         self._remember(stem)
         self._prune()
 
