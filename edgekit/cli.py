@@ -248,6 +248,9 @@ def _read_stdin_image(channels: int):
               help="With --save-frames: frames kept (newest).")
 @click.option("--mqtt", default=None, help="MQTT broker HOST[:PORT]: one message per anomaly plus a heartbeat.")
 @click.option("--mqtt-topic", default="edgekit", show_default=True, help="Topic prefix.")
+@click.option("--mqtt-user", default=None, help="MQTT user name; the password is read from env EDGEKIT_MQTT_PASSWORD "
+                                                "(never from the command line, which ps and unit files show).")
+@click.option("--mqtt-tls", is_flag=True, help="MQTT over TLS (default port 8883), with the system's CA certificates.")
 @click.option("--heartbeat", type=float, default=30.0, show_default=True, help="Seconds between MQTT heartbeats.")
 @click.option("--webhook", default=None, help="URL that receives each anomaly as a JSON POST (with retries).")
 @click.option("--serve", "serve", is_flag=False, flag_value=DEFAULT_SERVE, default=None,

@@ -204,3 +204,26 @@ def test_missing_paho_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "paho.mqtt.client", None)  # what `import` sees when it is not installed
     with pytest.raises(EdgekitError, match=r"pip install 'edgekit-anomaly\[mqtt\]'"):
         MqttSink("127.0.0.1")
+
+
+@pytest.mark.e2e
+def test_edgekit_run_with_mqtt_publishes_the_anomalies_of_its_source(x86_bundle, brick, tmp_path):
+    from cli_helpers import run
+
+    inbox = tmp_path / "parts"
+    inbox.mkdir()
+    for index, name in enumerate(["good/000.png", "scratch/000.png", "good/001.png", "missing/000.png"]):
+        (inbox / f"{index}.png").write_bytes((brick / "test" / name).read_bytes())
+    with mosquitto_broker() as (host, port):
+        subscriber = Subscriber(host, port, topic="line7")
+        try:
+            result = run("run", x86_bundle, "--source", inbox, "--events", "none", "--mqtt", f"{host}:{port}",
+                         "--mqtt-topic", "line7")
+            assert result.exit_code == 0, result.output
+            subscriber.wait_for(lambda: subscriber.payloads("status")[-1:] == ["offline"], "offline status")
+        finally:
+            subscriber.stop()
+    anomalies = subscriber.json("anomaly")
+    assert [(a["frame"], a["name"].rsplit("/", 1)[-1]) for a in anomalies] == [(1, "1.png"), (3, "3.png")]
+    assert anomalies[0]["bundle"] == edgekit.load(x86_bundle).fingerprint
+    assert subscriber.json("heartbeat")[-1]["state"] == "stopped"

@@ -6,6 +6,7 @@ one stop flag: the current frame finishes, sinks flush, the process exits 0.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class RunConfig:
     save_frames_keep: int = 500
     mqtt: Optional[str] = None  # HOST[:PORT]
     mqtt_topic: str = "edgekit"
+    mqtt_user: Optional[str] = None
+    mqtt_tls: bool = False
     heartbeat: float = 30.0
     webhook: Optional[str] = None
     serve: Optional[str] = None  # HOST:PORT
@@ -97,8 +100,10 @@ def build_sinks(config: RunConfig, *, fingerprint: str) -> list:
     if config.mqtt is not None:
         from edgekit.serve.mqtt import MqttSink
 
-        host, port = parse_address(config.mqtt, default_port=1883, what="--mqtt")
-        sinks.append(MqttSink(host, port, topic=config.mqtt_topic, heartbeat_s=config.heartbeat, bundle=fingerprint))
+        host, port = parse_address(config.mqtt, default_port=8883 if config.mqtt_tls else 1883, what="--mqtt")
+        password = os.environ.get("EDGEKIT_MQTT_PASSWORD") if config.mqtt_user is not None else None
+        sinks.append(MqttSink(host, port, topic=config.mqtt_topic, heartbeat_s=config.heartbeat, bundle=fingerprint,
+                              username=config.mqtt_user, password=password, tls=config.mqtt_tls))
     if config.webhook is not None:
         from edgekit.serve.webhook import WebhookSink
 
