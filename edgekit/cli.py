@@ -276,30 +276,39 @@ def run_cmd(ctx: click.Context, bundle: Path, print_systemd_unit: bool, user: Op
     ctx.exit(run_service(config))
 
 
+#: secrets a unit must not carry on its command line (readable by every user): read from this file
+ENVIRONMENT_FILE = "/etc/edgekit/edgekit.env"
+
+
 def _systemd_unit(user: Optional[str]) -> str:
-    """The unit for this very command line, minus the unit options, with absolute paths."""
+    """The unit for this very command line, minus the unit options and the token, with absolute paths."""
     import getpass
     import os
-    import shutil
 
     from edgekit.serve.service import systemd_unit
 
-    arguments, skip = [], False
+    arguments, skip, secrets = [], False, []
     for argument in sys.argv[1:]:
         if skip:
             skip = False
             continue
-        if argument == "--print-systemd-unit":
-            continue
-        if argument == "--user":
+        if argument in ("--user", "--token"):
             skip = True
+            secrets += ["EDGEKIT_TOKEN"] if argument == "--token" else []
             continue
-        if argument.startswith("--user="):
+        if argument == "--print-systemd-unit" or argument.startswith(("--user=", "--token=")):
+            secrets += ["EDGEKIT_TOKEN"] if argument.startswith("--token=") else []
             continue
+        secrets += ["EDGEKIT_MQTT_PASSWORD"] if argument.startswith("--mqtt-user") else []
         arguments.append(_absolute_if_path(argument))
-    script = shutil.which("edgekit") or str(Path(sys.argv[0]).resolve())
-    return systemd_unit([str(Path(script).absolute()), *arguments], user=user or getpass.getuser(),
-                        working_directory=os.getcwd())
+    script = Path(sys.argv[0])  # this venv's own script, not whichever edgekit comes first on PATH
+    if script.name != "edgekit" or not script.is_file():
+        script = Path(sys.executable).with_name("edgekit")
+    if secrets:
+        click.echo(f"note: put {' and '.join(f'{name}=...' for name in secrets)} in {ENVIRONMENT_FILE} "
+                   f"(owned by root, mode 600); the unit reads it, so no secret is on a command line", err=True)
+    return systemd_unit([str(script.absolute()), *arguments], user=user or getpass.getuser(),
+                        working_directory=os.getcwd(), environment_file=ENVIRONMENT_FILE if secrets else None)
 
 
 def _absolute_if_path(argument: str) -> str:

@@ -12,12 +12,15 @@ Emulated timings mean nothing (150-400x slower than a Pi) and are never measured
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -239,6 +242,126 @@ def run_on_arm(pyarm: Path, *, cpu: str, bundles: Sequence[Path], images: Sequen
     if done.returncode != 0:
         raise AssertionError(f"emulated aarch64 run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# a device install: the built wheel in an emulated Pi venv, installed by that venv's own pip
+
+
+MKVENV_SCRIPT = SETUP_SCRIPT.with_name("mkvenv.sh")
+
+
+def _emulator_lock(arm_root: Path):
+    """The lock :func:`ensure_emulator` takes, so parallel sessions never rebuild under each other."""
+    try:
+        arm_root.parent.mkdir(parents=True, exist_ok=True)
+        return open(arm_root.parent / f".{arm_root.name}.lock", "w")
+    except OSError as exc:
+        unavailable(f"cannot use {arm_root} ({exc.strerror})")
+
+
+def ensure_emulator_with_pip(arm_root: Path, *, setup_script: Path, log_dir: Path) -> Path:
+    """:func:`ensure_emulator`, plus aarch64 pip in ``arm_root/site-aarch64`` (what mkvenv.sh needs).
+
+    When pip is missing, setup.sh runs again with the device packages pinned as before and pip
+    pinned to the host's version (pip is pure Python: any version installs).
+    """
+    from importlib import metadata
+
+    pyarm = ensure_emulator(arm_root, setup_script=setup_script, log_dir=log_dir)
+    has_pip = lambda: (arm_root / "site-aarch64" / "pip").is_dir()  # noqa: E731
+    if has_pip():
+        return pyarm
+    pip_pin = {"pip": metadata.version("pip")}
+    with _emulator_lock(arm_root) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not has_pip():
+            _, tail = build_emulator(arm_root, {**host_versions(), **pip_pin}, setup_script=setup_script,
+                                     log=log_dir / "setup-pip.log")
+            if emulator_versions(pyarm) is None or not has_pip():
+                _, tail = build_emulator(arm_root, pip_pin, setup_script=setup_script,
+                                         log=log_dir / "setup-pip-latest.log")
+            if emulator_versions(pyarm) is None or not has_pip():
+                unavailable(f"{setup_script} gave no aarch64 pip in {arm_root / 'site-aarch64'}: {tail}")
+    return pyarm
+
+
+def venv_env(cpu: str = "a72", **extra: str) -> dict[str, str]:
+    """Environment for commands in an emulated Pi venv: nothing of the host's Python or pip settings.
+
+    pip reads no configuration file, so it installs from PyPI alone, as on a fresh Pi; only the
+    host's CA bundle is passed on (this network may inspect TLS with its own certificate).
+    """
+    certificates = {name: os.environ[name] for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+                    if os.environ.get(name)}
+    return {**certificates, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
+            "ARM_CPU": cpu, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8",
+            "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+            "PIP_DEFAULT_TIMEOUT": "180", **extra}
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of a wheel's METADATA (what pip will install with it)."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(name).decode().splitlines()
+    return sorted(line.partition(":")[2].strip() for line in lines if line.startswith("Requires-Dist:"))
+
+
+def _run_logged(command: list[str], *, env: dict[str, str], log: Path, timeout: float) -> float:
+    """Run ``command`` with its output appended to ``log``; seconds taken; AssertionError on failure."""
+    started = time.perf_counter()
+    with open(log, "ab") as handle:
+        handle.write(("$ " + " ".join(command) + "\n").encode())
+        handle.flush()
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-15:])
+        raise AssertionError(f"{' '.join(command)} failed (exit {done.returncode}):\n{tail}")
+    return time.perf_counter() - started
+
+
+def ensure_device_venv(arm_root: Path, wheel: Path, *, extras: Sequence[str], mkvenv_script: Path = MKVENV_SCRIPT,
+                       timeout: float = 3600) -> tuple[Path, dict[str, Any]]:
+    """An emulated Pi venv with ``wheel[extras]`` installed by the venv's own pip from PyPI.
+
+    Cached under ``arm_root/venvs``, keyed by the wheel's requirements and ``extras``, like the
+    emulator itself: the first session makes the venv with mkvenv.sh and runs
+    ``pip install "<wheel>[extras]"`` as a Pi user would (timed under emulation, so not what a Pi
+    takes; recorded in ``install.json`` with ``pip freeze``);
+    later sessions re-install only the edgekit wheel (``--no-deps --force-reinstall``), so the
+    code under test is always this wheel's. Returns the venv and what ``install.json`` holds.
+    """
+    requirement = f"{wheel.resolve()}[{','.join(extras)}]"
+    key = hashlib.sha256(json.dumps([wheel_requirements(wheel), sorted(extras)]).encode()).hexdigest()[:12]
+    venv = arm_root / "venvs" / f"pi-{key}"
+    record = venv / "install.json"
+    env = venv_env()
+    with _emulator_lock(arm_root) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.is_file():  # absent or half made: (re)build it where it will live (its scripts hold the path)
+            shutil.rmtree(venv, ignore_errors=True)
+            venv.mkdir(parents=True)
+            log = venv / "install.log"
+            made = _run_logged(["sh", str(mkvenv_script), str(venv)], env={**env, "ARM_ROOT": str(arm_root)},
+                               log=log, timeout=timeout)
+            # no cache, as on a fresh Pi (the host's pip shares this HOME's cache)
+            seconds = _run_logged([str(venv / "bin" / "pip"), "install", "--no-cache-dir", requirement], env=env,
+                                  log=log, timeout=timeout)
+            frozen = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True,
+                                    env=env, timeout=timeout).stdout.splitlines()
+            info = {"mkvenv_s": round(made, 1), "pip_install_s": round(seconds, 1), "requirement": requirement,
+                    "wheel_bytes": wheel.stat().st_size, "installed": frozen}
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info, indent=1))
+            tmp.replace(record)
+            return venv, {**info, "cached": False}
+        info = json.loads(record.read_text())
+        seconds = _run_logged([str(venv / "bin" / "pip"), "install", "--no-deps", "--force-reinstall", str(wheel)],
+                              env=env, log=venv / "install.log", timeout=timeout)
+        return venv, {**info, "cached": True, "reinstall_s": round(seconds, 1)}
 
 
 if __name__ == "__main__":

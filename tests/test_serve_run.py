@@ -265,12 +265,16 @@ def test_predict_takes_folders_globs_and_stdin_and_can_fail_on_anomaly(x86_bundl
 
 def test_systemd_unit_runs_the_same_command_with_absolute_paths(x86_bundle, video, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["edgekit", "run", str(x86_bundle), "--source", str(video), "--events",
-                                      "ev.jsonl", "--print-systemd-unit", "--user", "pi"])
-    result = run("run", x86_bundle, "--source", video, "--events", "ev.jsonl", "--print-systemd-unit", "--user", "pi")
+    args = ["run", str(x86_bundle), "--source", str(video), "--events", "ev.jsonl", "--serve", "--token", "s3cret",
+            "--print-systemd-unit", "--user", "pi"]
+    monkeypatch.setattr(sys, "argv", [str(Path(sys.executable).with_name("edgekit")), *args])
+    result = run(*args)
     assert result.exit_code == 0, result.output
-    exec_start = next(line for line in result.output.splitlines() if line.startswith("ExecStart="))
+    unit = result.stdout
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert str(Path(x86_bundle).resolve()) in exec_start and str(video.resolve()) in exec_start
+    assert exec_start.split()[0] == f'ExecStart="{Path(sys.executable).with_name("edgekit")}"'  # this venv's
     assert "--print-systemd-unit" not in exec_start and "--user" not in exec_start
-    assert "User=pi" in result.output and f"WorkingDirectory={tmp_path}" in result.output
-    assert os.sep in exec_start.split()[0].removeprefix("ExecStart=")
+    assert "s3cret" not in unit and "--token" not in exec_start  # secrets never on a readable command line
+    assert "EnvironmentFile=/etc/edgekit/edgekit.env" in unit and "EDGEKIT_TOKEN=" in result.stderr
+    assert "User=pi" in unit and f"WorkingDirectory={tmp_path}" in unit
