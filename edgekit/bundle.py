@@ -4,7 +4,11 @@ A bundle is a folder, or the same folder as one deterministic zip file ending in
 The manifest schema lives in :mod:`edgekit.manifest` and is re-exported here. Saving writes
 into a temporary folder beside the destination and renames it into place; loading verifies
 every checksum and refuses unlisted files; archives are extracted with limits on member count
-and size. Standard library + numpy only: the device imports this.
+and size. The manifest itself is covered by a detached digest, ``manifest.sha256`` (the format
+``sha256sum -c`` reads), written at save and checked before the manifest is parsed: a changed
+threshold is refused as damage. A digest protects against accidents, not attackers (who can
+rewrite both files); ``manifest.sig`` (see :mod:`edgekit.signing`) does that. Standard library +
+numpy only: the device imports this.
 """
 from __future__ import annotations
 
@@ -28,11 +32,20 @@ from edgekit.errors import EdgekitError
 from edgekit.manifest import (MANIFEST_NAME, SCHEMA_VERSION, Decision, HeadSpec, Manifest,
                               NetworkSpec, check_relative_path)
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "NetworkSpec", "HeadSpec", "Decision", "Manifest",
-           "check_relative_path", "ARCHIVE_SUFFIX", "DEFAULT_MAX_MEMBERS", "DEFAULT_MAX_BYTES",
+__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "NetworkSpec", "HeadSpec",
+           "Decision", "Manifest", "check_relative_path", "ARCHIVE_SUFFIX", "DEFAULT_MAX_MEMBERS", "DEFAULT_MAX_BYTES",
            "Bundle", "sha256_file", "save_bundle", "load_bundle", "unpack_bundle", "pack_bundle"]
 
 ARCHIVE_SUFFIX = ".edgekit"
+#: The manifest's detached digest: one ``sha256sum`` line, checked before the manifest is parsed.
+DIGEST_NAME = "manifest.sha256"
+#: Ed25519 signatures of the manifest's digest (optional; written by ``edgekit sign``).
+SIGNATURE_NAME = "manifest.sig"
+#: Files a bundle holds besides those its manifest lists.
+SIDECAR_NAMES = (MANIFEST_NAME, DIGEST_NAME, SIGNATURE_NAME)
+#: Size caps of the manifest and its sidecars, checked before they are read.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_SIDECAR_BYTES = 64 << 10
 DEFAULT_MAX_MEMBERS = 10_000
 DEFAULT_MAX_BYTES = 4 * 1024**3
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -51,6 +64,7 @@ class Bundle:
     root: Path
     manifest: Manifest
     origin: Optional[Path] = None
+    manifest_sha256: str = ""  # of the manifest bytes this bundle was verified from
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin", Path(self.root if self.origin is None else self.origin))
@@ -58,7 +72,7 @@ class Bundle:
     def path(self, relative: str) -> Path:
         """The absolute path of a listed bundle file."""
         check_relative_path(relative, f"bundle {self.origin}")
-        if relative != MANIFEST_NAME and relative not in self.manifest.files:
+        if relative not in SIDECAR_NAMES and relative not in self.manifest.files:
             raise EdgekitError(f"bundle {self.origin} has no file {relative!r}")
         return self.root / relative
 
@@ -75,9 +89,9 @@ class Bundle:
                                f"without pickle or is damaged ({exc})") from None
 
     def size_bytes(self) -> int:
-        """Bytes of every file in the bundle, manifest included."""
-        names = [MANIFEST_NAME, *self.manifest.files]
-        return sum((self.root / name).stat().st_size for name in names)
+        """Bytes of every file in the bundle, manifest, digest and signature included."""
+        names = [*SIDECAR_NAMES, *self.manifest.files]
+        return sum((self.root / name).stat().st_size for name in names if (self.root / name).is_file())
 
 
 def sha256_file(path: Union[str, Path]) -> str:
@@ -95,15 +109,14 @@ def _verify(root: Path, origin: Path) -> Bundle:
     ``root`` is the folder on disk; ``origin`` is what the user named, used in every message.
     """
     name = str(origin)
-    manifest_path = root / MANIFEST_NAME
-    if manifest_path.is_symlink() or not manifest_path.is_file():
+    if (root / MANIFEST_NAME).is_symlink() or not (root / MANIFEST_NAME).is_file():
         raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
-    try:
-        text = manifest_path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise EdgekitError(f"{name}/{MANIFEST_NAME}: not UTF-8 text") from None
-    manifest = Manifest.from_json(text, source=f"{name}/{MANIFEST_NAME}")
+    manifest, digest = parse_manifest(_read_capped(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, name),
+                                      _read_capped(root / DIGEST_NAME, MAX_SIDECAR_BYTES, name), name)
     listed = set(manifest.files)
+    if listed & set(SIDECAR_NAMES):
+        raise EdgekitError(f"bundle {name}: its manifest lists {sorted(listed & set(SIDECAR_NAMES))[0]}, "
+                           "which only edgekit writes; refused")
     referenced = [*manifest.network.files, *manifest.head.arrays.values()]
     for path in referenced:
         if path not in listed:
@@ -115,7 +128,7 @@ def _verify(root: Path, origin: Path) -> Bundle:
             relative = full.relative_to(root).as_posix()
             if full.is_symlink():
                 links.append(relative)
-            elif entry in filenames and relative not in listed and relative != MANIFEST_NAME:
+            elif entry in filenames and relative not in listed and relative not in SIDECAR_NAMES:
                 extra.append(relative)
     if links:
         raise EdgekitError(f"bundle {name} contains symbolic links, refused: "
@@ -129,7 +142,44 @@ def _verify(root: Path, origin: Path) -> Bundle:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
         if sha256_file(full) != expected:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
-    return Bundle(root=root, manifest=manifest, origin=origin)
+    return Bundle(root=root, manifest=manifest, origin=origin, manifest_sha256=digest)
+
+
+def digest_line(manifest_bytes: bytes) -> bytes:
+    """The content of ``manifest.sha256`` for these manifest bytes (``sha256sum`` format)."""
+    return f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST_NAME}\n".encode()
+
+
+def parse_manifest(manifest_bytes: bytes, digest_bytes: Optional[bytes], name: str) -> tuple[Manifest, str]:
+    """Check the manifest against its detached digest, then parse it: (manifest, its sha256 hex).
+
+    ``digest_bytes`` None means the bundle has no ``manifest.sha256``: refused, as damage.
+    """
+    if digest_bytes is None:
+        raise EdgekitError(f"bundle {name} is tampered or damaged: it has no {DIGEST_NAME} "
+                           f"(or was made by an edgekit older than the manifest digest: export it again)")
+    if digest_bytes.strip() != digest_line(manifest_bytes).strip():
+        raise EdgekitError(f"bundle {name} is tampered or damaged: {MANIFEST_NAME} does not match "
+                           f"its digest in {DIGEST_NAME}")
+    try:
+        text = manifest_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{name}/{MANIFEST_NAME}: not UTF-8 text") from None
+    manifest = Manifest.from_json(text, source=f"{name}/{MANIFEST_NAME}")
+    return manifest, hashlib.sha256(manifest_bytes).hexdigest()
+
+
+def _read_capped(path: Path, cap: int, name: str) -> Optional[bytes]:
+    """The bytes of a bundle's own small file (None if absent); refused when over ``cap``."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise EdgekitError(f"bundle {name}: {path.name} is not a regular file; refused")
+    with open(path, "rb") as handle:
+        data = handle.read(cap + 1)
+    if len(data) > cap:
+        raise EdgekitError(f"bundle {name}: {path.name} is larger than {cap} bytes; refused")
+    return data
 
 
 def _is_bundle(path: Path) -> bool:
@@ -167,7 +217,8 @@ def _remove(path: Path) -> None:
 def _write_archive(root: Path, manifest: Manifest, archive: Path) -> None:
     """A zip of the bundle whose bytes depend only on its content (sorted, fixed times/modes)."""
     with zipfile.ZipFile(archive, "w") as zf:
-        for name in sorted([MANIFEST_NAME, *manifest.files]):
+        present = [name for name in SIDECAR_NAMES if (root / name).is_file()]
+        for name in sorted([*present, *manifest.files]):
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3
@@ -221,8 +272,8 @@ def save_bundle(dest: Path, manifest: Manifest, *,
     _check_dest(dest, overwrite=overwrite, folder=not dest.name.endswith(ARCHIVE_SUFFIX))
     for path in [*files, *arrays]:
         check_relative_path(path, f"bundle {dest}")
-        if path == MANIFEST_NAME:
-            raise EdgekitError(f"bundle {dest}: {MANIFEST_NAME} is written by edgekit itself")
+        if path in SIDECAR_NAMES:
+            raise EdgekitError(f"bundle {dest}: {path} is written by edgekit itself")
     if set(files) & set(arrays):
         raise EdgekitError(f"bundle {dest}: {sorted(set(files) & set(arrays))} given twice")
     written = set(files) | set(arrays)
@@ -269,7 +320,10 @@ def save_bundle(dest: Path, manifest: Manifest, *,
 
 
 def _write_manifest(folder: Path, manifest: Manifest) -> None:
-    (folder / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    """manifest.json and its detached digest, manifest.sha256."""
+    data = manifest.to_json().encode("utf-8")
+    (folder / MANIFEST_NAME).write_bytes(data)
+    (folder / DIGEST_NAME).write_bytes(digest_line(data))
 
 
 def _check_member(info: zipfile.ZipInfo, archive: Path) -> str:
