@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -65,6 +65,7 @@ class Bundle:
     manifest: Manifest
     origin: Optional[Path] = None
     manifest_sha256: str = ""  # of the manifest bytes this bundle was verified from
+    signed_by: Optional[str] = None  # "key id (key file)" when loaded with trusted keys
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin", Path(self.root if self.origin is None else self.origin))
@@ -103,16 +104,19 @@ def sha256_file(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def _verify(root: Path, origin: Path) -> Bundle:
+def _verify(root: Path, origin: Path, trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
     """Parse the manifest and prove every listed file is present, intact and alone.
 
     ``root`` is the folder on disk; ``origin`` is what the user named, used in every message.
+    With ``trusted_keys``, the manifest must also carry a valid signature by one of them.
     """
     name = str(origin)
     if (root / MANIFEST_NAME).is_symlink() or not (root / MANIFEST_NAME).is_file():
         raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
-    manifest, digest = parse_manifest(_read_capped(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, name),
-                                      _read_capped(root / DIGEST_NAME, MAX_SIDECAR_BYTES, name), name)
+    manifest, digest, signer = parse_manifest(
+        _read_capped(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, name),
+        _read_capped(root / DIGEST_NAME, MAX_SIDECAR_BYTES, name), name,
+        signatures=_read_capped(root / SIGNATURE_NAME, MAX_SIDECAR_BYTES, name), trusted_keys=trusted_keys)
     listed = set(manifest.files)
     if listed & set(SIDECAR_NAMES):
         raise EdgekitError(f"bundle {name}: its manifest lists {sorted(listed & set(SIDECAR_NAMES))[0]}, "
@@ -142,7 +146,7 @@ def _verify(root: Path, origin: Path) -> Bundle:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
         if sha256_file(full) != expected:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
-    return Bundle(root=root, manifest=manifest, origin=origin, manifest_sha256=digest)
+    return Bundle(root=root, manifest=manifest, origin=origin, manifest_sha256=digest, signed_by=signer)
 
 
 def digest_line(manifest_bytes: bytes) -> bytes:
@@ -150,8 +154,11 @@ def digest_line(manifest_bytes: bytes) -> bytes:
     return f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST_NAME}\n".encode()
 
 
-def parse_manifest(manifest_bytes: bytes, digest_bytes: Optional[bytes], name: str) -> tuple[Manifest, str]:
-    """Check the manifest against its detached digest, then parse it: (manifest, its sha256 hex).
+def parse_manifest(manifest_bytes: bytes, digest_bytes: Optional[bytes], name: str, *,
+                   signatures: Optional[bytes] = None, trusted_keys: Optional[Sequence[Any]] = None
+                   ) -> tuple[Manifest, str, Optional[str]]:
+    """Check the manifest against its detached digest (and, with ``trusted_keys``, its signature),
+    then parse it: (manifest, its sha256 hex, the signer or None).
 
     ``digest_bytes`` None means the bundle has no ``manifest.sha256``: refused, as damage.
     """
@@ -161,12 +168,19 @@ def parse_manifest(manifest_bytes: bytes, digest_bytes: Optional[bytes], name: s
     if digest_bytes.strip() != digest_line(manifest_bytes).strip():
         raise EdgekitError(f"bundle {name} is tampered or damaged: {MANIFEST_NAME} does not match "
                            f"its digest in {DIGEST_NAME}")
+    digest = hashlib.sha256(manifest_bytes).hexdigest()
+    signer = None
+    if trusted_keys is not None:
+        from edgekit.signing import check_signature
+
+        key = check_signature(signatures, digest, trusted_keys, name)
+        signer = f"{key.key_id} ({key.label})"
     try:
         text = manifest_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise EdgekitError(f"{name}/{MANIFEST_NAME}: not UTF-8 text") from None
     manifest = Manifest.from_json(text, source=f"{name}/{MANIFEST_NAME}")
-    return manifest, hashlib.sha256(manifest_bytes).hexdigest()
+    return manifest, digest, signer
 
 
 def _read_capped(path: Path, cap: int, name: str) -> Optional[bytes]:
@@ -376,23 +390,32 @@ def _extract(archive: Path, dest: Path, *, max_members: int, max_bytes: int) -> 
         raise EdgekitError(f"archive {archive} cannot be extracted: {exc}") from None
 
 
-def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
-                max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
-    """Open and verify a bundle folder or ``.edgekit`` archive (extracted to a private temp dir)."""
+def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes: int = DEFAULT_MAX_BYTES,
+                trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
+    """Open and verify a bundle folder or ``.edgekit`` archive (extracted to a private temp dir).
+
+    ``trusted_keys`` (public key files, raw 32-byte keys): refuse a bundle not signed by one of them.
+    """
     path = Path(path)
     if path.is_dir():
-        return _verify(path, path)
+        return _verify(path, path, trusted_keys)
     if not path.is_file() or not zipfile.is_zipfile(path):
         raise EdgekitError(f"{path} is neither a bundle folder nor a {ARCHIVE_SUFFIX} archive")
     root = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
     try:
         _extract(path, root, max_members=max_members, max_bytes=max_bytes)
-        bundle = _verify(root, path)
+        bundle = _verify(root, path, trusted_keys)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
     atexit.register(shutil.rmtree, root, True)
     return bundle
+
+
+def release(bundle: Bundle) -> None:
+    """Remove the private copy a loaded ``.edgekit`` archive was extracted to (folders: nothing)."""
+    if bundle.origin is not None and bundle.root != bundle.origin:
+        shutil.rmtree(bundle.root, ignore_errors=True)
 
 
 def unpack_bundle(archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,

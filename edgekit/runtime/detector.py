@@ -5,7 +5,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -137,13 +137,15 @@ def _blas_limiter(threads: Optional[int]):
 
 
 def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None,
-         head_threads: Optional[int] = None) -> Detector:
+         head_threads: Optional[int] = None, trusted_keys: Optional[Sequence[Any]] = None) -> Detector:
     """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
 
     ``device`` and ``threads`` override the manifest's target settings (e.g. ``device="GPU.1"``).
     ``head_threads`` caps numpy's BLAS threads while the numpy head runs (None: numpy's default).
+    ``trusted_keys`` (public key files or raw 32-byte Ed25519 keys): refuse a bundle that is not
+    signed by one of them (``edgekit sign``).
     """
-    bundle = load_bundle(Path(path))
+    bundle = load_bundle(Path(path), trusted_keys=trusted_keys)
     manifest = bundle.manifest
     options = BackendOptions(device=device or manifest.device,
                              threads=manifest.export.get("threads", 0) if threads is None else threads,
