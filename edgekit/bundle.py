@@ -12,7 +12,6 @@ numpy only: the device imports this.
 """
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import hashlib
 import os
@@ -20,11 +19,12 @@ import secrets
 import shutil
 import stat
 import tempfile
+import weakref
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -89,6 +89,21 @@ class Bundle:
             raise EdgekitError(f"bundle {self.origin}: head array {name!r} cannot be loaded "
                                f"without pickle or is damaged ({exc})") from None
 
+    def close(self) -> None:
+        """Remove the private copy a ``.edgekit`` archive was extracted to (a folder: nothing).
+
+        Also done when the Bundle is garbage collected or the process exits; calling it twice is fine.
+        """
+        cleanup = self.__dict__.get("_cleanup")
+        if cleanup is not None:
+            cleanup()
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def size_bytes(self) -> int:
         """Bytes of every file in the bundle, manifest, digest and signature included."""
         names = [*SIDECAR_NAMES, *self.manifest.files]
@@ -117,14 +132,7 @@ def _verify(root: Path, origin: Path, trusted_keys: Optional[Sequence[Any]] = No
         _read_capped(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, name),
         _read_capped(root / DIGEST_NAME, MAX_SIDECAR_BYTES, name), name,
         signatures=_read_capped(root / SIGNATURE_NAME, MAX_SIDECAR_BYTES, name), trusted_keys=trusted_keys)
-    listed = set(manifest.files)
-    if listed & set(SIDECAR_NAMES):
-        raise EdgekitError(f"bundle {name}: its manifest lists {sorted(listed & set(SIDECAR_NAMES))[0]}, "
-                           "which only edgekit writes; refused")
-    referenced = [*manifest.network.files, *manifest.head.arrays.values()]
-    for path in referenced:
-        if path not in listed:
-            raise EdgekitError(f"bundle {name} is incomplete: {path} is not listed in its manifest")
+    listed = _check_listing(manifest, name)
     extra, links = [], []
     for folder, dirnames, filenames in os.walk(root):
         for entry in [*dirnames, *filenames]:
@@ -144,9 +152,30 @@ def _verify(root: Path, origin: Path, trusted_keys: Optional[Sequence[Any]] = No
         full = root / path
         if not full.is_file():
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
+        _check_size(path, full.stat().st_size, manifest, name)
         if sha256_file(full) != expected:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
     return Bundle(root=root, manifest=manifest, origin=origin, manifest_sha256=digest, signed_by=signer)
+
+
+def _check_listing(manifest: Manifest, name: str) -> set[str]:
+    """The files the manifest lists, after checking it names a size for each and lists all it uses."""
+    listed = set(manifest.files)
+    if listed & set(SIDECAR_NAMES):
+        raise EdgekitError(f"bundle {name}: its manifest lists {sorted(listed & set(SIDECAR_NAMES))[0]}, "
+                           "which only edgekit writes; refused")
+    for path in [*manifest.network.files, *manifest.head.arrays.values()]:
+        if path not in listed:
+            raise EdgekitError(f"bundle {name} is incomplete: {path} is not listed in its manifest")
+    for path in sorted(listed - set(manifest.sizes)):
+        raise EdgekitError(f"bundle {name}: its manifest gives no size for {path}")
+    return listed
+
+
+def _check_size(path: str, size: int, manifest: Manifest, name: str) -> None:
+    if size != manifest.sizes[path]:
+        raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is {size} bytes, "
+                           f"its manifest says {manifest.sizes[path]}")
 
 
 def digest_line(manifest_bytes: bytes) -> bytes:
@@ -316,7 +345,8 @@ def save_bundle(dest: Path, manifest: Manifest, *,
             with open(staged / path, "wb") as handle:
                 np.save(handle, array, allow_pickle=False)
         digests = {path: sha256_file(staged / path) for path in sorted(written)}
-        complete = Manifest.from_json(dataclasses.replace(manifest, files=digests).to_json())
+        sizes = {path: (staged / path).stat().st_size for path in sorted(written)}
+        complete = Manifest.from_json(dataclasses.replace(manifest, files=digests, sizes=sizes).to_json())
         _write_manifest(staged, complete)
         if dest.name.endswith(ARCHIVE_SUFFIX):
             archive_tmp = _temp_beside(dest, folder=False)
@@ -355,8 +385,31 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> str:
     return name
 
 
-def _extract(archive: Path, dest: Path, *, max_members: int, max_bytes: int) -> None:
-    """Extract into the empty folder ``dest`` after checking every member; sizes are counted."""
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, archive: Path) -> Iterator[bytes]:
+    """A member's bytes in chunks, refused past ``limit`` or past its declared size (counted here)."""
+    if info.file_size > limit:
+        raise EdgekitError(f"archive {archive}: member {info.filename!r} is {info.file_size} bytes, "
+                           f"more than the {limit} allowed; refused")
+    read = 0
+    with zf.open(info) as source:
+        for chunk in iter(lambda: source.read(_CHUNK), b""):
+            read += len(chunk)
+            if read > info.file_size or read > limit:
+                raise EdgekitError(f"archive {archive}: member {info.filename!r} is larger than declared "
+                                   "or over the size limit; refused")
+            yield chunk
+
+
+def _extract(archive: Path, dest: Path, *, max_members: int, max_bytes: int,
+             trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
+    """Verify an archive into the empty folder ``dest``; returns the bundle there.
+
+    Caps before work: the member table is checked first, then the manifest is read (size-capped)
+    and checked against its digest (and signature); only then are the files it lists extracted,
+    each refused at the first byte past its manifest size, its sha256 computed while streaming.
+    A member the manifest does not list is refused before anything is written.
+    """
+    name = str(archive)
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
@@ -368,33 +421,51 @@ def _extract(archive: Path, dest: Path, *, max_members: int, max_bytes: int) -> 
                 raise EdgekitError(f"archive {archive} names a member twice; refused")
             if sum(info.file_size for info in members) > max_bytes:
                 raise EdgekitError(f"archive {archive} unpacks to more than {max_bytes} bytes; refused")
-            total = 0
-            for info, name in zip(members, names):
-                target = dest / name
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as source, open(target, "xb") as out:
-                    written = 0
-                    for chunk in iter(lambda: source.read(_CHUNK), b""):
-                        written += len(chunk)
-                        total += len(chunk)
-                        if written > info.file_size or total > max_bytes:
-                            raise EdgekitError(f"archive {archive}: member {name!r} is larger "
-                                               "than declared or over the size limit; refused")
+            files = {n: info for n, info in zip(names, members) if not info.is_dir()}
+            folders = {n for n, info in zip(names, members) if info.is_dir()}
+            if MANIFEST_NAME not in files:
+                raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
+            own = {sidecar: b"".join(_read_member(zf, files[sidecar], MAX_MANIFEST_BYTES if sidecar == MANIFEST_NAME
+                                                  else MAX_SIDECAR_BYTES, archive))
+                   for sidecar in SIDECAR_NAMES if sidecar in files}
+            manifest, digest, signer = parse_manifest(own[MANIFEST_NAME], own.get(DIGEST_NAME), name,
+                                                      signatures=own.get(SIGNATURE_NAME), trusted_keys=trusted_keys)
+            listed = _check_listing(manifest, name)
+            parents = {parent.as_posix() for path in listed for parent in PurePosixPath(path).parents}
+            extra = sorted([n for n in files if n not in listed and n not in SIDECAR_NAMES]
+                           + [f"{n}/" for n in folders if n not in parents])
+            if extra:
+                raise EdgekitError(f"bundle {name} holds files its manifest does not list: {', '.join(extra[:5])}")
+            for path in sorted(listed):
+                if path not in files:
+                    raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
+                _check_size(path, files[path].file_size, manifest, name)
+            for sidecar, data in own.items():
+                with open(dest / sidecar, "xb") as out:
+                    out.write(data)
+            for path in sorted(listed):
+                (dest / path).parent.mkdir(parents=True, exist_ok=True)
+                digest_of = hashlib.sha256()
+                with open(dest / path, "xb") as out:
+                    for chunk in _read_member(zf, files[path], manifest.sizes[path], archive):
+                        digest_of.update(chunk)
                         out.write(chunk)
+                if digest_of.hexdigest() != manifest.files[path]:
+                    raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
         raise EdgekitError(f"archive {archive} is damaged: {exc}") from None
     except (OSError, ValueError) as exc:
         raise EdgekitError(f"archive {archive} cannot be extracted: {exc}") from None
+    return Bundle(root=dest, manifest=manifest, origin=archive, manifest_sha256=digest, signed_by=signer)
 
 
 def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes: int = DEFAULT_MAX_BYTES,
                 trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
-    """Open and verify a bundle folder or ``.edgekit`` archive (extracted to a private temp dir).
+    """Open and verify a bundle folder or ``.edgekit`` archive.
 
-    ``trusted_keys`` (public key files, raw 32-byte keys): refuse a bundle not signed by one of them.
+    An archive is extracted to a private temp folder, removed when the Bundle is closed (``close()``,
+    or ``with``), garbage collected, or at exit. ``trusted_keys`` (public key files, raw 32-byte
+    keys): refuse a bundle not signed by one of them, before anything but its manifest is read.
     """
     path = Path(path)
     if path.is_dir():
@@ -403,19 +474,12 @@ def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes
         raise EdgekitError(f"{path} is neither a bundle folder nor a {ARCHIVE_SUFFIX} archive")
     root = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
     try:
-        _extract(path, root, max_members=max_members, max_bytes=max_bytes)
-        bundle = _verify(root, path, trusted_keys)
+        bundle = _extract(path, root, max_members=max_members, max_bytes=max_bytes, trusted_keys=trusted_keys)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    atexit.register(shutil.rmtree, root, True)
+    object.__setattr__(bundle, "_cleanup", weakref.finalize(bundle, shutil.rmtree, str(root), True))
     return bundle
-
-
-def release(bundle: Bundle) -> None:
-    """Remove the private copy a loaded ``.edgekit`` archive was extracted to (folders: nothing)."""
-    if bundle.origin is not None and bundle.root != bundle.origin:
-        shutil.rmtree(bundle.root, ignore_errors=True)
 
 
 def unpack_bundle(archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
@@ -429,7 +493,6 @@ def unpack_bundle(archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_M
     staged = _temp_beside(dest, folder=True)
     try:
         _extract(archive, staged, max_members=max_members, max_bytes=max_bytes)
-        _verify(staged, archive)
         _place(staged, dest, overwrite=False)
     except OSError as exc:
         raise EdgekitError(f"could not unpack {archive} to {dest}: {exc}") from None

@@ -334,10 +334,10 @@ def sign(bundle: Path, key: Path) -> None:
               help="A trusted public key file (NAME.pub). Repeatable: any one of them will do.")
 def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
     """Check every file of a bundle and its signature by a trusted key (exit 1 if not)."""
-    from edgekit.bundle import load_bundle, release
+    from edgekit.bundle import load_bundle
 
-    loaded = load_bundle(bundle, trusted_keys=list(pubkeys))
-    release(loaded)
+    with load_bundle(bundle, trusted_keys=list(pubkeys)) as loaded:
+        pass
     click.echo(f"{bundle}: intact ({len(loaded.manifest.files)} files and the manifest), "
                f"signed by key {loaded.signed_by}")
 

@@ -209,6 +209,7 @@ class Manifest:
     source: dict[str, Any]  # training-run fingerprint, dataset, created time, ...
     export: dict[str, Any]  # what the export did: precision, recipe, calibration count, ...
     files: dict[str, str] = field(default_factory=dict)  # every file but manifest.json → sha256
+    sizes: dict[str, int] = field(default_factory=dict)  # the same files → size in bytes
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -218,6 +219,11 @@ class Manifest:
                 raise EdgekitError(f"files: {MANIFEST_NAME} cannot list itself")
             if len(digest) != 64 or digest.strip("0123456789abcdef"):
                 raise EdgekitError(f"files.{path}: {digest!r} is not a sha256 hex digest")
+        for path, size in self.sizes.items():
+            if path not in self.files:
+                raise EdgekitError(f"sizes.{path}: not a file the manifest lists")
+            if size < 0:
+                raise EdgekitError(f"sizes.{path}: {size} is not a size")
 
     def to_json(self) -> str:
         """The manifest as JSON: sorted keys, indent 2, floats written with repr (exact)."""

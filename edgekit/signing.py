@@ -208,5 +208,5 @@ def sign_bundle(path: Union[str, Path], key: Union[str, Path]) -> str:
     finally:
         if staged is not None and staged.exists():
             staged.unlink()
-        bundles.release(loaded)
+        loaded.close()
     return key_id

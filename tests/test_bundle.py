@@ -126,7 +126,9 @@ def test_manifest_from_json_refuses_future_and_unknown_schema_and_bad_json() -> 
 def test_round_trip_folder_bundle(tmp_path: Path) -> None:
     dest = save_tiny(tmp_path / "bundle")
     loaded = load_bundle(dest)
-    assert loaded.manifest == dataclasses.replace(make_manifest(), files=loaded.manifest.files)
+    assert loaded.manifest == dataclasses.replace(make_manifest(), files=loaded.manifest.files,
+                                                  sizes=loaded.manifest.sizes)
+    assert loaded.manifest.sizes == {"head/memory_bank.npy": 224, "model.bin": 1024, "model.xml": 28}
     assert sorted(loaded.manifest.files) == ["head/memory_bank.npy", "model.bin", "model.xml"]
     assert loaded.manifest.files["model.xml"] == sha256_file(dest / "model.xml")
     assert loaded.path("model.xml").read_bytes() == NETWORK_BYTES
@@ -247,6 +249,7 @@ def test_array_never_unpickles_even_with_a_matching_checksum(tmp_path: Path) -> 
         np.save(handle, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     data = json.loads((dest / "manifest.json").read_text())
     data["files"]["head/memory_bank.npy"] = sha256_file(bank)
+    data["sizes"]["head/memory_bank.npy"] = bank.stat().st_size
     rewrite_manifest(dest, data)
     loaded = load_bundle(dest)  # checksums and digest agree, so the bundle itself verifies
     with pytest.raises(EdgekitError, match="cannot be loaded without pickle"):

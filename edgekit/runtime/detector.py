@@ -62,6 +62,17 @@ class Detector:
         self._output_name = self.manifest.network.output_names[0]
         self._blas_limit = _blas_limiter(head_threads)
 
+    def close(self) -> None:
+        """Remove the private copy of a ``.edgekit`` bundle (also done when the Detector is garbage
+        collected). The runtime holds the network in memory by then: predictions still work."""
+        self.bundle.close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @cached_property
     def fingerprint(self) -> str:
         """16 hex digits of the sha256 of the bundle's manifest: names exactly this bundle in events."""
@@ -146,10 +157,14 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
     signed by one of them (``edgekit sign``).
     """
     bundle = load_bundle(Path(path), trusted_keys=trusted_keys)
-    manifest = bundle.manifest
-    options = BackendOptions(device=device or manifest.device,
-                             threads=manifest.export.get("threads", 0) if threads is None else threads,
-                             precision=manifest.precision,
-                             output_names=tuple(manifest.network.output_names))
-    backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
-    return Detector(bundle, backend, head_threads=head_threads)
+    try:
+        manifest = bundle.manifest
+        options = BackendOptions(device=device or manifest.device,
+                                 threads=manifest.export.get("threads", 0) if threads is None else threads,
+                                 precision=manifest.precision,
+                                 output_names=tuple(manifest.network.output_names))
+        backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
+        return Detector(bundle, backend, head_threads=head_threads)
+    except BaseException:
+        bundle.close()
+        raise
