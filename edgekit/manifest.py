@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -25,6 +26,11 @@ __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "NetworkSpec", "HeadSpec", "Decisi
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: Caps checked before a manifest is parsed: its size, and how deeply its JSON may nest.
+MAX_MANIFEST_CHARS = 1 << 20
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 class _FieldError(Exception):
@@ -56,6 +62,15 @@ def _json_value(value: Any, where: str) -> Any:
             raise _FieldError(where, "must have string keys")
         return {key: _json_value(item, f"{where}.{key}") for key, item in value.items()}
     raise _FieldError(where, f"holds {type(value).__name__}, which is not JSON")
+
+
+def _json_depth(text: str) -> int:
+    """How deeply the JSON text's arrays and objects nest, counted without parsing (strings skipped)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def check_relative_path(path: Any, where: str = "path") -> str:
@@ -245,6 +260,10 @@ class Manifest:
         def no_constants(name: str) -> Any:
             raise EdgekitError(f"{source}: {name} is not valid JSON")
 
+        if len(text) > MAX_MANIFEST_CHARS:
+            raise EdgekitError(f"{source}: larger than {MAX_MANIFEST_CHARS} characters; refused")
+        if _json_depth(text) > MAX_JSON_DEPTH:
+            raise EdgekitError(f"{source}: nested deeper than {MAX_JSON_DEPTH} levels; refused")
         try:
             data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are

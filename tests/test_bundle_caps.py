@@ -256,3 +256,98 @@ def test_each_runtime_keeps_predicting_after_the_extracted_copy_is_removed(
     expected = _fake_archive(tmp_path / "fake.edgekit")
     with edgekit.load(expected) as fake:  # the same pooling on the fake runtime: the same score
         assert fake.predict(IMAGE).raw_score == pytest.approx(before.raw_score, rel=1e-4)
+
+
+# A bounded manifest: every field the runtime uses is type- and range-checked, one line each.
+
+def _rewritten(folder: Path, change) -> Path:
+    from edgekit.bundle import digest_line
+
+    data = json.loads((folder / "manifest.json").read_text())
+    change(data)
+    text = json.dumps(data).replace('"<2000 levels>"', "[" * 2000 + "]" * 2000).encode()
+    (folder / "manifest.json").write_bytes(text)
+    (folder / "manifest.sha256").write_bytes(digest_line(text))
+    return folder
+
+
+def _set(section: str, key: str, value):
+    def change(data):
+        target = data
+        for part in section.split("."):
+            target = target[part]
+        if value is _DELETE:
+            del target[key]
+        else:
+            target[key] = value
+    return change
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("input", "height", 60000), "input height must be an integer from 8 to 4096, not 60000"),
+    (_set("input", "width", 4), "input width must be an integer from 8 to 4096, not 4"),
+    (_set("input", "width", "16"), "field 'input.width' must be an integer, not a string"),
+    (_set("input", "channels", 2), "input channels must be 1 or 3, not 2"),
+    (_set("input", "std", [0.25, 0.0, 0.25]), "input std must be positive"),
+    (_set("input", "std", [0.25, -1, 0.25]), "input std must be positive"),
+    (_set("head.params", "blur_sigma", 1e9), "head param 'blur_sigma' must be from 0.0 to 64.0, not 1000000000.0"),
+    (_set("head.params", "blur_sigma", "4"), "head param 'blur_sigma' must be a number, not '4'"),
+    (_set("head.params", "num_neighbors", _DELETE), "head param 'num_neighbors' is missing"),
+    (_set("head.params", "num_neighbors", "9"), "head param 'num_neighbors' must be an integer, not '9'"),
+    (_set("head.params", "num_neighbors", 9.0), "head param 'num_neighbors' must be an integer, not 9.0"),
+    (_set("head.params", "num_neighbors", 0), "head param 'num_neighbors' must be from 1 to 1024, not 0"),
+    (_set("head.params", "num_neighbors", 10**9), "head param 'num_neighbors' must be from 1 to 1024"),
+    (_set("head.params", "bank", "int8"), "head param 'bank' must be an object, not 'int8'"),
+    (_set("head.params", "bank", {"dtype": "float64"}), "head param 'dtype' must be one of float32, float16, int8"),
+    (_set("export", "threads", -1), "export.threads must be an integer from 0 to 256, not -1"),
+    (_set("export", "threads", "4"), "export.threads must be an integer from 0 to 256, not '4'"),
+    (_set("export", "threads", 10**6), "export.threads must be an integer from 0 to 256, not 1000000"),
+    (_set("source", "nested", "<2000 levels>"), "nested deeper than 32 levels"),
+])
+def test_a_manifest_out_of_bounds_is_one_line_naming_the_bundle(tmp_path: Path, change, message: str) -> None:
+    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    folder = _save(tmp_path / "bundle", "fake", "fake",
+                   {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()}, bank)
+    edgekit.load(folder).predict(IMAGE)  # the bundle as saved is fine
+    _rewritten(folder, change)
+    with pytest.raises(EdgekitError) as caught:
+        edgekit.load(folder)
+    assert message in str(caught.value)
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_deep_or_huge_manifest_text_is_refused_before_parsing() -> None:
+    from edgekit.manifest import MAX_MANIFEST_CHARS
+
+    with pytest.raises(EdgekitError, match="manifest.json: nested deeper than 32 levels; refused"):
+        Manifest.from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(EdgekitError, match="manifest.json: larger than"):
+        Manifest.from_json(" " * (MAX_MANIFEST_CHARS + 1))
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path: Path) -> None:
+    folder = _fake_archive(tmp_path / "bundle")
+    _rewritten(folder, _set("source", "note", "[" * 100 + "{" * 100))
+    assert load_bundle(folder).manifest.source["note"].startswith("[[[")
+
+
+@pytest.mark.parametrize("kind, params, arrays, message", [
+    ("map", {"score": "median"}, {}, "head param 'score' must be one of max, mean, top_mean"),
+    ("map", {"top_fraction": 2.0}, {}, "head param 'top_fraction' must be from 0.0 to 1.0"),
+    ("map", {"blur_sigma": 1e9}, {}, "head param 'blur_sigma' must be from 0.0 to 64.0"),
+    ("map", ["not", "an", "object"], {}, "head params must be an object"),
+    ("mahalanobis", {"dtype": "float64"}, {"mean": np.zeros((16, 2), np.float32),
+                                           "inv_covariance": np.zeros((16, 2, 2), np.float32)},
+     "head param 'dtype' must be one of float32, float16"),
+    ("mahalanobis", {"blur_sigma": -1}, {"mean": np.zeros((16, 2), np.float32),
+                                         "inv_covariance": np.zeros((16, 2, 2), np.float32)},
+     "head param 'blur_sigma' must be from 0.0 to 64.0, not -1.0"),
+])
+def test_every_head_checks_its_params(kind: str, params, arrays, message: str) -> None:
+    from edgekit.runtime.heads import build_head
+
+    with pytest.raises(EdgekitError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        build_head(kind, params, arrays, output_height=16, output_width=16)

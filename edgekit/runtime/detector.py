@@ -57,8 +57,11 @@ class Detector:
         self.backend = backend
         spec = self.manifest.input
         arrays = {name: bundle.array(name) for name in self.manifest.head.arrays}
-        self.head = build_head(self.manifest.head.kind, self.manifest.head.params, arrays,
-                               output_height=spec.height, output_width=spec.width)
+        try:
+            self.head = build_head(self.manifest.head.kind, self.manifest.head.params, arrays,
+                                   output_height=spec.height, output_width=spec.width)
+        except EdgekitError as exc:
+            raise EdgekitError(f"bundle {bundle.origin}: {exc}") from None
         self._output_name = self.manifest.network.output_names[0]
         self._blas_limit = _blas_limiter(head_threads)
 
@@ -147,6 +150,17 @@ def _blas_limiter(threads: Optional[int]):
     return lambda: controller.limit(limits=threads, user_api="blas")
 
 
+#: Most inference threads a bundle or caller may ask a runtime for.
+MAX_THREADS = 256
+
+
+def _count(value: Any, what: str) -> int:
+    """A thread count: an integer from 0 (the runtime's default) to MAX_THREADS."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
+        raise EdgekitError(f"{what} must be an integer from 0 to {MAX_THREADS}, not {value!r}")
+    return value
+
+
 def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None,
          head_threads: Optional[int] = None, trusted_keys: Optional[Sequence[Any]] = None) -> Detector:
     """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
@@ -159,8 +173,10 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
     bundle = load_bundle(Path(path), trusted_keys=trusted_keys)
     try:
         manifest = bundle.manifest
+        if threads is None:
+            threads = _count(manifest.export.get("threads", 0), f"bundle {path}: export.threads")
         options = BackendOptions(device=device or manifest.device,
-                                 threads=manifest.export.get("threads", 0) if threads is None else threads,
+                                 threads=_count(threads, "threads"),
                                  precision=manifest.precision,
                                  output_names=tuple(manifest.network.output_names))
         backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
