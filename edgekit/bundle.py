@@ -3,8 +3,8 @@
 A bundle is a folder, or the same folder as one deterministic zip file ending in ``.edgekit``.
 The manifest schema lives in :mod:`edgekit.manifest` and is re-exported here. Saving writes
 into a temporary folder beside the destination and renames it into place; loading verifies
-every checksum and refuses unlisted files; archives are extracted with limits on member count
-and size. The manifest itself is covered by a detached digest, ``manifest.sha256`` (the format
+every checksum and size and refuses unlisted files; an archive's manifest is read and checked
+before anything is extracted, and only the members it lists are, each capped at its size. The manifest itself is covered by a detached digest, ``manifest.sha256`` (the format
 ``sha256sum -c`` reads), written at save and checked before the manifest is parsed: a changed
 threshold is refused as damage. A digest protects against accidents, not attackers (who can
 rewrite both files); ``manifest.sig`` (see :mod:`edgekit.signing`) does that. Standard library +

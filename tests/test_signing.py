@@ -163,3 +163,28 @@ def test_run_passes_require_signature_to_load(tmp_path: Path, keys) -> None:
     result = CliRunner().invoke(cli, ["run", str(dest), "--source", str(frames), "--events", "none",
                                       "--require-signature", str(keys["pub"])])
     assert result.exit_code == 0, result.output
+
+
+def test_pack_and_unpack_keep_the_digest_and_signature(tmp_path: Path, keys) -> None:
+    from edgekit.bundle import pack_bundle, unpack_bundle
+
+    folder = save_fake(tmp_path / "bundle")
+    sign_bundle(folder, keys["key"])
+    archive = pack_bundle(folder, tmp_path / "packed.edgekit")
+    with zipfile.ZipFile(archive) as zf:
+        assert {"manifest.sha256", "manifest.sig"} <= set(zf.namelist())
+    assert load_bundle(archive, trusted_keys=[keys["pub"]]).signed_by
+    unpacked = unpack_bundle(archive, tmp_path / "unpacked")
+    assert (unpacked / "manifest.sig").read_bytes() == (folder / "manifest.sig").read_bytes()
+    assert load_bundle(unpacked, trusted_keys=[keys["pub"]]).signed_by
+
+
+def test_an_unsigned_archive_is_refused_before_its_files_are_read(tmp_path: Path, keys, monkeypatch) -> None:
+    archive = save_fake(tmp_path / "model.edgekit")
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, member, *a, **k: (
+        opened.append(getattr(member, "filename", member)), real_open(self, member, *a, **k))[1])
+    with pytest.raises(EdgekitError, match="is not signed, and a signature is required"):
+        load_bundle(archive, trusted_keys=[keys["pub"]])
+    assert opened == ["manifest.json", "manifest.sha256"]
