@@ -79,8 +79,9 @@ class Detector:
     @cached_property
     def fingerprint(self) -> str:
         """16 hex digits of the sha256 of the bundle's manifest: names exactly this bundle in events."""
-        digest = self.bundle.manifest_sha256 or hashlib.sha256(self.bundle.path(MANIFEST_NAME).read_bytes()).hexdigest()
-        return digest[:16]
+        if self.bundle.manifest_sha256:
+            return self.bundle.manifest_sha256[:16]
+        return hashlib.sha256(self.bundle.path(MANIFEST_NAME).read_bytes()).hexdigest()[:16]
 
     def run_head(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The numpy head on network outputs, with numpy's BLAS threads capped (see ``load``)."""
