@@ -3,8 +3,9 @@
 A bundle is a folder, or the same folder as one deterministic zip file ending in ``.edgekit``.
 The manifest schema lives in :mod:`edgekit.manifest` and is re-exported here. Saving writes
 into a temporary folder beside the destination and renames it into place; loading verifies
-every checksum and size and refuses unlisted files; an archive's manifest is read and checked
-before anything is extracted, and only the members it lists are, each capped at its size. The manifest itself is covered by a detached digest, ``manifest.sha256`` (the format
+every checksum and size and refuses unlisted files; an archive is read by
+:mod:`edgekit.archive` (its manifest first, then only the members it lists, each capped at its
+size). The manifest itself is covered by a detached digest, ``manifest.sha256`` (the format
 ``sha256sum -c`` reads), written at save and checked before the manifest is parsed: a changed
 threshold is refused as damage. A digest protects against accidents, not attackers (who can
 rewrite both files); ``manifest.sig`` (see :mod:`edgekit.signing`) does that. Standard library +
@@ -22,30 +23,24 @@ import tempfile
 import weakref
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from edgekit.archive import extract_archive
 from edgekit.errors import EdgekitError
-from edgekit.manifest import (MANIFEST_NAME, SCHEMA_VERSION, Decision, HeadSpec, Manifest,
-                              NetworkSpec, check_relative_path)
+from edgekit.manifest import (DIGEST_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIDECAR_BYTES, SCHEMA_VERSION,
+                              SIDECAR_NAMES, SIGNATURE_NAME, Decision, HeadSpec, Manifest, NetworkSpec,
+                              check_listing, check_relative_path, check_size, digest_line, parse_manifest)
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "NetworkSpec", "HeadSpec",
-           "Decision", "Manifest", "check_relative_path", "ARCHIVE_SUFFIX", "DEFAULT_MAX_MEMBERS", "DEFAULT_MAX_BYTES",
-           "Bundle", "sha256_file", "save_bundle", "load_bundle", "unpack_bundle", "pack_bundle"]
+__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "MAX_MANIFEST_BYTES", "NetworkSpec",
+           "HeadSpec", "Decision", "Manifest", "check_relative_path", "digest_line", "ARCHIVE_SUFFIX",
+           "DEFAULT_MAX_MEMBERS", "DEFAULT_MAX_BYTES", "Bundle", "sha256_file", "save_bundle", "load_bundle",
+           "unpack_bundle", "pack_bundle"]
 
 ARCHIVE_SUFFIX = ".edgekit"
-#: The manifest's detached digest: one ``sha256sum`` line, checked before the manifest is parsed.
-DIGEST_NAME = "manifest.sha256"
-#: Ed25519 signatures of the manifest's digest (optional; written by ``edgekit sign``).
-SIGNATURE_NAME = "manifest.sig"
-#: Files a bundle holds besides those its manifest lists.
-SIDECAR_NAMES = (MANIFEST_NAME, DIGEST_NAME, SIGNATURE_NAME)
-#: Size caps of the manifest and its sidecars, checked before they are read.
-MAX_MANIFEST_BYTES = 1 << 20
-MAX_SIDECAR_BYTES = 64 << 10
 DEFAULT_MAX_MEMBERS = 10_000
 DEFAULT_MAX_BYTES = 4 * 1024**3
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -132,7 +127,7 @@ def _verify(root: Path, origin: Path, trusted_keys: Optional[Sequence[Any]] = No
         _read_capped(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, name),
         _read_capped(root / DIGEST_NAME, MAX_SIDECAR_BYTES, name), name,
         signatures=_read_capped(root / SIGNATURE_NAME, MAX_SIDECAR_BYTES, name), trusted_keys=trusted_keys)
-    listed = _check_listing(manifest, name)
+    listed = check_listing(manifest, name)
     extra, links = [], []
     for folder, dirnames, filenames in os.walk(root):
         for entry in [*dirnames, *filenames]:
@@ -152,64 +147,10 @@ def _verify(root: Path, origin: Path, trusted_keys: Optional[Sequence[Any]] = No
         full = root / path
         if not full.is_file():
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
-        _check_size(path, full.stat().st_size, manifest, name)
+        check_size(path, full.stat().st_size, manifest, name)
         if sha256_file(full) != expected:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
     return Bundle(root=root, manifest=manifest, origin=origin, manifest_sha256=digest, signed_by=signer)
-
-
-def _check_listing(manifest: Manifest, name: str) -> set[str]:
-    """The files the manifest lists, after checking it names a size for each and lists all it uses."""
-    listed = set(manifest.files)
-    if listed & set(SIDECAR_NAMES):
-        raise EdgekitError(f"bundle {name}: its manifest lists {sorted(listed & set(SIDECAR_NAMES))[0]}, "
-                           "which only edgekit writes; refused")
-    for path in [*manifest.network.files, *manifest.head.arrays.values()]:
-        if path not in listed:
-            raise EdgekitError(f"bundle {name} is incomplete: {path} is not listed in its manifest")
-    for path in sorted(listed - set(manifest.sizes)):
-        raise EdgekitError(f"bundle {name}: its manifest gives no size for {path}")
-    return listed
-
-
-def _check_size(path: str, size: int, manifest: Manifest, name: str) -> None:
-    if size != manifest.sizes[path]:
-        raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is {size} bytes, "
-                           f"its manifest says {manifest.sizes[path]}")
-
-
-def digest_line(manifest_bytes: bytes) -> bytes:
-    """The content of ``manifest.sha256`` for these manifest bytes (``sha256sum`` format)."""
-    return f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST_NAME}\n".encode()
-
-
-def parse_manifest(manifest_bytes: bytes, digest_bytes: Optional[bytes], name: str, *,
-                   signatures: Optional[bytes] = None, trusted_keys: Optional[Sequence[Any]] = None
-                   ) -> tuple[Manifest, str, Optional[str]]:
-    """Check the manifest against its detached digest (and, with ``trusted_keys``, its signature),
-    then parse it: (manifest, its sha256 hex, the signer or None).
-
-    ``digest_bytes`` None means the bundle has no ``manifest.sha256``: refused, as damage.
-    """
-    if digest_bytes is None:
-        raise EdgekitError(f"bundle {name} is tampered or damaged: it has no {DIGEST_NAME} "
-                           f"(or was made by an edgekit older than the manifest digest: export it again)")
-    if digest_bytes.strip() != digest_line(manifest_bytes).strip():
-        raise EdgekitError(f"bundle {name} is tampered or damaged: {MANIFEST_NAME} does not match "
-                           f"its digest in {DIGEST_NAME}")
-    digest = hashlib.sha256(manifest_bytes).hexdigest()
-    signer = None
-    if trusted_keys is not None:
-        from edgekit.signing import check_signature
-
-        key = check_signature(signatures, digest, trusted_keys, name)
-        signer = f"{key.key_id} ({key.label})"
-    try:
-        text = manifest_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EdgekitError(f"{name}/{MANIFEST_NAME}: not UTF-8 text") from None
-    manifest = Manifest.from_json(text, source=f"{name}/{MANIFEST_NAME}")
-    return manifest, digest, signer
 
 
 def _read_capped(path: Path, cap: int, name: str) -> Optional[bytes]:
@@ -370,95 +311,6 @@ def _write_manifest(folder: Path, manifest: Manifest) -> None:
     (folder / DIGEST_NAME).write_bytes(digest_line(data))
 
 
-def _check_member(info: zipfile.ZipInfo, archive: Path) -> str:
-    name = info.filename.rstrip("/") if info.is_dir() else info.filename
-    try:
-        check_relative_path(name, f"archive {archive}")
-    except EdgekitError as exc:
-        raise EdgekitError(f"{exc}; refusing to extract") from None
-    mode = info.external_attr >> 16
-    kind = stat.S_IFMT(mode)
-    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-        raise EdgekitError(f"archive {archive}: member {name!r} is a link or special file; refused")
-    if info.flag_bits & 0x1:
-        raise EdgekitError(f"archive {archive}: member {name!r} is encrypted; refused")
-    return name
-
-
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, archive: Path) -> Iterator[bytes]:
-    """A member's bytes in chunks, refused past ``limit`` or past its declared size (counted here)."""
-    if info.file_size > limit:
-        raise EdgekitError(f"archive {archive}: member {info.filename!r} is {info.file_size} bytes, "
-                           f"more than the {limit} allowed; refused")
-    read = 0
-    with zf.open(info) as source:
-        for chunk in iter(lambda: source.read(_CHUNK), b""):
-            read += len(chunk)
-            if read > info.file_size or read > limit:
-                raise EdgekitError(f"archive {archive}: member {info.filename!r} is larger than declared "
-                                   "or over the size limit; refused")
-            yield chunk
-
-
-def _extract(archive: Path, dest: Path, *, max_members: int, max_bytes: int,
-             trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
-    """Verify an archive into the empty folder ``dest``; returns the bundle there.
-
-    Caps before work: the member table is checked first, then the manifest is read (size-capped)
-    and checked against its digest (and signature); only then are the files it lists extracted,
-    each refused at the first byte past its manifest size, its sha256 computed while streaming.
-    A member the manifest does not list is refused before anything is written.
-    """
-    name = str(archive)
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            if len(members) > max_members:
-                raise EdgekitError(f"archive {archive} has {len(members)} members; "
-                                   f"the limit is {max_members}")
-            names = [_check_member(info, archive) for info in members]
-            if len(set(names)) != len(names):
-                raise EdgekitError(f"archive {archive} names a member twice; refused")
-            if sum(info.file_size for info in members) > max_bytes:
-                raise EdgekitError(f"archive {archive} unpacks to more than {max_bytes} bytes; refused")
-            files = {n: info for n, info in zip(names, members) if not info.is_dir()}
-            folders = {n for n, info in zip(names, members) if info.is_dir()}
-            if MANIFEST_NAME not in files:
-                raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
-            own = {sidecar: b"".join(_read_member(zf, files[sidecar], MAX_MANIFEST_BYTES if sidecar == MANIFEST_NAME
-                                                  else MAX_SIDECAR_BYTES, archive))
-                   for sidecar in SIDECAR_NAMES if sidecar in files}
-            manifest, digest, signer = parse_manifest(own[MANIFEST_NAME], own.get(DIGEST_NAME), name,
-                                                      signatures=own.get(SIGNATURE_NAME), trusted_keys=trusted_keys)
-            listed = _check_listing(manifest, name)
-            parents = {parent.as_posix() for path in listed for parent in PurePosixPath(path).parents}
-            extra = sorted([n for n in files if n not in listed and n not in SIDECAR_NAMES]
-                           + [f"{n}/" for n in folders if n not in parents])
-            if extra:
-                raise EdgekitError(f"bundle {name} holds files its manifest does not list: {', '.join(extra[:5])}")
-            for path in sorted(listed):
-                if path not in files:
-                    raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
-                _check_size(path, files[path].file_size, manifest, name)
-            for sidecar, data in own.items():
-                with open(dest / sidecar, "xb") as out:
-                    out.write(data)
-            for path in sorted(listed):
-                (dest / path).parent.mkdir(parents=True, exist_ok=True)
-                digest_of = hashlib.sha256()
-                with open(dest / path, "xb") as out:
-                    for chunk in _read_member(zf, files[path], manifest.sizes[path], archive):
-                        digest_of.update(chunk)
-                        out.write(chunk)
-                if digest_of.hexdigest() != manifest.files[path]:
-                    raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
-        raise EdgekitError(f"archive {archive} is damaged: {exc}") from None
-    except (OSError, ValueError) as exc:
-        raise EdgekitError(f"archive {archive} cannot be extracted: {exc}") from None
-    return Bundle(root=dest, manifest=manifest, origin=archive, manifest_sha256=digest, signed_by=signer)
-
-
 def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes: int = DEFAULT_MAX_BYTES,
                 trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
     """Open and verify a bundle folder or ``.edgekit`` archive.
@@ -474,7 +326,9 @@ def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes
         raise EdgekitError(f"{path} is neither a bundle folder nor a {ARCHIVE_SUFFIX} archive")
     root = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
     try:
-        bundle = _extract(path, root, max_members=max_members, max_bytes=max_bytes, trusted_keys=trusted_keys)
+        manifest, digest, signer = extract_archive(path, root, max_members=max_members, max_bytes=max_bytes,
+                                                   trusted_keys=trusted_keys)
+        bundle = Bundle(root=root, manifest=manifest, origin=path, manifest_sha256=digest, signed_by=signer)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -492,7 +346,7 @@ def unpack_bundle(archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_M
     dest.parent.mkdir(parents=True, exist_ok=True)
     staged = _temp_beside(dest, folder=True)
     try:
-        _extract(archive, staged, max_members=max_members, max_bytes=max_bytes)
+        extract_archive(archive, staged, max_members=max_members, max_bytes=max_bytes)
         _place(staged, dest, overwrite=False)
     except OSError as exc:
         raise EdgekitError(f"could not unpack {archive} to {dest}: {exc}") from None

@@ -320,12 +320,10 @@ def test_a_manifest_out_of_bounds_is_one_line_naming_the_bundle(tmp_path: Path, 
 
 
 def test_deep_or_huge_manifest_text_is_refused_before_parsing() -> None:
-    from edgekit.manifest import MAX_MANIFEST_CHARS
-
     with pytest.raises(EdgekitError, match="manifest.json: nested deeper than 32 levels; refused"):
         Manifest.from_json("[" * 100_000 + "]" * 100_000)
     with pytest.raises(EdgekitError, match="manifest.json: larger than"):
-        Manifest.from_json(" " * (MAX_MANIFEST_CHARS + 1))
+        Manifest.from_json(" " * (MAX_MANIFEST_BYTES + 1))
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path: Path) -> None:
