@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import edgekit
-from edgekit.bundle import (MAX_MANIFEST_BYTES, SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec,
-                            load_bundle, save_bundle, unpack_bundle)
+from edgekit.bundle import (SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec, load_bundle, save_bundle,
+                            unpack_bundle)
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec
 
@@ -118,6 +118,8 @@ def test_a_member_with_the_right_size_and_other_bytes_fails_its_streamed_checksu
 
 
 def test_an_oversized_manifest_is_refused_unread(tmp_path: Path, private_temp: Path, opened: list[str]) -> None:
+    from edgekit.bundle import MAX_MANIFEST_BYTES
+
     archive = _rezip(tmp_path / "fat.edgekit", [("manifest.json", b" " * (MAX_MANIFEST_BYTES + 1))])
     opened.clear()
     with pytest.raises(EdgekitError, match=f"member 'manifest.json' is {MAX_MANIFEST_BYTES + 1} bytes, more than "
@@ -320,6 +322,8 @@ def test_a_manifest_out_of_bounds_is_one_line_naming_the_bundle(tmp_path: Path, 
 
 
 def test_deep_or_huge_manifest_text_is_refused_before_parsing() -> None:
+    from edgekit.manifest import MAX_MANIFEST_BYTES
+
     with pytest.raises(EdgekitError, match="manifest.json: nested deeper than 32 levels; refused"):
         Manifest.from_json("[" * 100_000 + "]" * 100_000)
     with pytest.raises(EdgekitError, match="manifest.json: larger than"):
