@@ -22,7 +22,7 @@ from typing import Iterable, Optional, Union
 from edgekit.errors import EdgekitError
 
 __all__ = ["PublicKey", "generate_keys", "read_public_key", "read_private_key", "public_keys",
-           "check_signature", "signature_text", "SECRET_TAG", "PUBLIC_TAG"]
+           "check_signature", "signature_text", "sign_bundle", "SECRET_TAG", "PUBLIC_TAG"]
 
 SECRET_TAG = "edgekit-ed25519-secret-key"
 PUBLIC_TAG = "edgekit-ed25519-public-key"
