@@ -3,12 +3,16 @@
 A bundle is a folder, or the same folder as one deterministic zip file ending in ``.edgekit``.
 The manifest schema lives in :mod:`edgekit.manifest` and is re-exported here. Saving writes
 into a temporary folder beside the destination and renames it into place; loading verifies
-every checksum and refuses unlisted files; archives are extracted with limits on member count
-and size. Standard library + numpy only: the device imports this.
+every checksum and size and refuses unlisted files; an archive is read by
+:mod:`edgekit.archive` (its manifest first, then only the members it lists, each capped at its
+size). The manifest itself is covered by a detached digest, ``manifest.sha256`` (the format
+``sha256sum -c`` reads), written at save and checked before the manifest is parsed: a changed
+threshold is refused as damage. A digest protects against accidents, not attackers (who can
+rewrite both files); ``manifest.sig`` (see :mod:`edgekit.signing`) does that. Standard library +
+numpy only: the device imports this.
 """
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import hashlib
 import os
@@ -16,21 +20,25 @@ import secrets
 import shutil
 import stat
 import tempfile
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from edgekit.archive import extract_archive
 from edgekit.errors import EdgekitError
-from edgekit.manifest import (MANIFEST_NAME, SCHEMA_VERSION, Decision, HeadSpec, Manifest,
-                              NetworkSpec, check_relative_path)
+from edgekit.manifest import (DIGEST_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIDECAR_BYTES, SCHEMA_VERSION,
+                              SIDECAR_NAMES, SIGNATURE_NAME, Decision, HeadSpec, Manifest, NetworkSpec,
+                              check_listing, check_relative_path, check_size, digest_line, parse_manifest)
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "NetworkSpec", "HeadSpec", "Decision", "Manifest",
-           "check_relative_path", "ARCHIVE_SUFFIX", "DEFAULT_MAX_MEMBERS", "DEFAULT_MAX_BYTES",
-           "Bundle", "sha256_file", "save_bundle", "load_bundle", "unpack_bundle", "pack_bundle"]
+__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "MAX_MANIFEST_BYTES", "NetworkSpec",
+           "HeadSpec", "Decision", "Manifest", "check_relative_path", "digest_line", "ARCHIVE_SUFFIX",
+           "DEFAULT_MAX_MEMBERS", "DEFAULT_MAX_BYTES", "Bundle", "sha256_file", "save_bundle", "load_bundle",
+           "unpack_bundle", "pack_bundle"]
 
 ARCHIVE_SUFFIX = ".edgekit"
 DEFAULT_MAX_MEMBERS = 10_000
@@ -51,6 +59,8 @@ class Bundle:
     root: Path
     manifest: Manifest
     origin: Optional[Path] = None
+    manifest_sha256: str = ""  # of the manifest bytes this bundle was verified from
+    signed_by: Optional[str] = None  # "key id (key file)" when loaded with trusted keys
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin", Path(self.root if self.origin is None else self.origin))
@@ -58,7 +68,7 @@ class Bundle:
     def path(self, relative: str) -> Path:
         """The absolute path of a listed bundle file."""
         check_relative_path(relative, f"bundle {self.origin}")
-        if relative != MANIFEST_NAME and relative not in self.manifest.files:
+        if relative not in SIDECAR_NAMES and relative not in self.manifest.files:
             raise EdgekitError(f"bundle {self.origin} has no file {relative!r}")
         return self.root / relative
 
@@ -74,10 +84,25 @@ class Bundle:
             raise EdgekitError(f"bundle {self.origin}: head array {name!r} cannot be loaded "
                                f"without pickle or is damaged ({exc})") from None
 
+    def close(self) -> None:
+        """Remove the private copy a ``.edgekit`` archive was extracted to (a folder: nothing).
+
+        Also done when the Bundle is garbage collected or the process exits; calling it twice is fine.
+        """
+        cleanup = self.__dict__.get("_cleanup")
+        if cleanup is not None:
+            cleanup()
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def size_bytes(self) -> int:
-        """Bytes of every file in the bundle, manifest included."""
-        names = [MANIFEST_NAME, *self.manifest.files]
-        return sum((self.root / name).stat().st_size for name in names)
+        """Bytes of every file in the bundle, manifest, digest and signature included."""
+        names = [*SIDECAR_NAMES, *self.manifest.files]
+        return sum((self.root / name).stat().st_size for name in names if (self.root / name).is_file())
 
 
 def sha256_file(path: Union[str, Path]) -> str:
@@ -89,25 +114,20 @@ def sha256_file(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def _verify(root: Path, origin: Path) -> Bundle:
+def _verify(root: Path, origin: Path, trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
     """Parse the manifest and prove every listed file is present, intact and alone.
 
     ``root`` is the folder on disk; ``origin`` is what the user named, used in every message.
+    With ``trusted_keys``, the manifest must also carry a valid signature by one of them.
     """
     name = str(origin)
-    manifest_path = root / MANIFEST_NAME
-    if manifest_path.is_symlink() or not manifest_path.is_file():
+    if (root / MANIFEST_NAME).is_symlink() or not (root / MANIFEST_NAME).is_file():
         raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
-    try:
-        text = manifest_path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise EdgekitError(f"{name}/{MANIFEST_NAME}: not UTF-8 text") from None
-    manifest = Manifest.from_json(text, source=f"{name}/{MANIFEST_NAME}")
-    listed = set(manifest.files)
-    referenced = [*manifest.network.files, *manifest.head.arrays.values()]
-    for path in referenced:
-        if path not in listed:
-            raise EdgekitError(f"bundle {name} is incomplete: {path} is not listed in its manifest")
+    manifest, digest, signer = parse_manifest(
+        _read_capped(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, name),
+        _read_capped(root / DIGEST_NAME, MAX_SIDECAR_BYTES, name), name,
+        signatures=_read_capped(root / SIGNATURE_NAME, MAX_SIDECAR_BYTES, name), trusted_keys=trusted_keys)
+    listed = check_listing(manifest, name)
     extra, links = [], []
     for folder, dirnames, filenames in os.walk(root):
         for entry in [*dirnames, *filenames]:
@@ -115,7 +135,7 @@ def _verify(root: Path, origin: Path) -> Bundle:
             relative = full.relative_to(root).as_posix()
             if full.is_symlink():
                 links.append(relative)
-            elif entry in filenames and relative not in listed and relative != MANIFEST_NAME:
+            elif entry in filenames and relative not in listed and relative not in SIDECAR_NAMES:
                 extra.append(relative)
     if links:
         raise EdgekitError(f"bundle {name} contains symbolic links, refused: "
@@ -127,9 +147,23 @@ def _verify(root: Path, origin: Path) -> Bundle:
         full = root / path
         if not full.is_file():
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is missing")
+        check_size(path, full.stat().st_size, manifest, name)
         if sha256_file(full) != expected:
             raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
-    return Bundle(root=root, manifest=manifest, origin=origin)
+    return Bundle(root=root, manifest=manifest, origin=origin, manifest_sha256=digest, signed_by=signer)
+
+
+def _read_capped(path: Path, cap: int, name: str) -> Optional[bytes]:
+    """The bytes of a bundle's own small file (None if absent); refused when over ``cap``."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise EdgekitError(f"bundle {name}: {path.name} is not a regular file; refused")
+    with open(path, "rb") as handle:
+        data = handle.read(cap + 1)
+    if len(data) > cap:
+        raise EdgekitError(f"bundle {name}: {path.name} is larger than {cap} bytes; refused")
+    return data
 
 
 def _is_bundle(path: Path) -> bool:
@@ -167,7 +201,8 @@ def _remove(path: Path) -> None:
 def _write_archive(root: Path, manifest: Manifest, archive: Path) -> None:
     """A zip of the bundle whose bytes depend only on its content (sorted, fixed times/modes)."""
     with zipfile.ZipFile(archive, "w") as zf:
-        for name in sorted([MANIFEST_NAME, *manifest.files]):
+        present = [name for name in SIDECAR_NAMES if (root / name).is_file()]
+        for name in sorted([*present, *manifest.files]):
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3
@@ -221,8 +256,8 @@ def save_bundle(dest: Path, manifest: Manifest, *,
     _check_dest(dest, overwrite=overwrite, folder=not dest.name.endswith(ARCHIVE_SUFFIX))
     for path in [*files, *arrays]:
         check_relative_path(path, f"bundle {dest}")
-        if path == MANIFEST_NAME:
-            raise EdgekitError(f"bundle {dest}: {MANIFEST_NAME} is written by edgekit itself")
+        if path in SIDECAR_NAMES:
+            raise EdgekitError(f"bundle {dest}: {path} is written by edgekit itself")
     if set(files) & set(arrays):
         raise EdgekitError(f"bundle {dest}: {sorted(set(files) & set(arrays))} given twice")
     written = set(files) | set(arrays)
@@ -251,7 +286,8 @@ def save_bundle(dest: Path, manifest: Manifest, *,
             with open(staged / path, "wb") as handle:
                 np.save(handle, array, allow_pickle=False)
         digests = {path: sha256_file(staged / path) for path in sorted(written)}
-        complete = Manifest.from_json(dataclasses.replace(manifest, files=digests).to_json())
+        sizes = {path: (staged / path).stat().st_size for path in sorted(written)}
+        complete = Manifest.from_json(dataclasses.replace(manifest, files=digests, sizes=sizes).to_json())
         _write_manifest(staged, complete)
         if dest.name.endswith(ARCHIVE_SUFFIX):
             archive_tmp = _temp_beside(dest, folder=False)
@@ -269,75 +305,34 @@ def save_bundle(dest: Path, manifest: Manifest, *,
 
 
 def _write_manifest(folder: Path, manifest: Manifest) -> None:
-    (folder / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    """manifest.json and its detached digest, manifest.sha256."""
+    data = manifest.to_json().encode("utf-8")
+    (folder / MANIFEST_NAME).write_bytes(data)
+    (folder / DIGEST_NAME).write_bytes(digest_line(data))
 
 
-def _check_member(info: zipfile.ZipInfo, archive: Path) -> str:
-    name = info.filename.rstrip("/") if info.is_dir() else info.filename
-    try:
-        check_relative_path(name, f"archive {archive}")
-    except EdgekitError as exc:
-        raise EdgekitError(f"{exc}; refusing to extract") from None
-    mode = info.external_attr >> 16
-    kind = stat.S_IFMT(mode)
-    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-        raise EdgekitError(f"archive {archive}: member {name!r} is a link or special file; refused")
-    if info.flag_bits & 0x1:
-        raise EdgekitError(f"archive {archive}: member {name!r} is encrypted; refused")
-    return name
+def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes: int = DEFAULT_MAX_BYTES,
+                trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
+    """Open and verify a bundle folder or ``.edgekit`` archive.
 
-
-def _extract(archive: Path, dest: Path, *, max_members: int, max_bytes: int) -> None:
-    """Extract into the empty folder ``dest`` after checking every member; sizes are counted."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            if len(members) > max_members:
-                raise EdgekitError(f"archive {archive} has {len(members)} members; "
-                                   f"the limit is {max_members}")
-            names = [_check_member(info, archive) for info in members]
-            if len(set(names)) != len(names):
-                raise EdgekitError(f"archive {archive} names a member twice; refused")
-            if sum(info.file_size for info in members) > max_bytes:
-                raise EdgekitError(f"archive {archive} unpacks to more than {max_bytes} bytes; refused")
-            total = 0
-            for info, name in zip(members, names):
-                target = dest / name
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as source, open(target, "xb") as out:
-                    written = 0
-                    for chunk in iter(lambda: source.read(_CHUNK), b""):
-                        written += len(chunk)
-                        total += len(chunk)
-                        if written > info.file_size or total > max_bytes:
-                            raise EdgekitError(f"archive {archive}: member {name!r} is larger "
-                                               "than declared or over the size limit; refused")
-                        out.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
-        raise EdgekitError(f"archive {archive} is damaged: {exc}") from None
-    except (OSError, ValueError) as exc:
-        raise EdgekitError(f"archive {archive} cannot be extracted: {exc}") from None
-
-
-def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
-                max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
-    """Open and verify a bundle folder or ``.edgekit`` archive (extracted to a private temp dir)."""
+    An archive is extracted to a private temp folder, removed when the Bundle is closed (``close()``,
+    or ``with``), garbage collected, or at exit. ``trusted_keys`` (public key files, raw 32-byte
+    keys): refuse a bundle not signed by one of them, before anything but its manifest is read.
+    """
     path = Path(path)
     if path.is_dir():
-        return _verify(path, path)
+        return _verify(path, path, trusted_keys)
     if not path.is_file() or not zipfile.is_zipfile(path):
         raise EdgekitError(f"{path} is neither a bundle folder nor a {ARCHIVE_SUFFIX} archive")
     root = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
     try:
-        _extract(path, root, max_members=max_members, max_bytes=max_bytes)
-        bundle = _verify(root, path)
+        manifest, digest, signer = extract_archive(path, root, max_members=max_members, max_bytes=max_bytes,
+                                                   trusted_keys=trusted_keys)
+        bundle = Bundle(root=root, manifest=manifest, origin=path, manifest_sha256=digest, signed_by=signer)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    atexit.register(shutil.rmtree, root, True)
+    object.__setattr__(bundle, "_cleanup", weakref.finalize(bundle, shutil.rmtree, str(root), True))
     return bundle
 
 
@@ -351,8 +346,7 @@ def unpack_bundle(archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_M
     dest.parent.mkdir(parents=True, exist_ok=True)
     staged = _temp_beside(dest, folder=True)
     try:
-        _extract(archive, staged, max_members=max_members, max_bytes=max_bytes)
-        _verify(staged, archive)
+        extract_archive(archive, staged, max_members=max_members, max_bytes=max_bytes)
         _place(staged, dest, overwrite=False)
     except OSError as exc:
         raise EdgekitError(f"could not unpack {archive} to {dest}: {exc}") from None

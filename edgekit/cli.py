@@ -156,15 +156,17 @@ def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision
               help="Folder for heat-map overlays (<image stem>_overlay.png).")
 @click.option("--fail-on-anomaly", is_flag=True,
               help="Exit 3 when any image is anomalous (0: all normal, 1: an error).")
+@click.option("--require-signature", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
+              help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
 @click.pass_context
 def predict(ctx: click.Context, bundle: Path, images: tuple[str, ...], as_json: bool, overlay: Optional[Path],
-            fail_on_anomaly: bool) -> None:
+            fail_on_anomaly: bool, trusted_keys: tuple[Path, ...]) -> None:
     """Score images with a bundle (torch-free). IMAGES: files, folders, globs, or - for one image on stdin."""
     from edgekit.preprocess import read_image
     from edgekit.runtime.detector import load
     from edgekit.runtime.overlay import write_overlay
 
-    detector = load(bundle)
+    detector = load(bundle, trusted_keys=list(trusted_keys) or None)
     channels = detector.manifest.input.channels
     results, anomalous = [], 0
     for name in _expand_images(images):
@@ -258,6 +260,8 @@ def _read_stdin_image(channels: int):
 @click.option("--token", default=None, envvar="EDGEKIT_TOKEN",
               help="Bearer token the page and API require (or env EDGEKIT_TOKEN).")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the bundle's target).")
+@click.option("--require-signature", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
+              help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
 @click.option("--print-systemd-unit", is_flag=True,
               help="Print a systemd unit that runs this command at boot, and exit.")
 @click.option("--user", default=None, help="With --print-systemd-unit: the user the service runs as.")
@@ -317,6 +321,43 @@ def _absolute_if_path(argument: str) -> str:
         return argument
     path = Path(argument)
     return str(path.resolve()) if path.exists() else argument
+
+
+@cli.command()
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Key name: writes OUT.key (private, mode 0600) and OUT.pub.")
+def keygen(out: Path) -> None:
+    """Make an Ed25519 key pair for signing bundles (needs edgekit-anomaly[sign])."""
+    from edgekit.signing import generate_keys, read_public_key
+
+    private, public = generate_keys(out)
+    click.echo(f"private key {private} (keep it off the devices), public key {public} "
+               f"(id {read_public_key(public).key_id}; copy it to the devices)")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", "key", type=click.Path(path_type=Path), required=True, help="Private key file (NAME.key).")
+def sign(bundle: Path, key: Path) -> None:
+    """Verify a bundle and sign its manifest (which lists every file's sha256) with KEY."""
+    from edgekit.signing import sign_bundle
+
+    key_id = sign_bundle(bundle, key)
+    click.echo(f"signed {bundle} with key {key_id}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--pubkey", "pubkeys", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="A trusted public key file (NAME.pub). Repeatable: any one of them will do.")
+def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
+    """Check every file of a bundle and its signature by a trusted key (exit 1 if not)."""
+    from edgekit.bundle import load_bundle
+
+    with load_bundle(bundle, trusted_keys=list(pubkeys)) as loaded:
+        pass
+    click.echo(f"{bundle}: intact ({len(loaded.manifest.files)} files and the manifest), "
+               f"signed by key {loaded.signed_by}")
 
 
 @cli.command("fit")

@@ -1,4 +1,4 @@
-"""The bundle manifest: a versioned, strict JSON schema made of frozen dataclasses.
+"""The bundle manifest: a versioned, strict JSON schema made of frozen dataclasses, and what covers it.
 
 Everything the device needs to reproduce a score is in the manifest, and nothing is guessed or
 unpickled: construction validates and normalises every field (lists become tuples, numpy scalars
@@ -9,22 +9,38 @@ only: the device imports this.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "NetworkSpec", "HeadSpec", "Decision", "Manifest",
-           "check_relative_path"]
+__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "SIDECAR_NAMES",
+           "MAX_MANIFEST_BYTES", "MAX_SIDECAR_BYTES", "NetworkSpec", "HeadSpec", "Decision", "Manifest",
+           "check_relative_path", "digest_line", "parse_manifest", "check_listing", "check_size"]
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: Caps checked before a manifest is parsed: its size, and how deeply its JSON may nest.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+#: The manifest's detached digest: one ``sha256sum`` line, checked before the manifest is parsed.
+DIGEST_NAME = "manifest.sha256"
+#: Ed25519 signatures of the manifest's digest (optional; written by ``edgekit sign``).
+SIGNATURE_NAME = "manifest.sig"
+#: Files a bundle holds besides those its manifest lists.
+SIDECAR_NAMES = (MANIFEST_NAME, DIGEST_NAME, SIGNATURE_NAME)
+#: Size cap of the digest and signature files, checked before they are read.
+MAX_SIDECAR_BYTES = 64 << 10
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 class _FieldError(Exception):
@@ -56,6 +72,15 @@ def _json_value(value: Any, where: str) -> Any:
             raise _FieldError(where, "must have string keys")
         return {key: _json_value(item, f"{where}.{key}") for key, item in value.items()}
     raise _FieldError(where, f"holds {type(value).__name__}, which is not JSON")
+
+
+def _json_depth(text: str) -> int:
+    """How deeply the JSON text's arrays and objects nest, counted without parsing (strings skipped)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def check_relative_path(path: Any, where: str = "path") -> str:
@@ -209,6 +234,7 @@ class Manifest:
     source: dict[str, Any]  # training-run fingerprint, dataset, created time, ...
     export: dict[str, Any]  # what the export did: precision, recipe, calibration count, ...
     files: dict[str, str] = field(default_factory=dict)  # every file but manifest.json → sha256
+    sizes: dict[str, int] = field(default_factory=dict)  # the same files → size in bytes
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -218,6 +244,11 @@ class Manifest:
                 raise EdgekitError(f"files: {MANIFEST_NAME} cannot list itself")
             if len(digest) != 64 or digest.strip("0123456789abcdef"):
                 raise EdgekitError(f"files.{path}: {digest!r} is not a sha256 hex digest")
+        for path, size in self.sizes.items():
+            if path not in self.files:
+                raise EdgekitError(f"sizes.{path}: not a file the manifest lists")
+            if size < 0:
+                raise EdgekitError(f"sizes.{path}: {size} is not a size")
 
     def to_json(self) -> str:
         """The manifest as JSON: sorted keys, indent 2, floats written with repr (exact)."""
@@ -239,6 +270,10 @@ class Manifest:
         def no_constants(name: str) -> Any:
             raise EdgekitError(f"{source}: {name} is not valid JSON")
 
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise EdgekitError(f"{source}: larger than {MAX_MANIFEST_BYTES} characters; refused")
+        if _json_depth(text) > MAX_JSON_DEPTH:
+            raise EdgekitError(f"{source}: nested deeper than {MAX_JSON_DEPTH} levels; refused")
         try:
             data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
@@ -259,3 +294,57 @@ class Manifest:
             return _build(cls, data, "")
         except _FieldError as exc:
             raise EdgekitError(f"{source}: {exc}") from None
+
+
+def check_listing(manifest: Manifest, name: str) -> set[str]:
+    """The files the manifest lists, after checking it names a size for each and lists all it uses."""
+    listed = set(manifest.files)
+    if listed & set(SIDECAR_NAMES):
+        raise EdgekitError(f"bundle {name}: its manifest lists {sorted(listed & set(SIDECAR_NAMES))[0]}, "
+                           "which only edgekit writes; refused")
+    for path in [*manifest.network.files, *manifest.head.arrays.values()]:
+        if path not in listed:
+            raise EdgekitError(f"bundle {name} is incomplete: {path} is not listed in its manifest")
+    for path in sorted(listed - set(manifest.sizes)):
+        raise EdgekitError(f"bundle {name}: its manifest gives no size for {path}")
+    return listed
+
+
+def check_size(path: str, size: int, manifest: Manifest, name: str) -> None:
+    if size != manifest.sizes[path]:
+        raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is {size} bytes, "
+                           f"its manifest says {manifest.sizes[path]}")
+
+
+def digest_line(manifest_bytes: bytes) -> bytes:
+    """The content of ``manifest.sha256`` for these manifest bytes (``sha256sum`` format)."""
+    return f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST_NAME}\n".encode()
+
+
+def parse_manifest(manifest_bytes: bytes, digest_bytes: Optional[bytes], name: str, *,
+                   signatures: Optional[bytes] = None, trusted_keys: Optional[Sequence[Any]] = None
+                   ) -> tuple[Manifest, str, Optional[str]]:
+    """Check the manifest against its detached digest (and, with ``trusted_keys``, its signature),
+    then parse it: (manifest, its sha256 hex, the signer or None).
+
+    ``digest_bytes`` None means the bundle has no ``manifest.sha256``: refused, as damage.
+    """
+    if digest_bytes is None:
+        raise EdgekitError(f"bundle {name} is tampered or damaged: it has no {DIGEST_NAME} "
+                           f"(or was made by an edgekit older than the manifest digest: export it again)")
+    if digest_bytes.strip() != digest_line(manifest_bytes).strip():
+        raise EdgekitError(f"bundle {name} is tampered or damaged: {MANIFEST_NAME} does not match "
+                           f"its digest in {DIGEST_NAME}")
+    digest = hashlib.sha256(manifest_bytes).hexdigest()
+    signer = None
+    if trusted_keys is not None:
+        from edgekit.signing import check_signature
+
+        key = check_signature(signatures, digest, trusted_keys, name)
+        signer = f"{key.key_id} ({key.label})"
+    try:
+        text = manifest_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{name}/{MANIFEST_NAME}: not UTF-8 text") from None
+    manifest = Manifest.from_json(text, source=f"{name}/{MANIFEST_NAME}")
+    return manifest, digest, signer

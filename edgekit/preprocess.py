@@ -6,6 +6,8 @@ image. numpy + Pillow only: the device imports it.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Union
@@ -18,6 +20,8 @@ ImageLike = Union[str, Path, np.ndarray]
 
 #: Resize algorithms a manifest may name, mapped to Pillow's resampling filters.
 RESIZE_FILTERS = {"pil-bilinear": 2, "pil-bicubic": 3, "pil-nearest": 0}
+#: Network input sides a manifest may ask for (the heads build side×side operators: bounded memory).
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 4096
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,25 @@ class InputSpec:
     name: str = "image"
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
+        for side in ("height", "width"):
+            value = getattr(self, side)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
+                    not MIN_INPUT_SIDE <= value <= MAX_INPUT_SIDE:
+                raise EdgekitError(f"input {side} must be an integer from {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, "
+                                   f"not {value!r}")
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise EdgekitError(f"input channels must be 1 or 3, not {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise EdgekitError("input mean/std must have one value per channel")
+        for kind in ("mean", "std"):
+            values = getattr(self, kind)
+            if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise EdgekitError(f"input {kind} must be finite numbers, not {list(values)!r}")
+        if any(value <= 0 for value in self.std):
+            raise EdgekitError(f"input std must be positive, not {list(self.std)!r} "
+                               "(0 would divide every pixel by zero)")
+        if self.dtype != "float32":
+            raise EdgekitError(f"input dtype must be float32, not {self.dtype!r}")
         if self.resize not in RESIZE_FILTERS:
             raise EdgekitError(f"unknown resize {self.resize!r}; known: {sorted(RESIZE_FILTERS)}")
         if self.layout not in ("NCHW", "NHWC"):

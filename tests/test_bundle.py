@@ -59,6 +59,13 @@ def save_tiny(dest: Path, manifest: Manifest | None = None, **options: Any) -> P
                        arrays={"head/memory_bank.npy": MEMORY_BANK}, **options)
 
 
+def rewrite_manifest(folder: Path, data: dict[str, Any]) -> None:
+    """Write a changed manifest and a matching digest, as anyone editing a bundle on purpose can."""
+    text = json.dumps(data).encode()
+    (folder / "manifest.json").write_bytes(text)
+    (folder / "manifest.sha256").write_bytes(bundle_module.digest_line(text))
+
+
 def manifest_dict(**overrides: Any) -> dict[str, Any]:
     data = json.loads(make_manifest().to_json())
     data.update(overrides)
@@ -119,7 +126,9 @@ def test_manifest_from_json_refuses_future_and_unknown_schema_and_bad_json() -> 
 def test_round_trip_folder_bundle(tmp_path: Path) -> None:
     dest = save_tiny(tmp_path / "bundle")
     loaded = load_bundle(dest)
-    assert loaded.manifest == dataclasses.replace(make_manifest(), files=loaded.manifest.files)
+    assert loaded.manifest == dataclasses.replace(make_manifest(), files=loaded.manifest.files,
+                                                  sizes=loaded.manifest.sizes)
+    assert loaded.manifest.sizes == {"head/memory_bank.npy": 224, "model.bin": 1024, "model.xml": 28}
     assert sorted(loaded.manifest.files) == ["head/memory_bank.npy", "model.bin", "model.xml"]
     assert loaded.manifest.files["model.xml"] == sha256_file(dest / "model.xml")
     assert loaded.path("model.xml").read_bytes() == NETWORK_BYTES
@@ -173,11 +182,54 @@ def test_symlink_inside_a_folder_bundle_is_refused(tmp_path: Path) -> None:
         load_bundle(dest)
 
 
+def test_changed_threshold_in_the_manifest_is_refused_as_damage(tmp_path: Path) -> None:
+    dest = save_tiny(tmp_path / "bundle")
+    text = (dest / "manifest.json").read_text()
+    assert '"image_threshold": 0.30000000000000004' in text
+    (dest / "manifest.json").write_text(text.replace('"image_threshold": 0.30000000000000004',
+                                                     '"image_threshold": 90.30000000000000004'))
+    with pytest.raises(EdgekitError) as info:
+        load_bundle(dest)
+    assert str(info.value) == (f"bundle {dest} is tampered or damaged: manifest.json does not match its "
+                               "digest in manifest.sha256")
+
+
+def test_changed_manifest_inside_an_archive_is_refused_as_damage(tmp_path: Path) -> None:
+    archive = save_tiny(tmp_path / "tiny.edgekit")
+    with zipfile.ZipFile(archive) as zf:
+        members = [(info, zf.read(info)) for info in zf.infolist()]
+    assert [info.filename for info, _ in members] == ["head/memory_bank.npy", "manifest.json",
+                                                      "manifest.sha256", "model.bin", "model.xml"]
+    changed = [(info, data.replace(b'"fitted_on": 20', b'"fitted_on": 21') if info.filename == "manifest.json"
+                else data) for info, data in members]
+    with pytest.raises(EdgekitError, match=f"bundle {archive.parent / 'changed.edgekit'} is tampered or "
+                                           "damaged: manifest.json does not match its digest"):
+        load_bundle(_zip(tmp_path / "changed.edgekit", changed))
+
+
+def test_the_digest_is_sha256sum_format_and_a_missing_one_is_refused(tmp_path: Path) -> None:
+    import hashlib
+
+    dest = save_tiny(tmp_path / "bundle")
+    digest = hashlib.sha256((dest / "manifest.json").read_bytes()).hexdigest()
+    assert (dest / "manifest.sha256").read_text() == f"{digest}  manifest.json\n"
+    assert load_bundle(dest).manifest_sha256 == digest
+    (dest / "manifest.sha256").unlink()
+    with pytest.raises(EdgekitError, match="tampered or damaged: it has no manifest.sha256"):
+        load_bundle(dest)
+
+
+def test_only_edgekit_writes_the_digest_and_signature(tmp_path: Path) -> None:
+    for name in ("manifest.sha256", "manifest.sig"):
+        with pytest.raises(EdgekitError, match=f"{name} is written by edgekit itself"):
+            save_bundle(tmp_path / "b", make_manifest(), files={name: b"x"})
+
+
 def test_manifest_with_bad_field_on_disk_names_bundle_and_field(tmp_path: Path) -> None:
     dest = save_tiny(tmp_path / "bundle")
     data = json.loads((dest / "manifest.json").read_text())
     del data["decision"]["pixel_threshold"]
-    (dest / "manifest.json").write_text(json.dumps(data))
+    rewrite_manifest(dest, data)
     with pytest.raises(EdgekitError, match="manifest.json: field 'decision.pixel_threshold' is missing"):
         load_bundle(dest)
 
@@ -197,8 +249,9 @@ def test_array_never_unpickles_even_with_a_matching_checksum(tmp_path: Path) -> 
         np.save(handle, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
     data = json.loads((dest / "manifest.json").read_text())
     data["files"]["head/memory_bank.npy"] = sha256_file(bank)
-    (dest / "manifest.json").write_text(json.dumps(data))
-    loaded = load_bundle(dest)  # checksums agree, so the bundle itself verifies
+    data["sizes"]["head/memory_bank.npy"] = bank.stat().st_size
+    rewrite_manifest(dest, data)
+    loaded = load_bundle(dest)  # checksums and digest agree, so the bundle itself verifies
     with pytest.raises(EdgekitError, match="cannot be loaded without pickle"):
         loaded.array("memory_bank")
 
@@ -370,7 +423,8 @@ def test_loaded_archive_is_extracted_into_a_private_temp_dir(tmp_path: Path,
     loaded = load_bundle(save_tiny(tmp_path / "tiny.edgekit"))
     assert loaded.root.parent == private_temp
     assert sorted(p.relative_to(loaded.root).as_posix() for p in loaded.root.rglob("*")
-                  if p.is_file()) == ["head/memory_bank.npy", "manifest.json", "model.bin", "model.xml"]
+                  if p.is_file()) == ["head/memory_bank.npy", "manifest.json", "manifest.sha256", "model.bin",
+                                      "model.xml"]
     assert loaded.path("model.xml").read_bytes() == NETWORK_BYTES
 
 

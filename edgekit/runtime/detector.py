@@ -5,7 +5,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -57,14 +57,30 @@ class Detector:
         self.backend = backend
         spec = self.manifest.input
         arrays = {name: bundle.array(name) for name in self.manifest.head.arrays}
-        self.head = build_head(self.manifest.head.kind, self.manifest.head.params, arrays,
-                               output_height=spec.height, output_width=spec.width)
+        try:
+            self.head = build_head(self.manifest.head.kind, self.manifest.head.params, arrays,
+                                   output_height=spec.height, output_width=spec.width)
+        except EdgekitError as exc:
+            raise EdgekitError(f"bundle {bundle.origin}: {exc}") from None
         self._output_name = self.manifest.network.output_names[0]
         self._blas_limit = _blas_limiter(head_threads)
+
+    def close(self) -> None:
+        """Remove the private copy of a ``.edgekit`` bundle (also done when the Detector is garbage
+        collected). The runtime holds the network in memory by then: predictions still work."""
+        self.bundle.close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @cached_property
     def fingerprint(self) -> str:
         """16 hex digits of the sha256 of the bundle's manifest: names exactly this bundle in events."""
+        if self.bundle.manifest_sha256:
+            return self.bundle.manifest_sha256[:16]
         return hashlib.sha256(self.bundle.path(MANIFEST_NAME).read_bytes()).hexdigest()[:16]
 
     def run_head(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,18 +151,37 @@ def _blas_limiter(threads: Optional[int]):
     return lambda: controller.limit(limits=threads, user_api="blas")
 
 
+#: Most inference threads a bundle or caller may ask a runtime for.
+MAX_THREADS = 256
+
+
+def _count(value: Any, what: str) -> int:
+    """A thread count: an integer from 0 (the runtime's default) to MAX_THREADS."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
+        raise EdgekitError(f"{what} must be an integer from 0 to {MAX_THREADS}, not {value!r}")
+    return value
+
+
 def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None,
-         head_threads: Optional[int] = None) -> Detector:
+         head_threads: Optional[int] = None, trusted_keys: Optional[Sequence[Any]] = None) -> Detector:
     """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
 
     ``device`` and ``threads`` override the manifest's target settings (e.g. ``device="GPU.1"``).
     ``head_threads`` caps numpy's BLAS threads while the numpy head runs (None: numpy's default).
+    ``trusted_keys`` (public key files or raw 32-byte Ed25519 keys): refuse a bundle that is not
+    signed by one of them (``edgekit sign``).
     """
-    bundle = load_bundle(Path(path))
-    manifest = bundle.manifest
-    options = BackendOptions(device=device or manifest.device,
-                             threads=manifest.export.get("threads", 0) if threads is None else threads,
-                             precision=manifest.precision,
-                             output_names=tuple(manifest.network.output_names))
-    backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
-    return Detector(bundle, backend, head_threads=head_threads)
+    bundle = load_bundle(Path(path), trusted_keys=trusted_keys)
+    try:
+        manifest = bundle.manifest
+        if threads is None:
+            threads = _count(manifest.export.get("threads", 0), f"bundle {path}: export.threads")
+        options = BackendOptions(device=device or manifest.device,
+                                 threads=_count(threads, "threads"),
+                                 precision=manifest.precision,
+                                 output_names=tuple(manifest.network.output_names))
+        backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
+        return Detector(bundle, backend, head_threads=head_threads)
+    except BaseException:
+        bundle.close()
+        raise

@@ -5,6 +5,7 @@ outputs, so the two can only differ by what the networks compute.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -18,6 +19,32 @@ _CHUNK_ELEMENTS = 1 << 22
 BANK_DTYPES = ("float32", "float16", "int8")
 #: Candidates per query ranked in float32 before the exact float64 pick (see nearest_neighbors).
 _CANDIDATES = 2
+#: Ranges of the head parameters a manifest sets (σ in output pixels: the blur builds side×side operators).
+MAX_BLUR_SIGMA = 64.0
+MAX_NUM_NEIGHBORS = 1024
+_REQUIRED = object()
+_KIND_WORDS = {int: "an integer", float: "a number", str: "a string", dict: "an object"}
+
+
+def head_param(params: Mapping[str, Any], name: str, kind: type, default: Any = _REQUIRED, *,
+               low: float | None = None, high: float | None = None, choices: tuple = ()) -> Any:
+    """One head parameter from a manifest, its type and range checked: a bad one is one clear line."""
+    if not isinstance(params, Mapping):
+        raise EdgekitError(f"head params must be an object, not {type(params).__name__}")
+    if name not in params:
+        if default is _REQUIRED:
+            raise EdgekitError(f"head param '{name}' is missing")
+        return default
+    value = params[name]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, kind) or (kind is float and not math.isfinite(value)):
+        raise EdgekitError(f"head param '{name}' must be {_KIND_WORDS[kind]}, not {value!r}")
+    if choices and value not in choices:
+        raise EdgekitError(f"head param '{name}' must be one of {', '.join(map(str, choices))}, not {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise EdgekitError(f"head param '{name}' must be from {low} to {high}, not {value!r}")
+    return value
 
 
 def encode_bank(bank: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
@@ -187,10 +214,13 @@ class KnnHead:
     def from_params(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
                     output_height: int, output_width: int, search: str = "numpy") -> "KnnHead":
         """The head a manifest describes; the bank is decoded (dequantized) to float32 once, here."""
-        dtype = str(dict(params.get("bank") or {}).get("dtype", "float32"))
-        return cls(memory_bank=decode_bank(arrays, dtype), num_neighbors=int(params["num_neighbors"]),
+        bank = head_param(params, "bank", dict, {})
+        dtype = head_param(bank, "dtype", str, "float32", choices=BANK_DTYPES)
+        return cls(memory_bank=decode_bank(arrays, dtype),
+                   num_neighbors=head_param(params, "num_neighbors", int, low=1, high=MAX_NUM_NEIGHBORS),
                    output_height=output_height, output_width=output_width,
-                   blur_sigma=float(params.get("blur_sigma", 4.0)), search=search)
+                   blur_sigma=head_param(params, "blur_sigma", float, 4.0, low=0.0, high=MAX_BLUR_SIGMA),
+                   search=search)
 
     def _map_operators(self, grid_h: int, grid_w: int) -> tuple[np.ndarray, np.ndarray]:
         key = (grid_h, grid_w)
@@ -292,9 +322,10 @@ class MapHead:
     def from_params(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
                     output_height: int, output_width: int, **options: Any) -> "MapHead":
         """The head a manifest describes (it has no arrays; device options such as ``search`` do not apply)."""
-        return cls(output_height=output_height, output_width=output_width, score=str(params.get("score", "max")),
-                   top_fraction=float(params.get("top_fraction", 0.01)),
-                   blur_sigma=float(params.get("blur_sigma", 0.0)))
+        return cls(output_height=output_height, output_width=output_width,
+                   score=head_param(params, "score", str, "max", choices=MAP_SCORES),
+                   top_fraction=head_param(params, "top_fraction", float, 0.01, low=0.0, high=1.0),
+                   blur_sigma=head_param(params, "blur_sigma", float, 0.0, low=0.0, high=MAX_BLUR_SIGMA))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -397,15 +428,13 @@ class MahalanobisHead:
         missing = [name for name in ("mean", "inv_covariance") if name not in arrays]
         if missing:
             raise EdgekitError(f"the Mahalanobis head has no {missing[0]} array")
-        dtype = str(params.get("dtype", "float32"))
-        if dtype not in MAHALANOBIS_DTYPES:
-            raise EdgekitError(f"the manifest names Mahalanobis dtype {dtype!r}; this edgekit knows "
-                               f"{', '.join(MAHALANOBIS_DTYPES)}")
+        dtype = head_param(params, "dtype", str, "float32", choices=MAHALANOBIS_DTYPES)
         if np.asarray(arrays["inv_covariance"]).dtype != np.dtype(dtype):
             raise EdgekitError(f"inv_covariance is stored as {np.asarray(arrays['inv_covariance']).dtype}, "
                                f"the manifest says {dtype}")
         return cls(mean=arrays["mean"], inv_covariance=arrays["inv_covariance"], output_height=output_height,
-                   output_width=output_width, blur_sigma=float(params.get("blur_sigma", 4.0)))
+                   output_width=output_width,
+                   blur_sigma=head_param(params, "blur_sigma", float, 4.0, low=0.0, high=MAX_BLUR_SIGMA))
 
     def distances(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, d, h, w) embeddings → (N, h, w) float32 Mahalanobis distances."""

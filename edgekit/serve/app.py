@@ -46,6 +46,7 @@ class RunConfig:
     serve: Optional[str] = None  # HOST:PORT
     token: Optional[str] = None
     threads: Optional[int] = None
+    trusted_keys: tuple[Path, ...] = ()  # --require-signature: public keys; empty = no signature needed
 
     def __post_init__(self) -> None:
         for name in ("fps", "max_frames", "duration", "events_max_mb", "keep", "keep_mb", "save_every",
@@ -117,7 +118,7 @@ def run_service(config: RunConfig) -> int:
     from edgekit.serve.pipeline import Pipeline
     from edgekit.serve.sources import describe, open_source
 
-    detector = load(config.bundle, threads=config.threads)
+    detector = load(config.bundle, threads=config.threads, trusted_keys=list(config.trusted_keys) or None)
     source = None if config.source is None else open_source(config.source, watch=config.watch,
                                                             channels=detector.manifest.input.channels)
     sinks = build_sinks(config, fingerprint=detector.fingerprint)

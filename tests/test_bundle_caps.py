@@ -1,0 +1,355 @@
+"""Caps before work for .edgekit archives: the manifest first, only listed members, each capped at
+its manifest size and hashed while streaming; no extracted copies left behind."""
+from __future__ import annotations
+
+import gc
+import io
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.bundle import (SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec, load_bundle, save_bundle,
+                            unpack_bundle)
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import InputSpec
+
+from test_bundle import NETWORK_BYTES, save_tiny
+
+SPEC = InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+IMAGE = np.random.default_rng(3).integers(0, 255, (16, 16, 3)).astype(np.uint8)
+
+
+@pytest.fixture
+def private_temp(tmp_path: Path, monkeypatch) -> Path:
+    """Route edgekit's extraction temp dirs into a folder the test can inspect."""
+    area = tmp_path / "temp-area"
+    area.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(area))
+    return area
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """The archive members edgekit opens for reading, in order."""
+    names: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def recording_open(self, member, *args, **kwargs):
+        names.append(member.filename if isinstance(member, zipfile.ZipInfo) else member)
+        return real_open(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", recording_open)
+    return names
+
+
+def _members(archive: Path) -> list[tuple[zipfile.ZipInfo, bytes]]:
+    with zipfile.ZipFile(archive) as zf:
+        return [(info, zf.read(info)) for info in zf.infolist()]
+
+
+def _rezip(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for info, data in members:
+            zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    return path
+
+
+def test_an_unlisted_bomb_is_refused_before_any_member_but_the_manifest_is_read(
+        tmp_path: Path, private_temp: Path, opened: list[str]) -> None:
+    good = _members(save_tiny(tmp_path / "tiny.edgekit"))
+    bomb = _rezip(tmp_path / "bomb.edgekit", [*good, ("zeros.bin", bytes(64 << 20))])
+    assert bomb.stat().st_size < 200_000  # 64 MiB of zeros in well under 1 MB
+    opened.clear()
+    with pytest.raises(EdgekitError, match=f"^bundle {bomb} holds files its manifest does not list: zeros.bin$"):
+        load_bundle(bomb)
+    assert opened == ["manifest.json", "manifest.sha256"]
+    assert list(private_temp.iterdir()) == []
+
+
+def test_a_listed_member_of_another_size_is_refused_before_it_is_read(
+        tmp_path: Path, private_temp: Path, opened: list[str]) -> None:
+    members = [(info if info.filename != "model.bin" else "model.bin",
+                data if info.filename != "model.bin" else bytes(32 << 20))
+               for info, data in _members(save_tiny(tmp_path / "tiny.edgekit"))]
+    swapped = _rezip(tmp_path / "swapped.edgekit", members)
+    opened.clear()
+    with pytest.raises(EdgekitError, match="tampered or damaged: model.bin is 33554432 bytes, its manifest says 1024"):
+        load_bundle(swapped)
+    assert "model.bin" not in opened
+    assert list(private_temp.iterdir()) == []
+
+
+def test_a_member_is_read_no_further_than_its_manifest_size(tmp_path: Path, private_temp: Path,
+                                                            monkeypatch) -> None:
+    archive = save_tiny(tmp_path / "tiny.edgekit")
+    served: list[int] = []
+    real_open = zipfile.ZipFile.open
+
+    class Endless(io.BytesIO):  # a reader that yields more than its header declares
+        def read(self, size: int = -1) -> bytes:
+            chunk = super().read(size)
+            served.append(len(chunk))
+            return chunk
+
+    def endless_model_xml(self, member, *args, **kwargs):
+        if getattr(member, "filename", member) != "model.xml":
+            return real_open(self, member, *args, **kwargs)
+        return Endless(NETWORK_BYTES + b"x" * (8 << 20))
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", endless_model_xml)
+    with pytest.raises(EdgekitError, match="member 'model.xml' is larger than declared"):
+        load_bundle(archive)
+    assert sum(served) <= 1 << 20  # one chunk, not 8 MiB
+    assert list(private_temp.iterdir()) == []
+
+
+def test_a_member_with_the_right_size_and_other_bytes_fails_its_streamed_checksum(
+        tmp_path: Path, private_temp: Path) -> None:
+    members = [(info, data if info.filename != "model.bin" else bytes(len(data)))
+               for info, data in _members(save_tiny(tmp_path / "tiny.edgekit"))]
+    with pytest.raises(EdgekitError, match="tampered or damaged: model.bin checksum mismatch"):
+        load_bundle(_rezip(tmp_path / "zeroed.edgekit", members))
+    assert list(private_temp.iterdir()) == []
+
+
+def test_an_oversized_manifest_is_refused_unread(tmp_path: Path, private_temp: Path, opened: list[str]) -> None:
+    from edgekit.bundle import MAX_MANIFEST_BYTES
+
+    archive = _rezip(tmp_path / "fat.edgekit", [("manifest.json", b" " * (MAX_MANIFEST_BYTES + 1))])
+    opened.clear()
+    with pytest.raises(EdgekitError, match=f"member 'manifest.json' is {MAX_MANIFEST_BYTES + 1} bytes, more than "
+                                           f"the {MAX_MANIFEST_BYTES} allowed"):
+        load_bundle(archive)
+    assert opened == []
+    folder = save_tiny(tmp_path / "bundle")
+    (folder / "manifest.json").write_bytes(b" " * (MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(EdgekitError, match=f"manifest.json is larger than {MAX_MANIFEST_BYTES} bytes"):
+        load_bundle(folder)
+
+
+def test_folder_entries_are_allowed_only_above_listed_files(tmp_path: Path, private_temp: Path) -> None:
+    good = _members(save_tiny(tmp_path / "tiny.edgekit"))
+    with_parent = _rezip(tmp_path / "zip-r.edgekit", [(zipfile.ZipInfo("head/"), b""), *good])
+    assert load_bundle(with_parent).manifest.files
+    stray = _rezip(tmp_path / "stray.edgekit", [(zipfile.ZipInfo("spare/"), b""), *good])
+    with pytest.raises(EdgekitError, match="does not list: spare/"):
+        load_bundle(stray)
+    with pytest.raises(EdgekitError, match="does not list: spare/"):
+        unpack_bundle(stray, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_changed_size_in_a_folder_bundle_is_named(tmp_path: Path) -> None:
+    folder = save_tiny(tmp_path / "bundle")
+    (folder / "model.xml").write_bytes(NETWORK_BYTES + b" ")
+    with pytest.raises(EdgekitError, match="model.xml is 29 bytes, its manifest says 28"):
+        load_bundle(folder)
+
+
+def _fake_archive(dest: Path) -> Path:
+    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    return _save(dest, "fake", "fake", {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()},
+                 bank)
+
+
+def _save(dest: Path, runtime: str, fmt: str, files: dict, bank: np.ndarray, layout: str = "NCHW") -> Path:
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, edgekit_version=edgekit.__version__, model="patchcore", backbone="test",
+        target="x86", runtime=runtime, device="CPU", precision="fp32",
+        input=InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3, layout=layout),
+        network=NetworkSpec(format=fmt, files=tuple(files), input_name="image", output_names=("embedding",)),
+        head=HeadSpec(kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0},
+                      arrays={"memory_bank": "head/memory_bank.npy"}),
+        decision=Decision(image_threshold=1.5, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0,
+                          method="test", fitted_on=2),
+        source={}, export={})
+    return save_bundle(dest, manifest, files=files, arrays={"head/memory_bank.npy": bank})
+
+
+def test_twenty_loads_of_an_archive_leave_no_copies_behind(tmp_path: Path, private_temp: Path) -> None:
+    archive = _fake_archive(tmp_path / "model.edgekit")
+    counts = []
+    for _ in range(20):
+        detector = edgekit.load(archive)
+        detector.predict(IMAGE)
+        counts.append(len(list(private_temp.iterdir())))
+    assert max(counts) == 1  # the previous Detector's copy went with it
+    del detector
+    gc.collect()
+    assert list(private_temp.iterdir()) == []
+    for _ in range(20):
+        with edgekit.load(archive) as detector:
+            detector.predict(IMAGE)
+        assert list(private_temp.iterdir()) == []
+    bundle = load_bundle(archive)
+    bundle.close()
+    bundle.close()  # twice is fine
+    assert list(private_temp.iterdir()) == []
+    with pytest.raises(EdgekitError, match="threads must be an integer from 0 to 256, not -1"):
+        edgekit.load(archive, threads=-1)  # refused after extraction
+    assert list(private_temp.iterdir()) == []  # a load that fails leaves nothing either
+
+
+def _conv_pool_weights() -> np.ndarray:
+    """A 4×4 stride-4 convolution that averages each channel: the fake backend's pooling, as a network."""
+    weights = np.zeros((3, 3, 4, 4), np.float32)
+    for channel in range(3):
+        weights[channel, channel] = 1 / 16
+    return weights
+
+
+def _onnx_network(path: Path) -> Path:
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    node = helper.make_node("Conv", ["image", "weights"], ["embedding"], kernel_shape=[4, 4], strides=[4, 4])
+    graph = helper.make_graph(
+        [node], "pool", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        initializer=[numpy_helper.from_array(_conv_pool_weights(), "weights")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(path))
+    return path
+
+
+def _network_files(runtime: str, work: Path) -> tuple[str, dict, str]:
+    """(format, bundle files, layout) of the pooling network for ``runtime``."""
+    onnx_path = _onnx_network(work / "pool.onnx")
+    if runtime == "onnxruntime":
+        return "onnx", {"model.onnx": onnx_path}, "NCHW"
+    if runtime == "openvino":
+        import openvino as ov
+
+        ov.save_model(ov.convert_model(str(onnx_path)), str(work / "model.xml"), compress_to_fp16=False)
+        return "openvino", {"model.xml": work / "model.xml", "model.bin": work / "model.bin"}, "NCHW"
+    import torch
+
+    from edgekit.export.tflite import torch_to_tflite
+
+    conv = torch.nn.Conv2d(3, 3, 4, stride=4, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(_conv_pool_weights()))
+    path = torch_to_tflite(conv.eval(), torch.zeros(1, 3, 16, 16), work / "model.tflite", input_name="image",
+                           output_names=("embedding",), layout="NHWC")
+    return "tflite", {"model.tflite": path}, "NHWC"
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "litert"])
+def test_each_runtime_keeps_predicting_after_the_extracted_copy_is_removed(
+        runtime: str, tmp_path: Path, private_temp: Path) -> None:
+    """The runtimes read (or map) their network at load, so closing early is safe on Linux."""
+    work = tmp_path / "work"
+    work.mkdir()
+    fmt, files, layout = _network_files(runtime, work)
+    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    archive = _save(tmp_path / f"{runtime}.edgekit", runtime, fmt, files, bank, layout=layout)
+    detector = edgekit.load(archive)
+    before = detector.predict(IMAGE)
+    detector.close()
+    assert list(private_temp.glob("edgekit-bundle-*")) == []  # (the TFLite converter leaves its own cache)
+    for _ in range(3):
+        after = detector.predict(IMAGE)
+        assert after.raw_score == pytest.approx(before.raw_score, rel=1e-6)
+    expected = _fake_archive(tmp_path / "fake.edgekit")
+    with edgekit.load(expected) as fake:  # the same pooling on the fake runtime: the same score
+        assert fake.predict(IMAGE).raw_score == pytest.approx(before.raw_score, rel=1e-4)
+
+
+# A bounded manifest: every field the runtime uses is type- and range-checked, one line each.
+
+def _rewritten(folder: Path, change) -> Path:
+    from edgekit.bundle import digest_line
+
+    data = json.loads((folder / "manifest.json").read_text())
+    change(data)
+    text = json.dumps(data).replace('"<2000 levels>"', "[" * 2000 + "]" * 2000).encode()
+    (folder / "manifest.json").write_bytes(text)
+    (folder / "manifest.sha256").write_bytes(digest_line(text))
+    return folder
+
+
+def _set(section: str, key: str, value):
+    def change(data):
+        target = data
+        for part in section.split("."):
+            target = target[part]
+        if value is _DELETE:
+            del target[key]
+        else:
+            target[key] = value
+    return change
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set("input", "height", 60000), "input height must be an integer from 8 to 4096, not 60000"),
+    (_set("input", "width", 4), "input width must be an integer from 8 to 4096, not 4"),
+    (_set("input", "width", "16"), "field 'input.width' must be an integer, not a string"),
+    (_set("input", "channels", 2), "input channels must be 1 or 3, not 2"),
+    (_set("input", "std", [0.25, 0.0, 0.25]), "input std must be positive"),
+    (_set("input", "std", [0.25, -1, 0.25]), "input std must be positive"),
+    (_set("head.params", "blur_sigma", 1e9), "head param 'blur_sigma' must be from 0.0 to 64.0, not 1000000000.0"),
+    (_set("head.params", "blur_sigma", "4"), "head param 'blur_sigma' must be a number, not '4'"),
+    (_set("head.params", "num_neighbors", _DELETE), "head param 'num_neighbors' is missing"),
+    (_set("head.params", "num_neighbors", "9"), "head param 'num_neighbors' must be an integer, not '9'"),
+    (_set("head.params", "num_neighbors", 9.0), "head param 'num_neighbors' must be an integer, not 9.0"),
+    (_set("head.params", "num_neighbors", 0), "head param 'num_neighbors' must be from 1 to 1024, not 0"),
+    (_set("head.params", "num_neighbors", 10**9), "head param 'num_neighbors' must be from 1 to 1024"),
+    (_set("head.params", "bank", "int8"), "head param 'bank' must be an object, not 'int8'"),
+    (_set("head.params", "bank", {"dtype": "float64"}), "head param 'dtype' must be one of float32, float16, int8"),
+    (_set("export", "threads", -1), "export.threads must be an integer from 0 to 256, not -1"),
+    (_set("export", "threads", "4"), "export.threads must be an integer from 0 to 256, not '4'"),
+    (_set("export", "threads", 10**6), "export.threads must be an integer from 0 to 256, not 1000000"),
+    (_set("source", "nested", "<2000 levels>"), "nested deeper than 32 levels"),
+])
+def test_a_manifest_out_of_bounds_is_one_line_naming_the_bundle(tmp_path: Path, change, message: str) -> None:
+    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    folder = _save(tmp_path / "bundle", "fake", "fake",
+                   {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()}, bank)
+    edgekit.load(folder).predict(IMAGE)  # the bundle as saved is fine
+    _rewritten(folder, change)
+    with pytest.raises(EdgekitError) as caught:
+        edgekit.load(folder)
+    assert message in str(caught.value)
+    assert str(folder) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_deep_or_huge_manifest_text_is_refused_before_parsing() -> None:
+    from edgekit.manifest import MAX_MANIFEST_BYTES
+
+    with pytest.raises(EdgekitError, match="manifest.json: nested deeper than 32 levels; refused"):
+        Manifest.from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(EdgekitError, match="manifest.json: larger than"):
+        Manifest.from_json(" " * (MAX_MANIFEST_BYTES + 1))
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path: Path) -> None:
+    folder = _fake_archive(tmp_path / "bundle")
+    _rewritten(folder, _set("source", "note", "[" * 100 + "{" * 100))
+    assert load_bundle(folder).manifest.source["note"].startswith("[[[")
+
+
+@pytest.mark.parametrize("kind, params, arrays, message", [
+    ("map", {"score": "median"}, {}, "head param 'score' must be one of max, mean, top_mean"),
+    ("map", {"top_fraction": 2.0}, {}, "head param 'top_fraction' must be from 0.0 to 1.0"),
+    ("map", {"blur_sigma": 1e9}, {}, "head param 'blur_sigma' must be from 0.0 to 64.0"),
+    ("map", ["not", "an", "object"], {}, "head params must be an object"),
+    ("mahalanobis", {"dtype": "float64"}, {"mean": np.zeros((16, 2), np.float32),
+                                           "inv_covariance": np.zeros((16, 2, 2), np.float32)},
+     "head param 'dtype' must be one of float32, float16"),
+    ("mahalanobis", {"blur_sigma": -1}, {"mean": np.zeros((16, 2), np.float32),
+                                         "inv_covariance": np.zeros((16, 2, 2), np.float32)},
+     "head param 'blur_sigma' must be from 0.0 to 64.0, not -1.0"),
+])
+def test_every_head_checks_its_params(kind: str, params, arrays, message: str) -> None:
+    from edgekit.runtime.heads import build_head
+
+    with pytest.raises(EdgekitError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        build_head(kind, params, arrays, output_height=16, output_width=16)
