@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-import pytest
+from debian_tools import debian_tool
 
 #: schemes that stay inside the page or on this machine; anything else is an outside request
 LOCAL_SCHEMES = frozenset({"file", "data", "blob", "about"})
@@ -43,8 +43,6 @@ BLOCKED_URLS = ("http://*", "https://*", "ws://*", "wss://*", "ftp://*")
 SETTLE_QUIET_S = 0.3  # after the load event: wait until the page has been quiet this long ...
 SETTLE_MAX_S = 2.0  # ... but no longer than this
 
-_chromium: str | None = None
-_chromium_missing: str | None = None  # why there is no Chromium, once we know
 
 
 class BrowserError(RuntimeError):
@@ -75,55 +73,8 @@ def _origin(url: str) -> str:
 
 
 def chromium_path() -> str:
-    """Path of a Chromium binary, installing Debian's package once if missing (root only).
-
-    Skips the calling test when none can be had, or fails it when env CI is "true"/"1".
-    """
-    global _chromium, _chromium_missing
-    if _chromium is None and _chromium_missing is None:
-        found = _find_chromium()
-        if found is None:
-            _chromium_missing = _install_chromium()
-            found = _find_chromium()
-        if found is not None:
-            _chromium, _chromium_missing = found, None
-        elif _chromium_missing is None:
-            _chromium_missing = "apt-get installed chromium but no chromium binary is on PATH"
-    if _chromium is not None:
-        return _chromium
-    reason = f"headless Chromium is not available: {_chromium_missing}"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def _find_chromium() -> str | None:
-    if os.access("/usr/bin/chromium", os.X_OK):
-        return "/usr/bin/chromium"
-    return shutil.which("chromium")
-
-
-def _install_chromium() -> str | None:
-    """Install Debian's chromium with apt-get; return why it could not be, or None on success."""
-    if os.geteuid() != 0:
-        return "not root, so it cannot be installed with apt-get (run: apt-get install chromium)"
-    if shutil.which("apt-get") is None:
-        return "no apt-get on this machine to install it with"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    steps = (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
-    )
-    for command in steps:
-        try:
-            done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            return f"`{' '.join(command)}` took over 15 minutes"
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            return f"`{' '.join(command)}` exited {done.returncode}: {' / '.join(tail)}"
-    return None
+    """Path of Debian's Chromium, installed once if missing (see debian_tools)."""
+    return debian_tool("chromium", "/usr/bin/chromium", what="headless Chromium")
 
 
 def render_page(html_path: Path, *, width: int = 1280, height: int = 900, timeout: float = 60) -> PageResult:

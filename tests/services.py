@@ -18,65 +18,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-_mosquitto: str | None = None
-_mosquitto_missing: str | None = None  # why there is no mosquitto, once we know
+from debian_tools import debian_tool
 
 
 def mosquitto_path() -> str:
-    """Path of the mosquitto binary, installing Debian's package once if missing (root only).
-
-    Skips the calling test when none can be had, or fails it when env CI is "true"/"1".
-    """
-    global _mosquitto, _mosquitto_missing
-    if _mosquitto is None and _mosquitto_missing is None:
-        found = _find_mosquitto()
-        if found is None:
-            _mosquitto_missing = _install_mosquitto()
-            found = _find_mosquitto()
-        if found is not None:
-            _mosquitto, _mosquitto_missing = found, None
-        elif _mosquitto_missing is None:
-            _mosquitto_missing = "apt-get installed mosquitto but no mosquitto binary was found"
-    if _mosquitto is not None:
-        return _mosquitto
-    reason = f"the mosquitto MQTT broker is not available: {_mosquitto_missing}"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def _find_mosquitto() -> str | None:
-    if os.access("/usr/sbin/mosquitto", os.X_OK):  # Debian's place, often not on a user's PATH
-        return "/usr/sbin/mosquitto"
-    return shutil.which("mosquitto")
-
-
-def _install_mosquitto() -> str | None:
-    """Install Debian's mosquitto with apt-get (apt-get update first only if that fails); why not, or None."""
-    if os.geteuid() != 0:
-        return "not root, so it cannot be installed with apt-get (run: apt-get install mosquitto)"
-    if shutil.which("apt-get") is None:
-        return "no apt-get on this machine to install it with"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mosquitto"]
-    why = _run(install, env)
-    if why is not None:
-        why = _run(["apt-get", "update", "-q"], env) or _run(install, env)
-    return why
-
-
-def _run(command: list[str], env: dict[str, str]) -> str | None:
-    try:
-        done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=900)
-    except subprocess.TimeoutExpired:
-        return f"`{' '.join(command)}` took over 15 minutes"
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return f"`{' '.join(command)}` exited {done.returncode}: {' / '.join(tail)}"
-    return None
+    """Path of Debian's mosquitto broker, installed once if missing (see debian_tools)."""
+    return debian_tool("mosquitto", "/usr/sbin/mosquitto", what="the mosquitto MQTT broker")
 
 
 def free_port() -> int:
