@@ -64,18 +64,37 @@ class InputSpec:
             raise EdgekitError(f"unknown layout {self.layout!r}; known: NCHW, NHWC")
 
 
-def read_image(source: ImageLike, channels: int = 3) -> np.ndarray:
+#: Decoded-pixel cap: a 50-megapixel RGB image is 150 MB of uint8, and more again while it is
+#: resized; a Raspberry Pi with 1-4 GB must refuse larger ones before decoding them.
+DEFAULT_MAX_PIXELS = 50_000_000
+#: Smallest image side accepted: anything smaller carries no texture to judge.
+MIN_SIDE = 2
+
+
+class ImageRejected(EdgekitError):
+    """An image refused before scoring; ``reason`` is "unreadable", "too-large", "too-small" or "corrupt"."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_image(source: ImageLike, channels: int = 3, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Return an HxWxC uint8 array with ``channels`` channels from a path or an array.
 
     Grey input for a colour model is replicated to three channels and colour input for a grey
-    model is converted with ITU-R 601-2 luma (Pillow's ``L``), so one camera fits both.
+    model is converted with ITU-R 601-2 luma (Pillow's ``L``), so one camera fits both. Files are
+    turned upright by their EXIF orientation, and refused when the header says more than
+    ``max_pixels`` (before any pixel is decoded) or a side is under ``MIN_SIDE``. Arrays are uint8,
+    or float32/float64 intensities in [0, 1] (scaled by 255 and rounded; other float values are
+    refused, since 0-255 floats and [0, 1] floats cannot be told apart safely).
     """
     mode = "RGB" if channels == 3 else "L"
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise EdgekitError(f"{path}: no such image file")
-        array = _decode(path, mode, str(path))
+        array = _decode(path, mode, str(path), max_pixels)
     elif isinstance(source, np.ndarray):
         array = _array_to_mode(source, mode)
     else:
@@ -85,44 +104,76 @@ def read_image(source: ImageLike, channels: int = 3) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def decode_image(data: bytes, channels: int = 3, *, label: str = "image") -> np.ndarray:
+def decode_image(data: bytes, channels: int = 3, *, label: str = "image",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG, ...) → HxWxC uint8, as :func:`read_image` reads a file."""
     import io
 
-    array = _decode(io.BytesIO(data), "RGB" if channels == 3 else "L", label)
+    array = _decode(io.BytesIO(data), "RGB" if channels == 3 else "L", label, max_pixels)
     return np.ascontiguousarray(array if array.ndim == 3 else array[:, :, None])
 
 
-def _decode(source, mode: str, label: str) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def _decode(source, mode: str, label: str, max_pixels: int) -> np.ndarray:
+    """Open (lazily: the header only), check the size, then decode, rotate upright and convert."""
+    from PIL import Image, ImageOps
 
     try:
-        with Image.open(source) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)  # a phone or camera JPEG shot rotated is scored upright
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                img = img.point(lambda v: v / 256).convert("L")
-            return np.asarray(img.convert(mode))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise EdgekitError(f"{label}: not a readable image ({exc.__class__.__name__})") from None
+        img = Image.open(source)
+    except Image.DecompressionBombError:
+        raise ImageRejected(f"{label}: the image is too large to decode (over Pillow's own limit of "
+                            f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)", "too-large") from None
+    except Exception as exc:  # UnidentifiedImageError, or whatever a malformed header makes a plugin raise
+        raise ImageRejected(f"{label}: not a readable image ({exc.__class__.__name__})", "unreadable") from None
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageRejected(f"{label}: the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
+                                f"the limit is {max_pixels / 1e6:g} megapixels", "too-large")
+        if min(width, height) < MIN_SIDE:
+            raise ImageRejected(f"{label}: the image is too small: {width}x{height}", "too-small")
+        try:
+            upright = ImageOps.exif_transpose(img)  # decodes; a camera JPEG shot rotated is scored upright
+            if upright.mode == "F":  # 32-bit float (TIFF): the same [0, 1] rule as float arrays
+                return _array_to_mode(np.asarray(upright), mode, label)
+            if upright.mode in ("I;16", "I;16B", "I;16L", "I"):
+                upright = upright.point(lambda v: v / 256).convert("L")
+            return np.asarray(upright.convert(mode))
+        except EdgekitError:  # the float rule's own message
+            raise
+        except Exception as exc:
+            raise ImageRejected(f"{label}: the image is truncated or corrupt ({exc.__class__.__name__})",
+                                "corrupt") from None
 
 
-def _array_to_mode(array: np.ndarray, mode: str) -> np.ndarray:
+def _array_to_mode(array: np.ndarray, mode: str, label: str = "image") -> np.ndarray:
     from PIL import Image
 
+    if array.dtype in (np.float32, np.float64):
+        array = _float_to_uint8(array, label)
     if array.dtype != np.uint8:
-        raise EdgekitError(f"image arrays must be uint8 (0-255), not {array.dtype}")
+        raise EdgekitError(f"{label}: image arrays must be uint8 (0-255) or float in [0, 1], not {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
+    if array.ndim not in (2, 3) or array.ndim == 3 and array.shape[2] not in (3, 4):
+        raise EdgekitError(f"{label}: image arrays must be HxW, HxWx1, HxWx3 or HxWx4, not {array.shape}")
+    if array.shape[0] < MIN_SIDE or array.shape[1] < MIN_SIDE:
+        raise ImageRejected(f"{label}: the image is too small: {array.shape[1]}x{array.shape[0]}", "too-small")
     if array.ndim == 2:
         return array if mode == "L" else np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise EdgekitError(f"image arrays must be HxW, HxWx1, HxWx3 or HxWx4, not {array.shape}")
-    if array.shape[0] < 2 or array.shape[1] < 2:
-        raise EdgekitError(f"image is too small: {array.shape[1]}x{array.shape[0]}")
     if mode == "RGB":
         return array[:, :, :3]
     return np.asarray(Image.fromarray(array[:, :, :3], "RGB").convert("L"))
+
+
+def _float_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
+    """Float intensities in [0, 1] → uint8 0-255 (rounded); anything else is refused."""
+    if array.size == 0:
+        raise ImageRejected(f"{label}: the image is empty: shape {array.shape}", "too-small")
+    low, high = float(np.min(array)), float(np.max(array))
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0.0 or high > 1.0:
+        raise EdgekitError(f"{label}: a float image must hold finite values in [0, 1] (it holds {low:g} to "
+                           f"{high:g}); pass 0-255 data as uint8")
+    return np.rint(array * 255.0).astype(np.uint8)
 
 
 def resize(image: np.ndarray, height: int, width: int, method: str = "pil-bilinear") -> np.ndarray:
@@ -136,11 +187,12 @@ def resize(image: np.ndarray, height: int, width: int, method: str = "pil-biline
     return out[:, :, None] if out.ndim == 2 else out
 
 
-def prepare(images: Iterable[ImageLike], spec: InputSpec) -> np.ndarray:
-    """Images (paths or uint8 arrays) → one float32 batch in the network's layout."""
+def prepare(images: Iterable[ImageLike], spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Images (paths, uint8 arrays or [0, 1] float arrays) → one float32 batch in the network's layout."""
     batch = []
     for source in images:
-        pixels = resize(read_image(source, spec.channels), spec.height, spec.width, spec.resize)
+        pixels = resize(read_image(source, spec.channels, max_pixels=max_pixels), spec.height, spec.width,
+                        spec.resize)
         batch.append(pixels)
     if not batch:
         raise EdgekitError("no images given")

@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit.bundle import MANIFEST_NAME, Bundle, Decision, load_bundle
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, prepare
+from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageLike, prepare
 from edgekit.runtime.backends import Backend, BackendOptions, load_backend
 from edgekit.runtime.heads import build_head
 
@@ -47,11 +47,14 @@ class Detector:
     """Runs a bundle: the one pre-processing, the exported network, the numpy head, the decision.
 
     Image arrays are RGB (or grey) unless ``color="bgr"`` says they come from OpenCV: a BGR frame
-    read as RGB swaps red and blue, which a colour model sees as a defect everywhere. One Detector
-    may be shared by several threads.
+    read as RGB swaps red and blue, which a colour model sees as a defect everywhere. Arrays are
+    uint8, or float in [0, 1] (scaled by 255; other floats are refused). Image files larger than
+    ``max_pixels`` are refused from their header, before decoding. One Detector may be shared by
+    several threads.
     """
 
-    def __init__(self, bundle: Bundle, backend: Backend, *, head_threads: Optional[int] = None) -> None:
+    def __init__(self, bundle: Bundle, backend: Backend, *, head_threads: Optional[int] = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.backend = backend
@@ -64,6 +67,7 @@ class Detector:
             raise EdgekitError(f"bundle {bundle.origin}: {exc}") from None
         self._output_name = self.manifest.network.output_names[0]
         self._blas_limit = _blas_limiter(head_threads)
+        self.max_pixels = max_pixels
 
     def close(self) -> None:
         """Remove the private copy of a ``.edgekit`` bundle (also done when the Detector is garbage
@@ -90,7 +94,8 @@ class Detector:
 
     def embed(self, images: Iterable[ImageLike], *, color: str = "rgb") -> np.ndarray:
         """The network's output for a batch of images, through the one pre-processing."""
-        batch = prepare((_to_rgb(image, color) for image in images), self.manifest.input)
+        batch = prepare((_to_rgb(image, color) for image in images), self.manifest.input,
+                        max_pixels=self.max_pixels)
         outputs = self.backend.infer({self.manifest.network.input_name: batch})
         if self._output_name not in outputs:
             raise EdgekitError(f"the network did not produce output {self._output_name!r} "
@@ -110,7 +115,7 @@ class Detector:
                 for s, r, m in zip(scores, raw_scores, maps)]
 
     def predict(self, image: ImageLike, *, color: str = "rgb") -> Prediction:
-        """Score one image: a file path or an HxW / HxWxC uint8 array (RGB, or BGR with color="bgr")."""
+        """Score one image: a file path, or an HxW / HxWxC array (RGB, or BGR with color="bgr")."""
         return self.decide(*self.raw([image], color=color))[0]
 
     def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = 8,
@@ -163,14 +168,20 @@ def _count(value: Any, what: str) -> int:
 
 
 def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None,
-         head_threads: Optional[int] = None, trusted_keys: Optional[Sequence[Any]] = None) -> Detector:
+         head_threads: Optional[int] = None, trusted_keys: Optional[Sequence[Any]] = None,
+         max_parallel: Optional[int] = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Detector:
     """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
 
     ``device`` and ``threads`` override the manifest's target settings (e.g. ``device="GPU.1"``).
     ``head_threads`` caps numpy's BLAS threads while the numpy head runs (None: numpy's default).
     ``trusted_keys`` (public key files or raw 32-byte Ed25519 keys): refuse a bundle that is not
     signed by one of them (``edgekit sign``).
+    ``max_parallel`` caps how many network calls run at once when threads share the Detector (an
+    OpenVINO infer request each; None: one per CPU core, so memory stays bounded); more callers wait.
+    ``max_pixels`` caps the decoded size of an image file (refused from its header).
     """
+    if max_parallel is not None and max_parallel < 1:
+        raise EdgekitError(f"max_parallel must be at least 1, not {max_parallel}")
     bundle = load_bundle(Path(path), trusted_keys=trusted_keys)
     try:
         manifest = bundle.manifest
@@ -179,9 +190,10 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
         options = BackendOptions(device=device or manifest.device,
                                  threads=_count(threads, "threads"),
                                  precision=manifest.precision,
-                                 output_names=tuple(manifest.network.output_names))
+                                 output_names=tuple(manifest.network.output_names),
+                                 max_parallel=max_parallel or 0)
         backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
-        return Detector(bundle, backend, head_threads=head_threads)
+        return Detector(bundle, backend, head_threads=head_threads, max_pixels=max_pixels)
     except BaseException:
         bundle.close()
         raise

@@ -156,34 +156,23 @@ class HttpService:
 def decode_image(data: bytes, *, channels: int, max_pixels: int) -> np.ndarray:
     """Untrusted image-file bytes → HxWxC uint8 (RGB, or grey for ``channels=1``), EXIF-rotated.
 
-    The size is read from the header and refused (413) before any pixel is decoded; bytes Pillow
-    cannot identify are 415, a truncated or corrupt image is 422.
+    preprocess's own checks, mapped to statuses: the size is read from the header and refused (413)
+    before any pixel is decoded; bytes Pillow cannot identify are 415; a truncated, corrupt or
+    too small image is 422.
     """
-    from PIL import Image, ImageOps
+    from edgekit.preprocess import ImageRejected
+    from edgekit.preprocess import decode_image as decode
 
     try:
-        picture = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise HttpError(413, f"the image is too large to decode: {exc}") from None
-    except Exception:  # UnidentifiedImageError, or whatever a malformed header makes a plugin raise
-        raise HttpError(415, "the body is not an image file Pillow can read (send PNG, JPEG, BMP, TIFF "
-                             "or WebP bytes)") from None
-    with picture:
-        width, height = picture.size
-        if width * height > max_pixels:
-            raise HttpError(413, f"the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
-                                 f"the limit is {max_pixels / 1e6:g} megapixels")
-        if width < 2 or height < 2:
-            raise HttpError(422, f"the image is too small: {width}x{height}")
-        try:
-            upright = ImageOps.exif_transpose(picture)  # decodes; a no-op copy without EXIF orientation
-            if upright.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey, as preprocess.read_image does
-                upright = upright.point(lambda value: value / 256).convert("L")
-            array = np.asarray(upright.convert("RGB" if channels == 3 else "L"))
-        except Exception as exc:
-            raise HttpError(422, f"the image is truncated or corrupt ({type(exc).__name__}: "
-                                 f"{str(exc)[:120]})") from None
-    return np.ascontiguousarray(array if array.ndim == 3 else array[:, :, None])
+        return decode(data, channels, label="the image", max_pixels=max_pixels)
+    except ImageRejected as exc:
+        raise HttpError(_IMAGE_STATUS.get(exc.reason, 422), str(exc)) from None
+    except EdgekitError as exc:
+        raise HttpError(422, str(exc)) from None
+
+
+#: preprocess.ImageRejected.reason -> HTTP status
+_IMAGE_STATUS = {"too-large": 413, "unreadable": 415, "too-small": 422, "corrupt": 422}
 
 
 def bundle_info(detector: Detector) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class BackendOptions:
     threads: int = 0  # 0: the runtime's own default
     precision: str = "fp32"
     output_names: tuple[str, ...] = ()
+    max_parallel: int = 0  # network calls at once from threads sharing a backend (0: one per CPU core)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

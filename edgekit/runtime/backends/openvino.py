@@ -1,7 +1,9 @@
 """OpenVINO backend: runs an IR (``.xml`` + ``.bin``) on CPU, GPU or another OpenVINO device."""
 from __future__ import annotations
 
+import os
 import queue
+import threading
 from pathlib import Path
 from typing import Mapping
 
@@ -47,20 +49,23 @@ class OpenVinoBackend:
             raise EdgekitError(f"OpenVINO could not load {path.name} on {options.device}: {first}") from None
         self._outputs = [(out.get_any_name(), out) for out in self._compiled.outputs]
         # An infer request serves one call at a time ("Infer Request is busy" otherwise, or another
-        # thread's results): each call borrows an idle one, and a new one is made when none is idle.
-        # A process makes at most as many as it ever runs at once.
+        # thread's results): each call borrows an idle one, and a new one is made when none is idle,
+        # up to max_parallel requests (each holds its own activation buffers); more callers wait.
+        self.max_parallel = options.max_parallel or os.cpu_count() or 1
+        self._slots = threading.BoundedSemaphore(self.max_parallel)
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            request = self._idle.get_nowait()
-        except queue.Empty:
-            request = self._compiled.create_infer_request()
-        try:
-            results = request.infer(dict(inputs))
-            return {name: np.array(results[port]) for name, port in self._outputs}
-        finally:
-            self._idle.put(request)
+        with self._slots:
+            try:
+                request = self._idle.get_nowait()
+            except queue.Empty:
+                request = self._compiled.create_infer_request()
+            try:
+                results = request.infer(dict(inputs))
+                return {name: np.array(results[port]) for name, port in self._outputs}
+            finally:
+                self._idle.put(request)
 
 
 def load(path: Path, options: BackendOptions) -> OpenVinoBackend:

@@ -1,0 +1,130 @@
+"""Images the runtime refuses or converts by rule: empty, degenerate, float, oversized."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageRejected, InputSpec, decode_image, prepare, read_image
+
+SPEC = InputSpec(height=8, width=8, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but which holds no pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("array", [
+    np.zeros((0, 0), np.uint8), np.zeros((0, 5, 3), np.uint8), np.zeros((1, 1), np.uint8),
+    np.full((1, 1, 3), 128, np.uint8), np.zeros((1, 40), np.uint8), np.zeros((0, 0), np.float32),
+], ids=["empty-2d", "empty-rgb", "1x1-grey", "1x1-rgb", "1x40", "empty-float"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_empty_and_degenerate_arrays_are_refused_as_too_small(array, channels):
+    with pytest.raises(ImageRejected, match="too small|empty") as caught:
+        read_image(array, channels)
+    assert caught.value.reason == "too-small"
+
+
+def test_one_pixel_png_file_is_refused(tmp_path):
+    path = tmp_path / "dot.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(path)
+    with pytest.raises(ImageRejected, match="too small: 1x1"):
+        read_image(path)
+    with pytest.raises(ImageRejected, match="too small"):
+        prepare([path], SPEC)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_arrays_in_unit_range_score_as_their_uint8_image(dtype):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (16, 12, 3), dtype=np.uint8)
+    as_float = (pixels / 255.0).astype(dtype)
+    np.testing.assert_array_equal(read_image(as_float), pixels)
+    np.testing.assert_array_equal(prepare([as_float], SPEC), prepare([pixels], SPEC))
+
+
+@pytest.mark.parametrize("values", [[0.0, 255.0], [-0.1, 0.5], [0.0, np.nan], [0.0, np.inf]],
+                         ids=["0-255", "negative", "nan", "inf"])
+def test_float_arrays_outside_unit_range_are_refused(values):
+    array = np.full((8, 8), values[0], np.float32)
+    array[0, 0] = values[1]
+    with pytest.raises(EdgekitError, match=r"float image must hold finite values in \[0, 1\]"):
+        read_image(array)
+
+
+def test_other_dtypes_are_refused_with_the_rule():
+    with pytest.raises(EdgekitError, match=r"uint8 \(0-255\) or float in \[0, 1\], not uint16"):
+        read_image(np.zeros((8, 8), np.uint16))
+
+
+def test_float32_tiff_in_unit_range_is_not_black(tmp_path):
+    ramp = np.tile(np.linspace(0.0, 1.0, 32, dtype=np.float32), (16, 1))
+    path = tmp_path / "ramp.tiff"
+    Image.fromarray(ramp, mode="F").save(path)
+    got = read_image(path, channels=1)[:, :, 0]
+    np.testing.assert_array_equal(got, np.rint(ramp * 255).astype(np.uint8))
+    assert got.max() == 255
+
+
+def test_float32_tiff_outside_unit_range_is_refused(tmp_path):
+    path = tmp_path / "raw.tiff"
+    Image.fromarray(np.full((8, 8), 200.0, np.float32), mode="F").save(path)
+    with pytest.raises(EdgekitError, match=r"\[0, 1\]"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("side", [12000, 20000])
+def test_oversized_file_is_refused_from_its_header_without_decoding(tmp_path, side):
+    path = tmp_path / f"huge-{side}.png"
+    path.write_bytes(png_header_only(side, side))  # no pixels at all: decoding would fail otherwise
+    with pytest.raises(ImageRejected, match="megapixels") as caught:
+        read_image(path)
+    assert caught.value.reason == "too-large"
+    with pytest.raises(ImageRejected, match="megapixels"):
+        decode_image(path.read_bytes())
+
+
+def test_pixel_cap_is_a_parameter_and_defaults_to_50_megapixels(tmp_path):
+    assert DEFAULT_MAX_PIXELS == 50_000_000
+    path = tmp_path / "small.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(path)
+    assert read_image(path).shape == (100, 100, 3)
+    with pytest.raises(ImageRejected, match=r"100x100 \(0\.0 megapixels\); the limit is 0\.005 megapixels"):
+        read_image(path, max_pixels=5000)
+
+
+def test_unreadable_and_truncated_files_have_their_own_reasons(tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image" * 10)
+    with pytest.raises(ImageRejected, match="not a readable image") as caught:
+        read_image(junk)
+    assert caught.value.reason == "unreadable"
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    with pytest.raises(ImageRejected, match="truncated or corrupt") as caught:
+        decode_image(buffer.getvalue()[:2000])
+    assert caught.value.reason == "corrupt"
+
+
+def test_detector_refuses_degenerate_images_and_accepts_unit_floats(x86_bundle, brick):
+    import edgekit
+
+    detector = edgekit.load(x86_bundle)
+    for bad in (np.zeros((0, 0), np.uint8), np.full((1, 1), 128, np.uint8)):
+        with pytest.raises(EdgekitError, match="too small"):
+            detector.predict(bad)
+    good = np.asarray(Image.open(sorted((brick / "test" / "good").iterdir())[0]).convert("RGB"))
+    assert detector.predict(good.astype(np.float32) / 255).raw_score == pytest.approx(
+        detector.predict(good).raw_score, rel=1e-6)
+    small = edgekit.load(x86_bundle, max_pixels=1000)
+    with pytest.raises(EdgekitError, match="the limit is 0.001 megapixels"):
+        small.predict(sorted((brick / "test" / "good").iterdir())[0])
