@@ -16,13 +16,32 @@ from edgekit.train.registry import MODELS_WITH_OWN_DATA, TRAINERS
 DEFAULT_TARGET = "x86"
 DEFAULT_SERVE = "127.0.0.1:8080"
 
+#: click types shared by several commands: a bad value is refused before any work starts
+SEED = click.IntRange(0, 2**32 - 1)
+POSITIVE = click.IntRange(min=1)
+SHARE = click.FloatRange(0.0, 1.0, min_open=True, max_open=True)
+#: network input side: the backbones need 32; 1024 is MVTec's full resolution, beyond it a bank or
+#: feature map no longer fits a host's memory (let alone a Pi's); synth's sizes are the same
+IMAGE_SIZE = click.IntRange(32, 1024)
+EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+EXISTING = click.Path(exists=True, path_type=Path)
+NEW_FILE = click.Path(dir_okay=False, path_type=Path)
+FOLDER = click.Path(file_okay=False, path_type=Path)
+
 
 class _Group(click.Group):
-    """Turns an EdgekitError anywhere below into one ``error: ...`` line and exit code 1."""
+    """Turns an EdgekitError anywhere below into one ``error: ...`` line and exit code 1, and a bad
+    option value (refused by its click type) into one ``error: ...`` line and exit code 2."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if isinstance(exc, click.NoSuchOption) or exc.ctx is None or exc.ctx is ctx:
+                raise  # unknown options and commands keep click's usage text with its suggestions
+            click.echo(f"error: {exc.ctx.command_path}: {exc.format_message()}", err=True)
+            ctx.exit(exc.exit_code)
         except EdgekitError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
@@ -49,10 +68,11 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder to write into.")
+@click.option("--out", "out", type=FOLDER, required=True, help="Folder to write into.")
 @click.option("--texture", type=click.Choice(["brick", "grass", "gravel", "all"]), default="brick", show_default=True)
-@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=IMAGE_SIZE, default=256, show_default=True,
+              help="Image side in pixels.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--grayscale", is_flag=True, help="One-channel images (the autoencoders' 128x128 grey variant).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing category folder.")
 def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, overwrite: bool) -> None:
@@ -68,29 +88,31 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
 
 @cli.command()
 @click.option("--model", type=click.Choice(list(TRAINERS)), default="patchcore", show_default=True)
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--data", "data_dir", type=EXISTING_DIR, default=None,
               help="A dataset category folder (MVTec layout) or a VisA root.")
-@click.option("--normal-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--normal-dir", type=EXISTING_DIR, default=None,
               help="Instead of --data: a plain folder of normal images ...")
-@click.option("--abnormal-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--abnormal-dir", type=EXISTING_DIR, default=None,
               help="... with an optional folder of anomalous images for evaluation ...")
-@click.option("--mask-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--mask-dir", type=EXISTING_DIR, default=None,
               help="... and their masks (<stem>.png or <stem>_mask.png).")
 @click.option("--category", default=None, help="Category inside a multi-category dataset root.")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Run folder to create.")
-@click.option("--image-size", type=int, default=None, help="Input side in pixels (default: the model's).")
-@click.option("--holdout", type=float, default=None,
+@click.option("--out", "out", type=FOLDER, required=True, help="Run folder to create.")
+@click.option("--image-size", type=IMAGE_SIZE, default=None, help="Input side in pixels (default: the model's).")
+@click.option("--holdout", type=SHARE, default=None,
               help="Share of training normals kept out of training, for fitting thresholds [0.2].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder (only a run: one with run.json).")
 @click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local backbone weights file.")
-@click.option("--coreset-ratio", type=float, default=None, help="PatchCore: share of patches kept [0.1].")
-@click.option("--num-neighbors", type=int, default=None, help="PatchCore: neighbours re-weighting the score [9].")
-@click.option("--epochs", type=int, default=None, help="Models trained by gradient descent: epochs.")
-@click.option("--batch-size", type=int, default=None, help="Training batch size (default: the model's).")
-@click.option("--learning-rate", type=float, default=None, help="Models trained by gradient descent.")
-@click.option("--teacher-weights", type=click.Path(path_type=Path), default=None,
+@click.option("--weights", type=EXISTING_FILE, default=None, help="Local backbone weights file.")
+@click.option("--coreset-ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="PatchCore: share of patches kept [0.1].")
+@click.option("--num-neighbors", type=POSITIVE, default=None, help="PatchCore: neighbours re-weighting the score [9].")
+@click.option("--epochs", type=POSITIVE, default=None, help="Models trained by gradient descent: epochs.")
+@click.option("--batch-size", type=POSITIVE, default=None, help="Training batch size (default: the model's).")
+@click.option("--learning-rate", type=click.FloatRange(0.0, min_open=True), default=None,
+              help="Models trained by gradient descent.")
+@click.option("--teacher-weights", type=EXISTING_FILE, default=None,
               help="EfficientAD: a PDN teacher's weights (default: edgekit's distilled offline teacher).")
 def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abnormal_dir: Optional[Path],
           mask_dir: Optional[Path], category: Optional[str], out: Path, seed: int, overwrite: bool,
@@ -116,19 +138,19 @@ def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abno
 
 
 @cli.command("export")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=EXISTING_DIR)
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="A name from `edgekit targets`.")
 @click.option("--format", "format_name", default=None, help="One of the target's formats (default: its first choice).")
 @click.option("--precision", default=None, help="fp32, fp16 or int8, as the target allows (default: the target's).")
-@click.option("--calibration-images", type=int, default=None,
+@click.option("--calibration-images", type=POSITIVE, default=None,
               help="Training normals to calibrate a quantized model on (default: the model family's recipe).")
-@click.option("--max-drop", type=float, default=None, help="Accuracy-controlled quantization: allowed drop.")
+@click.option("--max-drop", type=click.FloatRange(0.0, 1.0), default=None, help="Accuracy-controlled quantization: allowed drop.")
 @click.option("--bank-dims", default=None,
               help="PatchCore bank dimensions: 32|64|128|256|full|auto. Any --bank-* option replaces the default "
                    "bank (all dims, int8, 1/20 of the coreset's bytes); unset ones then mean 'as trained'.")
 @click.option("--bank-dtype", type=click.Choice(["float32", "float16", "int8"]), default=None,
               help="PatchCore bank storage type.")
-@click.option("--bank-size", type=int, default=None, help="PatchCore: re-select the bank down to N rows.")
+@click.option("--bank-size", type=POSITIVE, default=None, help="PatchCore: re-select the bank down to N rows.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="Bundle folder, or a file ending in .edgekit for the single-file form.")
 @click.option("--overwrite", is_flag=True)
@@ -149,10 +171,10 @@ def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=EXISTING)
 @click.argument("images", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of lines.")
-@click.option("--overlay", type=click.Path(path_type=Path), default=None,
+@click.option("--overlay", type=FOLDER, default=None,
               help="Folder for heat-map overlays (<image stem>_overlay.png).")
 @click.option("--fail-on-anomaly", is_flag=True,
               help="Exit 3 when any image is anomalous (0: all normal, 1: an error).")
@@ -227,7 +249,7 @@ def _read_stdin_image(channels: int):
 
 
 @cli.command("run")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=EXISTING)
 @click.option("--source", default=None,
               help="Camera index or /dev/videoN, video file, rtsp:// or http:// stream, image folder, or a glob.")
 @click.option("--watch", is_flag=True, help="Folder or glob: keep scoring files that appear later.")
@@ -238,7 +260,7 @@ def _read_stdin_image(channels: int):
               help="JSON Lines file for one event per scored frame ('-': stdout; 'none': no events).")
 @click.option("--events-max-mb", type=float, default=100.0, show_default=True,
               help="Rotate the events file past this size (one previous file is kept as FILE.1).")
-@click.option("--save-anomalies", type=click.Path(path_type=Path), default=None,
+@click.option("--save-anomalies", type=FOLDER, default=None,
               help="Folder for anomalous frames, their heat-map overlays and events.")
 @click.option("--keep", type=int, default=100, show_default=True, help="Saved anomalies kept (newest).")
 @click.option("--keep-mb", type=float, default=500.0, show_default=True, help="Size cap of saved anomalies.")
@@ -361,15 +383,15 @@ def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
 
 
 @cli.command("fit")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=EXISTING)
 @click.option("--normals", "normals", type=click.Path(path_type=Path), required=True,
               help="Folder of normal images captured on the device.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="New bundle (default: replace BUNDLE in place, atomically).")
 @click.option("--add", is_flag=True, help="Extend the existing bank instead of replacing it.")
-@click.option("--holdout", type=float, default=0.2, show_default=True,
+@click.option("--holdout", type=SHARE, default=0.2, show_default=True,
               help="Share of the images kept out of the bank, for re-fitting the thresholds.")
-@click.option("--seed", type=int, default=None, help="Split and coreset seed (default: the bundle's training seed).")
+@click.option("--seed", type=SEED, default=None, help="Split and coreset seed (default: the bundle's training seed).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out bundle.")
 def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout: float, seed: Optional[int],
             overwrite: bool) -> None:
@@ -397,12 +419,12 @@ def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout
 @click.option("--estimate", is_flag=True,
               help="On a host that is not the target: a roofline latency estimate from FLOPs and the target's "
                    "published peak, labelled 'estimate'; accuracy is scored on this host.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--data", "data_dir", type=EXISTING_DIR, default=None,
               help="Labelled dataset: adds image/pixel AUROC, PRO, F1 at the bundle's threshold, and heat maps.")
-@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs after warm-up.")
-@click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--cold-starts", type=int, default=3, show_default=True, help="Fresh processes timed (median).")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+@click.option("--runs", type=POSITIVE, default=100, show_default=True, help="Timed runs after warm-up.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--cold-starts", type=POSITIVE, default=3, show_default=True, help="Fresh processes timed (median).")
+@click.option("--out", "out", type=FOLDER, default=Path("."), show_default=True)
 def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optional[str], formats: Optional[str],
             banks: Optional[str], estimate: bool, data_dir: Optional[Path], runs: int, warmup: int,
             cold_starts: int, out: Path) -> None:
@@ -448,8 +470,8 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 
 
 @cli.command()
-@click.argument("profiles", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
+@click.argument("profiles", nargs=-1, required=True, type=NEW_FILE)  # a missing one gets the library's own line
+@click.option("--out", "out", type=NEW_FILE, default=Path("report.html"), show_default=True)
 def report(profiles: tuple[Path, ...], out: Path) -> None:
     """Merge profile.json files from several devices into one self-contained HTML comparison."""
     from edgekit.profile.report import load_profile, write_report_html
@@ -461,9 +483,9 @@ def report(profiles: tuple[Path, ...], out: Path) -> None:
 
 
 @cli.command("check")
-@click.option("--reference", type=click.Path(path_type=Path), required=True, help="The bundle to compare against.")
-@click.option("--candidate", type=click.Path(path_type=Path), required=True, help="The bundle under test.")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+@click.option("--reference", type=EXISTING, required=True, help="The bundle to compare against.")
+@click.option("--candidate", type=EXISTING, required=True, help="The bundle under test.")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True,
               help="Labelled dataset; both bundles score its test split.")
 @click.option("--category", default=None, help="Category inside a multi-category dataset root.")
 @click.option("--max-auroc-drop", type=float, default=0.01, show_default=True,
@@ -471,7 +493,7 @@ def report(profiles: tuple[Path, ...], out: Path) -> None:
 @click.option("--min-agreement", type=float, default=0.98, show_default=True,
               help="Smallest allowed share of test images on which both bundles decide the same.")
 @click.option("--device", default=None, help="Run both bundles on this device (e.g. CPU for an igpu bundle).")
-@click.option("--junit", type=click.Path(path_type=Path), default=None, help="Also write the result as JUnit XML.")
+@click.option("--junit", type=NEW_FILE, default=None, help="Also write the result as JUnit XML.")
 @click.pass_context
 def check_cmd(ctx: click.Context, reference: Path, candidate: Path, data_dir: Path, category: Optional[str],
               max_auroc_drop: float, min_agreement: float, device: Optional[str], junit: Optional[Path]) -> None:
@@ -506,7 +528,7 @@ def targets() -> None:
 
 
 @cli.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("edgekit-demo"), show_default=True)
+@click.option("--workdir", type=FOLDER, default=Path("edgekit-demo"), show_default=True)
 @click.option("--texture", type=click.Choice(["brick", "grass", "gravel"]), default="brick", show_default=True)
 def demo(workdir: Path, texture: str) -> None:
     """The whole path on the embedded default data: synthesize, train, export for x86, profile."""
