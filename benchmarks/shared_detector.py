@@ -1,0 +1,162 @@
+"""What sharing one Detector between threads costs and gives, per backend.
+
+    python3 benchmarks/shared_detector.py [--workdir DIR] [--rounds 5] [--calls 20]
+
+Exports the README demo's PatchCore run for x86 OpenVINO (fp32, int8) and the Raspberry Pi's ONNX
+and TFLite formats, then on this machine measures, per bundle:
+
+- single-thread ``predict`` latency with the thread-safety guard (OpenVINO: borrowing an infer
+  request from the pool under a semaphore; LiteRT: the interpreter lock) and without it (one bare
+  infer request; the unlocked interpreter). onnxruntime has no guard: its ``run`` is thread-safe.
+- throughput (images/s) of N = 1, 2, 4 threads calling ``predict`` on ONE shared Detector, and its
+  ratio to one thread.
+
+Rounds are interleaved (every variant once per round, in a shuffled order) and medians reported,
+because the machine this runs on is shared and noisy. Timing: ``time.perf_counter``, after 3
+warm-up calls per variant; the load average is printed with the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgekit.runtime.detector import Detector, load  # noqa: E402
+
+CASES = [("x86", "openvino", "fp32"), ("x86", "openvino", "int8"), ("rpi4", "onnx", "fp32"),
+         ("rpi4", "tflite", "fp32")]
+THREAD_COUNTS = (1, 2, 4)
+
+
+def _prepare(workdir: Path) -> tuple[Path, dict[tuple[str, str, str], Path]]:
+    from edgekit.data.synth import synthesize
+    from edgekit.export.job import ExportOptions
+    from edgekit.export.pipeline import export_run
+    from edgekit.train.patchcore import train_patchcore
+    from edgekit.train.run import open_run
+
+    category = workdir / "data" / "brick"
+    if not (workdir / "run" / "run.json").is_file():
+        (category,) = synthesize(workdir / "data", texture="brick", seed=0, overwrite=True)
+        train_patchcore(category, workdir / "run", overwrite=True)
+    run = open_run(workdir / "run")
+    bundles = {}
+    for case in CASES:
+        out = workdir / "bundles" / "-".join(case)
+        if not (out / "manifest.json").is_file():
+            export_run(run.path, out, target=case[0], options=ExportOptions(format=case[1], precision=case[2]),
+                       overwrite=True)
+        bundles[case] = out
+    return category, bundles
+
+
+def _bare_infer(detector: Detector):
+    """The backend's infer without its thread-safety guard, or None when it has none."""
+    backend = detector.backend
+    if backend.name == "openvino":
+        request = backend._compiled.create_infer_request()
+        return lambda inputs: {name: np.array(request.infer(dict(inputs))[port]) for name, port in backend._outputs}
+    if backend.name == "litert":
+        return backend._infer
+    return None
+
+
+def _latency_ms(detector: Detector, image: np.ndarray, calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        detector.predict(image)
+    return (time.perf_counter() - started) / calls * 1e3
+
+
+def _throughput(detector: Detector, images: list[np.ndarray], threads: int, calls: int) -> float:
+    """Images per second of ``threads`` threads, each making ``calls`` predictions."""
+    barrier = threading.Barrier(threads + 1)
+
+    def worker(offset: int) -> None:
+        barrier.wait()
+        for k in range(calls):
+            detector.predict(images[(offset + k) % len(images)])
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in workers:
+        thread.join()
+    return threads * calls / (time.perf_counter() - started)
+
+
+def measure(bundle: Path, images: list[np.ndarray], *, rounds: int, calls: int) -> dict:
+    detector = load(bundle)
+    guarded = detector.backend.infer
+    bare = _bare_infer(detector)
+    for _ in range(3):
+        detector.predict(images[0])
+    latency = {"guarded": [], "bare": []}
+    speed = {n: [] for n in THREAD_COUNTS}
+    for _ in range(rounds):
+        variants = [("latency", "guarded")] + ([("latency", "bare")] if bare else []) + \
+                   [("threads", n) for n in THREAD_COUNTS]
+        random.shuffle(variants)
+        for kind, which in variants:
+            if kind == "latency":
+                detector.backend.infer = guarded if which == "guarded" else bare
+                latency[which].append(_latency_ms(detector, images[0], calls))
+                detector.backend.infer = guarded
+            else:
+                speed[which].append(_throughput(detector, images, which, max(2, calls // which)))
+    return {"runtime": detector.backend.name,
+            "guarded_ms": statistics.median(latency["guarded"]),
+            "bare_ms": statistics.median(latency["bare"]) if bare else None,
+            "images_per_s": {n: statistics.median(v) for n, v in speed.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep data, run and bundles here.")
+    parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds (medians are reported).")
+    parser.add_argument("--calls", type=int, default=20, help="predict calls per latency measurement.")
+    args = parser.parse_args(argv)
+    random.seed(0)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgekit-shared-"))
+    category, bundles = _prepare(workdir)
+    paths = sorted((category / "test" / "good").iterdir())[:4] + sorted((category / "test" / "scratch").iterdir())[:4]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    load_before = os.getloadavg()
+    rows = []
+    for case, bundle in bundles.items():
+        result = measure(bundle, images, rounds=args.rounds, calls=args.calls)
+        rows.append(("-".join(case), result))
+        print(f"measured {'-'.join(case)}", file=sys.stderr, flush=True)
+    load_after = os.getloadavg()
+    print(f"{os.cpu_count()} CPUs; load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
+          f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; "
+          f"{args.rounds} interleaved rounds, medians; {args.calls} calls per latency figure")
+    print()
+    print("| bundle | runtime | 1-thread ms, guarded | bare | guard cost | img/s 1 thread | 2 threads | 4 threads "
+          "| ratio 2/1 | ratio 4/1 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows:
+        bare = r["bare_ms"]
+        cost = f"{(r['guarded_ms'] / bare - 1) * 100:+.1f} %" if bare else "none (no guard)"
+        speed = r["images_per_s"]
+        print(f"| {name} | {r['runtime']} | {r['guarded_ms']:.2f} | {f'{bare:.2f}' if bare else '—'} | {cost} "
+              f"| {speed[1]:.1f} | {speed[2]:.1f} | {speed[4]:.1f} | {speed[2] / speed[1]:.2f} "
+              f"| {speed[4] / speed[1]:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
