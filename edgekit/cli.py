@@ -50,6 +50,23 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+def _sigterm_cleans_up(command):
+    """SIGTERM during this command unwinds like Ctrl-C (exit 143), so its staging folders are removed."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from edgekit.staging import Terminated, terminate_cleanly
+
+        try:
+            with terminate_cleanly():
+                return command(*args, **kwargs)
+        except Terminated:
+            click.echo("error: terminated", err=True)
+            raise
+    return wrapper
+
+
 def _progress():
     from edgekit.progress import TerminalProgress
 
@@ -75,6 +92,7 @@ def data() -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--grayscale", is_flag=True, help="One-channel images (the autoencoders' 128x128 grey variant).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing category folder.")
+@_sigterm_cleans_up
 def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, overwrite: bool) -> None:
     """Write MVTec-AD-layout datasets made from scikit-image's CC0 texture photos."""
     from edgekit.data.synth import synthesize
@@ -114,6 +132,7 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
               help="Models trained by gradient descent.")
 @click.option("--teacher-weights", type=EXISTING_FILE, default=None,
               help="EfficientAD: a PDN teacher's weights (default: edgekit's distilled offline teacher).")
+@_sigterm_cleans_up
 def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abnormal_dir: Optional[Path],
           mask_dir: Optional[Path], category: Optional[str], out: Path, seed: int, overwrite: bool,
           **model_options) -> None:
@@ -154,6 +173,7 @@ def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abno
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="Bundle folder, or a file ending in .edgekit for the single-file form.")
 @click.option("--overwrite", is_flag=True)
+@_sigterm_cleans_up
 def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision: Optional[str],
                calibration_images: Optional[int], max_drop: Optional[float], bank_dims: Optional[str],
                bank_dtype: Optional[str], bank_size: Optional[int], out: Path, overwrite: bool) -> None:
@@ -393,6 +413,7 @@ def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
               help="Share of the images kept out of the bank, for re-fitting the thresholds.")
 @click.option("--seed", type=SEED, default=None, help="Split and coreset seed (default: the bundle's training seed).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out bundle.")
+@_sigterm_cleans_up
 def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout: float, seed: Optional[int],
             overwrite: bool) -> None:
     """Build a bundle's memory bank from normal images on the device (torch-free) and re-fit thresholds."""
@@ -425,6 +446,7 @@ def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--cold-starts", type=POSITIVE, default=3, show_default=True, help="Fresh processes timed (median).")
 @click.option("--out", "out", type=FOLDER, default=Path("."), show_default=True)
+@_sigterm_cleans_up
 def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optional[str], formats: Optional[str],
             banks: Optional[str], estimate: bool, data_dir: Optional[Path], runs: int, warmup: int,
             cold_starts: int, out: Path) -> None:
@@ -530,6 +552,7 @@ def targets() -> None:
 @cli.command()
 @click.option("--workdir", type=FOLDER, default=Path("edgekit-demo"), show_default=True)
 @click.option("--texture", type=click.Choice(["brick", "grass", "gravel"]), default="brick", show_default=True)
+@_sigterm_cleans_up
 def demo(workdir: Path, texture: str) -> None:
     """The whole path on the embedded default data: synthesize, train, export for x86, profile."""
     from edgekit.data.synth import synthesize

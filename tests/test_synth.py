@@ -120,14 +120,19 @@ def test_written_defects_record_their_visibility_and_mask_area(tmp_path):
         assert record["contrast"] >= synth.MIN_CONTRAST
 
 
-def test_refuses_a_non_empty_destination_unless_overwrite(tmp_path):
+def test_refuses_a_non_empty_destination_and_overwrite_replaces_only_its_own(tmp_path):
     (tmp_path / "brick").mkdir()
     (tmp_path / "brick" / "notes.txt").write_text("mine")
     with pytest.raises(EdgekitError, match="already exists"):
         synth.synthesize(tmp_path, texture="brick", **SMALL)
+    with pytest.raises(EdgekitError, match="not an edgekit synthetic dataset"):
+        synth.synthesize(tmp_path, texture="brick", overwrite=True, **SMALL)
     assert (tmp_path / "brick" / "notes.txt").read_text() == "mine"
+    (tmp_path / "brick" / "notes.txt").unlink()
+    synth.synthesize(tmp_path, texture="brick", **SMALL)
+    (tmp_path / "brick" / "stale.txt").write_text("old")
     synth.synthesize(tmp_path, texture="brick", overwrite=True, **SMALL)
-    assert not (tmp_path / "brick" / "notes.txt").exists()
+    assert not (tmp_path / "brick" / "stale.txt").exists()
     assert (tmp_path / "brick" / "train" / "good" / "000.png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["brick"]
 

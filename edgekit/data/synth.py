@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edgekit.errors import EdgekitError
+from edgekit.staging import make_staging, refuse_unowned
 
 TEXTURES = ("brick", "grass", "gravel")
 DEFECT_KINDS = ("scratch", "stain", "missing", "discolor")
@@ -79,7 +80,8 @@ def synthesize(
     """Write one MVTec-AD-layout category per texture under ``out``; return the category folders.
 
     ``texture="all"`` writes brick, grass and gravel. Same arguments, byte-identical files.
-    Everything is built in temporary folders beside the destinations and renamed into place.
+    Everything is built in temporary folders beside the destinations and renamed into place;
+    ``overwrite`` replaces only a folder this function wrote (one with synth.json).
     """
     textures = _check_arguments(texture, size, n_train, n_test_good, n_per_defect)
     out = Path(out)
@@ -91,13 +93,15 @@ def synthesize(
             raise EdgekitError(f"{dest}: exists and is not a folder")
         if dest.is_dir() and any(dest.iterdir()) and not overwrite:
             raise EdgekitError(f"{dest}: already exists and is not empty (pass overwrite to replace it)")
+        refuse_unowned(dest, owned=lambda d: (d / "synth.json").is_file(),
+                       what="synthetic dataset (a folder with synth.json)")
     out.mkdir(parents=True, exist_ok=True)
     per_texture = n_train + n_test_good + len(DEFECT_KINDS) * n_per_defect
     counter = _Counter(progress, per_texture * len(textures))
     built: list[Path] = []
     try:
         for name in textures:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
+            tmp = make_staging(f".{name}.tmp-", out)
             built.append(tmp)
             _write_category(tmp, name, size=size, seed=seed, grayscale=grayscale, n_train=n_train,
                              n_test_good=n_test_good, n_per_defect=n_per_defect, counter=counter)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from edgekit import __version__
-from edgekit.bundle import Bundle, Decision, Manifest, NetworkSpec, SCHEMA_VERSION, load_bundle, save_bundle
+from edgekit.bundle import MANIFEST_NAME, Bundle, Decision, Manifest, NetworkSpec, SCHEMA_VERSION, load_bundle, save_bundle
 from edgekit.errors import EdgekitError, UnsupportedOp
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
@@ -33,6 +32,7 @@ from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.resources import read_toml
 from edgekit.runtime.decision import fit_decision
+from edgekit.staging import make_staging, refuse_unowned
 from edgekit.train.run import Run, open_run
 
 #: format name -> converter (one module per format).
@@ -93,9 +93,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgekitError(f"{out} already exists; choose another --out or pass --overwrite")
+    # said before the export's minutes of work; save_bundle checks the same again when it writes
+    refuse_unowned(out, owned=_looks_like_bundle, what="bundle", protect=[run.path])
     holdout = _existing(run, "holdout_images", "thresholds are fitted on them")
     started = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=".edgekit-export-"))
+    staging = make_staging(".edgekit-export-")
     try:
         manifest, files, arrays = _build(run, spec, fmt, precision, options, staging, progress)
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
@@ -108,6 +110,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return load_bundle(out)
+
+
+def _looks_like_bundle(path: Path) -> bool:
+    """A bundle folder (with its manifest) or a zip archive: what ``overwrite`` may replace."""
+    import zipfile
+
+    if path.is_dir() and not path.is_symlink():
+        return (path / MANIFEST_NAME).is_file()
+    return path.is_file() and zipfile.is_zipfile(path)
 
 
 def _existing(run: Run, key: str, why: str) -> list[Path]:

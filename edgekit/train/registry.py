@@ -47,4 +47,11 @@ def train(model: str, data: Any, out: Any, **options: Any):
     if unknown:
         flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
         raise EdgekitError(f"{flags} does not apply to model {model!r}")
+    if options.get("overwrite") and data is not None:  # never replace the data or a folder holding it
+        from pathlib import Path
+
+        from edgekit.train.run import refuse_unowned_run_dest
+
+        root = Path(data) if isinstance(data, (str, Path)) else Path(data.root)  # a path, or a Dataset
+        refuse_unowned_run_dest(Path(out), protect=[root])
     return function(data, out, **options)

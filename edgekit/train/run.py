@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -79,15 +78,35 @@ def open_run(path: str | Path) -> Run:
     return Run(path=path, config=config)
 
 
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` is a training run (a folder with run.json): what ``--overwrite`` may replace."""
+    return path.is_dir() and not path.is_symlink() and (path / RUN_FILE).is_file()
+
+
+def refuse_unowned_run_dest(dest: Path, *, protect: Sequence[Path] = ()) -> None:
+    """Refuse to replace ``dest`` unless it is a run folder (or empty), not the data nor the current folder."""
+    from edgekit.staging import refuse_unowned
+
+    refuse_unowned(dest, owned=is_run_folder, what=f"training run (a folder with {RUN_FILE})", protect=protect)
+
+
 class RunWriter:
-    """Collects a run's files in a temporary folder beside ``dest``; ``commit`` renames it in."""
+    """Collects a run's files in a staging folder beside ``dest``; ``commit`` renames it in.
+
+    With ``overwrite``, only a run folder (or an empty folder) is replaced. Staging left by a
+    killed process is swept when the next run for the same ``dest`` starts.
+    """
 
     def __init__(self, dest: Path, *, overwrite: bool = False) -> None:
+        from edgekit.staging import make_staging
+
         self.dest = Path(dest)
         if self.dest.exists() and not overwrite and (not self.dest.is_dir() or any(self.dest.iterdir())):
             raise EdgekitError(f"{self.dest} already exists; choose another --out or pass --overwrite")
+        refuse_unowned_run_dest(self.dest)
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.", dir=self.dest.parent))
+        self._prefix = f".{self.dest.name}.run-"
+        self.tmp = make_staging(self._prefix, self.dest.parent)
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -116,7 +135,9 @@ class RunWriter:
         self.save_json(RUN_FILE, {**config, "format": RUN_FORMAT})
         old = None
         if self.dest.exists():
-            old = self.dest.with_name(f".{self.dest.name}.old-{os.getpid()}")
+            from edgekit.staging import owner_tag
+
+            old = self.dest.with_name(f"{self._prefix}{owner_tag()}old")
             os.replace(self.dest, old)
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a run is an ordinary folder
         os.replace(self.tmp, self.dest)
