@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from edgekit.errors import EdgekitError, UnsupportedOp
+from edgekit.errors import EdgekitError, UnsupportedOp, reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.export.job import Converted, ExportJob
@@ -33,10 +33,6 @@ def _openvino():
     return ov
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def read_onnx(onnx_path: Path) -> Any:
     """The ONNX file as an ``ov.Model`` (float)."""
     ov = _openvino()
@@ -46,7 +42,7 @@ def read_onnx(onnx_path: Path) -> Any:
         named = re.search(r"No conversion rule found for operations: ([^\n]+)", str(exc))
         if named:
             raise UnsupportedOp(named.group(1).strip(), "OpenVINO's ONNX front end") from None
-        raise EdgekitError(f"OpenVINO conversion failed: {_first_line(exc)}") from None
+        raise EdgekitError(f"OpenVINO conversion failed: {reason(exc)}") from None
 
 
 def save_ir(model: Any, out_dir: Path, *, compress_to_fp16: bool) -> list[Path]:
@@ -59,7 +55,7 @@ def save_ir(model: Any, out_dir: Path, *, compress_to_fp16: bool) -> list[Path]:
     try:
         ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
     except RuntimeError as exc:
-        raise EdgekitError(f"OpenVINO could not save the IR: {_first_line(exc)}") from None
+        raise EdgekitError(f"OpenVINO could not save the IR: {reason(exc)}") from None
     return [xml, xml.with_suffix(".bin")]
 
 

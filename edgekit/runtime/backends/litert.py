@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reason
 from edgekit.runtime.backends import BackendOptions
 
 try:
@@ -49,8 +49,7 @@ class LiteRtBackend:
                                              num_threads=int(options.threads) if options.threads else None)
             signatures = self._interpreter.get_signature_list()
         except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgekitError(f"LiteRT could not load {path.name}: {first}") from None
+            raise EdgekitError(f"LiteRT could not load {path.name}: {reason(exc)}") from None
         if not signatures:
             raise EdgekitError(f"{path.name} has no signature; re-export it with edgekit")
         key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]

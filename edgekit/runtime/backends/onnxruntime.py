@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reason
 from edgekit.runtime.backends import BackendOptions
 
 try:
@@ -27,8 +27,7 @@ class OnnxRuntimeBackend:
         try:
             self._session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgekitError(f"onnxruntime could not load {path.name}: {first}") from None
+            raise EdgekitError(f"onnxruntime could not load {path.name}: {reason(exc)}") from None
         self._output_names = [out.name for out in self._session.get_outputs()]
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

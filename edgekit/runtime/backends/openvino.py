@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, reason
 from edgekit.runtime.backends import BackendOptions
 
 try:
@@ -45,8 +45,7 @@ class OpenVinoBackend:
             model = core.read_model(str(path))
             self._compiled = core.compile_model(model, options.device, config)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgekitError(f"OpenVINO could not load {path.name} on {options.device}: {first}") from None
+            raise EdgekitError(f"OpenVINO could not load {path.name} on {options.device}: {reason(exc)}") from None
         self._outputs = [(out.get_any_name(), out) for out in self._compiled.outputs]
         # An infer request serves one call at a time ("Infer Request is busy" otherwise, or another
         # thread's results): each call borrows an idle one, and a new one is made when none is idle,
