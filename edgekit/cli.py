@@ -91,7 +91,8 @@ def data() -> None:
               help="Image side in pixels.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--grayscale", is_flag=True, help="One-channel images (the autoencoders' 128x128 grey variant).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing category folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a category folder this command wrote before (one with synth.json).")
 @_sigterm_cleans_up
 def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, overwrite: bool) -> None:
     """Write MVTec-AD-layout datasets made from scikit-image's CC0 texture photos."""
@@ -172,7 +173,7 @@ def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abno
 @click.option("--bank-size", type=POSITIVE, default=None, help="PatchCore: re-select the bank down to N rows.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="Bundle folder, or a file ending in .edgekit for the single-file form.")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle (only a bundle).")
 @_sigterm_cleans_up
 def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision: Optional[str],
                calibration_images: Optional[int], max_drop: Optional[float], bank_dims: Optional[str],
@@ -284,7 +285,7 @@ def _read_stdin_image(channels: int):
               help="Folder for anomalous frames, their heat-map overlays and events.")
 @click.option("--keep", type=int, default=100, show_default=True, help="Saved anomalies kept (newest).")
 @click.option("--keep-mb", type=float, default=500.0, show_default=True, help="Size cap of saved anomalies.")
-@click.option("--save-frames", type=click.Path(path_type=Path), default=None,
+@click.option("--save-frames", type=FOLDER, default=None,
               help="Folder for every --save-every'th frame as PNG, whatever its verdict: camera frames to re-fit "
                    "the bundle on (edgekit fit BUNDLE --normals FOLDER).")
 @click.option("--save-every", type=int, default=10, show_default=True, help="With --save-frames.")

@@ -44,6 +44,7 @@ BAD_VALUES = [
     (["predict", "{new}", "x.png"], "BUNDLE"),
     (["run", "{new}", "--source", "x.mp4"], "BUNDLE"),
     (["run", "{dir}", "--save-anomalies", "{file}"], "--save-anomalies"),
+    (["run", "{dir}", "--save-frames", "{file}"], "--save-frames"),
     (["report", "{dir}"], "PROFILES"),
     (["report", "{file}", "--out", "{dir}"], "--out"),
     (["check", "--reference", "{dir}", "--candidate", "{dir}", "--data", "{file}"], "--data"),
