@@ -1,6 +1,6 @@
 """What sharing one Detector between threads costs and gives, per backend.
 
-    python3 benchmarks/shared_detector.py [--workdir DIR] [--rounds 5] [--calls 20]
+    python3 benchmarks/shared_detector.py [--workdir DIR] [--rounds 5] [--calls 20] [--blas-threads N]
 
 Exports the README demo's PatchCore run for x86 OpenVINO (fp32, int8) and the Raspberry Pi's ONNX
 and TFLite formats, then on this machine measures, per bundle:
@@ -13,7 +13,9 @@ and TFLite formats, then on this machine measures, per bundle:
 
 Rounds are interleaved (every variant once per round, in a shuffled order) and medians reported,
 because the machine this runs on is shared and noisy. Timing: ``time.perf_counter``, after 3
-warm-up calls per variant; the load average is printed with the table.
+warm-up calls per variant; the load average is printed with the table. ``--blas-threads 1`` caps
+numpy's BLAS (the kNN head) for the whole process: threads that each run a multi-threaded BLAS
+product at once fight over the same cores.
 """
 from __future__ import annotations
 
@@ -128,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="Keep data, run and bundles here.")
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds (medians are reported).")
     parser.add_argument("--calls", type=int, default=20, help="predict calls per latency measurement.")
+    parser.add_argument("--blas-threads", type=int, default=None, help="Cap numpy's BLAS threads (threadpoolctl).")
     args = parser.parse_args(argv)
+    if args.blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")  # process-wide, before any worker
     random.seed(0)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgekit-shared-"))
     category, bundles = _prepare(workdir)
@@ -143,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     print(f"{os.cpu_count()} CPUs; load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
           f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; "
-          f"{args.rounds} interleaved rounds, medians; {args.calls} calls per latency figure")
+          f"{args.rounds} interleaved rounds, medians; {args.calls} calls per latency figure; "
+          f"BLAS threads {args.blas_threads or 'numpy default'}")
     print()
     print("| bundle | runtime | 1-thread ms, guarded | bare | guard cost | img/s 1 thread | 2 threads | 4 threads "
           "| ratio 2/1 | ratio 4/1 |")
