@@ -199,7 +199,7 @@ def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision
               help="Folder for heat-map overlays (<image stem>_overlay.png).")
 @click.option("--fail-on-anomaly", is_flag=True,
               help="Exit 3 when any image is anomalous (0: all normal, 1: an error).")
-@click.option("--require-signature", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
+@click.option("--require-signature", "trusted_keys", multiple=True, type=EXISTING_FILE,
               help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
 @click.pass_context
 def predict(ctx: click.Context, bundle: Path, images: tuple[str, ...], as_json: bool, overlay: Optional[Path],
@@ -303,7 +303,7 @@ def _read_stdin_image(channels: int):
 @click.option("--token", default=None, envvar="EDGEKIT_TOKEN",
               help="Bearer token the page and API require (or env EDGEKIT_TOKEN).")
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the bundle's target).")
-@click.option("--require-signature", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
+@click.option("--require-signature", "trusted_keys", multiple=True, type=EXISTING_FILE,
               help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
 @click.option("--print-systemd-unit", is_flag=True,
               help="Print a systemd unit that runs this command at boot, and exit.")
@@ -367,7 +367,7 @@ def _absolute_if_path(argument: str) -> str:
 
 
 @cli.command()
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", "out", type=NEW_FILE, required=True,
               help="Key name: writes OUT.key (private, mode 0600) and OUT.pub.")
 def keygen(out: Path) -> None:
     """Make an Ed25519 key pair for signing bundles (needs edgekit-anomaly[sign])."""
@@ -379,8 +379,8 @@ def keygen(out: Path) -> None:
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--key", "key", type=click.Path(path_type=Path), required=True, help="Private key file (NAME.key).")
+@click.argument("bundle", type=EXISTING)
+@click.option("--key", "key", type=EXISTING_FILE, required=True, help="Private key file (NAME.key).")
 def sign(bundle: Path, key: Path) -> None:
     """Verify a bundle and sign its manifest (which lists every file's sha256) with KEY."""
     from edgekit.signing import sign_bundle
@@ -390,8 +390,8 @@ def sign(bundle: Path, key: Path) -> None:
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--pubkey", "pubkeys", type=click.Path(path_type=Path), multiple=True, required=True,
+@click.argument("bundle", type=EXISTING)
+@click.option("--pubkey", "pubkeys", type=EXISTING_FILE, multiple=True, required=True,
               help="A trusted public key file (NAME.pub). Repeatable: any one of them will do.")
 def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
     """Check every file of a bundle and its signature by a trusted key (exit 1 if not)."""

@@ -49,6 +49,12 @@ BAD_VALUES = [
     (["report", "{file}", "--out", "{dir}"], "--out"),
     (["check", "--reference", "{dir}", "--candidate", "{dir}", "--data", "{file}"], "--data"),
     (["demo", "--workdir", "{file}"], "--workdir"),
+    (["predict", "{dir}", "x.png", "--require-signature", "{new}"], "--require-signature"),
+    (["run", "{dir}", "--require-signature", "{dir}"], "--require-signature"),
+    (["keygen", "--out", "{dir}"], "--out"),
+    (["sign", "{new}", "--key", "{file}"], "BUNDLE"),
+    (["sign", "{dir}", "--key", "{new}"], "--key"),
+    (["verify", "{dir}", "--pubkey", "{new}"], "--pubkey"),
 ]
 
 
