@@ -26,7 +26,7 @@ IMAGE_SIZE = click.IntRange(32, 1024)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING = click.Path(exists=True, path_type=Path)
-NEW_FILE = click.Path(dir_okay=False, path_type=Path)
+FILE_PATH = click.Path(dir_okay=False, path_type=Path)  # a file, existing or not; never a folder
 FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
@@ -367,7 +367,7 @@ def _absolute_if_path(argument: str) -> str:
 
 
 @cli.command()
-@click.option("--out", "out", type=NEW_FILE, required=True,
+@click.option("--out", "out", type=FILE_PATH, required=True,
               help="Key name: writes OUT.key (private, mode 0600) and OUT.pub.")
 def keygen(out: Path) -> None:
     """Make an Ed25519 key pair for signing bundles (needs edgekit-anomaly[sign])."""
@@ -493,8 +493,8 @@ def _split(text: Optional[str]) -> Optional[list[str]]:
 
 
 @cli.command()
-@click.argument("profiles", nargs=-1, required=True, type=NEW_FILE)  # a missing one gets the library's own line
-@click.option("--out", "out", type=NEW_FILE, default=Path("report.html"), show_default=True)
+@click.argument("profiles", nargs=-1, required=True, type=FILE_PATH)  # a missing one gets the library's own line
+@click.option("--out", "out", type=FILE_PATH, default=Path("report.html"), show_default=True)
 def report(profiles: tuple[Path, ...], out: Path) -> None:
     """Merge profile.json files from several devices into one self-contained HTML comparison."""
     from edgekit.profile.report import load_profile, write_report_html
@@ -516,7 +516,7 @@ def report(profiles: tuple[Path, ...], out: Path) -> None:
 @click.option("--min-agreement", type=float, default=0.98, show_default=True,
               help="Smallest allowed share of test images on which both bundles decide the same.")
 @click.option("--device", default=None, help="Run both bundles on this device (e.g. CPU for an igpu bundle).")
-@click.option("--junit", type=NEW_FILE, default=None, help="Also write the result as JUnit XML.")
+@click.option("--junit", type=FILE_PATH, default=None, help="Also write the result as JUnit XML.")
 @click.pass_context
 def check_cmd(ctx: click.Context, reference: Path, candidate: Path, data_dir: Path, category: Optional[str],
               max_auroc_drop: float, min_agreement: float, device: Optional[str], junit: Optional[Path]) -> None:
