@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import stat
-import tempfile
 import weakref
 import zipfile
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from edgekit.errors import EdgekitError
 from edgekit.manifest import (DIGEST_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIDECAR_BYTES, SCHEMA_VERSION,
                               SIDECAR_NAMES, SIGNATURE_NAME, Decision, HeadSpec, Manifest, NetworkSpec,
                               check_listing, check_relative_path, check_size, digest_line, parse_manifest)
+from edgekit.staging import make_staging, owner_tag, refuse_unowned, sweep_stale
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "MAX_MANIFEST_BYTES", "NetworkSpec",
            "HeadSpec", "Decision", "Manifest", "check_relative_path", "digest_line", "ARCHIVE_SUFFIX",
@@ -173,13 +173,16 @@ def _is_bundle(path: Path) -> bool:
 
 
 def _temp_beside(dest: Path, *, folder: bool) -> Path:
-    """A new, uniquely named ``.partial`` folder or empty file beside ``dest``.
+    """A new, uniquely named ``.partial`` folder or empty file beside ``dest``, named with this host
+    and PID so that a later save sweeps what a killed process left (``edgekit.staging``).
 
     Made with mode 0o777/0o666 so the umask applies as to any folder or file the user creates:
     ``mkdtemp``/``mkstemp`` would give 0o700/0o600, and the rename would keep it.
     """
+    prefix = f".{dest.name}.partial-"
+    sweep_stale(prefix, dest.parent)
     for _ in range(1000):
-        candidate = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.partial"
+        candidate = dest.parent / f"{prefix}{owner_tag()}{secrets.token_hex(6)}"
         try:
             if folder:
                 os.mkdir(candidate, 0o777)
@@ -218,6 +221,7 @@ def _check_dest(dest: Path, *, overwrite: bool, folder: bool) -> bool:
         return False
     if not overwrite:
         raise EdgekitError(f"{dest} already exists (pass overwrite to replace it)")
+    refuse_unowned(dest, owned=_is_bundle, what="bundle")  # never the current folder or a parent of it
     if not _is_bundle(dest) or dest.is_dir() != folder:
         raise EdgekitError(f"refusing to replace {dest}: it is not an edgekit bundle "
                            f"{'folder' if folder else 'archive'}")
@@ -324,7 +328,7 @@ def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes
         return _verify(path, path, trusted_keys)
     if not path.is_file() or not zipfile.is_zipfile(path):
         raise EdgekitError(f"{path} is neither a bundle folder nor a {ARCHIVE_SUFFIX} archive")
-    root = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
+    root = make_staging("edgekit-bundle-")  # private (0o700); swept if a killed process left it
     try:
         manifest, digest, signer = extract_archive(path, root, max_members=max_members, max_bytes=max_bytes,
                                                    trusted_keys=trusted_keys)

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -436,3 +438,24 @@ def test_extraction_counts_bytes_instead_of_trusting_the_reader(tmp_path: Path, 
     with pytest.raises(EdgekitError, match="'manifest.json' is larger than declared"):
         load_bundle(archive)
     assert list(private_temp.iterdir()) == []
+
+
+def test_overwrite_never_replaces_the_current_folder_even_when_it_is_a_bundle(tmp_path: Path, monkeypatch) -> None:
+    bundle = save_tiny(tmp_path / "b")
+    monkeypatch.chdir(bundle)
+    with pytest.raises(EdgekitError, match="it is the current folder"):
+        save_tiny(Path("."), overwrite=True)
+    assert load_bundle(bundle).manifest.model  # still there, still whole
+
+
+def test_a_save_sweeps_the_staging_a_killed_process_left_beside_it(tmp_path: Path) -> None:
+    from edgekit.staging import _host
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a PID that no longer runs
+    left = tmp_path / f".b.partial-{_host()}.{dead.pid}-0123456789ab"
+    left.mkdir()
+    (left / "model.bin").write_bytes(b"half")
+    save_tiny(tmp_path / "b")
+    assert not left.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
