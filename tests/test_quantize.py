@@ -252,8 +252,11 @@ def test_x86_int8_loses_at_most_001_image_auroc_and_is_smaller(int8_vs_fp32, x86
     assert load_bundle(x86_int8).size_bytes() < 0.6 * load_bundle(x86_bundle).size_bytes()
 
 
-#: Test normals this close (relative) to the fp32 threshold flip with score noise of this size.
-KNIFE_EDGE = 0.005
+#: int8 may flip only images this close (relative) to the fp32 threshold, and moves no score further.
+#: The int8 kernels differ by CPU: on an AMD EPYC VM flips stayed within 0.5 %; on an Intel Xeon VM a
+#: normal 0.88 % under the threshold flipped (int8 moved it +0.75 % and its own threshold −0.51 %),
+#: and the largest move of any score was 1.6 %.
+KNIFE_EDGE = 0.02
 
 
 @pytest.mark.e2e
@@ -264,7 +267,7 @@ def test_x86_int8_changes_decisions_only_where_fp32_sits_on_its_threshold(int8_v
     flipped = result.reference.decisions != result.candidate.decisions
     assert np.all(margins[flipped] < KNIFE_EDGE)
     relative_change = np.abs(result.candidate.raw_scores - result.reference.raw_scores) / result.reference.raw_scores
-    assert relative_change.mean() < 0.01
+    assert relative_change.mean() < 0.01 and relative_change.max() < KNIFE_EDGE
 
 
 @pytest.mark.e2e
