@@ -85,8 +85,8 @@ class ParityRuns:
     minutes of export or emulation.
     """
 
-    def __init__(self, pyarm: Path, run_dir: Path, images: list[Path], workdir: Path) -> None:
-        self.pyarm, self.run_dir, self.images, self.workdir = pyarm, run_dir, images, workdir
+    def __init__(self, pyarm: Path, exported, images: list[Path]) -> None:
+        self.pyarm, self.exported, self.images = pyarm, exported, images
         self._done: dict[tuple, object] = {}
 
     def _once(self, key: tuple, make):
@@ -100,16 +100,7 @@ class ParityRuns:
         return self._done[key]
 
     def bundle(self, case: tuple[str, str, str]) -> Path:
-        def export() -> Path:
-            from edgekit.export.job import ExportOptions
-            from edgekit.export.pipeline import export_run
-
-            target, fmt, precision = case
-            out = self.workdir / f"{target}-{fmt}-{precision}"
-            export_run(self.run_dir, out, target=target, options=ExportOptions(format=fmt, precision=precision))
-            return out
-
-        return self._once(("bundle", case), export)
+        return self._once(("bundle", case), lambda: self.exported(*case))
 
     def device(self, target: str, fmt: str) -> dict:
         """What the emulated device reported for ``fmt`` on ``target``.
@@ -133,9 +124,9 @@ class ParityRuns:
 
 
 @pytest.fixture(scope="module")
-def parity(pyarm, patchcore_run, brick, tmp_path_factory) -> ParityRuns:
+def parity(pyarm, exported, brick) -> ParityRuns:
     images = [brick / "test" / name for name in IMAGES]
-    return ParityRuns(pyarm, patchcore_run.path, images, tmp_path_factory.mktemp("arm-bundles"))
+    return ParityRuns(pyarm, exported, images)
 
 
 def relative_differences(host: dict, arm: dict) -> dict[str, float]:

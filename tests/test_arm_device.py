@@ -82,13 +82,9 @@ def pi_venv(tmp_path_factory) -> PiVenv:
 
 
 @pytest.fixture(scope="module")
-def rpi4_bundle(patchcore_run, tmp_path_factory) -> Path:
-    """rpi4's default export (TFLite fp32), made on this x86 host."""
-    from edgekit.export.pipeline import export_run
-
-    out = tmp_path_factory.mktemp("arm-device-bundle") / "brick.rpi4"
-    export_run(patchcore_run.path, out, target="rpi4")
-    return out
+def rpi4_bundle(exported) -> Path:
+    """The session's PatchCore run exported for rpi4 with the target's defaults (TFLite fp32)."""
+    return exported("rpi4")
 
 
 def write_video(frames: list[Path], path: Path, *, fourcc: str = "FFV1", fps: float = 5.0) -> Path:

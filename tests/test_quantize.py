@@ -221,12 +221,8 @@ def test_the_threshold_fit_stand_in_is_the_cpu_only_when_the_device_is_absent():
 # ---- the real PatchCore bundles (issue 3's numbers) ------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def x86_int8(patchcore_run, tmp_path_factory) -> Path:
-    from edgekit.export.pipeline import export_run
-
-    out = tmp_path_factory.mktemp("int8") / "x86-int8"
-    export_run(patchcore_run.path, out, target="x86", options=ExportOptions(precision="int8"))
-    return out
+def x86_int8(exported) -> Path:
+    return exported("x86", "openvino", "int8")
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,8 @@ CASES = [("x86", "openvino", "fp32"), ("x86", "openvino", "int8"), ("rpi4", "onn
 
 
 @pytest.fixture(scope="module")
-def bundles(patchcore_run, tmp_path_factory) -> dict[tuple[str, str, str], Path]:
-    from edgekit.export.job import ExportOptions
-    from edgekit.export.pipeline import export_run
-
-    root = tmp_path_factory.mktemp("thread-bundles")
-    made = {}
-    for target, fmt, precision in CASES:
-        out = root / f"{target}-{fmt}-{precision}"
-        export_run(patchcore_run.path, out, target=target, options=ExportOptions(format=fmt, precision=precision))
-        made[(target, fmt, precision)] = out
-    return made
+def bundles(exported) -> dict[tuple[str, str, str], Path]:
+    return {case: exported(*case) for case in CASES}
 
 
 @pytest.fixture(scope="module")
