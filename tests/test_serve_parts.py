@@ -28,6 +28,15 @@ def _scored(index: int, *, anomalous: bool = True, side: int = 32) -> Scored:
     return Scored(frame, prediction, make_event(frame, prediction, latency_s=0.01, bundle="0" * 16))
 
 
+def _feed(sink, items) -> SinkWorker:
+    """Items through a SinkWorker, as the pipeline hands them over, then flushed."""
+    worker = SinkWorker(sink)
+    for item in items:
+        assert worker.submit(item)
+    worker.close()
+    return worker
+
+
 def test_latest_only_slot_keeps_the_newest_frame_and_counts_the_replaced():
     slot, stop = FrameSlot(latest_only=True), threading.Event()
     replaced = [slot.put(i, stop) for i in range(5)]
@@ -51,9 +60,7 @@ def test_file_slot_makes_the_reader_wait_instead_of_dropping():
 
 
 def test_anomaly_store_keeps_the_newest_items_within_count_and_size(tmp_path):
-    store = FrameStore(tmp_path / "a", keep=3)
-    for index in range(6):
-        store.handle(_scored(index, anomalous=index != 2))
+    _feed(FrameStore(tmp_path / "a", keep=3), [_scored(index, anomalous=index != 2) for index in range(6)])
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     frames = sorted({int(n.split("_f")[1][:8]) for n in names})
     assert frames == [3, 4, 5] and len(names) == 9  # png + overlay + json each; frame 2 was normal
@@ -61,7 +68,7 @@ def test_anomaly_store_keeps_the_newest_items_within_count_and_size(tmp_path):
     one_item = sum(p.stat().st_size for p in (tmp_path / "a").iterdir()) / 3
     restarted = FrameStore(tmp_path / "a", keep=100, keep_bytes=int(one_item * 2.5))  # a restart thins too
     assert len(list((tmp_path / "a").iterdir())) == 6
-    restarted.handle(_scored(9))
+    _feed(restarted, [_scored(9)])
     assert sorted({int(p.name.split("_f")[1][:8]) for p in (tmp_path / "a").iterdir()}) == [5, 9]
 
 
@@ -101,6 +108,25 @@ def test_sink_worker_drops_instead_of_waiting_for_a_slow_sink():
     release.set()
     worker.close()
     assert Slow.handled == [i for i, ok in enumerate(accepted) if ok]
+
+
+def test_only_sinks_that_read_pixels_queue_them_and_only_what_they_want(tmp_path):
+    class Events:
+        name, got = "events", []
+
+        def handle(self, item):
+            self.got.append((item.frame, item.prediction, item.event.frame))
+
+        def close(self):
+            pass
+
+    _feed(Events(), [_scored(i) for i in range(3)])
+    assert Events.got == [(None, None, 0), (None, None, 1), (None, None, 2)]  # the event alone
+    store = FrameStore(tmp_path / "a")
+    worker = SinkWorker(store, capacity=64, pixel_capacity=2)
+    assert worker._queue.maxsize == 2  # frames and maps: a short queue
+    assert worker.submit(_scored(0, anomalous=False)) and worker._queue.qsize() == 0  # not wanted: not queued
+    worker.close()
 
 
 def test_watched_folder_takes_a_rewritten_file_again(tmp_path):
@@ -196,8 +222,7 @@ def test_pi_camera_without_picamera2_is_one_error(monkeypatch):
 
 def test_frame_store_can_keep_every_nth_frame_alone_for_fitting(tmp_path):
     store = FrameStore(tmp_path / "frames", keep=3, every=4, option="--save-frames")
-    for index in range(20):
-        store.handle(_scored(index, anomalous=index % 3 == 0))
+    _feed(store, [_scored(index, anomalous=index % 3 == 0) for index in range(20)])
     names = sorted(p.name for p in (tmp_path / "frames").iterdir())
     assert [int(n.split("_f")[1][:8]) for n in names] == [8, 12, 16]  # 0, 4, ... thinned to the newest 3
     assert all(n.endswith(".png") for n in names)  # images only: edgekit fit reads the folder as it is

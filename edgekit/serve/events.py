@@ -2,7 +2,10 @@
 
 A sink is anything with ``handle(item)`` and ``close()``. Each sink runs behind a
 :class:`SinkWorker`: its own thread and a bounded queue, so a slow disk, network or broker never
-stalls inference; when the queue is full the newest item is dropped and counted instead.
+stalls inference; when the queue is full the newest item is dropped and counted instead. Memory
+stays bounded by what is queued: a sink gets the frame's pixels and map only if it says it reads
+them (``pixels = True``), and then a short queue, and ``wants(event)`` lets it refuse an item
+before it is queued at all (a 1080p frame is 6 MB: 64 of them per lagging sink would sink a Pi).
 """
 from __future__ import annotations
 
@@ -58,10 +61,11 @@ class Event:
 
 @dataclass(frozen=True)
 class Scored:
-    """What a sink receives: the frame, the detector's prediction and the event."""
+    """What a sink receives: the frame, the detector's prediction and the event (frame and prediction
+    are None for a sink that reads only the event)."""
 
-    frame: Frame
-    prediction: Prediction
+    frame: Optional[Frame]
+    prediction: Optional[Prediction]
     event: Event
 
 
@@ -77,6 +81,10 @@ def make_event(frame: Frame, prediction: Prediction, *, latency_s: float, bundle
 
 class Sink(Protocol):
     name: str
+    pixels: bool  # optional (default False): handle() reads item.frame / item.prediction
+
+    def wants(self, event: Event) -> bool:  # optional: False keeps the item out of the queue (not a drop)
+        ...
 
     def handle(self, item: Scored) -> None:  # may block; runs on the sink's own thread
         ...
@@ -93,17 +101,24 @@ def log(message: str) -> None:
 class SinkWorker:
     """Runs one sink on its own thread behind a bounded queue; ``submit`` never blocks."""
 
-    def __init__(self, sink: Sink, *, capacity: int = 64, on_drop: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, sink: Sink, *, capacity: int = 64, pixel_capacity: int = 8,
+                 on_drop: Optional[Callable[[str], None]] = None) -> None:
         self.sink = sink
         self.dropped = 0
         self.failed = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=capacity)
+        self._pixels = bool(getattr(sink, "pixels", False))
+        self._wants = getattr(sink, "wants", None)
+        self._queue: queue.Queue = queue.Queue(maxsize=pixel_capacity if self._pixels else capacity)
         self._on_drop = on_drop
         self._thread = threading.Thread(target=self._loop, name=f"sink-{sink.name}", daemon=True)
         self._thread.start()
 
     def submit(self, item: Scored) -> bool:
         """Queue ``item`` for the sink; False (and counted) when the sink is too far behind."""
+        if self._wants is not None and not self._wants(item.event):
+            return True
+        if not self._pixels:
+            item = Scored(frame=None, prediction=None, event=item.event)
         try:
             self._queue.put_nowait(item)
             return True

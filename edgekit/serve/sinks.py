@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.serve.events import Scored
+from edgekit.serve.events import Event, Scored
 
 
 class JsonlSink:
@@ -81,6 +81,7 @@ class FrameStore:
             raise EdgekitError(f"{option}: the count and size caps must be positive")
         self.folder = Path(folder)
         self.name = "anomalies" if every is None else "frames"
+        self.pixels = True
         self.keep, self.keep_bytes, self.every = keep, keep_bytes, every
         self._seen = 0
         try:
@@ -93,10 +94,12 @@ class FrameStore:
             self._remember(stem)  # a restarted service keeps counting what an earlier run saved
         self._prune()
 
-    def handle(self, item: Scored) -> None:
+    def wants(self, event: Event) -> bool:
+        """Anomalies, or every Nth frame: decided before the frame is queued (inference thread)."""
         self._seen += 1
-        if (not item.event.is_anomalous) if self.every is None else (self._seen - 1) % self.every:
-            return
+        return event.is_anomalous if self.every is None else (self._seen - 1) % self.every == 0
+
+    def handle(self, item: Scored) -> None:
         from PIL import Image
 
         from edgekit.runtime.overlay import blend
