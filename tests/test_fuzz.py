@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import math
+import re
 import resource
 import shutil
 import signal
@@ -135,6 +136,11 @@ def archive_bytes(folder: Path, area: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
+def expected(folder: Path) -> tuple[Prediction, dict[str, bytes]]:
+    return _load_and_read(folder)
+
+
+@pytest.fixture(scope="module")
 def detector(folder: Path):
     with edgekit.load(folder) as loaded:
         yield loaded
@@ -169,21 +175,30 @@ def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
     return found
 
 
+#: a placeholder value that becomes ``depth`` nested brackets in the manifest's text (json.dumps cannot
+#: write that deep): the depth cap must refuse it before the parser recurses
+DEEP_TEXT = st.integers(min_value=20, max_value=100_000).map(lambda depth: f"<deep:{depth}>")
+
+
+def _manifest_text(data: dict) -> bytes:
+    text = json.dumps(data)
+    for depth in set(re.findall(r'"<deep:(\d+)>"', text)):
+        text = text.replace(f'"<deep:{depth}>"', "[" * int(depth) + "]" * int(depth))
+    return text.encode()
+
+
 @st.composite
 def mutated_manifests(draw, original: dict) -> dict:
-    """The manifest with 1-3 mutations: a value replaced, a key removed, a key added."""
+    """The manifest with 1-3 mutations (mostly at leaves): a value replaced, a key removed or added."""
     data = copy.deepcopy(original)
-    for _ in range(draw(st.integers(1, 3))):
+    for _ in range(draw(st.sampled_from([1, 1, 2, 3]))):
         paths = _paths(data)
-        if not paths:
-            break
-        path = draw(st.sampled_from(paths))
-        parent = data
-        for key in path[:-1]:
-            parent = parent[key]
+        leaves = [path for path in paths if not isinstance(_at(data, path), (dict, list))]
+        path = draw(st.sampled_from(leaves if leaves and draw(st.booleans()) else paths))
+        parent = _at(data, path[:-1])
         action = draw(st.sampled_from(["replace", "replace", "remove", "add"]))
         if action == "replace":
-            parent[path[-1]] = draw(WEIRD_VALUES)
+            parent[path[-1]] = draw(st.one_of(WEIRD_VALUES, DEEP_TEXT))
         elif action == "remove":
             del parent[path[-1]]
         else:
@@ -192,6 +207,12 @@ def mutated_manifests(draw, original: dict) -> dict:
                 target[draw(st.text(min_size=1, max_size=8))] = draw(WEIRD_VALUES)
             else:
                 target.append(draw(WEIRD_VALUES))
+    return data
+
+
+def _at(data: Any, path: tuple) -> Any:
+    for key in path:
+        data = data[key]
     return data
 
 
@@ -217,7 +238,7 @@ def test_a_mutated_manifest_loads_and_predicts_or_is_refused_in_one_line(folder:
     mutated = data.draw(mutated_manifests(original))
     copied = _copy(folder)
     try:
-        text = json.dumps(mutated).encode()
+        text = _manifest_text(mutated)
         (copied / "manifest.json").write_bytes(text)
         if redigest:  # as anyone editing on purpose can: the schema checks must catch it
             (copied / "manifest.sha256").write_bytes(digest_line(text))
@@ -238,13 +259,27 @@ def _write_temp(area: Path, data: bytes, suffix: str = ".edgekit") -> Path:
     return Path(name)
 
 
-def _load_and_unpack(path: Path, area: Path) -> None:
-    check_prediction(outcome(lambda: _load_and_predict(path)))
+def _load_and_read(path: Path) -> tuple[Prediction, dict[str, bytes]]:
+    """A prediction and the bytes of every file the loaded bundle lists."""
+    with edgekit.load(path) as loaded:
+        files = {name: loaded.bundle.path(name).read_bytes() for name in loaded.manifest.files}
+        return loaded.predict(IMAGE), files
+
+
+def _genuine(result: Any, expected: tuple[Prediction, dict[str, bytes]]) -> None:
+    """A damaged archive that still loads must be the bundle itself: the digests cover every byte used."""
+    if isinstance(result, tuple):
+        check_prediction(result[0])
+        assert result[1] == expected[1] and result[0].raw_score == expected[0].raw_score
+
+
+def _load_and_unpack(path: Path, area: Path, expected: tuple[Prediction, dict[str, bytes]]) -> None:
+    _genuine(outcome(lambda: _load_and_read(path)), expected)
     dest = Path(tempfile.mkdtemp(dir=area)) / "unpacked"
     try:
         result = outcome(lambda: unpack_bundle(path, dest))
         if not isinstance(result, EdgekitError):
-            check_prediction(outcome(lambda: _load_and_predict(dest)))
+            _genuine(outcome(lambda: _load_and_read(dest)), expected)
     finally:
         shutil.rmtree(dest.parent)
 
@@ -252,7 +287,8 @@ def _load_and_unpack(path: Path, area: Path) -> None:
 @FUZZ
 @given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), max_size=6),
        keep=st.one_of(st.none(), st.floats(0, 1)))
-def test_a_damaged_archive_loads_or_is_refused_in_one_line(archive_bytes: bytes, area: Path, flips, keep) -> None:
+def test_a_damaged_archive_loads_or_is_refused_in_one_line(archive_bytes: bytes, area: Path, expected,
+                                                            flips, keep) -> None:
     damaged = bytearray(archive_bytes)
     for where, mask in flips:
         damaged[int(where * len(damaged))] ^= mask
@@ -260,7 +296,7 @@ def test_a_damaged_archive_loads_or_is_refused_in_one_line(archive_bytes: bytes,
         damaged = damaged[:int(keep * len(damaged))]
     path = _write_temp(area, bytes(damaged))
     try:
-        _load_and_unpack(path, area)
+        _load_and_unpack(path, area, expected)
     finally:
         path.unlink()
 
@@ -293,11 +329,19 @@ def _patch_sizes(data: bytes, name: str, size: int) -> bytes:
 @given(extra=st.lists(st.tuples(MEMBER_NAMES, st.binary(max_size=64)), max_size=3),
        drop=st.sets(st.integers(0, 5), max_size=2),
        sizes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0, 1, 2**20, 2**31, 2**32 - 1])), max_size=2),
-       stored=st.booleans())
-def test_an_archive_with_odd_members_loads_or_is_refused_in_one_line(archive_bytes: bytes, area: Path, extra, drop,
-                                                                     sizes, stored: bool) -> None:
+       stored=st.booleans(),
+       tamper=st.one_of(st.none(), st.tuples(st.integers(0, 5), st.integers(0, 2**20), st.integers(1, 255))))
+def test_an_archive_with_odd_members_loads_or_is_refused_in_one_line(archive_bytes: bytes, area: Path, expected,
+                                                                     extra, drop, sizes, stored: bool,
+                                                                     tamper) -> None:
     with zipfile.ZipFile(io.BytesIO(archive_bytes)) as zf:
         members = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    if tamper:  # one byte of a member changed, its size and CRC consistent: only the sha256 list can tell
+        index, where, mask = tamper
+        name, content = members[index % len(members)]
+        changed = bytearray(content)
+        changed[where % len(changed)] ^= mask
+        members[index % len(members)] = (name, bytes(changed))
     members = [member for index, member in enumerate(members) if index not in drop] + extra
     buffer = io.BytesIO()
     with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED if stored
@@ -311,7 +355,7 @@ def test_an_archive_with_odd_members_loads_or_is_refused_in_one_line(archive_byt
             data = _patch_sizes(data, members[index % len(members)][0], size)
     path = _write_temp(area, data)
     try:
-        _load_and_unpack(path, area)
+        _load_and_unpack(path, area, expected)
     finally:
         path.unlink()
 
@@ -371,6 +415,8 @@ def test_an_array_is_scored_or_refused_in_one_line(detector, array: np.ndarray, 
                    and array.shape[0] * array.shape[1] <= detector.max_pixels)
     if well_formed:
         assert isinstance(result, Prediction), result
+    if array.dtype.kind == "f" and 0 < array.nbytes < 2**26 and not (np.isfinite(array).all() and 0 <= array.min() <= array.max() <= 1):
+        assert isinstance(result, EdgekitError), "a float image outside [0, 1] (or NaN/inf) was scored"
     if isinstance(result, Prediction) and array.nbytes < 2**26:  # a view scores as its contiguous copy
         again = detector.predict(np.ascontiguousarray(array), color=color)
         assert again.raw_score == result.raw_score
