@@ -380,8 +380,12 @@ def huge_arrays(draw) -> np.ndarray:
 def small_arrays(draw) -> np.ndarray:
     """Arrays of any dtype, 0-4 dims, zeros in dims, NaN/inf, non-contiguous views."""
     dtype = np.dtype(draw(st.one_of(st.just(np.uint8), st.sampled_from(DTYPES))))
-    ndim = draw(st.integers(0, 4))
-    shape = tuple(draw(st.lists(st.sampled_from([0, 1, 2, 3, 4, 5, 16, 17, 40]), min_size=ndim, max_size=ndim)))
+    if draw(st.booleans()):  # image-shaped: the values and the layout are what is fuzzed
+        shape = (draw(st.sampled_from([2, 16, 17, 40])), draw(st.sampled_from([2, 16, 17, 40])))
+        shape += tuple(draw(st.lists(st.sampled_from([1, 3, 4]), max_size=1)))
+    else:
+        shape = tuple(draw(st.lists(st.sampled_from([0, 1, 2, 3, 4, 5, 16, 17, 40]), max_size=4)))
+    ndim = len(shape)
     kind = draw(st.sampled_from(["random", "random", "special", "view"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     if dtype.kind in "ui":
