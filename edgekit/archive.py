@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional, Sequence
 
@@ -98,7 +99,7 @@ def extract_archive(archive: Path, dest: Path, *, max_members: int, max_bytes: i
                         out.write(chunk)
                 if digest_of.hexdigest() != manifest.files[path]:
                     raise EdgekitError(f"bundle {name} is tampered or damaged: {path} checksum mismatch")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, zlib.error) as exc:
         raise EdgekitError(f"archive {archive} is damaged: {exc}") from None
     except (OSError, ValueError) as exc:
         raise EdgekitError(f"archive {archive} cannot be extracted: {exc}") from None

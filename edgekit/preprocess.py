@@ -85,7 +85,8 @@ def read_image(source: ImageLike, channels: int = 3, *, max_pixels: int = DEFAUL
     Grey input for a colour model is replicated to three channels and colour input for a grey
     model is converted with ITU-R 601-2 luma (Pillow's ``L``), so one camera fits both. Files are
     turned upright by their EXIF orientation, and refused when the header says more than
-    ``max_pixels`` (before any pixel is decoded) or a side is under ``MIN_SIDE``. Arrays are uint8,
+    ``max_pixels`` (before any pixel is decoded) or a side is under ``MIN_SIDE``; so are arrays (a
+    broadcast view can claim any shape without holding its memory). Arrays are uint8,
     or float32/float64 intensities in [0, 1] (scaled by 255 and rounded; other float values are
     refused, since 0-255 floats and [0, 1] floats cannot be told apart safely).
     """
@@ -96,7 +97,7 @@ def read_image(source: ImageLike, channels: int = 3, *, max_pixels: int = DEFAUL
             raise EdgekitError(f"{path}: no such image file")
         array = _decode(path, mode, str(path), max_pixels)
     elif isinstance(source, np.ndarray):
-        array = _array_to_mode(source, mode)
+        array = _array_to_mode(source, mode, max_pixels=max_pixels)
     else:
         raise EdgekitError(f"an image must be a path or an HxWxC uint8 array, not {type(source).__name__}")
     if array.ndim == 2:
@@ -145,9 +146,14 @@ def _decode(source, mode: str, label: str, max_pixels: int) -> np.ndarray:
                                 "corrupt") from None
 
 
-def _array_to_mode(array: np.ndarray, mode: str, label: str = "image") -> np.ndarray:
+def _array_to_mode(array: np.ndarray, mode: str, label: str = "image", *,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from PIL import Image
 
+    if array.ndim >= 2 and array.shape[0] * array.shape[1] > max_pixels:  # a broadcast view holds any shape
+        height, width = array.shape[:2]
+        raise ImageRejected(f"{label}: the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
+                            f"the limit is {max_pixels / 1e6:g} megapixels", "too-large")
     if array.dtype in (np.float32, np.float64):
         array = _float_to_uint8(array, label)
     if array.dtype != np.uint8:

@@ -7,6 +7,7 @@ import io
 import json
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -353,3 +354,19 @@ def test_every_head_checks_its_params(kind: str, params, arrays, message: str) -
 
     with pytest.raises(EdgekitError, match=message.replace("(", r"\(").replace(".", r"\.")):
         build_head(kind, params, arrays, output_height=16, output_width=16)
+
+
+def test_an_archive_with_a_corrupt_deflate_stream_is_one_error(tmp_path: Path) -> None:
+    """Found by the fuzzer: one flipped bit inside a compressed member raised zlib.error."""
+    archive = _fake_archive(tmp_path / "model.edgekit")
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("manifest.json")
+    data[info.header_offset + 30 + len(info.filename) + 1] ^= 1  # in the deflate block header
+    archive.write_bytes(bytes(data))
+    with pytest.raises(zlib.error), zipfile.ZipFile(archive) as zf:  # what the flip does to zipfile itself
+        zf.read("manifest.json")
+    with pytest.raises(EdgekitError, match="damaged|tampered"):
+        edgekit.load(archive)
+    with pytest.raises(EdgekitError, match="damaged|tampered"):
+        unpack_bundle(archive, tmp_path / "out")

@@ -128,3 +128,14 @@ def test_detector_refuses_degenerate_images_and_accepts_unit_floats(x86_bundle, 
     small = edgekit.load(x86_bundle, max_pixels=1000)
     with pytest.raises(EdgekitError, match="the limit is 0.001 megapixels"):
         small.predict(sorted((brick / "test" / "good").iterdir())[0])
+
+
+def test_a_broadcast_array_over_the_pixel_cap_is_refused_before_any_copy():
+    """Found by the fuzzer: a 7000x100000 broadcast view (one byte of memory) was expanded to 2 GiB."""
+    huge = np.broadcast_to(np.zeros((1, 1), np.uint8), (7000, 100_000))
+    with pytest.raises(ImageRejected, match="7.*megapixels.*the limit is 50 megapixels") as info:
+        read_image(huge, 3)
+    assert info.value.reason == "too-large"
+    with pytest.raises(ImageRejected, match="the limit is 0.0001 megapixels"):
+        read_image(np.zeros((11, 10), np.uint8), 3, max_pixels=100)
+    assert read_image(np.zeros((10, 10), np.uint8), 3, max_pixels=100).shape == (10, 10, 3)
