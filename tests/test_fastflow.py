@@ -176,7 +176,10 @@ def test_x86_int8_is_refused_in_one_line_and_writes_nothing(fastflow_run, tmp_pa
 
 @pytest.mark.e2e
 def test_training_fastflow_with_a_bad_option_is_one_error_line(brick, tmp_path):
-    result = run_cli("train", "--model", "fastflow", "--data", brick, "--out", tmp_path / "a", "--teacher-weights", "x")
+    teacher = tmp_path / "teacher.pth"  # exists, so the refusal is fastflow's, not the path check's
+    teacher.write_bytes(b"")
+    result = run_cli("train", "--model", "fastflow", "--data", brick, "--out", tmp_path / "a", "--teacher-weights",
+                     teacher)
     assert_one_error_line(result, "--teacher-weights", "'fastflow'")
     result = run_cli("train", "--model", "fastflow", "--data", brick, "--out", tmp_path / "b", "--image-size", 100)
     assert_one_error_line(result, "--image-size must be a multiple of 32")
