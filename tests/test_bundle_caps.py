@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import io
 import json
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -19,19 +18,10 @@ from edgekit.bundle import (SCHEMA_VERSION, Decision, HeadSpec, Manifest, Networ
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec
 
-from test_bundle import NETWORK_BYTES, save_tiny
+from test_bundle import NETWORK_BYTES, private_temp, save_tiny  # noqa: F401 (private_temp: a fixture)
 
 SPEC = InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
 IMAGE = np.random.default_rng(3).integers(0, 255, (16, 16, 3)).astype(np.uint8)
-
-
-@pytest.fixture
-def private_temp(tmp_path: Path, monkeypatch) -> Path:
-    """Route edgekit's extraction temp dirs into a folder the test can inspect."""
-    area = tmp_path / "temp-area"
-    area.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(area))
-    return area
 
 
 @pytest.fixture

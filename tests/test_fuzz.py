@@ -29,13 +29,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import edgekit
-from edgekit.bundle import (SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec, pack_bundle, save_bundle,
-                            unpack_bundle)
+from edgekit.bundle import pack_bundle, unpack_bundle
 from edgekit.errors import EdgekitError
 from edgekit.manifest import digest_line
-from edgekit.preprocess import MIN_SIDE, InputSpec, decode_image, read_image
+from edgekit.preprocess import MIN_SIDE, decode_image, read_image
 from edgekit.runtime.detector import Prediction
 from edgekit.serve import http
+from test_signing import save_fake  # the same tiny kNN bundle on the fake runtime
 
 settings.register_profile("edgekit-fuzz", max_examples=250, derandomize=True, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -104,22 +104,6 @@ def check_prediction(result: Any) -> None:
 
 # --- a tiny bundle on the fake runtime ---------------------------------------------------------
 
-def _save_fake(dest: Path) -> Path:
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgekit_version=edgekit.__version__, model="patchcore", backbone="test",
-        target="x86", runtime="fake", device="CPU", precision="fp32",
-        input=InputSpec(height=SIDE, width=SIDE, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3),
-        network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
-        head=HeadSpec(kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0},
-                      arrays={"memory_bank": "head/memory_bank.npy"}),
-        decision=Decision(image_threshold=1.5, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0,
-                          method="test", fitted_on=2),
-        source={}, export={})
-    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    return save_bundle(dest, manifest, files={"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()},
-                       arrays={"head/memory_bank.npy": bank})
-
-
 @pytest.fixture(scope="module")
 def area(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
@@ -127,7 +111,7 @@ def area(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def folder(area: Path) -> Path:
-    return _save_fake(area / "bundle")
+    return save_fake(area / "bundle")
 
 
 @pytest.fixture(scope="module")
