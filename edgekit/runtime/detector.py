@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +16,7 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageLike, prepare
 from edgekit.runtime.backends import Backend, BackendOptions, load_backend
 from edgekit.runtime.heads import build_head
+from edgekit.runtime.threads import Budget, HeadPool, single_threaded_blas, thread_count
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,10 @@ class Detector:
     read as RGB swaps red and blue, which a colour model sees as a defect everywhere. Arrays are
     uint8, or float in [0, 1] (scaled by 255; other floats are refused). Image files larger than
     ``max_pixels`` are refused from their header, before decoding. One Detector may be shared by
-    several threads.
+    several threads. ``budget`` is how many threads it uses and how (see ``load``).
     """
 
-    def __init__(self, bundle: Bundle, backend: Backend, *, head_threads: Optional[int] = None,
+    def __init__(self, bundle: Bundle, backend: Backend, *, budget: Optional[Budget] = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
@@ -66,13 +69,22 @@ class Detector:
         except EdgekitError as exc:
             raise EdgekitError(f"bundle {bundle.origin}: {exc}") from None
         self._output_name = self.manifest.network.output_names[0]
-        self._blas_limit = _blas_limiter(head_threads)
+        self.budget = budget or Budget.resolve(1, "latency")
+        self._head_pool = HeadPool(self.budget.per_lane)
+        self._lanes: Optional[ThreadPoolExecutor] = None
+        self._lanes_lock = threading.Lock()
         self.max_pixels = max_pixels
 
     def close(self) -> None:
         """Remove the private copy of a ``.edgekit`` bundle (also done when the Detector is garbage
-        collected). The runtime holds the network in memory by then: predictions still work."""
+        collected) and stop its idle threads. The runtime holds the network in memory by then:
+        predictions still work."""
         self.bundle.close()
+        self._head_pool.close()
+        with self._lanes_lock:
+            if self._lanes is not None:
+                self._lanes.shutdown(wait=False)
+                self._lanes = None
 
     def __enter__(self) -> "Detector":
         return self
@@ -88,9 +100,10 @@ class Detector:
         return hashlib.sha256(self.bundle.path(MANIFEST_NAME).read_bytes()).hexdigest()[:16]
 
     def run_head(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The numpy head on network outputs, with numpy's BLAS threads capped (see ``load``)."""
-        with self._blas_limit():
-            return self.head(embeddings)
+        """The numpy head on network outputs: BLAS single-threaded, the work split over the
+        Detector's own threads (see ``edgekit.runtime.threads``)."""
+        with single_threaded_blas:
+            return self.head(embeddings, pool=self._head_pool)
 
     def embed(self, images: Iterable[ImageLike], *, color: str = "rgb") -> np.ndarray:
         """The network's output for a batch of images, through the one pre-processing."""
@@ -120,11 +133,20 @@ class Detector:
 
     def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = 8,
                       color: str = "rgb") -> list[Prediction]:
-        """Score many images, ``batch_size`` per network call."""
+        """Score many images. Latency mode: ``batch_size`` per network call, one call at a time.
+        Throughput mode: one image per call, as many at once as the budget has lanes."""
+        if self.budget.lanes > 1 and len(images) > 1:
+            return list(self._lane_pool().map(lambda image: self.predict(image, color=color), images))
         predictions: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             predictions.extend(self.decide(*self.raw(images[start:start + batch_size], color=color)))
         return predictions
+
+    def _lane_pool(self) -> ThreadPoolExecutor:
+        with self._lanes_lock:
+            if self._lanes is None:
+                self._lanes = ThreadPoolExecutor(max_workers=self.budget.lanes, thread_name_prefix="edgekit-lane")
+            return self._lanes
 
 
 def _to_rgb(image: ImageLike, color: str) -> ImageLike:
@@ -136,49 +158,21 @@ def _to_rgb(image: ImageLike, color: str) -> ImageLike:
     return image
 
 
-def _blas_limiter(threads: Optional[int]):
-    """A context manager capping numpy's BLAS threads (no-op without threadpoolctl or when None).
-
-    A multi-threaded BLAS product right after inference competes with the runtime's own worker
-    threads. Measured on the 2-core test VM: under load from other processes one BLAS thread made
-    predict() about 3× faster (benchmarks/vs_anomalib.py --blas-threads 1); on the idle machine it
-    made no difference for a 975-row bank and was ~15 % slower for a 4,915-row one. Hence opt-in.
-    """
-    import contextlib
-
-    if threads is None:
-        return contextlib.nullcontext
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return contextlib.nullcontext
-    controller = ThreadpoolController()
-    return lambda: controller.limit(limits=threads, user_api="blas")
-
-
-#: Most inference threads a bundle or caller may ask a runtime for.
-MAX_THREADS = 256
-
-
-def _count(value: Any, what: str) -> int:
-    """A thread count: an integer from 0 (the runtime's default) to MAX_THREADS."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THREADS:
-        raise EdgekitError(f"{what} must be an integer from 0 to {MAX_THREADS}, not {value!r}")
-    return value
-
-
 def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None,
-         head_threads: Optional[int] = None, trusted_keys: Optional[Sequence[Any]] = None,
+         mode: Optional[str] = None, trusted_keys: Optional[Sequence[Any]] = None,
          max_parallel: Optional[int] = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Detector:
     """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
 
-    ``device`` and ``threads`` override the manifest's target settings (e.g. ``device="GPU.1"``).
-    ``head_threads`` caps numpy's BLAS threads while the numpy head runs (None: numpy's default).
+    ``threads``: all the threads this Detector computes with, shared by the runtime and the numpy
+    head, never both at once (default: the target's; 0 = every usable core). ``mode``: "latency"
+    runs one image at a time on all of them, "throughput" one image per thread, several at once
+    (``predict_batch``, or threads sharing the Detector). ``device`` overrides the target's
+    (e.g. ``device="GPU.1"``).
     ``trusted_keys`` (public key files or raw 32-byte Ed25519 keys): refuse a bundle that is not
     signed by one of them (``edgekit sign``).
     ``max_parallel`` caps how many network calls run at once when threads share the Detector (an
-    OpenVINO infer request each; None: one per CPU core, so memory stays bounded); more callers wait.
-    ``max_pixels`` caps the decoded size of an image file (refused from its header).
+    OpenVINO infer request or LiteRT interpreter each; default: the mode's lanes, at least 2 on
+    OpenVINO); more callers wait. ``max_pixels`` caps the decoded size of an image file.
     """
     if max_parallel is not None and max_parallel < 1:
         raise EdgekitError(f"max_parallel must be at least 1, not {max_parallel}")
@@ -186,14 +180,16 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
     try:
         manifest = bundle.manifest
         if threads is None:
-            threads = _count(manifest.export.get("threads", 0), f"bundle {path}: export.threads")
-        options = BackendOptions(device=device or manifest.device,
-                                 threads=_count(threads, "threads"),
+            threads = thread_count(manifest.export.get("threads", 0), f"bundle {path}: export.threads")
+        if mode is None:
+            mode = manifest.export.get("mode", "latency")
+        budget = Budget.resolve(thread_count(threads, "threads"), mode)
+        options = BackendOptions(device=device or manifest.device, threads=budget.per_lane, lanes=budget.lanes,
                                  precision=manifest.precision,
                                  output_names=tuple(manifest.network.output_names),
                                  max_parallel=max_parallel or 0)
         backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
-        return Detector(bundle, backend, head_threads=head_threads, max_pixels=max_pixels)
+        return Detector(bundle, backend, budget=budget, max_pixels=max_pixels)
     except BaseException:
         bundle.close()
         raise

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.runtime.threads import HeadPool, split
 
 #: Largest distance matrix one chunk may hold (elements), so memory stays bounded.
 _CHUNK_ELEMENTS = 1 << 22
@@ -123,13 +124,14 @@ def _numpy_candidates(chunk: np.ndarray, bank: np.ndarray, bank_sq_norms: np.nda
 
 
 def nearest_neighbors(queries: np.ndarray, bank: np.ndarray, *, bank_sq_norms: np.ndarray | None = None,
-                      search: "FaissSearch | None" = None) -> tuple[np.ndarray, np.ndarray]:
+                      search: "FaissSearch | None" = None,
+                      pool: Optional[HeadPool] = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest bank row for each query: (euclidean distances float64, indices int64).
 
     The two best candidates are ranked in float32 by a chunked matrix product (|q|² − 2 q·b + |b|²,
     no N×M×D temporaries) or by faiss; the winner is then picked by the distance recomputed
     directly in float64 (ties: the lower index). Rounding in the expansion can neither distort a
-    score nor make the numpy and faiss searches disagree.
+    score nor make the numpy and faiss searches disagree. ``pool`` searches row chunks in parallel.
     """
     queries = np.asarray(queries, dtype=np.float32)
     bank = np.asarray(bank, dtype=np.float32)
@@ -139,17 +141,31 @@ def nearest_neighbors(queries: np.ndarray, bank: np.ndarray, *, bank_sq_norms: n
     distances = np.empty(len(queries))
     indices = np.empty(len(queries), dtype=np.int64)
     rows = max(1, _CHUNK_ELEMENTS // max(len(bank), count * bank.shape[1]))  # bounds both temporaries
-    for start in range(0, len(queries), rows):
-        chunk = queries[start:start + rows]
+    pieces = max(pool.chunks(len(queries)) if pool is not None else 1, -(-len(queries) // rows))
+
+    def search_rows(part: slice) -> None:
+        chunk = queries[part]
         found = (search.candidates(chunk, count) if search is not None
                  else _numpy_candidates(chunk, bank, bank_sq_norms, count))
         diff = chunk.astype(np.float64)[:, None, :] - bank[found].astype(np.float64)
         exact = np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))
         order = np.lexsort((found, exact), axis=-1)[:, 0]  # by distance, then by index
         picked = np.arange(len(chunk))
-        distances[start:start + rows] = exact[picked, order]
-        indices[start:start + rows] = found[picked, order]
+        distances[part] = exact[picked, order]
+        indices[part] = found[picked, order]
+
+    parts = split(len(queries), pieces)
+    if pool is not None and len(parts) > 1:
+        pool.map(search_rows, parts)
+    else:
+        for part in parts:
+            search_rows(part)
     return distances, indices
+
+
+def _serial(function, items) -> None:
+    for item in items:
+        function(item)
 
 
 def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
@@ -230,15 +246,16 @@ class KnnHead:
             self._map_ops[key] = (rows, cols.T.copy())
         return self._map_ops[key]
 
-    def __call__(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, D, h, w) embeddings → raw image scores (N,) float64 and maps (N, H, W) float32."""
+    def __call__(self, embeddings: np.ndarray, *, pool: Optional[HeadPool] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D, h, w) embeddings → raw image scores (N,) float64 and maps (N, H, W) float32.
+        ``pool``: threads that share the search (results are identical with or without)."""
         if embeddings.ndim != 4 or embeddings.shape[1] != self.memory_bank.shape[1]:
             raise EdgekitError(f"network output {embeddings.shape} does not match the memory bank "
                                f"width {self.memory_bank.shape[1]}")
         count, dims, grid_h, grid_w = embeddings.shape
         patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, dims)
         distances, nearest = nearest_neighbors(patches, self.memory_bank, bank_sq_norms=self._bank_sq_norms,
-                                               search=self._faiss)
+                                               search=self._faiss, pool=pool)
         distances = distances.reshape(count, grid_h * grid_w)
         nearest = nearest.reshape(count, grid_h * grid_w)
         rows, cols = self._map_operators(grid_h, grid_w)
@@ -354,8 +371,9 @@ class MapHead:
         count = max(1, int(round(self.top_fraction * values.size)))
         return float(np.partition(values, values.size - count)[values.size - count:].mean())
 
-    def __call__(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 1, h, w) or (N, h, w) network maps → raw image scores (N,) float64 and maps (N, H, W) float32."""
+    def __call__(self, outputs: np.ndarray, *, pool: Optional[HeadPool] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 1, h, w) or (N, h, w) network maps → raw image scores (N,) float64 and maps (N, H, W) float32.
+        ``pool``: threads that share the images of a batch."""
         maps = np.asarray(outputs)
         if maps.ndim == 4 and maps.shape[1] == 1:
             maps = maps[:, 0]
@@ -365,12 +383,15 @@ class MapHead:
         operators = self._map_operators(grid_h, grid_w)
         scores = np.empty(count)
         final_maps = np.empty((count, self.output_height, self.output_width), dtype=np.float32)
-        for i in range(count):
+
+        def one(i: int) -> None:
             final = maps[i].astype(np.float64)
             if operators is not None:
                 final = operators[0] @ final @ operators[1]
             scores[i] = self._image_score(final)
             final_maps[i] = final
+
+        (pool.map if pool is not None else _serial)(one, range(count))
         return scores, final_maps
 
     def cost(self, grid_h: int, grid_w: int) -> tuple[int, int]:
@@ -436,8 +457,9 @@ class MahalanobisHead:
                    output_width=output_width,
                    blur_sigma=head_param(params, "blur_sigma", float, 4.0, low=0.0, high=MAX_BLUR_SIGMA))
 
-    def distances(self, embeddings: np.ndarray) -> np.ndarray:
-        """(N, d, h, w) embeddings → (N, h, w) float32 Mahalanobis distances."""
+    def distances(self, embeddings: np.ndarray, *, pool: Optional[HeadPool] = None) -> np.ndarray:
+        """(N, d, h, w) embeddings → (N, h, w) float32 Mahalanobis distances (``pool``: threads
+        that share the grid positions)."""
         positions, dims = self.mean.shape
         shape = np.shape(embeddings)
         if len(shape) != 4 or shape[1] != dims or shape[2] * shape[3] != positions:
@@ -445,13 +467,19 @@ class MahalanobisHead:
                                f"({positions} positions of {dims} dimensions)")
         count, _, grid_h, grid_w = shape
         vectors = np.asarray(embeddings, np.float32).reshape(count, dims, positions).transpose(2, 0, 1)
-        delta = vectors - self.mean[:, None]  # (P, N, d)
-        squared = np.einsum("pnd,pnd->pn", np.matmul(delta, self.inv_covariance), delta)
+        squared = np.empty((positions, count), dtype=np.float32)
+
+        def rows(part: slice) -> None:
+            delta = vectors[part] - self.mean[part, None]  # (p, N, d)
+            squared[part] = np.einsum("pnd,pnd->pn", np.matmul(delta, self.inv_covariance[part]), delta)
+
+        parts = split(positions, pool.chunks(positions) if pool is not None else 1)
+        (pool.map if pool is not None else _serial)(rows, parts)
         return np.sqrt(np.maximum(squared, 0.0)).T.reshape(count, grid_h, grid_w)
 
-    def __call__(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, embeddings: np.ndarray, *, pool: Optional[HeadPool] = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, d, h, w) embeddings → raw image scores (N,) float64 and maps (N, H, W) float32."""
-        return self._maps(self.distances(embeddings))
+        return self._maps(self.distances(embeddings, pool=pool), pool=pool)
 
     def cost(self, grid_h: int, grid_w: int) -> tuple[int, int]:
         """(FLOPs, bytes touched) of one image through this head: for labelled roofline estimates.

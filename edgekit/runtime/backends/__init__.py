@@ -30,10 +30,11 @@ class BackendOptions:
     """How to run a network: which device, how many threads, in which precision."""
 
     device: str = "CPU"
-    threads: int = 0  # 0: the runtime's own default
+    threads: int = 0  # per network call; 0: the runtime's own default
+    lanes: int = 1  # network calls meant to run at once (throughput mode), each with ``threads``
     precision: str = "fp32"
     output_names: tuple[str, ...] = ()
-    max_parallel: int = 0  # network calls at once from threads sharing a backend (0: one per CPU core)
+    max_parallel: int = 0  # network calls at once from threads sharing a backend (0: the backend's default)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -11,6 +11,7 @@ always pass and receive float32.
 """
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,12 +39,38 @@ _QUANTIZED = (np.int8, np.uint8, np.int16)
 
 
 class LiteRtBackend:
+    """A pool of interpreters of one file: an interpreter holds one set of tensors, so each serves
+    one call at a time. One is made at load; more are made for concurrent callers, up to
+    ``max_parallel`` (default: the budget's lanes, so latency mode runs one call at a time)."""
+
     name = "litert"
     version = f"{_RUNTIME} {_VERSION}"
 
     def __init__(self, path: Path, options: BackendOptions) -> None:
         if options.device.upper() not in ("CPU", "AUTO"):
             raise EdgekitError(f"the LiteRT backend runs on CPU, not {options.device!r}")
+        self._path, self._options = path, options
+        self.max_parallel = options.max_parallel or options.lanes
+        self._slots = threading.BoundedSemaphore(self.max_parallel)
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle.put(_Runner(path, options))  # the first one checks the file
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._slots:
+            try:
+                runner = self._idle.get_nowait()
+            except queue.Empty:
+                runner = _Runner(self._path, self._options)
+            try:
+                return runner.infer(inputs)
+            finally:
+                self._idle.put(runner)
+
+
+class _Runner:
+    """One interpreter and its tensor bookkeeping; not for concurrent calls."""
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
         try:
             self._interpreter = _Interpreter(model_path=str(path),
                                              num_threads=int(options.threads) if options.threads else None)
@@ -63,11 +90,9 @@ class LiteRtBackend:
         self._output_details = {d["index"]: d for d in self._outputs.values()}
         self._interpreter.allocate_tensors()
         self._shapes = {d["index"]: tuple(int(n) for n in d["shape"]) for d in self._inputs.values()}
-        self._lock = threading.Lock()  # an interpreter holds one set of tensors: one call at a time
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            return self._infer(inputs)
+        return self._infer(inputs)
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(inputs) != len(self._inputs):

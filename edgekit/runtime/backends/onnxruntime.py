@@ -23,6 +23,11 @@ class OnnxRuntimeBackend:
         session_options = ort.SessionOptions()
         if options.threads:
             session_options.intra_op_num_threads = int(options.threads)
+        # Idle pool threads sleep instead of spinning: spinning ones take the cores the numpy head
+        # needs right after the network (see edgekit.runtime.threads). Concurrent run() calls
+        # (throughput lanes) share the session; with one thread each runs on its caller's thread.
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])

@@ -35,11 +35,14 @@ class OpenVinoBackend:
         if device_kind not in ("AUTO", "MULTI", "HETERO") and not any(d.startswith(device_kind) for d in available):
             raise EdgekitError(f"OpenVINO device {options.device!r} is not present on this machine "
                                f"(available: {', '.join(available) or 'none'})")
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        # Latency: one stream on all threads. Throughput: one stream per lane, the same threads in all.
+        config: dict[str, object] = {"PERFORMANCE_HINT": "THROUGHPUT" if options.lanes > 1 else "LATENCY"}
         if device_kind == "CPU":
             config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS.get(options.precision, "f32")
             if options.threads:
-                config["INFERENCE_NUM_THREADS"] = int(options.threads)
+                config["INFERENCE_NUM_THREADS"] = int(options.threads) * options.lanes
+            if options.lanes > 1:
+                config["NUM_STREAMS"] = options.lanes
         config.update(options.extra)
         try:
             model = core.read_model(str(path))
@@ -50,7 +53,7 @@ class OpenVinoBackend:
         # An infer request serves one call at a time ("Infer Request is busy" otherwise, or another
         # thread's results): each call borrows an idle one, and a new one is made when none is idle,
         # up to max_parallel requests (each holds its own activation buffers); more callers wait.
-        self.max_parallel = options.max_parallel or os.cpu_count() or 1
+        self.max_parallel = options.max_parallel or max(options.lanes, os.cpu_count() or 1)
         self._slots = threading.BoundedSemaphore(self.max_parallel)
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
