@@ -11,6 +11,7 @@ import click
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
+from edgekit.profile.load import MAX_BACKGROUND
 from edgekit.train.registry import MODELS_WITH_OWN_DATA, TRAINERS
 
 DEFAULT_TARGET = "x86"
@@ -28,6 +29,7 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING = click.Path(exists=True, path_type=Path)
 FILE_PATH = click.Path(dir_okay=False, path_type=Path)  # a file, existing or not; never a folder
 FOLDER = click.Path(file_okay=False, path_type=Path)
+BACKGROUND = click.IntRange(0, MAX_BACKGROUND)  # busy processes for `profile --background`
 
 
 class _Group(click.Group):
@@ -446,14 +448,19 @@ def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout
 @click.option("--runs", type=POSITIVE, default=100, show_default=True, help="Timed runs after warm-up.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--cold-starts", type=POSITIVE, default=3, show_default=True, help="Fresh processes timed (median).")
+@click.option("--background", type=BACKGROUND, default=0, show_default=True,
+              help="Run N busy processes (one spinning core each) during the latency runs, stopped after them, to "
+                   "see latency under contention. Processes, not threads: a busy thread would hold this "
+                   "process's GIL.")
 @click.option("--out", "out", type=FOLDER, default=Path("."), show_default=True)
 @_sigterm_cleans_up
 def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optional[str], formats: Optional[str],
             banks: Optional[str], estimate: bool, data_dir: Optional[Path], runs: int, warmup: int,
-            cold_starts: int, out: Path) -> None:
+            cold_starts: int, background: int, out: Path) -> None:
     """Measure bundles on this device: latency, cold start, memory, size, accuracy, heat maps.
 
-    Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html."""
+    Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html; each measurement
+    records the load average and the other busy processes while it ran."""
     from edgekit.export.targets import get_target
     from edgekit.profile.report import check_host, profile_bundles
     from edgekit.profile.sweep import export_variants, plan_variants, split_refused
@@ -462,6 +469,8 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
     check_host(spec, estimate=estimate)  # before any export: a wrong host is said at once
     if not sweep and (precisions or formats or banks):
         raise EdgekitError("--precisions, --formats and --banks choose sweep variants: add --sweep")
+    if estimate and background:
+        raise EdgekitError("--background loads the device during timed runs; with --estimate nothing is timed")
     bar = _progress()
     bundles: list[Path] = []
     for path in paths:
@@ -483,7 +492,7 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
         else:
             raise EdgekitError(f"{path}: no such bundle or training run")
     profile_bundles(bundles, target=spec.name, out=out, data=data_dir, runs=runs, warmup=warmup,
-                    cold_starts=cold_starts, estimate=estimate, progress=bar)
+                    cold_starts=cold_starts, estimate=estimate, background=background, progress=bar)
     click.echo((out / "profile.md").read_text())
     click.echo(f"report: {out / 'report.html'}, {out / 'profile.md'} and {out / 'profile.json'}")
 

@@ -38,6 +38,8 @@ BAD_VALUES = [
     (["profile", "{dir}", "--cold-starts", "0"], "--cold-starts"),
     (["profile", "{dir}", "--runs", "0"], "--runs"),
     (["profile", "{dir}", "--warmup", "-1"], "--warmup"),
+    (["profile", "{dir}", "--background", "-1"], "--background"),
+    (["profile", "{dir}", "--background", "65"], "--background"),
     (["profile", "{dir}", "--out", "{file}"], "--out"),
     (["profile", "{dir}", "--data", "{new}"], "--data"),
     (["predict", "{dir}", "x.png", "--overlay", "{file}"], "--overlay"),

@@ -258,3 +258,20 @@ def test_auroc_axis_is_zoomed_from_the_lowest_auroc_minus_a_hundredth_to_one(doc
     chart = _chart(document)
     labels = [t.text for t in chart.iter("text") if t.get("text-anchor") == "end"]
     assert labels == ["0.97", "0.98", "0.99", "1.00"]  # lowest AUROC 0.985
+
+
+def test_load_during_each_measurement_is_one_line_with_process_names_escaped():
+    profiles = sample_profiles()[:1]
+    shared = {"loadavg_before": [1.9, 1.5, 1.2], "loadavg_after": [2.1, 1.6, 1.2], "cores": 2,
+              "cpu_busy_percent": 97.0, "busy_processes": [{"pid": 123, "name": "<b>x</b>", "cpu_percent": 96.6}],
+              "background": {"processes": 1, "pids": [456], "cpu_percent": [88.0]}, "method": "two /proc reads"}
+    for variant in profiles[0]["variants"]:
+        variant["latency"]["load"] = shared
+    profiles[0]["variants"][0]["cold_start"]["load"] = {"loadavg_before": "junk", "busy_processes": {"x": 1}}
+    document = render_html(profiles)
+    assert document.count("Load during latency:") == 1  # the variants were timed in one interleaved window
+    assert ("load 1.90 → 2.10; CPU 97 % busy (2 cores); busy: &lt;b&gt;x&lt;/b&gt; (pid 123) 97 %; "
+            "background: 1 busy process (pid 456 88 %)") in document
+    assert "<b>x</b>" not in document
+    assert "Load during cold start of A1:</strong> load average not available; busy processes not available" \
+        in document

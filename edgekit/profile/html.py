@@ -270,10 +270,32 @@ def _methods(variants: list[_Variant]) -> str:
             method = _get(v.data, key, "method")
             if isinstance(method, str) and method:
                 seen[(label, method)] = None
+    for label, text in _load_lines(variants):
+        seen[(label, text)] = None
     if not seen:
         return ""
     items = "".join(f"<li><strong>{escape(label)}:</strong> {escape(method)}</li>" for label, method in seen)
     return f'<div class="methods"><h3>How these were measured</h3><ul>{items}</ul></div>'
+
+
+def _load_lines(variants: list[_Variant]) -> list[tuple[str, str]]:
+    """What else the machine was doing: one line per measurement (the interleaved latency runs are one)."""
+    from edgekit.profile.load import describe_load
+
+    lines: dict[tuple[str, str], None] = {}
+    for v in variants:
+        if isinstance(_get(v.data, "latency", "load"), dict):
+            lines[("Load during latency", describe_load(_get(v.data, "latency", "load")))] = None
+    for v in variants:
+        if isinstance(_get(v.data, "cold_start", "load"), dict):
+            where = f" of {v.vid}" if len(variants) > 1 else ""
+            lines[(f"Load during cold start{where}", describe_load(_get(v.data, "cold_start", "load")))] = None
+    for v in variants:
+        for key in ("latency", "cold_start"):
+            method = _get(v.data, key, "load", "method")
+            if isinstance(method, str) and method:
+                lines[("Load", method)] = None
+    return list(lines)
 
 
 def _examples(variants: list[_Variant]) -> str:

@@ -65,40 +65,28 @@ def percentiles(samples_ms: list[float]) -> dict:
             "min_ms": float(values.min()), "max_ms": float(values.max())}
 
 
-def measure_latency(detector, image: np.ndarray, *, warmup: int = 10, runs: int = 100,
+def measure_latency(detector, image: np.ndarray, *, warmup: int = 10, runs: int = 100, background: int = 0,
                     progress: ProgressFn = noop) -> dict:
     """End-to-end latency of ``predict`` on one decoded uint8 image, and its stages."""
-    return measure_latencies([detector], [image], warmup=warmup, runs=runs, progress=progress)[0]
+    return measure_latencies([detector], [image], warmup=warmup, runs=runs, background=background,
+                             progress=progress)[0]
 
 
 def measure_latencies(detectors: list, images: list[np.ndarray], *, warmup: int = 10, runs: int = 100,
-                      progress: ProgressFn = noop) -> list[dict]:
+                      background: int = 0, progress: ProgressFn = noop) -> list[dict]:
     """Latency of several bundles, interleaved: each round times every bundle once, in an order
-    rotated every round, so a noisy shared machine slows all alike and their ratios hold."""
-    from edgekit.preprocess import prepare
+    rotated every round, so a noisy shared machine slows all alike and their ratios hold.
+
+    Each result carries the ``load`` of the machine over the timed runs; ``background`` busy processes
+    spin from before the warm-up to the end of the timed runs, to measure under contention."""
+    from edgekit.profile.load import busy_processes
 
     if runs < 1:
         raise EdgekitError(f"--runs must be at least 1, not {runs}")
-    for _ in range(warmup):
-        for detector, image in zip(detectors, images):
-            detector.predict(image)
+    with busy_processes(background) as workers:
+        samples, load = _timed_rounds(detectors, images, warmup=warmup, runs=runs, workers=workers,
+                                      progress=progress)
     count = len(detectors)
-    samples = [{"total": [], "preprocess": [], "network": [], "head": []} for _ in detectors]
-    for round_index in range(runs):
-        for k in range(count):
-            i = (round_index + k) % count
-            detector, manifest = detectors[i], detectors[i].manifest
-            t0 = time.perf_counter()
-            batch = prepare([images[i]], manifest.input)
-            t1 = time.perf_counter()
-            outputs = detector.backend.infer({manifest.network.input_name: batch})
-            t2 = time.perf_counter()
-            raw = detector.run_head(outputs[manifest.network.output_names[0]])
-            detector.decide(*raw)
-            t3 = time.perf_counter()
-            for key, value in (("total", t3 - t0), ("preprocess", t1 - t0), ("network", t2 - t1), ("head", t3 - t2)):
-                samples[i][key].append(value * 1e3)
-        progress("latency", round_index + 1, runs)
     results = []
     for detector, image, sample in zip(detectors, images, samples):
         result = percentiles(sample["total"])
@@ -107,33 +95,70 @@ def measure_latencies(detectors: list, images: list[np.ndarray], *, warmup: int 
         threads = detector.manifest.export.get("threads", 0) or "runtime default"
         together = (f"; interleaved with {count - 1} other variant(s), one of each per round in a rotating "
                     f"order" if count > 1 else "")
+        busy = (f"; background: {background} busy process{'es' if background != 1 else ''} (one spinning "
+                f"Python loop each, from before the warm-up to the end of the timed runs)" if background else "")
         result["method"] = (f"time.perf_counter around predict() on one decoded {image.shape[1]}x{image.shape[0]} "
                             f"uint8 image, batch 1, {warmup} warm-up runs then {runs} timed runs, "
-                            f"threads={threads}{together}")
+                            f"threads={threads}{together}{busy}")
+        result["load"] = dict(load)
         results.append(result)
     return results
 
 
+def _timed_rounds(detectors: list, images: list[np.ndarray], *, warmup: int, runs: int, workers: list[int],
+                  progress: ProgressFn) -> tuple[list[dict], dict]:
+    """Warm-up, then ``runs`` interleaved rounds timed stage by stage; also the load over the timed rounds."""
+    from edgekit.preprocess import prepare
+    from edgekit.profile.load import watch
+
+    for _ in range(warmup):
+        for detector, image in zip(detectors, images):
+            detector.predict(image)
+    count = len(detectors)
+    samples = [{"total": [], "preprocess": [], "network": [], "head": []} for _ in detectors]
+    with watch(background=workers) as load:
+        for round_index in range(runs):
+            for k in range(count):
+                i = (round_index + k) % count
+                detector, manifest = detectors[i], detectors[i].manifest
+                t0 = time.perf_counter()
+                batch = prepare([images[i]], manifest.input)
+                t1 = time.perf_counter()
+                outputs = detector.backend.infer({manifest.network.input_name: batch})
+                t2 = time.perf_counter()
+                raw = detector.run_head(outputs[manifest.network.output_names[0]])
+                detector.decide(*raw)
+                t3 = time.perf_counter()
+                for key, value in (("total", t3 - t0), ("preprocess", t1 - t0), ("network", t2 - t1),
+                                   ("head", t3 - t2)):
+                    samples[i][key].append(value * 1e3)
+            progress("latency", round_index + 1, runs)
+    return samples, load
+
+
 def measure_cold_start(bundle: Path, image: Path, *, repeats: int = 3, extra_predictions: int = 20) -> dict:
     """Fresh process → first prediction, median of ``repeats``; also the child's peak RSS."""
+    from edgekit.profile.load import watch
+
     walls, children = [], []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _COLD_START_CHILD, str(bundle), str(image),
-                               str(extra_predictions)], capture_output=True, text=True, timeout=600)
-        wall = time.perf_counter() - started
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgekitError(f"cold-start process failed: {last}")
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
-        walls.append(wall)
-        children.append(child)
+    with watch() as load:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", _COLD_START_CHILD, str(bundle), str(image),
+                                   str(extra_predictions)], capture_output=True, text=True, timeout=600)
+            wall = time.perf_counter() - started
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise EdgekitError(f"cold-start process failed: {last}")
+            child = json.loads(proc.stdout.strip().splitlines()[-1])
+            walls.append(wall)
+            children.append(child)
     order = int(np.argsort(walls)[len(walls) // 2])
     median = children[order]
     return {"cold_start_s": float(np.median(walls)), "cold_start_runs_s": [round(w, 3) for w in walls],
             "load_s": median["load_s"], "first_predict_s": median["first_predict_s"],
             "peak_rss_mb": float(max(c["peak_rss_mb"] for c in children)),
-            "torch_imported": any(c["torch_imported"] for c in children),
+            "torch_imported": any(c["torch_imported"] for c in children), "load": load,
             "method": (f"wall time from spawning a fresh `{Path(sys.executable).name}` process to the end of its "
                        f"first predict() (includes interpreter start and imports), median of {repeats}; peak RSS "
                        f"= max VmHWM of those processes after {1 + extra_predictions} predictions")}

@@ -27,8 +27,11 @@ SCHEMA = "edgekit-profile/2"
 
 def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Path,
                     data: Optional[str | Path] = None, runs: int = 100, warmup: int = 10, cold_starts: int = 3,
-                    estimate: bool = False, examples: int = 3, progress: ProgressFn = noop) -> dict:
-    """Measure (or, off the device, estimate) each bundle; returns the profile and writes the reports."""
+                    estimate: bool = False, examples: int = 3, background: int = 0,
+                    progress: ProgressFn = noop) -> dict:
+    """Measure (or, off the device, estimate) each bundle; returns the profile and writes the reports.
+
+    ``background`` busy processes run during the latency runs (see edgekit/profile/load.py)."""
     from edgekit.export.targets import get_target
     from edgekit.profile.html import pareto_front
     from edgekit.profile.measure import describe_device
@@ -49,7 +52,8 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
         from edgekit.profile.measure import measure_latencies
 
         images = [_decoded_sample(dataset, detector.manifest) for detector in detectors]
-        latencies = measure_latencies(detectors, images, warmup=warmup, runs=runs, progress=progress)
+        latencies = measure_latencies(detectors, images, warmup=warmup, runs=runs, background=background,
+                                      progress=progress)
     variants = [_profile_one(Path(b), detector, image, latency, spec, dataset, cold_starts=cold_starts,
                              estimate=estimate, examples=examples,
                              host=None if not mismatch else platform.machine(), progress=progress)
@@ -289,10 +293,30 @@ def render_markdown(profile: dict) -> str:
             if v.get(key) and f"- {label}: {v[key]['method']}" not in methods:
                 methods.append(f"- {label}: {v[key]['method']}")
     lines += methods
+    lines += _load_lines(profile["variants"])
     if profile["data"]:
         lines.append(f"- data: {profile['data']}")
     lines += ["", f"edgekit {profile['edgekit_version']}, {profile['created']}", ""]
     return "\n".join(lines)
+
+
+def _load_lines(variants: list[dict]) -> list[str]:
+    """One line per measurement saying what else the machine was doing (the interleaved latency runs are one)."""
+    from edgekit.profile.load import describe_load
+
+    lines: list[str] = []
+    for v in variants:
+        latency = f"- load during latency: {describe_load(v['latency']['load'])}" \
+            if (v.get("latency") or {}).get("load") else None
+        if latency and latency not in lines:
+            lines.append(latency)
+    for v in variants:
+        if (v.get("cold_start") or {}).get("load"):
+            where = f" of {v['name']}" if len(variants) > 1 else ""
+            lines.append(f"- load during cold start{where}: {describe_load(v['cold_start']['load'])}")
+    methods = {(v.get(key) or {}).get("load", {}).get("method") for v in variants for key in ("latency", "cold_start")
+               if (v.get(key) or {}).get("load")}
+    return lines + [f"- load: {method}" for method in sorted(m for m in methods if m)]
 
 
 def _single_variant_rows(v: dict) -> list[str]:
