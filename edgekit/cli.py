@@ -1,11 +1,12 @@
 """The ``edgekit`` command: each command is a thin function over the library."""
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import click
 
@@ -29,6 +30,8 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING = click.Path(exists=True, path_type=Path)
 FILE_PATH = click.Path(dir_okay=False, path_type=Path)  # a file, existing or not; never a folder
 FOLDER = click.Path(file_okay=False, path_type=Path)
+THREADS = click.IntRange(0, 256)  # a Detector's thread budget (0: every usable core)
+MODE = click.Choice(["latency", "throughput"])
 BACKGROUND = click.IntRange(0, MAX_BACKGROUND)  # busy processes for `profile --background`
 
 
@@ -203,20 +206,24 @@ def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision
               help="Exit 3 when any image is anomalous (0: all normal, 1: an error).")
 @click.option("--require-signature", "trusted_keys", multiple=True, type=EXISTING_FILE,
               help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
+@click.option("--threads", type=THREADS, default=None,
+              help="Threads for inference, shared by the runtime and the numpy head (default: the bundle's "
+                   "target; 0: every usable core).")
+@click.option("--mode", type=MODE, default=None,
+              help="latency: one image at a time on all threads; throughput: one image per thread, several at "
+                   "once (default: the bundle's target).")
 @click.pass_context
 def predict(ctx: click.Context, bundle: Path, images: tuple[str, ...], as_json: bool, overlay: Optional[Path],
-            fail_on_anomaly: bool, trusted_keys: tuple[Path, ...]) -> None:
+            fail_on_anomaly: bool, trusted_keys: tuple[Path, ...], threads: Optional[int],
+            mode: Optional[str]) -> None:
     """Score images with a bundle (torch-free). IMAGES: files, folders, globs, or - for one image on stdin."""
-    from edgekit.preprocess import read_image
     from edgekit.runtime.detector import load
     from edgekit.runtime.overlay import write_overlay
 
-    detector = load(bundle, trusted_keys=list(trusted_keys) or None)
+    detector = load(bundle, trusted_keys=list(trusted_keys) or None, threads=threads, mode=mode)
     channels = detector.manifest.input.channels
     results, anomalous = [], 0
-    for name in _expand_images(images):
-        pixels = _read_stdin_image(channels) if name == "-" else read_image(name, channels)
-        prediction = detector.predict(pixels)
+    for name, pixels, prediction in _scored(detector, _expand_images(images), channels):
         anomalous += prediction.is_anomalous
         row = {"image": name, "score": round(prediction.score, 6), "raw_score": prediction.raw_score,
                "is_anomalous": prediction.is_anomalous}
@@ -304,7 +311,12 @@ def _read_stdin_image(channels: int):
               help=f"Local page and HTTP API on HOST:PORT [{DEFAULT_SERVE}]. Other than loopback only when asked.")
 @click.option("--token", default=None, envvar="EDGEKIT_TOKEN",
               help="Bearer token the page and API require (or env EDGEKIT_TOKEN).")
-@click.option("--threads", type=int, default=None, help="Inference threads (default: the bundle's target).")
+@click.option("--threads", type=THREADS, default=None,
+              help="Threads for inference, shared by the runtime and the numpy head (default: the bundle's "
+                   "target; 0: every usable core).")
+@click.option("--mode", type=MODE, default=None,
+              help="latency: one image at a time on all threads; throughput: one image per thread, several at "
+                   "once (default: the bundle's target).")
 @click.option("--require-signature", "trusted_keys", multiple=True, type=EXISTING_FILE,
               help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
 @click.option("--print-systemd-unit", is_flag=True,
@@ -327,6 +339,23 @@ def run_cmd(ctx: click.Context, bundle: Path, print_systemd_unit: bool, user: Op
 
 #: secrets a unit must not carry on its command line (readable by every user): read from this file
 ENVIRONMENT_FILE = "/etc/edgekit/edgekit.env"
+
+
+def _scored(detector, names: Iterable[str], channels: int) -> Iterator[tuple[str, Any, Any]]:
+    """(name, pixels, prediction) per image: one at a time in latency mode; in throughput mode a few
+    per lane at once through predict_batch (so only that many images are decoded at a time)."""
+    from edgekit.preprocess import read_image
+
+    group_size = 1 if detector.budget.lanes == 1 else 2 * detector.budget.lanes
+    names = iter(names)
+    while True:
+        group = [(name, _read_stdin_image(channels) if name == "-" else read_image(name, channels))
+                 for name in itertools.islice(names, group_size)]
+        if not group:
+            return
+        predictions = detector.predict_batch([pixels for _, pixels in group], batch_size=1)
+        for (name, pixels), prediction in zip(group, predictions):
+            yield name, pixels, prediction
 
 
 def _systemd_unit(user: Optional[str]) -> str:
@@ -452,11 +481,17 @@ def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout
               help="Run N busy processes (one spinning core each) during the latency runs, stopped after them, to "
                    "see latency under contention. Processes, not threads: a busy thread would hold this "
                    "process's GIL.")
+@click.option("--threads", type=THREADS, default=None,
+              help="Threads for inference, shared by the runtime and the numpy head (default: the bundle's "
+                   "target; 0: every usable core).")
+@click.option("--mode", type=MODE, default=None,
+              help="latency: one image at a time on all threads; throughput: one image per thread, several at "
+                   "once (default: the bundle's target).")
 @click.option("--out", "out", type=FOLDER, default=Path("."), show_default=True)
 @_sigterm_cleans_up
 def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optional[str], formats: Optional[str],
             banks: Optional[str], estimate: bool, data_dir: Optional[Path], runs: int, warmup: int,
-            cold_starts: int, background: int, out: Path) -> None:
+            cold_starts: int, background: int, threads: Optional[int], mode: Optional[str], out: Path) -> None:
     """Measure bundles on this device: latency, cold start, memory, size, accuracy, heat maps.
 
     Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html; each measurement
@@ -492,7 +527,8 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
         else:
             raise EdgekitError(f"{path}: no such bundle or training run")
     profile_bundles(bundles, target=spec.name, out=out, data=data_dir, runs=runs, warmup=warmup,
-                    cold_starts=cold_starts, estimate=estimate, background=background, progress=bar)
+                    cold_starts=cold_starts, estimate=estimate, background=background, threads=threads, mode=mode,
+                    progress=bar)
     click.echo((out / "profile.md").read_text())
     click.echo(f"report: {out / 'report.html'}, {out / 'profile.md'} and {out / 'profile.json'}")
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def x86_sweep(patchcore_run, brick, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep-x86")
-    result = run("profile", patchcore_run.path, "--target", "x86", "--sweep", "--precisions", "fp32",
+    result = run("profile", patchcore_run.path, "--target", "x86", "--sweep", "--formats", "openvino", "--precisions", "fp32",
                  "--banks", "full,default", "--runs", 3, "--warmup", 1, "--cold-starts", 1, "--data", brick,
                  "--out", out)
     assert result.exit_code == 0, result.output

@@ -98,6 +98,29 @@ def test_video_events_flag_exactly_the_frames_predict_flags(detector, x86_bundle
     assert all(e["source"] == str(video) and e["latency_ms"] > 0 for e in events)
 
 
+def test_throughput_mode_scores_every_frame_and_keeps_their_order(detector, x86_bundle, video, tmp_path):
+    """Two lanes score frames at once; events still come out in frame order with predict's scores."""
+    events_file = tmp_path / "events.jsonl"
+    result = run("run", x86_bundle, "--source", video, "--events", events_file, "--mode", "throughput",
+                 "--threads", "2")
+    assert result.exit_code == 0, result.output
+    events = _events(events_file)
+    assert [e["frame"] for e in events] == list(range(FRAMES))
+    expected = [detector.predict(frame, color="bgr") for frame in _decoded(video)]
+    np.testing.assert_allclose([e["raw_score"] for e in events], [p.raw_score for p in expected], rtol=1e-5)
+    result = run("run", x86_bundle, "--source", video, "--events", tmp_path / "five.jsonl", "--mode",
+                 "throughput", "--threads", "2", "--max-frames", "5")
+    assert result.exit_code == 0 and [e["frame"] for e in _events(tmp_path / "five.jsonl")] == list(range(5))
+
+
+def test_predict_gives_the_same_verdicts_in_both_modes(x86_bundle, brick):
+    folder = brick / "test" / "scratch"
+    outputs = [json.loads(run("predict", x86_bundle, folder, "--json", "--threads", "2", "--mode", mode).output)
+               for mode in ("latency", "throughput")]
+    assert [r["image"] for r in outputs[0]] == [r["image"] for r in outputs[1]]
+    np.testing.assert_allclose([r["raw_score"] for r in outputs[1]], [r["raw_score"] for r in outputs[0]], rtol=1e-5)
+
+
 def test_bgr_frames_are_scored_like_rgb_only_when_said(detector, brick):
     rgb = _rgb(brick / "test" / "good" / "003.png")
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])

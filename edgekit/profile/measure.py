@@ -19,7 +19,7 @@ _COLD_START_CHILD = r"""
 import json, resource, sys, time
 t_import = time.perf_counter()
 import edgekit
-detector = edgekit.load(sys.argv[1])
+detector = edgekit.load(sys.argv[1], **json.loads(sys.argv[4]))
 t_loaded = time.perf_counter()
 detector.predict(sys.argv[2])
 t_first = time.perf_counter()
@@ -92,7 +92,8 @@ def measure_latencies(detectors: list, images: list[np.ndarray], *, warmup: int 
         result = percentiles(sample["total"])
         result["throughput_ips"] = 1e3 / result["mean_ms"]
         result["stages_p50_ms"] = {k: float(np.median(sample[k])) for k in ("preprocess", "network", "head")}
-        threads = detector.manifest.export.get("threads", 0) or "runtime default"
+        budget = getattr(detector, "budget", None)
+        threads = f"{budget.threads} ({budget.mode} mode)" if budget is not None else "runtime default"
         together = (f"; interleaved with {count - 1} other variant(s), one of each per round in a rotating "
                     f"order" if count > 1 else "")
         busy = (f"; background: {background} busy process{'es' if background != 1 else ''} (one spinning "
@@ -136,7 +137,8 @@ def _timed_rounds(detectors: list, images: list[np.ndarray], *, warmup: int, run
     return samples, load
 
 
-def measure_cold_start(bundle: Path, image: Path, *, repeats: int = 3, extra_predictions: int = 20) -> dict:
+def measure_cold_start(bundle: Path, image: Path, *, repeats: int = 3, extra_predictions: int = 20,
+                       load_options: Optional[dict] = None) -> dict:
     """Fresh process → first prediction, median of ``repeats``; also the child's peak RSS."""
     from edgekit.profile.load import watch
 
@@ -145,7 +147,8 @@ def measure_cold_start(bundle: Path, image: Path, *, repeats: int = 3, extra_pre
         for _ in range(repeats):
             started = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", _COLD_START_CHILD, str(bundle), str(image),
-                                   str(extra_predictions)], capture_output=True, text=True, timeout=600)
+                                   str(extra_predictions), json.dumps(load_options or {})],
+                                  capture_output=True, text=True, timeout=600)
             wall = time.perf_counter() - started
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

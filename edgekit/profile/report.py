@@ -28,9 +28,11 @@ SCHEMA = "edgekit-profile/2"
 def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Path,
                     data: Optional[str | Path] = None, runs: int = 100, warmup: int = 10, cold_starts: int = 3,
                     estimate: bool = False, examples: int = 3, background: int = 0,
+                    threads: Optional[int] = None, mode: Optional[str] = None,
                     progress: ProgressFn = noop) -> dict:
     """Measure (or, off the device, estimate) each bundle; returns the profile and writes the reports.
 
+    ``threads`` and ``mode``: the Detector's thread budget (see ``edgekit.load``; None: the target's).
     ``background`` busy processes run during the latency runs (see edgekit/profile/load.py)."""
     from edgekit.export.targets import get_target
     from edgekit.profile.html import pareto_front
@@ -45,7 +47,7 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
         from edgekit.data.datasets import open_dataset
 
         dataset = open_dataset(Path(data))
-    detectors = [_load_for(Path(b), spec) for b in bundles]
+    detectors = [_load_for(Path(b), spec, threads=threads, mode=mode) for b in bundles]
     images: list = [None] * len(detectors)
     latencies: list = [None] * len(detectors)
     if not estimate:
@@ -98,10 +100,10 @@ def _latency_of(variant: dict) -> Optional[float]:
     return None
 
 
-def _load_for(path: Path, spec):
+def _load_for(path: Path, spec, *, threads: Optional[int] = None, mode: Optional[str] = None):
     from edgekit.runtime.detector import load
 
-    detector = load(path)
+    detector = load(path, threads=threads, mode=mode)
     if detector.manifest.target != spec.name:
         raise EdgekitError(f"bundle {path} was exported for {detector.manifest.target!r}, not {spec.name!r}")
     return detector
@@ -126,7 +128,8 @@ def _profile_one(path: Path, detector, image: Optional[np.ndarray], latency: Opt
             sample_png = Path(tmp) / "sample.png"
             _write_png(image, sample_png)
             progress(f"{name}: cold start", 0, cold_starts)
-            cold = measure_cold_start(path, sample_png, repeats=cold_starts)
+            cold = measure_cold_start(path, sample_png, repeats=cold_starts,
+                                      load_options={"threads": detector.budget.threads, "mode": detector.budget.mode})
             progress(f"{name}: cold start", cold_starts, cold_starts)
     accuracy = None
     if dataset is not None:

@@ -16,7 +16,8 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageLike, prepare
 from edgekit.runtime.backends import Backend, BackendOptions, load_backend
 from edgekit.runtime.heads import build_head
-from edgekit.runtime.threads import Budget, HeadPool, single_threaded_blas, thread_count
+from edgekit.runtime.threads import (MAX_THREADS, Budget, HeadPool, single_threaded_blas, thread_count,
+                                     usable_cores)
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,20 @@ class Detector:
 
     def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = 8,
                       color: str = "rgb") -> list[Prediction]:
-        """Score many images. Latency mode: ``batch_size`` per network call, one call at a time.
-        Throughput mode: one image per call, as many at once as the budget has lanes."""
-        if self.budget.lanes > 1 and len(images) > 1:
-            return list(self._lane_pool().map(lambda image: self.predict(image, color=color), images))
-        predictions: list[Prediction] = []
-        for start in range(0, len(images), batch_size):
-            predictions.extend(self.decide(*self.raw(images[start:start + batch_size], color=color)))
-        return predictions
+        """Score many images, ``batch_size`` per network call: one call at a time in latency mode,
+        as many at once as the budget has lanes in throughput mode (batches shrink to fill them)."""
+        if batch_size < 1:
+            raise EdgekitError(f"batch_size must be at least 1, not {batch_size}")
+        lanes = self.budget.lanes
+        if lanes > 1:
+            batch_size = max(1, min(batch_size, -(-len(images) // lanes)))
+        groups = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
+
+        def score(group: Sequence[ImageLike]) -> list[Prediction]:
+            return self.decide(*self.raw(group, color=color))
+
+        scored = self._lane_pool().map(score, groups) if lanes > 1 and len(groups) > 1 else map(score, groups)
+        return [prediction for group in scored for prediction in group]
 
     def _lane_pool(self) -> ThreadPoolExecutor:
         with self._lanes_lock:
@@ -164,7 +171,7 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
     """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
 
     ``threads``: all the threads this Detector computes with, shared by the runtime and the numpy
-    head, never both at once (default: the target's; 0 = every usable core). ``mode``: "latency"
+    head, never both at once (0 = every usable core; default: the target's, at most the usable cores). ``mode``: "latency"
     runs one image at a time on all of them, "throughput" one image per thread, several at once
     (``predict_batch``, or threads sharing the Detector). ``device`` overrides the target's
     (e.g. ``device="GPU.1"``).
@@ -179,8 +186,9 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
     bundle = load_bundle(Path(path), trusted_keys=trusted_keys)
     try:
         manifest = bundle.manifest
-        if threads is None:
-            threads = thread_count(manifest.export.get("threads", 0), f"bundle {path}: export.threads")
+        if threads is None:  # the target's, never more than this machine lets us run at once
+            threads = min(thread_count(manifest.export.get("threads", 0), f"bundle {path}: export.threads")
+                          or MAX_THREADS, usable_cores())
         if mode is None:
             mode = manifest.export.get("mode", "latency")
         budget = Budget.resolve(thread_count(threads, "threads"), mode)

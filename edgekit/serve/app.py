@@ -45,12 +45,13 @@ class RunConfig:
     webhook: Optional[str] = None
     serve: Optional[str] = None  # HOST:PORT
     token: Optional[str] = None
-    threads: Optional[int] = None
+    threads: Optional[int] = None  # the Detector's thread budget (None: the target's; 0: every usable core)
+    mode: Optional[str] = None  # "latency" or "throughput" (None: the target's)
     trusted_keys: tuple[Path, ...] = ()  # --require-signature: public keys; empty = no signature needed
 
     def __post_init__(self) -> None:
         for name in ("fps", "max_frames", "duration", "events_max_mb", "keep", "keep_mb", "save_every",
-                     "save_frames_keep", "heartbeat", "threads"):
+                     "save_frames_keep", "heartbeat"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise EdgekitError(f"--{name.replace('_', '-')} must be positive, not {value}")
@@ -118,7 +119,8 @@ def run_service(config: RunConfig) -> int:
     from edgekit.serve.pipeline import Pipeline
     from edgekit.serve.sources import describe, open_source
 
-    detector = load(config.bundle, threads=config.threads, trusted_keys=list(config.trusted_keys) or None)
+    detector = load(config.bundle, threads=config.threads, mode=config.mode,
+                    trusted_keys=list(config.trusted_keys) or None)
     source = None if config.source is None else open_source(config.source, watch=config.watch,
                                                             channels=detector.manifest.input.channels)
     sinks = build_sinks(config, fingerprint=detector.fingerprint)

@@ -141,46 +141,116 @@ class Pipeline:
 
     def _infer_loop(self, slot: FrameSlot, stop: threading.Event, workers: list[SinkWorker],
                     summary: RunSummary, started: float) -> str:
-        period = 1.0 / self.fps if self.fps else 0.0
-        next_due = started
-        while True:
+        """Score frames on as many threads as the Detector's budget has lanes (one in latency mode);
+        verdicts reach the sinks in the order the frames were taken."""
+        state = _LoopState(period=1.0 / self.fps if self.fps else 0.0, next_due=started)
+        lanes = self.detector.budget.lanes
+        if lanes == 1:
+            return self._lane(slot, stop, workers, summary, started, state)
+        reasons: list[str] = []
+        threads = [threading.Thread(target=lambda: reasons.append(self._lane(slot, stop, workers, summary,
+                                                                            started, state)),
+                                    name=f"infer-{k}", daemon=True) for k in range(lanes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if state.error is not None:
+            raise state.error
+        return reasons[0] if reasons else "stopped"
+
+    def _lane(self, slot: FrameSlot, stop: threading.Event, workers: list[SinkWorker], summary: RunSummary,
+              started: float, state: "_LoopState") -> str:
+        try:
+            while True:
+                taken = self._next(slot, stop, started, state)
+                if isinstance(taken, str):
+                    state.finished.set()  # the other lanes stop taking too
+                    return taken
+                if taken is None:
+                    continue
+                order, frame = taken
+                self._emit(order, self._score(frame, summary), workers, summary, state)
+        except BaseException as exc:  # a bug in one lane ends the run, as it would with one lane
+            state.error = state.error or exc
+            state.finished.set()
+            if threading.current_thread() is threading.main_thread():
+                raise
+            return "error"
+
+    def _next(self, slot: FrameSlot, stop: threading.Event, started: float, state: "_LoopState"):
+        """(order, frame) to score; None to look again; or the reason to end (a string)."""
+        with state.take_lock:
+            if state.finished.is_set():
+                return state.reason or "stopped"
             if stop.is_set():
-                return "stopped by signal"
-            if self.max_frames is not None and summary.frames >= self.max_frames:
-                return f"--max-frames {self.max_frames} reached"
-            if self.duration is not None and time.monotonic() - started >= self.duration:
-                return f"--duration {self.duration:g} s reached"
-            if period:
-                wait = next_due - time.monotonic()
+                state.reason = "stopped by signal"
+            elif self.max_frames is not None and state.taken >= self.max_frames:
+                state.reason = f"--max-frames {self.max_frames} reached"
+            elif self.duration is not None and time.monotonic() - started >= self.duration:
+                state.reason = f"--duration {self.duration:g} s reached"
+            if state.reason:
+                return state.reason
+            if state.period:
+                wait = state.next_due - time.monotonic()
                 if wait > 0 and stop.wait(min(wait, self._time_left(started))):
-                    continue
+                    return None
                 if self.duration is not None and time.monotonic() - started >= self.duration:
-                    continue
+                    return None
             item = slot.take(timeout=0.2)
             if item is None:
-                continue
+                return None
             if item is _END:
-                return "source ended"
-            if period:
-                next_due = max(next_due + period, time.monotonic())
-            self._score(item, workers, summary)
+                state.reason = "source ended"
+                return state.reason
+            if state.period:
+                state.next_due = max(state.next_due + state.period, time.monotonic())
+            state.taken += 1
+            return state.taken - 1, item
 
     def _time_left(self, started: float) -> float:
         return float("inf") if self.duration is None else max(0.0, started + self.duration - time.monotonic())
 
-    def _score(self, frame: Frame, workers: list[SinkWorker], summary: RunSummary) -> None:
+    def _score(self, frame: Frame, summary: RunSummary) -> Optional[Scored]:
         t0 = time.perf_counter()
         try:
             prediction = self.detector.predict(frame.image)
         except EdgekitError as exc:
-            summary.failed += 1
             log(f"frame {frame.index} ({frame.name or frame.source}) not scored: {exc}")
-            return
+            return None
         event = make_event(frame, prediction, latency_s=time.perf_counter() - t0, bundle=self.detector.fingerprint)
-        item = Scored(frame=frame, prediction=prediction, event=event)
-        summary.frames += 1
-        summary.anomalies += int(prediction.is_anomalous)
-        if self.monitor is not None:
-            self.monitor.record(item)
-        for worker in workers:
-            worker.submit(item)
+        return Scored(frame=frame, prediction=prediction, event=event)
+
+    def _emit(self, order: int, item: Optional[Scored], workers: list[SinkWorker], summary: RunSummary,
+              state: "_LoopState") -> None:
+        """Hand verdicts to the sinks in taking order (a lane that finished early waits its turn)."""
+        with state.emit_lock:
+            state.pending[order] = item
+            while state.emitted in state.pending:
+                ready = state.pending.pop(state.emitted)
+                state.emitted += 1
+                if ready is None:
+                    summary.failed += 1
+                    continue
+                summary.frames += 1
+                summary.anomalies += int(ready.prediction.is_anomalous)
+                if self.monitor is not None:
+                    self.monitor.record(ready)
+                for worker in workers:
+                    worker.submit(ready)
+
+
+@dataclass
+class _LoopState:
+    """What the inference lanes of one run share."""
+
+    period: float
+    next_due: float
+    taken: int = 0
+    emitted: int = 0
+    reason: str = ""
+    error: Optional[BaseException] = None
+    pending: dict = field(default_factory=dict)
+    take_lock: threading.Lock = field(default_factory=threading.Lock)
+    emit_lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: threading.Event = field(default_factory=threading.Event)
