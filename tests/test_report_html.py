@@ -258,3 +258,10 @@ def test_auroc_axis_is_zoomed_from_the_lowest_auroc_minus_a_hundredth_to_one(doc
     chart = _chart(document)
     labels = [t.text for t in chart.iter("text") if t.get("text-anchor") == "end"]
     assert labels == ["0.97", "0.98", "0.99", "1.00"]  # lowest AUROC 0.985
+
+
+def test_generated_time_is_source_date_epoch_when_set(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    first = render_html(sample_profiles())
+    assert "Generated 2023-11-14T22:13:20+00:00 by edgekit" in first
+    assert render_html(sample_profiles()) == first  # nothing else in the page depends on the clock
