@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -150,6 +149,7 @@ def edgekit_run_from_bank(run_dir: Path, *, dataset, bank: np.ndarray, bank_imag
     from safetensors.torch import save_file
 
     from edgekit import __version__
+    from edgekit.clock import created_time
     from edgekit.train import patchcore as ek
     from edgekit.train.run import RunWriter
 
@@ -179,7 +179,7 @@ def edgekit_run_from_bank(run_dir: Path, *, dataset, bank: np.ndarray, bank_imag
             "dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
             "bank_images": [str(Path(p).resolve()) for p in bank_images],
             "holdout_images": [str(Path(p).resolve()) for p in holdout_images],
-            "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "edgekit_version": __version__, "created": created_time(),
         })
         writer.commit(config)
     return run_dir

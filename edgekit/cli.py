@@ -5,6 +5,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -189,11 +190,13 @@ def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision
 
     options = ExportOptions(format=format_name, precision=precision, calibration_images=calibration_images,
                             max_drop=max_drop, bank_dims=bank_dims, bank_dtype=bank_dtype, bank_size=bank_size)
+    started = time.perf_counter()  # said here, not in the manifest: a duration would make exports differ
     bundle = export_run(run_dir, out, target=target, options=options, overwrite=overwrite, progress=_progress())
     m = bundle.manifest
     click.echo(f"exported {m.model} for {m.target} ({m.network.format} on {m.runtime}, {m.precision}) → {out} "
-               f"[{bundle.size_bytes() / 1e6:.2f} MB; image threshold {m.decision.image_threshold:.4g} "
-               f"fitted on {m.decision.fitted_on} held-out normals of the exported model]")
+               f"in {time.perf_counter() - started:.1f} s [{bundle.size_bytes() / 1e6:.2f} MB; image threshold "
+               f"{m.decision.image_threshold:.4g} fitted on {m.decision.fitted_on} held-out normals of the "
+               f"exported model]")
 
 
 @cli.command()

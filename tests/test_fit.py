@@ -96,6 +96,16 @@ def test_fit_builds_the_bank_training_would_and_refits_thresholds(fake_bundle, n
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written left behind
 
 
+def test_fit_records_source_date_epoch_as_its_created_time(fake_bundle, normals, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    fitted = fit_bundle(fake_bundle, normals, out=tmp_path / "fitted")
+    assert fitted.manifest.head.params["bank"]["fitted"]["created"] == "2023-11-14T22:13:20+00:00"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "last week")
+    with pytest.raises(EdgekitError, match="SOURCE_DATE_EPOCH='last week'"):
+        fit_bundle(fake_bundle, normals, out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
 def test_add_keeps_the_old_bank_and_adds_the_patches_farthest_from_it(fake_bundle, normals, tmp_path):
     old = decode_bank({name: load_bundle(fake_bundle).array(name) for name in ("memory_bank", "bank_scale",
                                                                                 "bank_offset")}, "int8")

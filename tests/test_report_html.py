@@ -275,3 +275,10 @@ def test_load_during_each_measurement_is_one_line_with_process_names_escaped():
     assert "<b>x</b>" not in document
     assert "Load during cold start of A1:</strong> load average not available; busy processes not available" \
         in document
+
+
+def test_generated_time_is_source_date_epoch_when_set(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    first = render_html(sample_profiles())
+    assert "Generated 2023-11-14T22:13:20+00:00 by edgekit" in first
+    assert render_html(sample_profiles()) == first  # nothing else in the page depends on the clock

@@ -45,13 +45,33 @@ def read_onnx(onnx_path: Path) -> Any:
         raise EdgekitError(f"OpenVINO conversion failed: {reason(exc)}") from None
 
 
+#: a node name OpenVINO made from its process-wide counter ("Constant_11647", "Reshape_2666" on a folded
+#: constant); torch's exporter names a few top-level ONNX nodes the same way ("Constant_240")
+_COUNTER_NAME = re.compile(r"([A-Za-z][A-Za-z0-9]*)_[0-9]+")
+
+
+def stable_names(model: Any) -> None:
+    """Rename counter-named nodes after their place in the graph (``Constant_11647`` → ``Constant_6``).
+
+    OpenVINO names the nodes it creates from one counter per process, so the same ONNX converted
+    twice (or after another model) gave a different ``model.xml``; ordered by the graph, the names
+    depend on the graph alone. Inputs keep their names (the runtime finds them by name).
+    """
+    for index, node in enumerate(model.get_ordered_ops()):
+        named = _COUNTER_NAME.fullmatch(node.get_friendly_name())
+        if named and node.get_type_name() != "Parameter":
+            node.set_friendly_name(f"{named.group(1)}_{index}")
+
+
 def save_ir(model: Any, out_dir: Path, *, compress_to_fp16: bool) -> list[Path]:
     """Write ``model.xml`` + ``model.bin``; weights stay as they are unless ``compress_to_fp16``.
 
     (``openvino.save_model`` compresses weights to fp16 by default; an fp32 bundle must not.)
+    Node names are made independent of the process first (:func:`stable_names`).
     """
     ov = _openvino()
     xml = Path(out_dir) / "model.xml"
+    stable_names(model)
     try:
         ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
     except RuntimeError as exc:

@@ -6,14 +6,16 @@
 3. a provisional bundle is loaded with the device runtime itself and run on the held-out normal
    images, and the thresholds and normalisation are fitted on those raw scores;
 4. the final bundle is written atomically.
+
+The manifest holds no wall-clock values but its ``created`` time, which honours
+``SOURCE_DATE_EPOCH`` (:mod:`edgekit.clock`), so exporting one run twice with the same versions
+gives byte-identical bundles wherever the converters themselves are deterministic.
 """
 from __future__ import annotations
 
 import contextlib
 import shutil
-import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.bundle import MANIFEST_NAME, Bundle, Decision, Manifest, NetworkSpec, SCHEMA_VERSION, load_bundle, save_bundle
+from edgekit.clock import created_time
 from edgekit.errors import EdgekitError, UnsupportedOp
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
@@ -96,16 +99,16 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
     # said before the export's minutes of work; save_bundle checks the same again when it writes
     refuse_unowned(out, owned=_looks_like_bundle, what="bundle", protect=[run.path])
     holdout = _existing(run, "holdout_images", "thresholds are fitted on them")
-    started = time.perf_counter()
+    created = created_time()  # a bad SOURCE_DATE_EPOCH is refused before the minutes of work
     staging = make_staging(".edgekit-export-")
     try:
-        manifest, files, arrays = _build(run, spec, fmt, precision, options, staging, progress)
+        manifest, files, arrays = _build(run, spec, fmt, precision, options, staging, progress,
+                                         created=created)
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
         # a converter whose device is absent here names a stand-in (recorded in the manifest)
         fit_device = manifest.export.get("threshold_fit", {}).get("device")
         decision = _fit_on_exported(provisional, holdout, progress, device=fit_device)
-        manifest = replace(manifest, decision=decision,
-                           export={**manifest.export, "seconds": round(time.perf_counter() - started, 2)})
+        manifest = replace(manifest, decision=decision)
         save_bundle(out, manifest, files=files, arrays=arrays, overwrite=overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,7 +139,7 @@ def _input_spec(run: Run, fmt: FormatSpec) -> InputSpec:
 
 
 def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: ExportOptions, staging: Path,
-           progress: ProgressFn):
+           progress: ProgressFn, *, created: str):
     import torch
 
     from edgekit.export.onnx import OPSET, torch_to_onnx
@@ -187,7 +190,7 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
                 "network_flops_method": "torch FlopCounterMode on the float network, batch 1, 2 FLOPs per "
                                         "multiply-add of convolutions and matrix products",
                 **parts.notes, **converted.notes,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                "created": created},
     )
     return manifest, files, parts.arrays
 def _head_score(parts: FamilyParts, spec: InputSpec) -> Callable[[np.ndarray], np.ndarray]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from html import escape
 from typing import Any, Optional
 
+from edgekit.clock import created_time
 from edgekit.errors import EdgekitError
 from edgekit.profile.svg import ChartPoint, ChartSeries, scatter_svg
 
@@ -62,7 +62,7 @@ def render_html(profiles: list[dict], *, title: str = "edgekit trade-off report"
     series = [ChartSeries(_device_name(p), PALETTE[i % len(PALETTE)], bool(p.get("estimate")))
               for i, p in enumerate(profiles)]
     versions = sorted({str(p.get("edgekit_version", "?")) for p in profiles})
-    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    generated = created_time()
     body = [f"<header><h1>{escape(title)}</h1>",
             f'<p class="meta">Generated {escape(generated)} by edgekit {escape(", ".join(versions))} from '
             f"{len(profiles)} profile{'s' if len(profiles) != 1 else ''}.</p>",

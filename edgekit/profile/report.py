@@ -12,13 +12,13 @@ import json
 import os
 import platform
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from edgekit import __version__
+from edgekit.clock import created_time
 from edgekit.errors import EdgekitError
 from edgekit.progress import ProgressFn, noop
 
@@ -40,6 +40,7 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
 
     spec = get_target(target)
     mismatch = check_host(spec, estimate=estimate)
+    created = created_time()  # honours SOURCE_DATE_EPOCH; a bad value is refused before measuring
     if not bundles:
         raise EdgekitError("give at least one bundle (or, with --sweep, a training run)")
     dataset = None
@@ -69,7 +70,7 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
     runtimes = sorted({f"{v['bundle']['runtime']} {v['bundle']['runtime_version']}" for v in variants})
     profile = {
         "schema": SCHEMA, "edgekit_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
         "target": spec.name, "host_is_target": not mismatch, "estimate": bool(estimate),
         "host_note": mismatch, "device": {**describe_device(", ".join(runtimes), ""), "target_cpu": spec.cpu},
         "data": str(Path(data).resolve()) if data is not None else None, "variants": variants,

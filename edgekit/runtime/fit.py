@@ -10,13 +10,13 @@ network files are copied byte for byte; the new bundle is written atomically.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from edgekit.bundle import Bundle, save_bundle
+from edgekit.clock import created_time
 from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import BankSettings, compress_bank
 from edgekit.errors import EdgekitError
@@ -81,6 +81,7 @@ def fit_bundle(bundle: str | Path, normals: str | Path, *, out: Optional[str | P
     dest = Path(out) if out is not None else source
     if out is not None and dest.exists() and not overwrite and dest.resolve() != source.resolve():
         raise EdgekitError(f"{dest} already exists; choose another --out or pass --overwrite")
+    created = created_time()  # honours SOURCE_DATE_EPOCH; a bad value is refused before any work
     detector = load(source)
     manifest = detector.manifest
     if manifest.head.kind != "knn" or not isinstance(detector.head, KnnHead):
@@ -115,7 +116,7 @@ def fit_bundle(bundle: str | Path, normals: str | Path, *, out: Optional[str | P
     bank_info["bytes"] = compressed.nbytes
     fitted = {"images": len(bank_idx), "held_out": len(held_idx), "folder": str(Path(normals).resolve()),
               "patches": int(len(patches)), "added_rows": int(count), "add": bool(add), "seed": seed,
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "created": created}
     if old_bank is not None:
         fitted["previous_rows"] = int(len(old_bank))  # before any re-thinning of the union
     params["bank"] = {**bank_info, "fitted": fitted}

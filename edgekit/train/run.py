@@ -19,6 +19,9 @@ from edgekit.errors import EdgekitError
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1
+#: run.json fields that say when, how fast and by which edgekit a run was made, not what it holds: the
+#: fingerprint leaves them out (a changed training changes the saved bytes, whatever the version says).
+VOLATILE_FIELDS = frozenset({"created", "train_seconds", "edgekit_version"})
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,42 @@ class Run:
         return np.load(target, allow_pickle=False)
 
     def fingerprint(self) -> str:
-        """sha256 over every file of the run, in name order: names the source of a bundle."""
+        """sha256 of what the run holds, not when or where it was made: names the source of a bundle.
+
+        Each file in name order, its name then its sha256; ``run.json`` counts as :meth:`settings`
+        (no times, no edgekit version, the dataset folder as ``<dataset>``), every other file (weights,
+        bank, arrays, metrics) as its bytes. Same seed and data, wherever the data lies: same fingerprint.
+        """
+        from edgekit.bundle import sha256_file
+
         digest = hashlib.sha256()
         for file in sorted(p for p in self.path.iterdir() if p.is_file()):
-            digest.update(file.name.encode())
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
+            digest.update(file.name.encode() + b"\0")
+            if file.name == RUN_FILE:
+                canonical = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+                digest.update(hashlib.sha256(canonical.encode()).digest())
+            else:
+                digest.update(bytes.fromhex(sha256_file(file)))
         return digest.hexdigest()
+
+    def settings(self) -> dict[str, Any]:
+        """``run.json`` without :data:`VOLATILE_FIELDS`, the dataset's folder written as ``<dataset>``
+        (in its own entry and at the head of every image path): the settings the fingerprint covers."""
+        settings = {key: value for key, value in self.config.items() if key not in VOLATILE_FIELDS}
+        dataset = self.config.get("dataset")
+        root = dataset.get("path") if isinstance(dataset, Mapping) else None
+        return _relocated(settings, str(root)) if root else settings
+
+
+def _relocated(value: Any, root: str) -> Any:
+    """``value`` with the dataset folder ``root`` written as ``<dataset>`` in every string."""
+    if isinstance(value, str):
+        return "<dataset>" if value == root else value.replace(root.rstrip("/") + "/", "<dataset>/")
+    if isinstance(value, Mapping):
+        return {key: _relocated(item, root) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relocated(item, root) for item in value]
+    return value
 
 
 def _umask() -> int:
@@ -98,8 +131,10 @@ class RunWriter:
     """
 
     def __init__(self, dest: Path, *, overwrite: bool = False) -> None:
+        from edgekit.clock import created_time
         from edgekit.staging import make_staging
 
+        created_time()  # a bad SOURCE_DATE_EPOCH is refused before the training's minutes, not after
         self.dest = Path(dest)
         if self.dest.exists() and not overwrite and (not self.dest.is_dir() or any(self.dest.iterdir())):
             raise EdgekitError(f"{self.dest} already exists; choose another --out or pass --overwrite")
@@ -149,14 +184,13 @@ class RunWriter:
 def provenance(dataset: Any, trained: Sequence[Any], held_out: Sequence[Any], train_seconds: float) -> dict[str, Any]:
     """The run.json fields every trainer writes: the data, the images trained on (the export
     calibrates int8 on them), the held-out normals (thresholds are fitted on them), and when."""
-    from datetime import datetime, timezone
-
     from edgekit import __version__
+    from edgekit.clock import created_time
 
     return {"dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
             "bank_images": [str(Path(p).resolve()) for p in trained],
             "holdout_images": [str(Path(p).resolve()) for p in held_out],
-            "edgekit_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "edgekit_version": __version__, "created": created_time(),
             "train_seconds": round(train_seconds, 2)}
 
 
