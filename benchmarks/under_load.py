@@ -4,9 +4,11 @@ OpenVINO inferencer, with 0, 1 and 2 busy background processes, in one alternati
     python3 benchmarks/under_load.py --before c1e7948   # ~20 min on a 2-core VM (anomalib trains ~5)
 
 1. Synthesize brick (seed 0); train PatchCore once with anomalib 2.7 (Lite0, 256², coreset 10 %),
-   export it with anomalib's ``Engine.export`` (OpenVINO FP32 and INT8_PTQ); build edgekit x86
-   bundles from that very bank: OpenVINO and ONNX Runtime, fp32 and int8 (``--skip-anomalib``:
-   edgekit trains its own and the anomalib rows are left out).
+   export it with anomalib's ``Engine.export`` (OpenVINO FP32 and INT8_PTQ); export edgekit x86
+   bundles of a run holding that very bank: OpenVINO and ONNX Runtime, fp32 and int8, each with
+   edgekit's default bank settings, and one OpenVINO fp32 bundle with anomalib's whole bank in
+   float32, the same kNN work as anomalib's graph (``--skip-anomalib``: edgekit trains its own
+   and the anomalib rows are left out).
 2. Start one process per variant × setting (edgekit's default, every ``threads`` value, the
    throughput mode, and with ``--before REF`` the edgekit of git commit REF on the same bundles),
    each with its model loaded and warmed up.
@@ -44,6 +46,8 @@ from vs_anomalib import (CORESET_RATIO, HOLDOUT, IMAGE_SIZE, NUM_NEIGHBORS, OV_C
                          elapsed, third_party_output_to)
 
 BATCH_IMAGES = 16
+#: the bundle holding anomalib's own bank, uncompressed: the same kNN work as anomalib's graph
+FULL_BANK = "openvino fp32, full float32 bank"
 
 
 @dataclass
@@ -135,14 +139,15 @@ def build(work: Path, args) -> tuple[dict, dict, list[str], str]:
                 work / "edgekit_run", dataset=dataset, bank=models.memory_bank, bank_images=bank_images,
                 holdout_images=[train_paths[i] for i in held_idx], seed=SEED, coreset_ratio=CORESET_RATIO,
                 num_neighbors=NUM_NEIGHBORS, image_size=IMAGE_SIZE)
-        bundles = {}
-        for fmt in ("openvino", "onnx"):
-            for precision in ("fp32", "int8"):
-                name = f"{fmt} {precision}"
-                options = ExportOptions(format=fmt, precision=precision, bank_dims="full", bank_dtype="float32")
-                export_run(work / "edgekit_run", work / "bundles" / name.replace(" ", "_"), target="x86",
-                           options=options)
-                bundles[name] = work / "bundles" / name.replace(" ", "_")
+        bundles = {}  # edgekit's default export (its default bank), and anomalib's whole bank in float32
+        plans = [(f"{fmt} {precision}", ExportOptions(format=fmt, precision=precision))
+                 for fmt in ("openvino", "onnx") for precision in ("fp32", "int8")]
+        plans.append((FULL_BANK, ExportOptions(format="openvino", precision="fp32", bank_dims="full",
+                                               bank_dtype="float32")))
+        for name, options in plans:
+            folder = work / "bundles" / name.replace(",", "").replace(" ", "_")
+            export_run(work / "edgekit_run", folder, target="x86", options=options)
+            bundles[name] = folder
     test = [str(s.path) for s in dataset.test]
     latency_image = next(str(s.path) for s in dataset.test if s.label == 1)
     return bundles, anomalib_models, test[:BATCH_IMAGES], latency_image
@@ -154,11 +159,11 @@ def children_for(bundles: dict, anomalib_models: dict, images: list[str], latenc
     children = []
     for name, folder in bundles.items():
         settings = [("default", {})] + [(f"threads={n}", {"threads": n}) for n in range(1, cores)]
-        settings.append(("throughput", {"mode": "throughput"}))
+        settings += [("throughput", {"mode": "throughput"})] if name != FULL_BANK else []
         for setting, load in settings:
             children.append(Child(f"{name} / {setting}", name, setting,
                                   {**common, "side": "edgekit", "model": str(folder), "load": load}))
-        if before is not None:
+        if before is not None and name != FULL_BANK:
             children.append(Child(f"{name} / before", name, "before",
                                   {**common, "side": "edgekit", "model": str(folder)}, env={"PYTHONPATH": str(before)}))
     for name, (xml, batch) in anomalib_models.items():
@@ -221,7 +226,7 @@ def report(rows: dict, levels: list[int], loads: dict, args, cores: int) -> str:
         for n in levels:
             best = min(mine, key=lambda r: r[n]["p50_ms"])
             cells.append(f"{default[n]['p50_ms'] / best[n]['p50_ms']:.2f} (best: {best['setting']})")
-        precision = bundle.split()[-1]
+        precision = bundle.split(",")[0].split()[-1]
         theirs = rows.get(f"anomalib {precision}")
         for n in levels:
             cells.append(f"{theirs[n]['per_image_p50_ms'] / default[n]['per_image_p50_ms']:.1f}×"
@@ -236,7 +241,9 @@ def report(rows: dict, levels: list[int], loads: dict, args, cores: int) -> str:
               f"every round; then 2 predict_batch calls of {BATCH_IMAGES} images each (img/s from their median). "
               f"Busy processes: `python -S -c 'while True: pass'`, started and stopped by the benchmark. "
               f"anomalib: OpenVINOInferencer with {OV_CONFIG}; its graph has a static batch, so one call scores "
-              f"that many images and 'per image' divides by it. edgekit default = the x86 target's threads "
+              f"that many images and 'per image' divides by it. Bundles: edgekit's default export of a run holding "
+              f"anomalib's bank (default bank settings), and '{FULL_BANK}' with anomalib's whole bank. "
+              f"edgekit default = the x86 target's threads "
               f"(0: all {cores} usable cores), latency mode. 'before' = edgekit at git {args.before} on the same "
               f"bundles. p99 of {args.rounds * args.block} calls is close to their maximum.",
               "", f"command: python3 benchmarks/under_load.py {' '.join(sys.argv[1:])}"]

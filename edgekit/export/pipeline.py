@@ -185,7 +185,7 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
                 "dataset": config["dataset"], "layers": config["layers"]},
         export={"precision": precision, "recipe": f"calibration/{run.model}.toml", "recipe_values": recipe,
                 **({"onnx_opset": OPSET} if onnx_path is not None else {}), "threads": spec.threads,
-                "calibration_images": int(len(calibration)),
+                "mode": spec.mode, "calibration_images": int(len(calibration)),
                 "network_flops": network_flops, "output_shape": output_shape,
                 "network_flops_method": "torch FlopCounterMode on the float network, batch 1, 2 FLOPs per "
                                         "multiply-add of convolutions and matrix products",

@@ -33,6 +33,7 @@ class Target:
     peak: Optional[dict[str, Any]] = None  # published peak throughput, for labelled estimates only
     hosts: tuple[str, ...] = ()   # platform.machine() values of hosts that are this device
     cpu_parts: tuple[str, ...] = ()  # "CPU part" values of /proc/cpuinfo (Arm) that are this device
+    mode: str = "latency"         # how a Detector spends its threads by default (edgekit.runtime.threads)
 
     def format_spec(self, name: Optional[str] = None) -> FormatSpec:
         chosen = name or self.default_format
@@ -97,9 +98,14 @@ def get_target(name: str) -> Target:
         target = Target(name=raw["name"], description=raw["description"], device=raw["device"],
                         threads=int(raw.get("threads", 0)), formats=formats, default_format=raw["default_format"],
                         cpu=raw.get("cpu", ""), peak=raw.get("peak"),
-                        hosts=tuple(raw.get("hosts", ())), cpu_parts=tuple(raw.get("cpu_parts", ())))
+                        hosts=tuple(raw.get("hosts", ())), cpu_parts=tuple(raw.get("cpu_parts", ())),
+                        mode=raw.get("mode", "latency"))
     except (KeyError, TypeError, AttributeError) as exc:
         raise EdgekitError(f"{where}: field {exc.args[0]!r} is missing or malformed") from None
+    from edgekit.runtime.threads import MODES
+
+    if target.mode not in MODES:
+        raise EdgekitError(f"{where}: mode must be one of {', '.join(MODES)}, not {target.mode!r}")
     if target.default_format not in formats:
         raise EdgekitError(f"{where}: default_format {target.default_format!r} is not among its formats")
     for fmt in formats.values():

@@ -16,7 +16,7 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageLike, prepare
 from edgekit.runtime.backends import Backend, BackendOptions, load_backend
 from edgekit.runtime.heads import build_head
-from edgekit.runtime.threads import (MAX_THREADS, Budget, HeadPool, single_threaded_blas, thread_count,
+from edgekit.runtime.threads import (MAX_THREADS, MODES, Budget, HeadPool, single_threaded_blas, thread_count,
                                      usable_cores)
 
 
@@ -191,6 +191,8 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
                           or MAX_THREADS, usable_cores())
         if mode is None:
             mode = manifest.export.get("mode", "latency")
+            if mode not in MODES:
+                raise EdgekitError(f"bundle {path}: export.mode must be one of {', '.join(MODES)}, not {mode!r}")
         budget = Budget.resolve(thread_count(threads, "threads"), mode)
         options = BackendOptions(device=device or manifest.device, threads=budget.per_lane, lanes=budget.lanes,
                                  precision=manifest.precision,
