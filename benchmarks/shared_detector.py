@@ -69,8 +69,10 @@ def _bare_infer(detector: Detector):
     if backend.name == "openvino":
         request = backend._compiled.create_infer_request()
         return lambda inputs: {name: np.array(request.infer(dict(inputs))[port]) for name, port in backend._outputs}
-    if backend.name == "litert":
-        return backend._infer
+    if backend.name == "litert":  # one interpreter of its pool, called directly
+        runner = backend._idle.get()
+        backend._idle.put(runner)
+        return runner.infer
     return None
 
 
@@ -100,8 +102,8 @@ def _throughput(detector: Detector, images: list[np.ndarray], threads: int, call
     return threads * calls / (time.perf_counter() - started)
 
 
-def measure(bundle: Path, images: list[np.ndarray], *, rounds: int, calls: int) -> dict:
-    detector = load(bundle)
+def measure(bundle: Path, images: list[np.ndarray], *, rounds: int, calls: int, mode: str = "latency") -> dict:
+    detector = load(bundle, mode=mode)
     guarded = detector.backend.infer
     bare = _bare_infer(detector)
     for _ in range(3):
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds (medians are reported).")
     parser.add_argument("--calls", type=int, default=20, help="predict calls per latency measurement.")
     parser.add_argument("--blas-threads", type=int, default=None, help="Cap numpy's BLAS threads (threadpoolctl).")
+    parser.add_argument("--mode", choices=("latency", "throughput"), default="latency",
+                        help="The Detectors' mode (edgekit.load(mode=...)); default latency.")
     args = parser.parse_args(argv)
     if args.blas_threads is not None:
         from threadpoolctl import threadpool_limits
@@ -144,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     rows = []
     for case, bundle in bundles.items():
-        result = measure(bundle, images, rounds=args.rounds, calls=args.calls)
+        result = measure(bundle, images, rounds=args.rounds, calls=args.calls, mode=args.mode)
         rows.append(("-".join(case), result))
         print(f"measured {'-'.join(case)}", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     print(f"{os.cpu_count()} CPUs; load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
           f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; "
           f"{args.rounds} interleaved rounds, medians; {args.calls} calls per latency figure; "
-          f"BLAS threads {args.blas_threads or 'numpy default'}")
+          f"BLAS threads {args.blas_threads or 'numpy default'}; {args.mode} mode")
     print()
     print("| bundle | runtime | 1-thread ms, guarded | bare | guard cost | img/s 1 thread | 2 threads | 4 threads "
           "| ratio 2/1 | ratio 4/1 |")
