@@ -1,25 +1,13 @@
 """Post-training int8 quantization of the exported network with NNCF, for OpenVINO IR and ONNX.
 
-Only the network (backbone + embedding) is quantized. PatchCore's kNN search and score head run in
-numpy on the device and never see int8. Calibration uses the job's training normals (bank images)
-only. ``--max-drop`` switches to NNCF's accuracy-controlled quantization, validated on the
-held-out normals with the *score agreement* below: it starts from the same recipe and returns
-further ops to float, worst first, until the agreement is within the allowed drop. The recipe
-(calibration/<family>.toml, ``[nncf]``) names the preset, the subset size and the parts of the
-network that stay float.
-
-Score agreement (the ``--max-drop`` metric). The held-out set has only normal images, so no
-detection accuracy can be measured there; what can be is how faithfully the quantized network
-reproduces the float network's anomaly score. A reference bank is drawn (fixed seed) from the
-float network's patch embeddings of the calibration images, the same kind of rows the PatchCore
-bank holds, taken from the same images. For a held-out image i let s(i) be the largest distance
-of its patch embeddings to their nearest reference row (PatchCore's image score without its
-re-weighting); s_f uses the float network, s_q the quantized one. Then
-
-    agreement_i = max(0, 1 - |s_q(i) - s_f(i)| / s_f(i)),   agreement = mean over i.
-
-The float network scores 1.0 by construction, so ``--max-drop 0.01`` asks for held-out scores
-within 1 % of the float ones on average.
+Only the network is quantized; the head after it runs in numpy on the device and never sees int8.
+NNCF calibrates on the job's training normals (never test images) with the family's recipe
+(calibration/<family>.toml, ``[nncf]``: preset, subset size, parts that stay float, or ``refuse``).
+On held-out normals the export records the *score agreement*, mean of
+``max(0, 1 - |s_q - s_f| / s_f)`` where s is the raw score of the bundle's own head on the int8 (q)
+and float (f) network outputs; ``--max-drop`` makes it the metric of NNCF's accuracy-controlled
+quantization. (A job without a head falls back to a kNN proxy, ``reference_bank``; the export
+pipeline always passes one.) Figures: README, "Quantization"; docs/quantization.md.
 """
 from __future__ import annotations
 

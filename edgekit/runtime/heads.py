@@ -307,7 +307,7 @@ MAP_SCORES = ("max", "mean", "top_mean")
 @dataclass
 class MapHead:
     """The head of families whose network outputs an anomaly map itself (the autoencoders' per-pixel
-    squared error; later STFPM, FastFlow, Reverse Distillation, EfficientAD).
+    squared error, STFPM, FastFlow, Reverse Distillation, EfficientAD).
 
     Map: the network's (N, 1, h, w) or (N, h, w) output, up-sampled bilinearly (half-pixel
     centres, as ``torch.nn.functional.interpolate(align_corners=False)``) to the input size when

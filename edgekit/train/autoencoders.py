@@ -1,28 +1,12 @@
 """The two home-made autoencoders (SAE, DAE): networks, training and training-path scoring.
 
-Both reconstruct a grey image in [0, 1] (pre-processing mean 0, std 1, so the Sigmoid output
-and the input share one scale). The anomaly map is the per-pixel squared error (x − x̂)²,
-computed inside the exported graph (:class:`ErrorMapNetwork`), so the device only post-processes
-it with :class:`edgekit.runtime.heads.MapHead`, the same numpy code the training path runs.
-
-Image score rule (SCORE_RULE, one for both models): the mean of the top 1 % of the map after a
-Gaussian blur of σ = 4 px. Measured with the default training on the grey 128² synthetic data
-(60 test images per texture: 20 good, 40 defective), image AUROC of each rule:
-
-    SAE (20 epochs)      max    mean   top 1 %  | blurred σ=4: max    mean   top 1 %  | pixel AUROC raw / blurred
-      brick              0.803  0.835  0.816    |              0.883  0.839  0.916    | 0.846 / 0.909
-      grass              0.768  0.855  0.864    |              0.870  0.849  0.888    | 0.753 / 0.882
-      gravel             0.678  0.864  0.869    |              0.693  0.863  0.766    | 0.729 / 0.900
-      mean of three      0.749  0.851  0.850    |              0.815  0.850  0.857    | 0.776 / 0.897
-    DAE (10 epochs), mean of three:
-                         0.638  0.851  0.755    |              0.801  0.852  0.844    | 0.795 / 0.901
-
-The blurred top 1 % is the best SAE rule on average and clearly on brick (the default) and grass.
-The plain mean is as good on average (better on gravel) and for the DAE, but a whole-image mean
-dilutes a defect in proportion to its area (0.5-8 % of the image here; smaller on real parts),
-which a top-1 % mean does not. The raw maximum is the worst (one noisy pixel decides).
-The blur is kept because the pixel AUROC needs it (0.78 → 0.90) and the score is read off the
-same map the device shows.
+Both reconstruct a grey image in [0, 1] (pre-processing mean 0, std 1, so the Sigmoid output and
+the input share one scale). The anomaly map, the per-pixel squared error (x − x̂)², is computed
+inside the exported graph (:class:`ErrorMapNetwork`), so the device only post-processes it with
+:class:`edgekit.runtime.heads.MapHead`, the same numpy code the training path runs. SCORE_RULE, one
+for both models: the mean of the top 1 % of the map after a σ = 4 px blur; unlike a whole-image
+mean it does not dilute a small defect, and the blur lifts the pixel AUROC. AUROC by rule:
+docs/training.md, "SAE and DAE".
 """
 from __future__ import annotations
 

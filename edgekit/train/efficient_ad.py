@@ -1,51 +1,12 @@
 """EfficientAD (Batzner et al., 2024) as in anomalib, small size: training and training-path scoring.
 
-Networks (anomalib's classes, imported): a frozen PDN-small teacher (384 channels; see
-:mod:`edgekit.train.pdn_teacher` for where it comes from offline), a PDN-small student with
-2 × 384 output channels and anomalib's autoencoder (384 channels out). Training follows
-anomalib's ``EfficientAdModel.compute_losses``: teacher outputs standardised per channel (mean,
-std over the trained-on images); student loss = mean of the hardest 0.1 % of the squared
-student-teacher differences (q = 0.999) + the mean squared student output on a penalty image
-(the natural images of pdn_teacher instead of ImageNette, grey 30 % of the time); autoencoder
-loss = MSE to the teacher on a brightness/contrast/saturation-jittered image; student-autoencoder
-loss = MSE of the student's second 384 channels to the autoencoder. Adam with weight decay 1e-5,
-learning rate divided by 10 for the last 5 % of steps, batch 1 as in the paper.
-
-The whole map is inside the exported graph (:class:`EfficientAdMap`): image → teacher, student,
-autoencoder → st = mean over channels of (t − s[:384])², ae = mean of (a − s[384:])², each
-zero-padded by 4 (anomalib's ``pad_maps``) and normalised 0.1·(m − qa)/(qb − qa) with the 90 %
-and 99.5 % quantiles of the maps of normal images, → 0.5·st + 0.5·ae, (N, 1, S/4, S/4). The
-numpy MapHead up-samples it bilinearly to S (anomalib's F.interpolate), blurs and scores it.
-The quantiles are fitted as anomalib does, on normal images that were not trained on: the run's
-held-out normals (its trained-on images when there are none), on the maps up-sampled to S.
-
-Defaults, measured on the embedded default data (brick, 256², 48 trained-on images, 12 held out,
-60 test images) with the default teacher (pdn_teacher.py), on the shared 2-core machine at load
-average 15-20 (three other jobs training; nothing here was timed on an idle machine):
-
-- one step (batch 1: teacher twice, student on image + augmented image + penalty image,
-  autoencoder, backward) took ~15 s wall under that load; one epoch = 48 steps took 12.4 min
-  wall, the whole run (channel statistics, quantiles, test-split scoring) 15.4 min wall and
-  ~380 s of CPU including a second scoring of the test split, so about 2-3 min on an idle
-  2-core machine (estimated from CPU time; benchmarks/models.py then measured 209 s at load
-  3-4). The default teacher is distilled once on first use (569 s at load 10-17, 61 s idle) and
-  cached, so later runs do not pay for it.
-- brick after 1 epoch at 1e-3: image AUROC 1.000, pixel AUROC 0.991 (final losses: student-teacher
-  7.32, penalty 0.21, autoencoder 1.71, student-autoencoder 0.0075). Image AUROC is 1.000 under
-  every rule. grass, gravel (same defaults, trained at the same time, 33 min wall each at load
-  ~20): image / pixel AUROC 0.948 / 0.929 and 0.894 / 0.979. Image AUROC by score rule:
-
-      rule                 brick   grass   gravel   mean      pixel AUROC raw / blurred σ 4
-      max                  1.000   0.919   0.877    0.932     brick 0.989 / 0.991
-      mean                 1.000   0.874   0.915    0.930     grass 0.917 / 0.929
-      top 1 %              1.000   0.941   0.914    0.952     gravel 0.973 / 0.979
-      blurred σ 4: max     1.000   0.948   0.894    0.947
-      blurred σ 4: mean    1.000   0.874   0.915    0.930
-      blurred σ 4: top 1 % 1.000   0.950   0.910    0.953
-
-  The rule kept is anomalib's maximum, blurred (σ 4 lifts every pixel AUROC). The blurred top 1 %
-  is 0.006 better on average (one image in 60 on grass/gravel); it was not adopted because the
-  tests and bundle figures were measured with the maximum and there was no time to re-measure.
+anomalib's networks (a frozen PDN-small teacher from :mod:`edgekit.train.pdn_teacher`, a student
+with 2 × 384 channels, an autoencoder) and losses (``EfficientAdModel.compute_losses``); the
+penalty images are pdn_teacher's natural images instead of ImageNette, which is not available
+offline. The whole map is in the exported graph (:class:`EfficientAdMap`): the student-teacher and
+autoencoder-student maps, each normalised with quantiles fitted, as anomalib does, on normals that
+were not trained on, then averaged; the numpy MapHead resizes, blurs and scores it. SCORE_RULE is
+anomalib's maximum after a σ = 4 blur. Timings and AUROC by rule: docs/training.md, "EfficientAD".
 """
 from __future__ import annotations
 
@@ -76,10 +37,10 @@ HARD_QUANTILE = 0.999
 WEIGHT_DECAY = 1e-5
 MAP_PADDING = 4
 #: The map head: anomalib's maximum, after a σ 4 px blur (pixel AUROC brick 0.989 → 0.991, grass
-#: 0.917 → 0.929, gravel 0.973 → 0.979; image AUROC table in the module docstring).
+#: 0.917 → 0.929, gravel 0.973 → 0.979; image AUROC table in docs/training.md).
 SCORE_RULE = {"score": "max", "top_fraction": 0.01, "blur_sigma": 4.0}
 #: One epoch = 48 steps of one image on the default data (anomalib: 70,000 steps at 1e-4); 1e-3
-#: because the run is ~1,500× shorter. Measured in the module docstring.
+#: because the run is ~1,500× shorter. Measured in docs/training.md.
 DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE = 1, 1, 1e-3
 
 

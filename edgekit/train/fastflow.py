@@ -1,35 +1,13 @@
 """FastFlow (Yu et al., 2021): 2-D normalising flows on a frozen backbone's feature pyramid.
 
-Each pyramid level (default: tf_efficientnet_lite0 levels 1, 2, 3 = strides 4, 8, 16, channels
-24, 40, 112, anomalib's resnet18 ``out_indices=[1, 2, 3]`` counterpart) feeds its own flow,
-anomalib's ``create_fast_flow_block`` (FrEIA ``SequenceINN`` of anomalib's ``AllInOneBlock``:
-fixed channel permutation, affine coupling soft-clamped with tanh, global affine). The flows are
-trained by maximum likelihood (anomalib's ``FastflowLoss``); the backbone never trains, so its
-features are computed once and the flows train on them.
-
-Normalisation (NORMALISE). anomalib puts a LayerNorm over (C, H, W), with a learned per-position
-affine, between each resnet level and its flow. Lite0's levels already leave a BatchNorm with
-ImageNet statistics, so "none" was measured against it; the LayerNorm wins clearly. Measured with
-the defaults on the brick default data (48 training images, 60 test images), training path,
-image AUROC by score rule (blur σ in output pixels) and pixel AUROC:
-
-                 max     mean    top 1 %  | blurred σ=4: max   mean   top 1 %  | pixel raw / σ=4   final NLL
-    layernorm    1.000   0.481   1.000    |              1.000 0.481  1.000    | 0.972 / 0.982     -1.6e4
-    none         0.583   0.995   0.889    |              0.645 0.995  0.901    | 0.906 / 0.922     +1.1e6
-
-Without it the flows start far from a unit Gaussian (mean z² ≈ 13 after 10 epochs), most map
-values saturate at exp(−½·mean z²) ≈ 0 and only the whole-image mean still ranks images.
-Grass and gravel were not measured in the time this was written in (the machine ran at load
-15-25 on 2 cores; one brick training took 7-16 min of wall time).
-
-Anomaly map (in the exported graph, :class:`FlowAnomalyMap`): anomalib's ``AnomalyMapGenerator`` at the finest
-level's grid (64² at 256²) instead of the input size: −mean over levels of exp(−½·mean_c z²),
-each level up-sampled bilinearly. Values lie in [−1, 0]; higher = more anomalous. The numpy
-:class:`~edgekit.runtime.heads.MapHead` up-samples it to the input size, blurs and scores it.
-
-Image score rule (SCORE_RULE): the maximum (anomalib's rule) of the map blurred with σ = 4 px.
-max and top 1 % both separate brick perfectly with the LayerNorm; the blur lifts the pixel AUROC
-(0.972 → 0.982) and the score is read off the map the device shows.
+Each pyramid level (default tf_efficientnet_lite0 levels 1, 2, 3) feeds its own flow, anomalib's
+``create_fast_flow_block``, trained by maximum likelihood (anomalib's ``FastflowLoss``); the
+backbone never trains, so its features are computed once. A LayerNorm sits between each level and
+its flow as in anomalib (NORMALISE): without it the flows start far from a unit Gaussian and the
+map saturates. The exported graph ends in anomalib's anomaly map at the finest level's grid
+(:class:`FlowAnomalyMap`, values in [−1, 0], higher = more anomalous); the numpy MapHead resizes,
+blurs and scores it (SCORE_RULE: maximum after a σ = 4 blur). Measurements: docs/training.md,
+"FastFlow".
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ held out of the fit so thresholds can be fitted later.
 
 Default size for a 256² input: levels 2 and 3 (stride 8 and 16) give a 32×32 grid, and d = 64 of
 their 40 + 112 Lite0 channels keep the inverse covariances at 1024·64·64 values, 8.4 MB as the
-float16 a bundle stores (measurements at DEFAULT_DIMS and HEAD_DTYPE).
+float16 a bundle stores (measurements: HEAD_DTYPE's comment and docs/training.md, "PaDiM").
 """
 from __future__ import annotations
 
@@ -37,13 +37,8 @@ NETWORK_FILE = "network.safetensors"
 MEAN, INV_COVARIANCE = "mean", "inv_covariance"
 #: Pyramid levels: stride 8 + 16, a 32×32 grid at 256² (stride 4 would be 64×64: 4× the head's bytes).
 DEFAULT_LAYERS = (2, 3)
-#: Channels kept. Measured with Lite0, levels (2, 3), 32×32, the synthetic defaults (seed 0), image /
-#: pixel AUROC for d = 32, 48, 64, 100 (Σ⁻¹ float32 MB: 4.2, 9.4, 16.8, 41):
-#:   brick  0.966/0.978  0.995/0.978  1.000/0.983  1.000/0.983
-#:   grass  0.774/0.784  0.749/0.761  0.813/0.821  0.841/0.852
-#:   gravel 0.900/0.849  0.793/0.815  0.895/0.894  0.864/0.911
-#: Other subset seeds at d = 64 move grass by ±0.05 and gravel by ±0.05, as much as d = 100 gains:
-#: 64 is the knee. Levels (2, 3, 4) did not do better (grass 0.83/0.82, gravel 0.90/0.87).
+#: Channels kept: 64 is the knee of image / pixel AUROC against head size (measurements:
+#: docs/training.md, "PaDiM").
 DEFAULT_DIMS = 64
 #: Added to every position's covariance diagonal (the PaDiM paper's ε·I) before inverting.
 REGULARISATION = 0.01

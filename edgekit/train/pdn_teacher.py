@@ -1,41 +1,13 @@
 """EfficientAD's PDN teacher, distilled offline from an edgekit backbone (``--model pdn-teacher``).
 
-EfficientAD's teacher is a patch description network (anomalib's ``SmallPatchDescriptionNetwork``,
-PDN-small: four convolutions, two average pools, 384 output channels, 33 px receptive field)
-distilled once from a pretrained backbone. anomalib downloads the authors' file
-(pretrained_teacher_small.pth); edgekit never downloads, so it either loads that file when the
-user has it (:func:`load_teacher`, ``--teacher-weights FILE``) or distils its own here.
-
-How this teacher differs from the paper's (Batzner et al., 2024, section 3.1 and appendix):
-
-- backbone: tf_efficientnet_lite0 (offline ImageNet weights, levels 2 + 3: strides 8 and 16,
-  40 + 112 channels) instead of WideResNet-101 (layers 2 + 3, 512 + 1024 channels);
-- targets: built the paper's (PatchCore's) way: the backbone sees the image at twice the PDN's
-  resolution, so its stride-8 level lands on the PDN's stride-4 grid; each level's 3×3
-  neighbourhoods are unfolded (40·9 = 360 and 112·9 = 1008 values), the deeper one up-sampled
-  bilinearly to that grid, each adaptively average-pooled along the channels to 384 and the two
-  averaged; then every channel is standardised (mean, std of the first 64 views);
-- data: the 15 photos scikit-image bundles (astronaut, coffee, chelsea, rocket, ... — see
-  NATURAL_IMAGES; its brick, grass and gravel textures are left out because edgekit's synthetic
-  datasets are made of them) or a folder of the user's images, as random crops (side 35-100 % of
-  the shorter image side), flips and 10 % grey, instead of ImageNet's 1.2 M images;
-- size: by default 32 steps of 8 views of 128² (256 views; the paper: 60,000 steps of 16 views
-  of 256², 15,000× more pixels), Adam at 1e-3 (the paper: 1e-4), because the default must stay
-  within minutes on two CPU cores. The PDN is fully convolutional, so its weights do not depend
-  on the crop size; it is distilled with padding (output grid = input / 4, as the paper's
-  pre-training does) and used by EfficientAD without, as anomalib does.
-
-Measured (seed 0, 64 unseen views, standardised targets, 1.0 = predicting each channel's mean):
-the default teacher's mean squared error is 0.981, a random PDN's 1.068 (loss per epoch 1.049,
-1.031, 0.960, 0.998): it has barely begun to learn the backbone's features. It took 569 s on the
-shared 2-core machine at load average 10-17 (other jobs training); `edgekit train --model
-pdn-teacher` took 61 s on the idle machine. Still, EfficientAD on top of it reaches image AUROC
-1.000 on brick (see efficient_ad.py): on these textures the student learns what the teacher says
-about normal images, however crude.
-
-So this teacher describes patches far less richly than the authors' one, and EfficientAD's
-accuracy with it is not the paper's. With the authors' file (``--teacher-weights``) the teacher is
-theirs; the student's short training (efficient_ad.py) is still edgekit's.
+EfficientAD's teacher is a PDN-small (anomalib's ``SmallPatchDescriptionNetwork``) distilled once
+from a pretrained backbone. anomalib downloads the authors' weights; edgekit never downloads, so it
+loads that file when the user has it (:func:`load_teacher`, ``--teacher-weights FILE``) or distils
+its own here: targets from tf_efficientnet_lite0 levels 2 + 3, built the paper's way, on
+scikit-image's bundled photos (NATURAL_IMAGES) or a folder of the user's images, for few enough
+steps that the default stays within minutes on two CPU cores. The result is far cruder than the
+authors' teacher; how it differs from the paper and what it measured: docs/training.md,
+"EfficientAD's PDN teacher".
 """
 from __future__ import annotations
 
@@ -62,7 +34,7 @@ NATURAL_IMAGES = ("astronaut", "camera", "cell", "chelsea", "clock", "coffee", "
 VIEWS_PER_EPOCH = 64           # an "epoch" of the distillation: 64 random views (the data is a view stream)
 NORMALISATION_VIEWS = 64       # views the target channels' mean and std are estimated on
 #: Distillation defaults (epochs of 64 views, batch, Adam learning rate, crop side); measured in
-#: the module docstring. 1e-3 was the only rate tried to the end (3e-4 and 3e-3 runs were cut short
+#: docs/training.md. 1e-3 was the only rate tried to the end (3e-4 and 3e-3 runs were cut short
 #: by the time the shared machine gave them).
 DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE, DEFAULT_CROP = 4, 8, 1e-3, 128
 
@@ -123,7 +95,7 @@ def random_views(photos: Sequence[np.ndarray], count: int, size: int, rng: np.ra
 
 class BackboneTargets(nn.Module):
     """The distillation targets: (N, 3, S, S) images in [0, 1] → (N, 384, S/4, S/4) backbone features
-    (PatchCore-style aggregation of two pyramid levels, see the module docstring), unstandardised."""
+    (PatchCore-style aggregation of two pyramid levels, see docs/training.md), unstandardised."""
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, *, weights: Optional[Path] = None,
                  layers: Sequence[int] = TARGET_LAYERS) -> None:

@@ -1,52 +1,14 @@
 """Reverse Distillation (Deng et al., 2022; anomalib's ``reverse_distillation``): networks, training
 and training-path scoring.
 
-A frozen pretrained encoder gives three pyramid levels (Lite0 levels 1, 2, 3: 24, 40, 112
-channels at strides 4, 8, 16). A trainable one-class bottleneck (OCBE) fuses them into one compact
-code at stride 32, and a trainable decoder up-samples that code stage by stage, reconstructing the
-levels in reverse (deep → shallow). Only normal images are seen, so where the decoder fails to
-reproduce the encoder's features the image is anomalous. Loss: anomalib's
-:class:`ReverseDistillationLoss` (1 − cosine similarity of each level, flattened per image).
-
-The exported graph (:class:`ReverseDistillationNetwork`) is image → encoder → bottleneck →
-decoder → anomaly map (N, 1, S/4, S/4): per level 1 − cosine similarity of encoder and decoder
-features along the channels, deeper levels up-sampled bilinearly (``align_corners=True``, as
-anomalib's AnomalyMapGenerator) to the shallowest level's grid and combined by addition
-(anomalib's default mode; "multiply" is anomalib's other mode). The device's numpy MapHead
-up-samples that 64×64 map to the input size, blurs it with σ = 4 px (anomalib's σ) and scores it.
-Difference from anomalib's map: anomalib resizes each level straight to the image size; here the
-deeper levels meet at stride 4 and the sum is resized once, outside the graph (a 16× smaller
-network output). At the 64×64 grid the graph's map, blurred, equals anomalib's generator to 5e-7
-(tests/test_reverse_distillation.py); the extra 64 → 256 resampling was not measured separately.
-
-Bottleneck and decoder, generalised from anomalib's ResNet-18 ones to any three levels with
-channels (c0, c1, c2). With (64, 128, 256) both are exactly anomalib's ``OCBE(BasicBlock, 2)`` and
-``de_resnet18`` (tests/test_reverse_distillation.py loads one into the other):
-- OCBE: level 0 → two stride-2 3×3 convolutions (c0 → c1 → c2), level 1 → one (c1 → c2),
-  concatenated with level 2 (3·c2 channels) → two torchvision BasicBlocks, the first with
-  stride 2 → the code (2·c2 channels at stride 32; 224 × 8 × 8 for Lite0 at 256²).
-- decoder: three stages of two anomalib ``DecoderBasicBlock``s, each stage up-sampling ×2 with a
-  2×2 transposed convolution (2·c2 → c2 → c1 → c0 channels).
-What differs from anomalib's decoder: each stage's output (after a ReLU, so ≥ 0) is read out by
-a 1×1 convolution with bias before it is compared with the encoder. ResNet levels end in a ReLU,
-EfficientNet-Lite and MobileNetV2 levels are linear projections with negative values, which a
-ReLU output cannot point along; the read-out leaves the stages themselves anomalib's.
-
-Image score rule (SCORE_RULE): the mean of the top 1 % of the map after the σ = 4 blur.
-Measured with Lite0, seed 0, the synthetic defaults (256², 48 training images, 60 test images:
-20 good, 40 defective), "add" map, image AUROC after 5 / 10 / 20 epochs (lr 0.005, batch 8):
-
-                  blurred σ=4:  max                 mean                top 1 %             | pixel AUROC
-    brick                       0.990 (5)           1.000 (5)           1.000 (3, 5)        | 0.960 (5)
-    grass                       0.874 0.818 0.826   0.785 0.792 0.830   0.895 0.870 0.877   | 0.876 0.859 0.834
-    gravel                      0.916 0.861 0.854   0.993 0.935 0.946   0.949 0.900 0.943   | 0.901 0.870 0.871
-
-The blurred top 1 % is the best rule over the three (the whole-image mean wins on gravel but
-loses 0.11 on grass; anomalib's maximum is the weakest after the first epochs). Without the blur
-the top 1 % was within 0.015 of these and the pixel AUROC 0.03-0.05 lower. anomalib's "multiply"
-mode gave the same top-1 % AUROCs within 0.017 (0.894 0.853 0.876 / 0.951 0.916 0.949), so its
-default "add" stays. More epochs did not help here: the decoder learns to reproduce defects too
-(grass top 1 % 0.784 after 30 epochs), hence DEFAULT_EPOCHS = 5.
+A frozen encoder gives three pyramid levels; a trainable one-class bottleneck (OCBE) fuses them and
+a trainable decoder reconstructs them in reverse. Trained on normal images only, the decoder fails
+to reproduce the encoder where an image is anomalous (loss: anomalib's ``ReverseDistillationLoss``).
+The exported graph (:class:`ReverseDistillationNetwork`) ends in the anomaly map at the shallowest
+level's grid (per level 1 − cosine similarity, summed), so the device's numpy MapHead only resizes,
+blurs and scores it. Bottleneck and decoder are anomalib's, generalised to any three levels, with a
+1×1 read-out per decoder stage because Lite0's levels are signed and a ReLU output is not.
+SCORE_RULE, DEFAULT_EPOCHS and their measurements: docs/training.md, "Reverse Distillation".
 """
 from __future__ import annotations
 
@@ -75,13 +37,13 @@ NETWORK_FILE = "network.safetensors"
 #: Encoder levels (strides 4, 8, 16), as anomalib's layer1..layer3 of a ResNet.
 LAYERS = (1, 2, 3)
 MAP_MODES = ("add", "multiply")
-#: anomalib's default; "multiply" measured no better (module docstring).
+#: anomalib's default; "multiply" measured no better (docs/training.md).
 MAP_MODE = "add"
-#: The map head: blur σ = 4 px as anomalib; the rule measured in the module docstring.
+#: The map head: blur σ = 4 px as anomalib; the rule measured in docs/training.md.
 SCORE_RULE = {"score": "top_mean", "top_fraction": 0.01, "blur_sigma": 4.0}
 #: anomalib's optimiser: Adam, lr 0.005, betas (0.5, 0.99).
 BETAS = (0.5, 0.99)
-#: 5 epochs = 30 Adam steps on the 48 default images (AUROC by epochs in the module docstring). Cost
+#: 5 epochs = 30 Adam steps on the 48 default images (AUROC by epochs in docs/training.md). Cost
 #: measured single-threaded (process time, so load-independent): 0.2 s per step of 8 images + 0.34 s
 #: per 8 images through the frozen encoder, which runs once per training image (levels cached).
 DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = 5, 8, 0.005

@@ -1,48 +1,12 @@
 """STFPM (Student-Teacher Feature Pyramid Matching, Wang et al. 2021) on the host.
 
-A frozen ImageNet teacher from the offline registry and a student of the same architecture,
-trained from random init to reproduce the teacher's L2-normalised features at several pyramid
-levels (anomalib's ``STFPMLoss``, imported). The anomaly map is anomalib's: per level
-0.5·||norm(t) − norm(s)||² over channels, up-sampled bilinearly and multiplied over the levels.
-What differs from anomalib, for deployment: the teacher comes from edgekit's registry (no
-download), the levels are chosen for EfficientNet-Lite0 (levels 1, 2, 3 = strides 4, 8, 16, as
-anomalib's resnet18 layer1-3), and the product is taken at the first level's grid (64×64 at 256²)
-inside the exported graph (:class:`StfpmNetwork`); the numpy MapHead up-samples it to the input
-size, blurs and scores it on the device, the same code the training path runs.
-
-Map at the first level's grid vs anomalib's product at the input size (measured on the runs
-below, every rule and blur): image and pixel AUROC within 0.015 of each other (mostly < 0.005),
-while the grid map is 16× smaller (16 KB vs 256 KB out of the network, no 256² resizes in the
-graph) and the head's up-sampling + blur works on 64×64 instead of 256×256 (MapHead.cost).
-
-Defaults, measured on the synthetic data (256², seed 0, 48 training images; epochs 2/4 brick,
-3/6/10 grass and gravel), SGD as anomalib (lr 0.4, momentum 0.9, weight decay 1e-3), batch 8:
-
-    mean training loss by epoch    1     2     3     4     5     6     10
-      brick                        16.5  6.7   4.9   4.3   -     -     -
-      grass                        20.5  13.5  11.0  10.0  9.3   8.7   6.9
-      gravel                       20.4  13.1  10.5  9.3   8.5   7.8   6.2
-    image AUROC (top 1 %, blur σ=4) / pixel AUROC (blur σ=4)
-      brick      epoch 2: 0.843/0.790   epoch 4: 1.000/0.992
-      grass      epoch 3: 0.679/0.768   epoch 6: 0.902/0.856   epoch 10: 0.906/0.906
-      gravel     epoch 3: 0.688/0.752   epoch 6: 0.866/0.901   epoch 10: 0.935/0.916
-
-The loss still falls at 10 epochs (anomalib trains 100) and gravel gains most between 6 and 10;
-an epoch of the 48 images cost 31-54 s on the 2 shared cores at load 8-10 (up to 200 s at load
-20; channels-last, see _fit), so the default run takes about 5 minutes on a lightly loaded
-machine; brick, the embedded default, is at 1.000 image AUROC from epoch 4.
-
-Image score rule (SCORE_RULE): the mean of the top 1 % of the map after a Gaussian blur of
-σ = 4 px. At 10 epochs (brick at 4), image AUROC of each rule (blur σ = 2 / 4 / 8 px):
-
-                 max                  mean      top 1 %              pixel AUROC
-      brick      0.989/0.995/0.999    1.000     1.000/1.000/1.000    0.990/0.992/0.993
-      grass      0.815/0.851/0.890    0.865     0.910/0.906/0.910    0.887/0.906/0.927
-      gravel     0.904/0.897/0.887    0.966     0.959/0.935/0.921    0.894/0.916/0.940
-
-The top 1 % is the best on average (the whole-image mean is best on gravel but worst on grass,
-and dilutes a defect in proportion to its area); the raw maximum is the worst. σ = 4 is the
-compromise between the image AUROC (best at σ = 2) and the pixel AUROC (best at σ = 8).
+A frozen teacher from the offline registry and a student of the same architecture, trained from
+random init to reproduce the teacher's L2-normalised features at three pyramid levels (anomalib's
+``STFPMLoss``). The anomaly map is anomalib's product over the levels, but taken at the first
+level's grid inside the exported graph (:class:`StfpmNetwork`): a 16× smaller network output for
+the same AUROC within 0.015. The numpy MapHead resizes, blurs and scores it, on the device and in
+training. SCORE_RULE (top 1 % after a σ = 4 blur), the epochs and the optimizer settings, with
+their measurements: docs/training.md, "STFPM".
 """
 from __future__ import annotations
 
