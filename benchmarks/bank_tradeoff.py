@@ -125,7 +125,8 @@ def _training_path_rows(run, category: Path, texture: str, pca_sources: dict, se
     from edgekit.data.datasets import open_dataset
     from edgekit.metrics import image_auroc
     from edgekit.runtime.heads import KnnHead, decode_bank
-    from edgekit.train.patchcore import compressed_bank, embed, head_for, input_spec_for, load_network
+    from edgekit.train.inputs import embed, input_spec_for
+    from edgekit.train.patchcore import compressed_bank, head_for, load_network
     from edgekit.train.run import open_run
 
     dataset = open_dataset(category)

@@ -93,7 +93,8 @@ def sample_images(brick):
 
 @pytest.fixture(scope="module")
 def torch_embeddings(patchcore_run, sample_images):
-    from edgekit.train.patchcore import embed, input_spec_for, load_network
+    from edgekit.train.inputs import embed, input_spec_for
+    from edgekit.train.patchcore import load_network
 
     config = patchcore_run.config
     return embed(load_network(patchcore_run), sample_images, input_spec_for(config["backbone"], config["image_size"]))

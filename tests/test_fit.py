@@ -20,7 +20,8 @@ from edgekit.compress.pca import compress_bank
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.runtime.decision import fit_decision
-from edgekit.runtime.fit import fit_bundle, list_normals, split_normals
+from edgekit.data.splits import split_normals
+from edgekit.runtime.fit import fit_bundle, list_normals
 from edgekit.runtime.heads import decode_bank, encode_bank
 
 SPEC = InputSpec(height=32, width=32, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -172,7 +173,8 @@ def test_fit_runs_without_torch(device_fit):
 
 def test_device_bank_equals_the_training_path_on_the_same_images(device_fit, patchcore_run):
     from edgekit.compress.pca import DEFAULT_BANK
-    from edgekit.train.patchcore import compressed_bank, embed, input_spec_for, load_network
+    from edgekit.train.inputs import embed, input_spec_for
+    from edgekit.train.patchcore import compressed_bank, load_network
 
     folder, out, _ = device_fit
     images = list_normals(folder)

@@ -6,9 +6,8 @@ image-score rule, with the parameters the training run scored with.
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 _SPLIT = ("network: image -> reconstruction -> per-pixel squared error (N, 1, H, W); "

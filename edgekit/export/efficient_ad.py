@@ -7,9 +7,8 @@ it (:mod:`edgekit.export.maps`) with the parameters the training run scored with
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 _SPLIT = ("network: image -> PDN teacher, PDN student, autoencoder -> 0.5 * normalised student-teacher map + "

@@ -10,9 +10,8 @@ benchmarks/padim_head.py measures this split against the distance inside the Ope
 from __future__ import annotations
 
 from edgekit.bundle import HeadSpec
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import refuse_bank_options
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 HEAD_DIR = "head"

@@ -28,8 +28,7 @@ from edgekit.errors import EdgekitError, UnsupportedOp
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
-from edgekit.export.job import Converted, ExportJob, ExportOptions
-from edgekit.export.patchcore import FamilyParts
+from edgekit.export.job import Converted, ExportJob, ExportOptions, FamilyParts
 from edgekit.export.targets import FormatSpec, Target, get_target
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop

@@ -7,9 +7,8 @@ up-sampling to the input size, the σ = 4 blur and the image-score rule the trai
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 _SPLIT = ("network: image -> encoder -> bottleneck -> decoder -> per-level 1 - cosine similarity, "

@@ -7,9 +7,8 @@ bilinear up-sampling to the input size, blur and the image-score rule the run sc
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 _SPLIT = ("network: image -> teacher and student pyramids -> product over levels of 0.5*||norm(t) - norm(s)||^2 "
