@@ -73,7 +73,7 @@ def _median_ms(call, runs: int, warmup: int = 2) -> float:
 
 def _train(workdir: Path, texture: str):
     from edgekit.data.synth import synthesize
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
     from edgekit.train.run import open_run
 
     run_dir = workdir / "runs" / texture
@@ -126,7 +126,7 @@ def _training_path_rows(run, category: Path, texture: str, pca_sources: dict, se
     from edgekit.metrics import image_auroc
     from edgekit.runtime.heads import KnnHead, decode_bank
     from edgekit.train.inputs import embed, input_spec_for
-    from edgekit.train.patchcore import compressed_bank, head_for, load_network
+    from edgekit.families.patchcore.train import compressed_bank, head_for, load_network
     from edgekit.train.run import open_run
 
     dataset = open_dataset(category)

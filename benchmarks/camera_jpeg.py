@@ -42,7 +42,7 @@ def _rgb(path: Path) -> np.ndarray:
 def _prepare(workdir: Path, texture: str) -> tuple[Path, Path]:
     from edgekit.data.synth import synthesize
     from edgekit.export.pipeline import export_run
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
 
     bundle = workdir / "x86"
     category = workdir / "data" / texture

@@ -174,7 +174,7 @@ def test_fit_runs_without_torch(device_fit):
 def test_device_bank_equals_the_training_path_on_the_same_images(device_fit, patchcore_run):
     from edgekit.compress.pca import DEFAULT_BANK
     from edgekit.train.inputs import embed, input_spec_for
-    from edgekit.train.patchcore import compressed_bank, load_network
+    from edgekit.families.patchcore.train import compressed_bank, load_network
 
     folder, out, _ = device_fit
     images = list_normals(folder)

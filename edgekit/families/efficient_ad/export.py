@@ -2,7 +2,7 @@
 
 The exported graph is image → teacher, student and autoencoder → the two squared-difference maps,
 zero-padded, quantile-normalised and averaged (N, 1, S/4, S/4) (see
-:class:`edgekit.train.efficient_ad.EfficientAdMap`); the device only up-samples, blurs and scores
+:class:`edgekit.families.efficient_ad.train.EfficientAdMap`); the device only up-samples, blurs and scores
 it (:mod:`edgekit.export.maps`) with the parameters the training run scored with.
 """
 from __future__ import annotations
@@ -22,6 +22,6 @@ TEACHER_NOT_A_DETECTOR = ("a pdn-teacher run is a teacher for EfficientAD, not a
 
 def efficient_ad_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's whole EfficientAD map graph and a map head."""
-    from edgekit.train.efficient_ad import SCORE_RULE, load_network
+    from edgekit.families.efficient_ad.train import SCORE_RULE, load_network
 
     return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT, options)

@@ -46,7 +46,7 @@ def fold_projection(network, pca: Pca):
 
 def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's embedding network (+ folded PCA) and its bank compressed as the options say."""
-    from edgekit.train.patchcore import compressed_bank, load_network
+    from edgekit.families.patchcore.train import compressed_bank, load_network
 
     settings = bank_settings(options)
     compressed = compressed_bank(run, settings)

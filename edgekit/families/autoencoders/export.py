@@ -16,7 +16,7 @@ _SPLIT = ("network: image -> reconstruction -> per-pixel squared error (N, 1, H,
 
 def autoencoder_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's autoencoder wrapped to output its squared-error map, and a map head."""
-    from edgekit.train.autoencoders import SCORE_RULE, ErrorMapNetwork, load_network
+    from edgekit.families.autoencoders.train import SCORE_RULE, ErrorMapNetwork, load_network
 
     return map_parts(ErrorMapNetwork(load_network(run)), run.config.get("head", SCORE_RULE), _SPLIT, options)
 

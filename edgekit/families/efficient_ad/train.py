@@ -1,7 +1,7 @@
 """EfficientAD (Batzner et al., 2024) as in anomalib, small size: training and training-path scoring.
 
 Networks (anomalib's classes, imported): a frozen PDN-small teacher (384 channels; see
-:mod:`edgekit.train.pdn_teacher` for where it comes from offline), a PDN-small student with
+:mod:`edgekit.families.efficient_ad.pdn_teacher` for where it comes from offline), a PDN-small student with
 2 × 384 output channels and anomalib's autoencoder (384 channels out). Training follows
 anomalib's ``EfficientAdModel.compute_losses``: teacher outputs standardised per channel (mean,
 std over the trained-on images); student loss = mean of the hardest 0.1 % of the squared
@@ -65,7 +65,7 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
-from edgekit.train import pdn_teacher
+from edgekit.families.efficient_ad import pdn_teacher
 from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
                                 score_map_run, split_train_images, train_epochs, training_settings)
 from edgekit.train.run import Run, RunWriter, provenance

@@ -21,7 +21,7 @@ SPLIT = ("network: backbone, channel subset, nearest resize, concatenation (N x 
 
 def padim_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's embedding network and its Gaussians as head arrays."""
-    from edgekit.train.padim import BLUR_SIGMA, HEAD_DTYPE, head_arrays, load_network
+    from edgekit.families.padim.train import BLUR_SIGMA, HEAD_DTYPE, head_arrays, load_network
 
     refuse_bank_options(options)
     named = head_arrays(run, HEAD_DTYPE)

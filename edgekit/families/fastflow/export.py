@@ -17,6 +17,6 @@ SPLIT_TEXT = ("network: image -> backbone levels -> FastFlow blocks -> anomaly m
 
 def fastflow_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's FastFlow network (outputs its anomaly map) and a map head."""
-    from edgekit.train.fastflow import SCORE_RULE, load_network
+    from edgekit.families.fastflow.train import SCORE_RULE, load_network
 
     return map_parts(load_network(run), run.config.get("head", SCORE_RULE), SPLIT_TEXT, options)
