@@ -452,7 +452,7 @@ def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
 def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout: float, seed: Optional[int],
             overwrite: bool) -> None:
     """Build a bundle's memory bank from normal images on the device (torch-free) and re-fit thresholds."""
-    from edgekit.runtime.fit import fit_bundle
+    from edgekit.fit import fit_bundle
 
     result = fit_bundle(bundle, normals, out=out, add=add, holdout=holdout, seed=seed, overwrite=overwrite,
                         progress=_progress())

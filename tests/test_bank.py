@@ -4,7 +4,8 @@ import pytest
 
 from edgekit.compress.pca import DEFAULT_BANK, UNCOMPRESSED
 from edgekit.errors import EdgekitError
-from edgekit.runtime.heads import KnnHead, decode_bank, encode_bank
+from edgekit.runtime.bank import decode_bank, encode_bank
+from edgekit.runtime.heads import KnnHead
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundl
                                                                        sample_images):
     import edgekit
     from edgekit.compress.pca import BankSettings
-    from edgekit.runtime.fit import embed_images
+    from edgekit.fit import embed_images
     from edgekit.families.patchcore.train import compressed_bank
 
     manifest, stored = _stored(pca_bundle)

@@ -12,7 +12,7 @@ from edgekit.bundle import HeadSpec
 from edgekit.compress.pca import DEFAULT_BANK, BankSettings, Pca
 from edgekit.errors import EdgekitError
 from edgekit.export.job import ExportOptions, FamilyParts
-from edgekit.runtime.heads import BANK_DTYPES
+from edgekit.runtime.bank import BANK_DTYPES
 from edgekit.train.run import Run
 
 HEAD_DIR = "head"

@@ -24,7 +24,8 @@ from edgekit.data.datasets import Dataset, open_dataset
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import KnnHead, decode_bank
+from edgekit.runtime.bank import decode_bank
+from edgekit.runtime.heads import KnnHead
 from edgekit.data.splits import split_normals
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
 from edgekit.train.inputs import embed, input_spec_for
