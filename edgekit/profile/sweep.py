@@ -33,7 +33,7 @@ class Variant:
         return f"{self.format}-{self.precision}-bank-{self.bank}"
 
 
-def plan_variants(target, *, model: str = "patchcore", formats: Optional[Sequence[str]] = None,
+def plan_variants(target, *, model: str, formats: Optional[Sequence[str]] = None,
                   precisions: Optional[Sequence[str]] = None, banks: Optional[Sequence[str]] = None) -> list[Variant]:
     """Every format × precision × bank the target offers, narrowed by the given filters."""
     for bank in banks or ():
