@@ -123,7 +123,7 @@ def _embedding_difference(model, images: Sequence[Path], *, image_size: int, mea
     import torch
 
     from edgekit.preprocess import InputSpec, prepare
-    from edgekit.train.patchcore import PatchcoreNetwork
+    from edgekit.families.patchcore.train import PatchcoreNetwork
     from edgekit.train.backbones import build_feature_extractor
 
     batch = torch.from_numpy(prepare(list(images), InputSpec(height=image_size, width=image_size, channels=3,
@@ -150,7 +150,7 @@ def edgekit_run_from_bank(run_dir: Path, *, dataset, bank: np.ndarray, bank_imag
 
     from edgekit import __version__
     from edgekit.clock import created_time
-    from edgekit.train import patchcore as ek
+    from edgekit.families.patchcore import train as ek
     from edgekit.train.run import RunWriter
 
     config = {"model": "patchcore", "backbone": BACKBONE, "layers": list(EDGEKIT_LAYERS), "image_size": image_size,

@@ -73,7 +73,7 @@ def _median_ms(call, runs: int, warmup: int = 2) -> float:
 
 def _train(workdir: Path, texture: str):
     from edgekit.data.synth import synthesize
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
     from edgekit.train.run import open_run
 
     run_dir = workdir / "runs" / texture
@@ -90,8 +90,8 @@ def _measure(variant: Variant, run, category: Path, workdir: Path, texture: str,
     from edgekit.export.pipeline import export_run
     from edgekit.metrics import image_auroc, pixel_auroc
     from edgekit.preprocess import read_image
-    from edgekit.runtime.fit import embed_images
-    from edgekit.runtime.heads import nearest_neighbors
+    from edgekit.fit import embed_images
+    from edgekit.runtime.bank import nearest_neighbors
 
     out = workdir / "bundles" / texture / variant.label.replace(" ", "_")
     options = ExportOptions(bank_dims=variant.dims, bank_dtype=variant.dtype, bank_size=variant.size)
@@ -124,8 +124,10 @@ def _training_path_rows(run, category: Path, texture: str, pca_sources: dict, se
     from edgekit.compress.pca import DEFAULT_BANK, BankSettings, compress_bank
     from edgekit.data.datasets import open_dataset
     from edgekit.metrics import image_auroc
-    from edgekit.runtime.heads import KnnHead, decode_bank
-    from edgekit.train.patchcore import compressed_bank, embed, head_for, input_spec_for, load_network
+    from edgekit.runtime.bank import decode_bank
+    from edgekit.runtime.heads import KnnHead
+    from edgekit.train.inputs import embed, input_spec_for
+    from edgekit.families.patchcore.train import compressed_bank, head_for, load_network
     from edgekit.train.run import open_run
 
     dataset = open_dataset(category)

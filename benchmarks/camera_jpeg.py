@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgekit.metrics import image_auroc  # noqa: E402
 from edgekit.runtime.detector import load  # noqa: E402
-from edgekit.runtime.fit import fit_bundle  # noqa: E402
+from edgekit.fit import fit_bundle  # noqa: E402
 
 
 def _jpeg(pixels: np.ndarray, quality: int | None) -> np.ndarray:
@@ -42,7 +42,7 @@ def _rgb(path: Path) -> np.ndarray:
 def _prepare(workdir: Path, texture: str) -> tuple[Path, Path]:
     from edgekit.data.synth import synthesize
     from edgekit.export.pipeline import export_run
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
 
     bundle = workdir / "x86"
     category = workdir / "data" / texture

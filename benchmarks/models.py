@@ -48,7 +48,7 @@ def _data(workdir: Path, grey: bool, textures) -> dict[str, Path]:
 
 
 def _train(model: str, data: Path, out: Path, reuse: bool):
-    from edgekit.train.registry import train
+    from edgekit.train.engine import train
     from edgekit.train.run import open_run
 
     if reuse and (out / "run.json").is_file():
@@ -105,7 +105,7 @@ def main() -> None:
             import os
 
             os.environ.setdefault("EDGEKIT_CACHE", str(args.workdir / "cache"))
-            from edgekit.train.efficient_ad import default_teacher
+            from edgekit.families.efficient_ad.train import default_teacher
 
             t0 = time.perf_counter()
             default_teacher()

@@ -38,7 +38,7 @@ def _run(args, workdir: Path):
     if args.run:
         return open_run(args.run)
     from edgekit.data.synth import synthesize
-    from edgekit.train.padim import train_padim
+    from edgekit.families.padim.train import train_padim
 
     (category,) = synthesize(workdir / "data", texture="brick", seed=0)
     print("training PaDiM on the brick default ...", flush=True)
@@ -87,7 +87,7 @@ def measure(run, workdir: Path, args) -> None:
     from edgekit.export.pipeline import export_run
     from edgekit.runtime.detector import load
     from edgekit.runtime.heads import MapHead
-    from edgekit.train.padim import HEAD_DTYPE, MahalanobisDistance, head_arrays, load_network
+    from edgekit.families.padim.train import HEAD_DTYPE, MahalanobisDistance, head_arrays, load_network
 
     images = sorted(Path(run.config["dataset"]["path"]).glob("test/*/*.png"))[:args.images]
     print(f"run {run.path}: d={run.config['dims']}, grid {run.config['grid']}, Σ⁻¹ {HEAD_DTYPE} in the bundle",

@@ -33,7 +33,7 @@ from edgekit.train.run import open_run  # noqa: E402
 
 def _train(workdir: Path) -> Path:
     from edgekit.data.synth import synthesize
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
 
     (category,) = synthesize(workdir / "data", texture="brick", seed=0)
     return train_patchcore(category, workdir / "run").path

@@ -59,7 +59,7 @@ def _prepare(workdir: Path, bundle: Path | None) -> tuple[Path, list]:
         bundle = workdir / "bundle"
         if not _usable(bundle):  # a kept --workdir: reuse its bundle while this edgekit still loads it
             from edgekit.export.pipeline import export_run
-            from edgekit.train.patchcore import train_patchcore
+            from edgekit.families.patchcore.train import train_patchcore
 
             run = train_patchcore(category, workdir / "run", overwrite=True)
             export_run(run.path, bundle, target="x86", overwrite=True)

@@ -45,7 +45,7 @@ def _prepare(workdir: Path) -> tuple[Path, dict[tuple[str, str, str], Path]]:
     from edgekit.data.synth import synthesize
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
     from edgekit.train.run import open_run
 
     category = workdir / "data" / "brick"

@@ -36,7 +36,7 @@ def _prepare(workdir: Path, texture: str) -> tuple[Path, dict[str, Path]]:
     from edgekit.data.synth import synthesize
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
 
     bundles = {precision: workdir / texture / precision for precision in ("fp32", "int8")}
     if all((path / "manifest.json").is_file() for path in bundles.values()):  # a kept --workdir: reuse

@@ -111,13 +111,14 @@ def build(work: Path, args) -> tuple[dict, dict, list[str], str]:
     from edgekit.data.synth import synthesize
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
-    from edgekit.train.patchcore import input_spec_for, split_holdout
+    from edgekit.data.splits import split_normals
+    from edgekit.train.inputs import input_spec_for
 
     noise = work / "third_party_output.log"
     category = synthesize(work / "data", texture="brick", seed=SEED)[0]
     dataset = open_dataset(category)
     train_paths = [s.path for s in dataset.train]
-    bank_idx, held_idx = split_holdout(len(train_paths), HOLDOUT, SEED)
+    bank_idx, held_idx = split_normals(len(train_paths), HOLDOUT, SEED)
     anomalib_models: dict = {}
     with third_party_output_to(noise):
         if args.skip_anomalib:

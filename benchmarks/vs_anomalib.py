@@ -235,7 +235,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _run(args, work: Path, noise: Path, began: float) -> int:
     from edgekit.data.datasets import open_dataset
     from edgekit.data.synth import synthesize
-    from edgekit.train.patchcore import input_spec_for, split_holdout
+    from edgekit.data.splits import split_normals
+    from edgekit.train.inputs import input_spec_for
 
     import _anomalib_side as anomalib_side
     import _vs_anomalib_report as report
@@ -246,7 +247,7 @@ def _run(args, work: Path, noise: Path, began: float) -> int:
     category = synthesize(work / "data", texture="brick", seed=SEED)[0]
     dataset = open_dataset(category)
     train_paths = [s.path for s in dataset.train]
-    bank_idx, held_idx = split_holdout(len(train_paths), HOLDOUT, SEED)
+    bank_idx, held_idx = split_normals(len(train_paths), HOLDOUT, SEED)
     bank_images = [train_paths[i] for i in bank_idx]
     holdout_images = [train_paths[i] for i in held_idx]
     spec = input_spec_for(anomalib_side.BACKBONE, IMAGE_SIZE)

@@ -14,7 +14,7 @@ import click
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 from edgekit.profile.load import MAX_BACKGROUND
-from edgekit.train.registry import MODELS_WITH_OWN_DATA, TRAINERS
+from edgekit.families.registry import FAMILIES, MODELS_WITH_OWN_DATA
 
 DEFAULT_TARGET = "x86"
 DEFAULT_SERVE = "127.0.0.1:8080"
@@ -112,7 +112,7 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
 
 
 @cli.command()
-@click.option("--model", type=click.Choice(list(TRAINERS)), default="patchcore", show_default=True)
+@click.option("--model", type=click.Choice(list(FAMILIES)), default="patchcore", show_default=True)
 @click.option("--data", "data_dir", type=EXISTING_DIR, default=None,
               help="A dataset category folder (MVTec layout) or a VisA root.")
 @click.option("--normal-dir", type=EXISTING_DIR, default=None,
@@ -145,7 +145,7 @@ def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abno
           **model_options) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit-anomaly[train])."""
     from edgekit.data.datasets import read_folder
-    from edgekit.train.registry import train as train_model
+    from edgekit.train.engine import train as train_model
 
     if data_dir is not None and normal_dir is not None or data_dir is None and normal_dir is None and \
             model not in MODELS_WITH_OWN_DATA:
@@ -452,7 +452,7 @@ def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
 def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout: float, seed: Optional[int],
             overwrite: bool) -> None:
     """Build a bundle's memory bank from normal images on the device (torch-free) and re-fit thresholds."""
-    from edgekit.runtime.fit import fit_bundle
+    from edgekit.fit import fit_bundle
 
     result = fit_bundle(bundle, normals, out=out, add=add, holdout=holdout, seed=seed, overwrite=overwrite,
                         progress=_progress())
@@ -606,14 +606,14 @@ def demo(workdir: Path, texture: str) -> None:
     """The whole path on the embedded default data: synthesize, train, export for x86, profile."""
     from edgekit.data.synth import synthesize
     from edgekit.export.pipeline import export_run
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.registry import trainer
 
     bar = _progress()
     click.echo(f"1/4 data: {texture} textures with synthetic defects → {workdir / 'data'}")
     (category,) = synthesize(workdir / "data", texture=texture, overwrite=True,
                              progress=lambda done, total: bar("synthesize", done, total))
     click.echo("2/4 train: PatchCore, tf_efficientnet_lite0 (offline ImageNet weights)")
-    run = train_patchcore(category, workdir / "run", overwrite=True, progress=bar)
+    run = trainer("patchcore")(category, workdir / "run", overwrite=True, progress=bar)
     click.echo(f"3/4 export: x86 OpenVINO bundle → {workdir / 'bundle'}")
     export_run(run.path, workdir / "bundle", target="x86", overwrite=True, progress=bar)
     click.echo("4/4 profile on this machine, in a fresh process without torch, as on a device")

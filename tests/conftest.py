@@ -17,7 +17,7 @@ def brick(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def patchcore_run(brick, tmp_path_factory):
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
 
     return train_patchcore(brick, tmp_path_factory.mktemp("runs") / "patchcore")
 

@@ -71,7 +71,7 @@ def test_map_head_cost_counts_the_map_products_only_when_there_are_any():
 
 def test_sae_has_the_specified_layers_and_parameter_count():
     torch = pytest.importorskip("torch")
-    from edgekit.train.autoencoders import SparseAutoencoder
+    from edgekit.families.autoencoders.train import SparseAutoencoder
 
     model = SparseAutoencoder().eval()
     convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
@@ -93,7 +93,7 @@ def test_sae_has_the_specified_layers_and_parameter_count():
 
 def test_dae_has_the_specified_stages_and_parameter_count():
     torch = pytest.importorskip("torch")
-    from edgekit.train.autoencoders import DeepAutoencoder
+    from edgekit.families.autoencoders.train import DeepAutoencoder
 
     model = DeepAutoencoder().eval()
     convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
@@ -115,7 +115,7 @@ def test_dae_has_the_specified_stages_and_parameter_count():
 
 def test_ssim_is_one_for_identical_images_and_lower_for_noisy_ones():
     torch = pytest.importorskip("torch")
-    from edgekit.train.autoencoders import ssim
+    from edgekit.families.autoencoders.train import ssim
 
     image = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     assert float(ssim(image, image)) == pytest.approx(1.0, abs=1e-6)
@@ -138,7 +138,7 @@ def grey_brick(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(grey_brick, tmp_path_factory) -> dict:
-    from edgekit.train.autoencoders import train_dae, train_sae
+    from edgekit.families.autoencoders.train import train_dae, train_sae
 
     out = tmp_path_factory.mktemp("ae-runs")
     return {"sae": train_sae(grey_brick, out / "sae", epochs=TEST_EPOCHS["sae"]),
@@ -174,7 +174,7 @@ def test_run_records_what_the_export_pipeline_reads(runs):
 
 @pytest.mark.e2e
 def test_training_is_deterministic_given_the_seed(runs, grey_brick, tmp_path):
-    from edgekit.train.autoencoders import train_sae
+    from edgekit.families.autoencoders.train import train_sae
 
     again = train_sae(grey_brick, tmp_path / "again", epochs=TEST_EPOCHS["sae"])
     digest = [hashlib.sha256((run.path / "network.safetensors").read_bytes()).hexdigest()
@@ -185,7 +185,7 @@ def test_training_is_deterministic_given_the_seed(runs, grey_brick, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", ["sae", "dae"])
 def test_x86_bundle_scores_equal_the_training_path_to_1e4_relative(model, runs, x86_bundles, grey_brick):
-    from edgekit.train.autoencoders import score_run
+    from edgekit.families.autoencoders.train import score_run
 
     images = _test_images(grey_brick)
     train_scores, train_maps = score_run(runs[model], images)

@@ -4,7 +4,8 @@ import pytest
 
 from edgekit.compress.pca import DEFAULT_BANK, UNCOMPRESSED
 from edgekit.errors import EdgekitError
-from edgekit.runtime.heads import KnnHead, decode_bank, encode_bank
+from edgekit.runtime.bank import decode_bank, encode_bank
+from edgekit.runtime.heads import KnnHead
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,8 @@ def sample_images(brick):
 
 @pytest.fixture(scope="module")
 def torch_embeddings(patchcore_run, sample_images):
-    from edgekit.train.patchcore import embed, input_spec_for, load_network
+    from edgekit.train.inputs import embed, input_spec_for
+    from edgekit.families.patchcore.train import load_network
 
     config = patchcore_run.config
     return embed(load_network(patchcore_run), sample_images, input_spec_for(config["backbone"], config["image_size"]))
@@ -126,8 +128,8 @@ def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundl
                                                                        sample_images):
     import edgekit
     from edgekit.compress.pca import BankSettings
-    from edgekit.runtime.fit import embed_images
-    from edgekit.train.patchcore import compressed_bank
+    from edgekit.fit import embed_images
+    from edgekit.families.patchcore.train import compressed_bank
 
     manifest, stored = _stored(pca_bundle)
     bank = manifest.head.params["bank"]
@@ -145,7 +147,7 @@ def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundl
 def test_full_float32_bank_is_the_run_bank_and_scores_equal_the_uncompressed_computation(
         uncompressed_bundle, patchcore_run, torch_embeddings, sample_images):
     import edgekit
-    from edgekit.train.patchcore import head_for
+    from edgekit.families.patchcore.train import head_for
 
     detector = edgekit.load(uncompressed_bundle)
     bank = detector.manifest.head.params["bank"]
@@ -162,7 +164,7 @@ def test_full_float32_bank_is_the_run_bank_and_scores_equal_the_uncompressed_com
 def test_bank_size_reselects_rows_in_the_compressed_space(patchcore_run):
     from edgekit.compress.coreset import coreset_indices
     from edgekit.compress.pca import BankSettings
-    from edgekit.train.patchcore import compressed_bank
+    from edgekit.families.patchcore.train import compressed_bank
 
     full = compressed_bank(patchcore_run, BankSettings(dims="16", dtype="float32")).arrays["memory_bank"]
     thinned = compressed_bank(patchcore_run, BankSettings(dims="16", dtype="float32", size=300))
@@ -174,7 +176,7 @@ def test_bank_size_reselects_rows_in_the_compressed_space(patchcore_run):
 def test_export_options_are_the_default_or_exactly_what_is_given(patchcore_run):
     from edgekit.compress.pca import BankSettings
     from edgekit.export.job import ExportOptions
-    from edgekit.export.patchcore import bank_settings
+    from edgekit.families.patchcore.export import bank_settings
 
     assert bank_settings(ExportOptions()) == DEFAULT_BANK
     assert bank_settings(ExportOptions(bank_dtype="int8")) == BankSettings(dims="full", dtype="int8")

@@ -27,7 +27,7 @@ def test_exported_bundle_reaches_image_auroc_095_on_default_brick(x86_bundle, br
 
 
 def test_runtime_scores_equal_training_path_to_1e4_relative(x86_bundle, patchcore_run, brick):
-    from edgekit.train.patchcore import score_run
+    from edgekit.families.patchcore.train import score_run
 
     images = [s.path for s in open_dataset(brick).test[::6]]
     train_scores, train_maps = score_run(patchcore_run, images)
@@ -85,7 +85,7 @@ def test_onnxruntime_backend_reproduces_the_torch_network(patchcore_run, brick, 
     from edgekit.export.onnx import torch_to_onnx
     from edgekit.preprocess import InputSpec, prepare
     from edgekit.runtime.backends import BackendOptions, load_backend
-    from edgekit.train.patchcore import load_network
+    from edgekit.families.patchcore.train import load_network
 
     network = load_network(patchcore_run)
     onnx_path = torch_to_onnx(network, torch.zeros(1, 3, 256, 256), tmp_path / "n.onnx", input_name="image",

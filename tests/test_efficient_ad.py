@@ -24,7 +24,7 @@ TEST_SIZE = 256  # the smallest EfficientAD allows (the autoencoder's encoder)
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
-    from edgekit.train.pdn_teacher import train_pdn_teacher
+    from edgekit.families.efficient_ad.pdn_teacher import train_pdn_teacher
 
     return train_pdn_teacher(None, tmp_path_factory.mktemp("teacher") / "run", epochs=1, batch_size=4, image_size=64)
 
@@ -38,7 +38,7 @@ def small_brick(brick):
 
 @pytest.fixture(scope="module")
 def ead_run(small_brick, teacher_run, tmp_path_factory):
-    from edgekit.train.efficient_ad import train_efficient_ad
+    from edgekit.families.efficient_ad.train import train_efficient_ad
 
     return train_efficient_ad(small_brick, tmp_path_factory.mktemp("ead") / "run", teacher_weights=teacher_run.path,
                               image_size=TEST_SIZE, epochs=1)
@@ -52,7 +52,7 @@ def bundles(ead_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def training_scores(ead_run, small_brick):
-    from edgekit.train.efficient_ad import score_run
+    from edgekit.families.efficient_ad.train import score_run
 
     images = [s.path for s in small_brick.test]
     return images, score_run(ead_run, images)
@@ -61,7 +61,7 @@ def training_scores(ead_run, small_brick):
 # -- the teacher ------------------------------------------------------------------------------------
 
 def test_distilled_teacher_reproduces_its_backbone_targets_better_than_a_random_pdn(teacher_run):
-    from edgekit.train.pdn_teacher import BackboneTargets, load_teacher, natural_images, new_pdn, random_views
+    from edgekit.families.efficient_ad.pdn_teacher import BackboneTargets, load_teacher, natural_images, new_pdn, random_views
 
     teacher, origin = load_teacher(teacher_run.path)
     assert "pdn-teacher run" in origin and "tf_efficientnet_lite0" in origin
@@ -84,7 +84,7 @@ def test_distilled_teacher_reproduces_its_backbone_targets_better_than_a_random_
 def test_an_anomalib_format_teacher_file_loads_and_a_mismatching_one_is_one_error_line(tmp_path, brick):
     from anomalib.models.image.efficient_ad.torch_model import SmallPatchDescriptionNetwork
 
-    from edgekit.train.pdn_teacher import load_teacher
+    from edgekit.families.efficient_ad.pdn_teacher import load_teacher
 
     torch.manual_seed(0)
     pdn = SmallPatchDescriptionNetwork(out_channels=384)

@@ -23,7 +23,7 @@ SCORE_RTOL = {"openvino": 1e-4, "tflite": 1e-4, "onnx": 1e-4}
 
 def _tiny_network(normalise: str = "none"):
     from edgekit.train.backbones import build_feature_extractor
-    from edgekit.train.fastflow import FastFlowNetwork
+    from edgekit.families.fastflow.train import FastFlowNetwork
 
     torch.manual_seed(0)
     extractor = build_feature_extractor("tf_efficientnet_lite0", layers=(1, 2), pretrained=False)
@@ -49,7 +49,7 @@ def test_flow_log_jacobian_is_the_log_determinant_of_its_jacobian():
 
 
 def test_grid_layer_norm_equals_torchs_layer_norm():
-    from edgekit.train.fastflow import GridLayerNorm
+    from edgekit.families.fastflow.train import GridLayerNorm
 
     norm = GridLayerNorm([5, 6, 7])
     torch.nn.init.normal_(norm.weight)
@@ -102,7 +102,7 @@ def test_graph_map_is_anomalibs_anomaly_map_at_the_finest_grid():
 
 @pytest.fixture(scope="module")
 def fastflow_run(brick, tmp_path_factory):
-    from edgekit.train.fastflow import train_fastflow
+    from edgekit.families.fastflow.train import train_fastflow
 
     stages = []
     run = train_fastflow(brick, tmp_path_factory.mktemp("fastflow-run") / "run", epochs=TEST_EPOCHS,
@@ -123,7 +123,7 @@ def test_samples(brick):
 
 @pytest.fixture(scope="module")
 def training_path(fastflow_run, test_samples):
-    from edgekit.train.fastflow import score_run
+    from edgekit.families.fastflow.train import score_run
 
     return score_run(fastflow_run[0], [s.path for s in test_samples])
 
@@ -187,7 +187,7 @@ def test_training_fastflow_with_a_bad_option_is_one_error_line(brick, tmp_path):
 
 
 def test_unknown_normalisation_is_refused(brick, tmp_path):
-    from edgekit.train.fastflow import train_fastflow
+    from edgekit.families.fastflow.train import train_fastflow
 
     with pytest.raises(EdgekitError, match="normalise must be one of layernorm, none"):
         train_fastflow(brick, tmp_path / "run", normalise="batchnorm")

@@ -20,8 +20,9 @@ from edgekit.compress.pca import compress_bank
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.runtime.decision import fit_decision
-from edgekit.runtime.fit import fit_bundle, list_normals, split_normals
-from edgekit.runtime.heads import decode_bank, encode_bank
+from edgekit.data.splits import split_normals
+from edgekit.fit import fit_bundle, list_normals
+from edgekit.runtime.bank import decode_bank, encode_bank
 
 SPEC = InputSpec(height=32, width=32, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
 POOL = 4
@@ -155,7 +156,7 @@ def device_fit(x86_bundle, brick, tmp_path_factory):
         shutil.copyfile(path, folder / path.name)
     out = tmp_path_factory.mktemp("device_fit") / "bundle"
     code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
-            "from edgekit.runtime.fit import fit_bundle\n"
+            "from edgekit.fit import fit_bundle\n"
             "fit_bundle(sys.argv[1], sys.argv[2], out=sys.argv[3])\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'anomalib')))")
     done = subprocess.run([sys.executable, "-c", code, str(x86_bundle), str(folder), str(out)],
@@ -172,7 +173,8 @@ def test_fit_runs_without_torch(device_fit):
 
 def test_device_bank_equals_the_training_path_on_the_same_images(device_fit, patchcore_run):
     from edgekit.compress.pca import DEFAULT_BANK
-    from edgekit.train.patchcore import compressed_bank, embed, input_spec_for, load_network
+    from edgekit.train.inputs import embed, input_spec_for
+    from edgekit.families.patchcore.train import compressed_bank, load_network
 
     folder, out, _ = device_fit
     images = list_normals(folder)
@@ -194,7 +196,7 @@ def test_device_bank_equals_the_training_path_on_the_same_images(device_fit, pat
     # the same rows (float32 greedy selection may visit two near-tied patches in swapped order)
     step = float(np.max(expected.arrays.get("bank_scale", np.float32(0))))
     tolerance = step + 1e-3 * float(np.abs(want).max())
-    from edgekit.runtime.heads import nearest_neighbors
+    from edgekit.runtime.bank import nearest_neighbors
 
     for a, b in ((got, want), (want, got)):
         distances, nearest = nearest_neighbors(a, b)

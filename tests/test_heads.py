@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from edgekit.runtime.heads import KnnHead, _bilinear_matrix, _gaussian_matrix, nearest_neighbors
+from edgekit.runtime.bank import nearest_neighbors
+from edgekit.runtime.heads import KnnHead, _bilinear_matrix, _gaussian_matrix
 
 
 def _brute_force(queries, bank):
@@ -14,7 +15,7 @@ def test_nearest_neighbors_equal_brute_force_also_across_chunks(monkeypatch):
     rng = np.random.default_rng(1)
     bank = rng.standard_normal((300, 24)).astype(np.float32)
     queries = rng.standard_normal((500, 24)).astype(np.float32) * 3 + 10  # large norms: cancellation-prone
-    monkeypatch.setattr("edgekit.runtime.heads._CHUNK_ELEMENTS", 300 * 7)  # 7 query rows per chunk
+    monkeypatch.setattr("edgekit.runtime.bank._CHUNK_ELEMENTS", 300 * 7)  # 7 query rows per chunk
     distances, indices = nearest_neighbors(queries, bank)
     expected_d, expected_i = _brute_force(queries, bank)
     np.testing.assert_array_equal(indices, expected_i)
@@ -96,7 +97,7 @@ def test_faiss_search_gives_identical_neighbors_and_scores():
     pytest.importorskip("faiss")
     bank, queries = _near_tie_bank_and_queries()
     ours = nearest_neighbors(queries, bank)
-    from edgekit.runtime.heads import FaissSearch
+    from edgekit.runtime.bank import FaissSearch
 
     theirs = nearest_neighbors(queries, bank, search=FaissSearch(bank))
     np.testing.assert_array_equal(theirs[1], ours[1])

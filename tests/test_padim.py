@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from export_helpers import bundle_exporter
 from edgekit.errors import EdgekitError
 from edgekit.runtime.heads import HEADS, MahalanobisHead
-from edgekit.train.padim import GaussianFit, PadimNetwork, channel_subset
+from edgekit.families.padim.train import GaussianFit, PadimNetwork, channel_subset
 
 
 def _gaussians(dims: int = 24, grid: int = 8, images: int = 40, seed: int = 0):
@@ -92,7 +92,7 @@ def test_subset_taken_per_level_before_the_resize_equals_anomalibs_concatenate_t
 
 @pytest.fixture(scope="module")
 def padim_run(brick, tmp_path_factory):
-    from edgekit.train.padim import train_padim
+    from edgekit.families.padim.train import train_padim
 
     return train_padim(brick, tmp_path_factory.mktemp("padim") / "run")
 
@@ -139,7 +139,7 @@ def test_brick_image_auroc_at_least_099_and_pixel_auroc_097(padim_run):
 def test_x86_fp32_bundle_scores_equal_the_training_path_to_1e5_relative(padim_run, bundles, some_test_images,
                                                                          x86_scores):
     from edgekit.bundle import load_bundle
-    from edgekit.train.padim import score_run
+    from edgekit.families.padim.train import score_run
 
     train_scores, train_maps = score_run(padim_run, some_test_images)
     device_scores, device_maps = x86_scores
@@ -195,14 +195,14 @@ def test_predicting_with_a_padim_bundle_leaves_torch_out_of_sys_modules(bundles,
 @pytest.mark.e2e
 def test_bank_options_are_refused_for_padim(padim_run):
     from edgekit.export.job import ExportOptions
-    from edgekit.export.padim import padim_parts
+    from edgekit.families.padim.export import padim_parts
 
     with pytest.raises(EdgekitError, match=r"^--bank-\* options apply to PatchCore only$"):
         padim_parts(padim_run, ExportOptions(bank_dtype="int8"))
 
 
 def test_dims_beyond_the_layers_channels_is_one_error_and_writes_nothing(brick, tmp_path):
-    from edgekit.train.padim import train_padim
+    from edgekit.families.padim.train import train_padim
 
     with pytest.raises(EdgekitError, match=r"dims must be in 1\.\.152"):
         train_padim(brick, tmp_path / "run", dims=200)

@@ -66,7 +66,7 @@ def test_map_projection_equals_row_projection(features):
 
 def test_folded_network_output_equals_pca_of_unfolded_output(features):
     torch = pytest.importorskip("torch")
-    from edgekit.export.patchcore import fold_projection
+    from edgekit.families.patchcore.export import fold_projection
 
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.ReLU()).eval()

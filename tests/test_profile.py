@@ -94,7 +94,7 @@ def test_roofline_uses_the_counted_flops_and_the_published_peak(x86_bundle):
     detector = edgekit.load(x86_bundle)
     export = detector.manifest.export
     # the FLOP count equals 2 x multiply-adds of every convolution, counted here with hooks instead
-    from edgekit.export.patchcore import patchcore_parts
+    from edgekit.families.patchcore.export import patchcore_parts
     from edgekit.export.job import ExportOptions
     from edgekit.train.run import open_run
 

@@ -299,7 +299,7 @@ def test_int8_manifest_says_what_was_quantized_on_which_images(x86_int8, patchco
 
 def _damaged_copy(bundle: Path, out: Path, keep_every: int = 4) -> Path:
     """The bundle with only every ``keep_every``-th bank row (a botched re-selection), thresholds kept."""
-    from edgekit.runtime.heads import decode_bank, encode_bank
+    from edgekit.runtime.bank import decode_bank, encode_bank
 
     source = load_bundle(bundle)
     manifest = source.manifest

@@ -23,7 +23,7 @@ EPOCH_ISO = "2023-11-14T22:13:20+00:00"
 @pytest.fixture(scope="module")
 def twin_runs(brick, tmp_path_factory):
     """Two PatchCore trainings of the default data with one seed, at 64² to stay cheap."""
-    from edgekit.train.patchcore import train_patchcore
+    from edgekit.families.patchcore.train import train_patchcore
 
     folder = tmp_path_factory.mktemp("twins")
     return tuple(train_patchcore(brick, folder / name, image_size=64) for name in ("first", "second"))

@@ -24,7 +24,7 @@ def test_with_resnet18_channels_bottleneck_and_decoder_are_anomalibs():
     from anomalib.models.image.reverse_distillation.components.bottleneck import OCBE
     from torchvision.models.resnet import BasicBlock
 
-    from edgekit.train.reverse_distillation import OneClassBottleneck, ReverseDecoder
+    from edgekit.families.reverse_distillation.train import OneClassBottleneck, ReverseDecoder
 
     torch.manual_seed(0)
     theirs_bottleneck, theirs_decoder = OCBE(BasicBlock, 2).eval(), de_resnet18().eval()
@@ -48,7 +48,7 @@ def test_blurring_the_graphs_map_gives_anomalibs_anomaly_map(mode):
     from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerator
 
     from edgekit.train.backbones import build_feature_extractor
-    from edgekit.train.reverse_distillation import ReverseDistillationNetwork
+    from edgekit.families.reverse_distillation.train import ReverseDistillationNetwork
 
     generator = torch.Generator().manual_seed(1)
     shapes = [(2, 24, 64, 64), (2, 40, 32, 32), (2, 112, 16, 16)]
@@ -63,7 +63,7 @@ def test_blurring_the_graphs_map_gives_anomalibs_anomaly_map(mode):
 
 
 def test_cosine_distance_is_one_minus_torchs_cosine_similarity():
-    from edgekit.train.reverse_distillation import cosine_distance
+    from edgekit.families.reverse_distillation.train import cosine_distance
 
     a, b = torch.randn(3, 40, 8, 8), torch.randn(3, 40, 8, 8)
     expected = 1 - torch.nn.functional.cosine_similarity(a, b)[:, None]
@@ -77,7 +77,7 @@ def test_cosine_distance_is_one_minus_torchs_cosine_similarity():
 @pytest.fixture(scope="module")
 def rd_training(brick, tmp_path_factory):
     """The test run, trained once, and the progress calls it made."""
-    from edgekit.train.reverse_distillation import train_reverse_distillation
+    from edgekit.families.reverse_distillation.train import train_reverse_distillation
 
     calls = []
     run = train_reverse_distillation(brick, tmp_path_factory.mktemp("rd") / "run", epochs=TEST_EPOCHS,
@@ -105,7 +105,7 @@ def test_samples(brick):
 
 @pytest.fixture(scope="module")
 def training_scores(rd_run, test_samples):
-    from edgekit.train.reverse_distillation import score_run
+    from edgekit.families.reverse_distillation.train import score_run
 
     return score_run(rd_run, [s.path for s in test_samples])
 
@@ -150,7 +150,7 @@ def test_brick_image_auroc_at_least_098_and_pixel_auroc_090(rd_run):
 
 @pytest.mark.e2e
 def test_the_run_reloads_to_the_same_scores(rd_run, test_samples, training_scores):
-    from edgekit.train.reverse_distillation import load_network, score_run
+    from edgekit.families.reverse_distillation.train import load_network, score_run
 
     network = load_network(rd_run)
     assert not network.training and all(not p.requires_grad for p in network.encoder.parameters())
@@ -223,7 +223,7 @@ def test_an_image_size_off_the_stride_32_grid_is_one_error_and_writes_nothing(br
 
 
 def test_bad_epochs_and_batch_size_are_refused_before_anything_is_written(brick, tmp_path):
-    from edgekit.train.reverse_distillation import train_reverse_distillation
+    from edgekit.families.reverse_distillation.train import train_reverse_distillation
 
     with pytest.raises(EdgekitError, match="--batch-size must be at least 2"):
         train_reverse_distillation(brick, tmp_path / "run", batch_size=1)

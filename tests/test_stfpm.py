@@ -30,7 +30,7 @@ def _pyramid_features(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Ten
 def test_anomaly_map_at_the_input_size_equals_anomalibs_generator():
     from anomalib.models.image.stfpm.anomaly_map import AnomalyMapGenerator
 
-    from edgekit.train.stfpm import anomaly_map
+    from edgekit.families.stfpm.train import anomaly_map
 
     teacher, student = _pyramid_features()
     expected = AnomalyMapGenerator()(teacher_features=dict(enumerate(teacher)),
@@ -41,7 +41,7 @@ def test_anomaly_map_at_the_input_size_equals_anomalibs_generator():
 
 
 def test_the_map_at_the_first_grid_multiplies_the_levels_without_resizing_the_first():
-    from edgekit.train.stfpm import anomaly_map, layer_map
+    from edgekit.families.stfpm.train import anomaly_map, layer_map
 
     teacher, student = _pyramid_features(1)
     grid = anomaly_map(teacher, student, (16, 16))
@@ -55,7 +55,7 @@ def test_anomalibs_loss_is_the_batch_sum_of_each_levels_mean_map():
     """The training loss (anomalib's STFPMLoss, used as it is) and the exported map measure the same thing."""
     from anomalib.models.image.stfpm.loss import STFPMLoss
 
-    from edgekit.train.stfpm import layer_map
+    from edgekit.families.stfpm.train import layer_map
 
     teacher, student = _pyramid_features(2)
     loss = STFPMLoss()(dict(enumerate(teacher)), dict(enumerate(student)))
@@ -64,7 +64,7 @@ def test_anomalibs_loss_is_the_batch_sum_of_each_levels_mean_map():
 
 
 def test_student_trains_and_teacher_stays_frozen_in_eval_mode():
-    from edgekit.train.stfpm import build_network
+    from edgekit.families.stfpm.train import build_network
 
     network = build_network({"backbone": "tf_efficientnet_lite0", "layers": [1, 2, 3]}, pretrained=False)
     network.train()
@@ -82,7 +82,7 @@ def test_student_trains_and_teacher_stays_frozen_in_eval_mode():
 
 @pytest.fixture(scope="module")
 def stfpm_run(brick, tmp_path_factory):
-    from edgekit.train.stfpm import train_stfpm
+    from edgekit.families.stfpm.train import train_stfpm
 
     return train_stfpm(brick, tmp_path_factory.mktemp("stfpm") / "run", epochs=TEST_EPOCHS, image_size=TEST_SIZE)
 
@@ -100,7 +100,7 @@ def some_test_images(brick) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def training_scores(stfpm_run, some_test_images):
-    from edgekit.train.stfpm import score_run
+    from edgekit.families.stfpm.train import score_run
 
     return score_run(stfpm_run, some_test_images)
 
@@ -123,7 +123,7 @@ def test_run_records_what_export_reads(stfpm_run):
 @pytest.mark.e2e
 def test_teacher_keeps_the_registrys_imagenet_weights_and_student_moved(stfpm_run):
     from edgekit.train.backbones import build_feature_extractor
-    from edgekit.train.stfpm import build_network, load_network
+    from edgekit.families.stfpm.train import build_network, load_network
 
     trained = load_network(stfpm_run).state_dict()
     imagenet = build_feature_extractor("tf_efficientnet_lite0", layers=(1, 2, 3)).state_dict()
@@ -189,7 +189,7 @@ def test_x86_int8_bundle_keeps_the_auroc_and_fits_its_own_thresholds(stfpm_run, 
 
 
 def test_a_batch_of_one_is_refused_in_one_line_and_writes_nothing(brick, tmp_path):
-    from edgekit.train.stfpm import train_stfpm
+    from edgekit.families.stfpm.train import train_stfpm
 
     with pytest.raises(EdgekitError, match=r"--batch-size must be at least 2"):
         train_stfpm(brick, tmp_path / "run", batch_size=1)

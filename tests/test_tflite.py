@@ -36,7 +36,7 @@ def test_split(brick):
 
 @pytest.fixture(scope="module")
 def training_scores(patchcore_run, test_split):
-    from edgekit.train.patchcore import score_run
+    from edgekit.families.patchcore.train import score_run
 
     return score_run(patchcore_run, test_split[0])
 

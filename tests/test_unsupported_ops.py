@@ -18,7 +18,7 @@ class _Tail:
         import torch
         from torch import nn
 
-        from edgekit.export.patchcore import patchcore_parts
+        from edgekit.families.patchcore.export import patchcore_parts
 
         class WithOp(nn.Module):
             def __init__(self, network: nn.Module) -> None:

@@ -49,7 +49,7 @@ def coreset_indices(features: np.ndarray, count: int, *, projection_dims: Option
         chosen[0] = int(rng.integers(total))
         nearest_sq = np.full(total, np.inf, dtype=np.float32)
     else:
-        from edgekit.runtime.heads import nearest_neighbors
+        from edgekit.runtime.bank import nearest_neighbors
 
         distances, _ = nearest_neighbors(points, covered_points)
         nearest_sq = (distances ** 2).astype(np.float32)
@@ -81,7 +81,7 @@ def coreset_count(patches: int, ratio: float) -> int:
 
 def coverage_radius(features: np.ndarray, indices: np.ndarray) -> float:
     """Largest distance from any feature row to its nearest selected row (lower is better)."""
-    from edgekit.runtime.heads import nearest_neighbors
+    from edgekit.runtime.bank import nearest_neighbors
 
     distances, _ = nearest_neighbors(features, np.asarray(features)[indices])
     return float(distances.max())

@@ -6,7 +6,7 @@ without re-running the network. The projection ``y = W (x − μ)`` is linear, s
 folds it into the network as a 1×1 convolution and the device only ever sees ``d``-dimensional
 features; the bank is projected once, optionally thinned by re-running the coreset selection
 on it (in the ``d``-dimensional space the device searches), then stored as float32, float16 or
-int8 (:func:`edgekit.runtime.heads.encode_bank`).
+int8 (:func:`edgekit.runtime.bank.encode_bank`).
 """
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ def compress_bank(bank: np.ndarray, *, pca: Optional[Pca] = None, dtype: str = "
     so the int8 scales fit the rows that are kept. ``feature_dims``: the width of the network's
     features before any projection (default: the bank's width, or the PCA's input width).
     """
-    from edgekit.runtime.heads import encode_bank
+    from edgekit.runtime.bank import encode_bank
 
     bank = np.asarray(bank, dtype=np.float32)
     if bank.ndim != 2 or len(bank) == 0:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from edgekit.bundle import HeadSpec
 from edgekit.export.targets import FormatSpec, Target
 from edgekit.preprocess import InputSpec
 
@@ -52,3 +53,12 @@ class ExportJob:
 class Converted:
     files: list[Path]                              # main file first (what the runtime opens)
     notes: dict[str, Any] = field(default_factory=dict)  # goes into manifest.export
+
+
+@dataclass
+class FamilyParts:
+    network: Any                          # torch.nn.Module to export
+    head: HeadSpec
+    arrays: dict[str, np.ndarray]         # bundle-relative .npy path -> array
+    notes: dict[str, Any] = field(default_factory=dict)
+    output_name: str = "embedding"        # what the graph outputs: "embedding" (a head reads it) or "anomaly_map"

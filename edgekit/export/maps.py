@@ -11,8 +11,7 @@ from typing import Any, Mapping
 
 from edgekit.bundle import HeadSpec
 from edgekit.errors import EdgekitError
-from edgekit.export.job import ExportOptions
-from edgekit.export.patchcore import FamilyParts
+from edgekit.export.job import ExportOptions, FamilyParts
 
 OUTPUT_NAME = "anomaly_map"
 

@@ -1,6 +1,6 @@
 """``edgekit export``: a training run → a bundle for one target.
 
-1. the model family says what is network and what is head data (FAMILIES);
+1. the model family says what is network and what is head data (edgekit/families/registry.py);
 2. the network goes torch → ONNX → the target's format at the chosen precision (FORMATS), with
    calibration data drawn from training normals only;
 3. a provisional bundle is loaded with the device runtime itself and run on the held-out normal
@@ -28,9 +28,9 @@ from edgekit.errors import EdgekitError, UnsupportedOp
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
-from edgekit.export.job import Converted, ExportJob, ExportOptions
-from edgekit.export.patchcore import FamilyParts
+from edgekit.export.job import Converted, ExportJob, ExportOptions, FamilyParts
 from edgekit.export.targets import FormatSpec, Target, get_target
+from edgekit.families.registry import export_parts, recipe_name
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.resources import read_toml
@@ -48,25 +48,9 @@ FORMATS: dict[str, Callable[[ExportJob], Converted]] = {
 #: only the ONNX exporter lacks does not stop a TFLite export).
 READS_ONNX = frozenset({"openvino", "onnx"})
 
-#: model family -> its "module:function" ``parts(run, options) -> FamilyParts``: what goes into the
-#: network and what into the head (text, so naming a family imports nothing).
-FAMILIES: dict[str, str] = {
-    "patchcore": "edgekit.export.patchcore:patchcore_parts",
-    "padim": "edgekit.export.padim:padim_parts",
-    "sae": "edgekit.export.autoencoders:sae_parts",
-    "dae": "edgekit.export.autoencoders:dae_parts",
-    "stfpm": "edgekit.export.stfpm:stfpm_parts",
-    "fastflow": "edgekit.export.fastflow:fastflow_parts",
-    "reverse_distillation": "edgekit.export.reverse_distillation:reverse_distillation_parts",
-    "efficient_ad": "edgekit.export.efficient_ad:efficient_ad_parts",
-}
-
-
 def family_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """What the run's family puts into the network and into the head."""
-    from edgekit.train.registry import resolve
-
-    return resolve(FAMILIES[run.model])(run, options)
+    return export_parts(run.model)(run, options)
 
 
 INPUT_NAME = "image"
@@ -87,12 +71,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
                            f"not {precision!r}")
     if fmt.name not in FORMATS:
         raise EdgekitError(f"target {spec.name}: format {fmt.name!r} cannot be exported by this edgekit")
-    if run.model == "pdn-teacher":
-        from edgekit.export.efficient_ad import TEACHER_NOT_A_DETECTOR
-
-        raise EdgekitError(f"run {run.path}: {TEACHER_NOT_A_DETECTOR}")
-    if run.model not in FAMILIES:
-        raise EdgekitError(f"run {run.path}: exporting model {run.model!r} is not supported yet")
+    try:
+        export_parts(run.model)  # a model that is not exported (or unknown) is refused before any work
+    except EdgekitError as error:
+        raise EdgekitError(f"run {run.path}: {error}") from None
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgekitError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -145,7 +127,7 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
     from edgekit.export.onnx import OPSET, torch_to_onnx
 
     progress("export network", 0, 2)
-    recipe = read_toml("calibration", run.model)
+    recipe = read_toml("calibration", recipe_name(run.model))
     parts = family_parts(run, options)
     input_spec = _input_spec(run, fmt)
     example = torch.zeros(1, input_spec.channels, input_spec.height, input_spec.width)
@@ -183,7 +165,7 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
         head=parts.head, decision=_PLACEHOLDER,
         source={"run": str(run.path.resolve()), "run_fingerprint": run.fingerprint(),
                 "dataset": config["dataset"], "layers": config["layers"]},
-        export={"precision": precision, "recipe": f"calibration/{run.model}.toml", "recipe_values": recipe,
+        export={"precision": precision, "recipe": f"calibration/{recipe_name(run.model)}.toml", "recipe_values": recipe,
                 **({"onnx_opset": OPSET} if onnx_path is not None else {}), "threads": spec.threads,
                 "mode": spec.mode, "calibration_images": int(len(calibration)),
                 "network_flops": network_flops, "output_shape": output_shape,

@@ -118,7 +118,7 @@ def _quiet_nncf():
 
 def max_patch_distance(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per image: the largest distance of a patch embedding to its nearest reference row."""
-    from edgekit.runtime.heads import nearest_neighbors
+    from edgekit.runtime.bank import nearest_neighbors
 
     count, dims = embeddings.shape[:2]
     patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, dims)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edgekit.errors import EdgekitError
+from edgekit.families.registry import recipe_name, takes_bank_options
 from edgekit.progress import ProgressFn, noop
 
 #: Bank settings a sweep tries (PatchCore): anomalib's bank, the export default, a small one.
@@ -32,7 +33,7 @@ class Variant:
         return f"{self.format}-{self.precision}-bank-{self.bank}"
 
 
-def plan_variants(target, *, model: str = "patchcore", formats: Optional[Sequence[str]] = None,
+def plan_variants(target, *, model: str, formats: Optional[Sequence[str]] = None,
                   precisions: Optional[Sequence[str]] = None, banks: Optional[Sequence[str]] = None) -> list[Variant]:
     """Every format × precision × bank the target offers, narrowed by the given filters."""
     for bank in banks or ():
@@ -42,7 +43,7 @@ def plan_variants(target, *, model: str = "patchcore", formats: Optional[Sequenc
     for fmt in chosen_formats:
         target.format_spec(fmt)  # unknown format: one clear error
     bank_names = list(banks) if banks else list(BANKS)
-    if model != "patchcore":
+    if not takes_bank_options(model):
         bank_names = ["default"]
     variants = [Variant(fmt, precision, bank) for fmt in chosen_formats
                 for precision in target.formats[fmt].precisions if not precisions or precision in precisions
@@ -57,7 +58,7 @@ def split_refused(model: str, variants: Sequence[Variant]) -> tuple[list[Variant
     when calibration/<model>.toml says ``[nncf] refuse``, so a sweep says so instead of failing."""
     from edgekit.resources import read_toml
 
-    refusal = read_toml("calibration", model).get("nncf", {}).get("refuse")
+    refusal = read_toml("calibration", recipe_name(model)).get("nncf", {}).get("refuse")
     kept, refused = [], []
     for variant in variants:
         if refusal and variant.precision == "int8" and variant.format in ("openvino", "onnx"):
@@ -88,7 +89,7 @@ def export_variants(run_dir: Path, target: str, out_dir: Path, variants: Sequenc
 
 
 def _bank_options(run, bank: str) -> dict:
-    if run.model != "patchcore" or bank == "default":
+    if not takes_bank_options(run.model) or bank == "default":
         return {}
     if bank == "full":
         return {"bank_dims": "full", "bank_dtype": "float32"}

@@ -1,1 +1,1 @@
-"""Training stage (host only, needs torch): offline backbones, PatchCore and run folders."""
+"""Training stage (host only, needs torch): backbones, the train-by-name engine, input rules and run folders."""

@@ -84,10 +84,10 @@ def train_epochs(step: Callable[[torch.Tensor], float], images: np.ndarray, *, e
 
 def split_train_images(dataset, holdout: float, seed: int) -> tuple[list, list]:
     """(trained on, held out) training-image paths: the held-out normals fit the thresholds later."""
-    from edgekit.train.patchcore import split_holdout
+    from edgekit.data.splits import split_normals
 
     paths = [s.path for s in dataset.train]
-    trained, held = split_holdout(len(paths), holdout, seed)
+    trained, held = split_normals(len(paths), holdout, seed)
     return [paths[i] for i in trained], [paths[i] for i in held]
 
 

@@ -2,14 +2,13 @@
 
 The exported graph is image → teacher, student and autoencoder → the two squared-difference maps,
 zero-padded, quantile-normalised and averaged (N, 1, S/4, S/4) (see
-:class:`edgekit.train.efficient_ad.EfficientAdMap`); the device only up-samples, blurs and scores
+:class:`edgekit.families.efficient_ad.train.EfficientAdMap`); the device only up-samples, blurs and scores
 it (:mod:`edgekit.export.maps`) with the parameters the training run scored with.
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 _SPLIT = ("network: image -> PDN teacher, PDN student, autoencoder -> 0.5 * normalised student-teacher map + "
@@ -23,6 +22,6 @@ TEACHER_NOT_A_DETECTOR = ("a pdn-teacher run is a teacher for EfficientAD, not a
 
 def efficient_ad_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's whole EfficientAD map graph and a map head."""
-    from edgekit.train.efficient_ad import SCORE_RULE, load_network
+    from edgekit.families.efficient_ad.train import SCORE_RULE, load_network
 
     return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT, options)

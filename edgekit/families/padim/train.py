@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.data.splits import split_normals
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MahalanobisHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
-from edgekit.train.patchcore import embed, input_spec_for, split_holdout
+from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.run import Run, RunWriter, provenance, metrics_on_test_split
 
 NETWORK_FILE = "network.safetensors"
@@ -201,7 +202,7 @@ def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
         network = PadimNetwork(extractor, config["channel_index"]).eval()
         input_spec = input_spec_for(backbone, image_size)
         train_paths = [s.path for s in dataset.train]
-        bank_idx, held_idx = split_holdout(len(train_paths), holdout, seed)
+        bank_idx, held_idx = split_normals(len(train_paths), holdout, seed)
         bank_paths = [train_paths[i] for i in bank_idx]
         fit = GaussianFit()
         progress("features", 0, len(bank_paths))

@@ -19,6 +19,7 @@ from edgekit.bundle import Bundle, save_bundle
 from edgekit.clock import created_time
 from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import BankSettings, compress_bank
+from edgekit.data.splits import split_normals
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
@@ -27,17 +28,6 @@ from edgekit.runtime.heads import KnnHead, build_head
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 HEAD_DIR = "head"
-
-
-def split_normals(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``count`` normal images into (bank indices, held-out indices), both sorted."""
-    if not 0 < holdout < 1:
-        raise EdgekitError(f"the held-out share must be between 0 and 1, not {holdout}")
-    held = max(2, int(round(count * holdout)))
-    if count - held < 2:
-        raise EdgekitError(f"need at least {held + 2} normal images to hold {held} out for thresholds; found {count}")
-    order = np.random.default_rng(seed).permutation(count)
-    return np.sort(order[held:]), np.sort(order[:held])
 
 
 def list_normals(folder: Path) -> list[Path]:

@@ -233,7 +233,7 @@ def train_fastflow(data: str | Path | Dataset, out: str | Path, *, backbone: str
         torch.manual_seed(seed)  # the flows' fixed channel permutations and initial weights
         network = FastFlowNetwork(extractor, image_size=image_size, normalise=normalise, flow_steps=flow_steps,
                                   hidden_ratio=hidden_ratio, conv3x3_only=conv3x3_only)
-        from edgekit.train.patchcore import input_spec_for
+        from edgekit.train.inputs import input_spec_for
 
         spec = input_spec_for(backbone, image_size)
         trained_paths, held_paths = split_train_images(dataset, holdout, seed)

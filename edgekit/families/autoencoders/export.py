@@ -6,9 +6,8 @@ image-score rule, with the parameters the training run scored with.
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 _SPLIT = ("network: image -> reconstruction -> per-pixel squared error (N, 1, H, W); "
@@ -17,7 +16,7 @@ _SPLIT = ("network: image -> reconstruction -> per-pixel squared error (N, 1, H,
 
 def autoencoder_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's autoencoder wrapped to output its squared-error map, and a map head."""
-    from edgekit.train.autoencoders import SCORE_RULE, ErrorMapNetwork, load_network
+    from edgekit.families.autoencoders.train import SCORE_RULE, ErrorMapNetwork, load_network
 
     return map_parts(ErrorMapNetwork(load_network(run)), run.config.get("head", SCORE_RULE), _SPLIT, options)
 

@@ -1,6 +1,6 @@
 """EfficientAD (Batzner et al., 2024) as in anomalib, small size: training and training-path scoring.
 
-anomalib's networks (a frozen PDN-small teacher from :mod:`edgekit.train.pdn_teacher`, a student
+anomalib's networks (a frozen PDN-small teacher from :mod:`edgekit.families.efficient_ad.pdn_teacher`, a student
 with 2 × 384 channels, an autoencoder) and losses (``EfficientAdModel.compute_losses``); the
 penalty images are pdn_teacher's natural images instead of ImageNette, which is not available
 offline. The whole map is in the exported graph (:class:`EfficientAdMap`): the student-teacher and
@@ -26,7 +26,7 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
-from edgekit.train import pdn_teacher
+from edgekit.families.efficient_ad import pdn_teacher
 from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
                                 score_map_run, split_train_images, train_epochs, training_settings)
 from edgekit.train.run import Run, RunWriter, provenance

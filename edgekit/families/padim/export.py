@@ -10,9 +10,8 @@ benchmarks/padim_head.py measures this split against the distance inside the Ope
 from __future__ import annotations
 
 from edgekit.bundle import HeadSpec
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import refuse_bank_options
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 HEAD_DIR = "head"
@@ -22,7 +21,7 @@ SPLIT = ("network: backbone, channel subset, nearest resize, concatenation (N x 
 
 def padim_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's embedding network and its Gaussians as head arrays."""
-    from edgekit.train.padim import BLUR_SIGMA, HEAD_DTYPE, head_arrays, load_network
+    from edgekit.families.padim.train import BLUR_SIGMA, HEAD_DTYPE, head_arrays, load_network
 
     refuse_bank_options(options)
     named = head_arrays(run, HEAD_DTYPE)

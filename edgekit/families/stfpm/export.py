@@ -2,14 +2,13 @@
 
 The graph is image → frozen teacher and trained student pyramids → per level
 0.5·||norm(t) − norm(s)||² → up-sampled to the first level's grid and multiplied → (N, 1, h, w)
-(see :mod:`edgekit.train.stfpm`), so the device only post-processes it (:mod:`edgekit.export.maps`):
+(see :mod:`edgekit.families.stfpm.train`), so the device only post-processes it (:mod:`edgekit.export.maps`):
 bilinear up-sampling to the input size, blur and the image-score rule the run scored with.
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 _SPLIT = ("network: image -> teacher and student pyramids -> product over levels of 0.5*||norm(t) - norm(s)||^2 "
@@ -18,6 +17,6 @@ _SPLIT = ("network: image -> teacher and student pyramids -> product over levels
 
 def stfpm_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's teacher + student graph ending in the anomaly map, and a map head."""
-    from edgekit.train.stfpm import SCORE_RULE, load_network
+    from edgekit.families.stfpm.train import SCORE_RULE, load_network
 
     return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT, options)

@@ -7,9 +7,8 @@ bilinear up-sampling, blur and the image-score rule, with the parameters the run
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 SPLIT_TEXT = ("network: image -> backbone levels -> FastFlow blocks -> anomaly map -mean_levels exp(-0.5 mean_c z^2) "
@@ -18,6 +17,6 @@ SPLIT_TEXT = ("network: image -> backbone levels -> FastFlow blocks -> anomaly m
 
 def fastflow_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's FastFlow network (outputs its anomaly map) and a map head."""
-    from edgekit.train.fastflow import SCORE_RULE, load_network
+    from edgekit.families.fastflow.train import SCORE_RULE, load_network
 
     return map_parts(load_network(run), run.config.get("head", SCORE_RULE), SPLIT_TEXT, options)

@@ -30,7 +30,7 @@ from edgekit.runtime.heads import MapHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
 from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
                                 score_map_run, split_train_images, train_epochs, training_settings)
-from edgekit.train.patchcore import input_spec_for
+from edgekit.train.inputs import input_spec_for
 from edgekit.train.run import Run, RunWriter, provenance
 
 NETWORK_FILE = "network.safetensors"

@@ -8,29 +8,15 @@ device and never pass through a network quantizer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-
 from edgekit.bundle import HeadSpec
 from edgekit.compress.pca import DEFAULT_BANK, BankSettings, Pca
 from edgekit.errors import EdgekitError
-from edgekit.export.job import ExportOptions
-from edgekit.runtime.heads import BANK_DTYPES
+from edgekit.export.job import ExportOptions, FamilyParts
+from edgekit.runtime.bank import BANK_DTYPES
 from edgekit.train.run import Run
 
 HEAD_DIR = "head"
 BANK_FILE = f"{HEAD_DIR}/memory_bank.npy"
-
-
-@dataclass
-class FamilyParts:
-    network: Any                          # torch.nn.Module to export
-    head: HeadSpec
-    arrays: dict[str, np.ndarray]         # bundle-relative .npy path -> array
-    notes: dict[str, Any] = field(default_factory=dict)
-    output_name: str = "embedding"        # what the graph outputs: "embedding" (a head reads it) or "anomaly_map"
 
 
 def bank_settings(options: ExportOptions) -> BankSettings:
@@ -60,7 +46,7 @@ def fold_projection(network, pca: Pca):
 
 def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's embedding network (+ folded PCA) and its bank compressed as the options say."""
-    from edgekit.train.patchcore import compressed_bank, load_network
+    from edgekit.families.patchcore.train import compressed_bank, load_network
 
     settings = bank_settings(options)
     compressed = compressed_bank(run, settings)

@@ -7,9 +7,8 @@ up-sampling to the input size, the σ = 4 blur and the image-score rule the trai
 """
 from __future__ import annotations
 
-from edgekit.export.job import ExportOptions
+from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
-from edgekit.export.patchcore import FamilyParts
 from edgekit.train.run import Run
 
 _SPLIT = ("network: image -> encoder -> bottleneck -> decoder -> per-level 1 - cosine similarity, "
@@ -19,6 +18,6 @@ _SPLIT = ("network: image -> encoder -> bottleneck -> decoder -> per-level 1 - c
 
 def reverse_distillation_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's encoder, bottleneck and decoder ending in the anomaly map, and a map head."""
-    from edgekit.train.reverse_distillation import SCORE_RULE, load_network
+    from edgekit.families.reverse_distillation.train import SCORE_RULE, load_network
 
     return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT, options)

@@ -22,10 +22,13 @@ from edgekit.compress.pca import (DEFAULT_BANK, UNCOMPRESSED, BankSettings, Comp
                                   compress_bank, feature_statistics, fit_pca, resolve_dims)
 from edgekit.data.datasets import Dataset, open_dataset
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, InputSpec, prepare
+from edgekit.preprocess import ImageLike, InputSpec
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import KnnHead, decode_bank
+from edgekit.runtime.bank import decode_bank
+from edgekit.runtime.heads import KnnHead
+from edgekit.data.splits import split_normals
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
+from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.run import Run, RunWriter, provenance, metrics_on_test_split
 
 NETWORK_FILE = "network.safetensors"
@@ -49,25 +52,6 @@ class PatchcoreNetwork(nn.Module):
         resized = [levels[0]] + [F.interpolate(level, size=size, mode="bilinear", align_corners=False)
                                  for level in levels[1:]]
         return torch.cat(resized, dim=1)
-
-
-def input_spec_for(backbone: str, image_size: int) -> InputSpec:
-    spec = get_backbone_spec(backbone)
-    return InputSpec(height=image_size, width=image_size, channels=3,
-                     mean=tuple(spec.mean), std=tuple(spec.std))
-
-
-def embed(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec, *, batch_size: int = 8,
-          progress: ProgressFn = noop, stage: str = "embedding") -> np.ndarray:
-    """Run the torch network on images prepared by the one pre-processing: (N, D, h, w) float32."""
-    outputs = []
-    progress(stage, 0, len(images))
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(prepare(images[start:start + batch_size], spec))
-            outputs.append(network(batch).numpy())
-            progress(stage, min(start + batch_size, len(images)), len(images))
-    return np.concatenate(outputs)
 
 
 def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: bool = True) -> PatchcoreNetwork:
@@ -142,13 +126,6 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
     return head_for(run, compressed)(embeddings)
 
 
-def split_holdout(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of training normals into (bank indices, held-out indices); ``edgekit fit`` uses it too."""
-    from edgekit.runtime.fit import split_normals
-
-    return split_normals(count, holdout, seed)
-
-
 def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                     layers: Optional[Sequence[int]] = None, image_size: int = 256,
                     coreset_ratio: float = 0.1, num_neighbors: int = 9, holdout: float = 0.2,
@@ -174,7 +151,7 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
         network = build_network(config, weights=weights)
         input_spec = input_spec_for(backbone, image_size)
         train_paths = [s.path for s in dataset.train]
-        bank_idx, held_idx = split_holdout(len(train_paths), holdout, seed)
+        bank_idx, held_idx = split_normals(len(train_paths), holdout, seed)
         bank_paths = [train_paths[i] for i in bank_idx]
         embeddings = embed(network, bank_paths, input_spec, batch_size=batch_size, progress=progress)
         patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])

@@ -1,0 +1,1 @@
+"""The padim family: its network and training (train.py) and what its bundle holds (export.py)."""
