@@ -92,7 +92,7 @@ def test_busy_processes_are_stopped_however_the_measurement_ends(interruption):
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_busy_processes_end_with_the_profiling_process_whatever_signal_ends_it(signal_number):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     try:
         pids = [int(pid) for pid in holder.stdout.readline().split()]
         assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
