@@ -207,7 +207,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{mean(v.knn_ms):.1f} | {mean(v.e2e_ms):.1f} | {per} | {image_mean:.4f} | "
               f"{image_mean - ref_mean:+.4f} | {mean(v.pixel_auroc.values()):.4f} |")
     qualifying = [v for v in variants if mean(v.ratio) >= 20 and mean(v.image_auroc.values()) - ref_mean >= -0.005]
-    print(f"\nrule (>= 20x smaller, mean image AUROC drop <= 0.005): "
+    print("\nrule (>= 20x smaller, mean image AUROC drop <= 0.005): "
           + (", ".join(v.label for v in qualifying) if qualifying else "no variant qualifies"))
     print("\nPCA fitted on all training patches vs on the coreset alone (image AUROC, int8, training path):\n")
     print(f"| d | PCA fitted on | {' | '.join(TEXTURES)} | mean |")

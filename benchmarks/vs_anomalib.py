@@ -287,7 +287,7 @@ def _run(args, work: Path, noise: Path, began: float) -> int:
     report.print_footprints(summaries, log=log)
     report.print_method(args, models, summaries, dataset, len(holdout_images), ov_config=OV_CONFIG,
                         image_size=IMAGE_SIZE, log=log)
-    log(f"\ncommand: python3 benchmarks/vs_anomalib.py " + " ".join(sys.argv[1:]))
+    log("\ncommand: python3 benchmarks/vs_anomalib.py " + " ".join(sys.argv[1:]))
     log(f"total run time {elapsed(began)}")
     return 0 if {"an_fp32", "ek_fp32"} <= set(summaries) else 1
 

@@ -6,14 +6,6 @@ from edgekit.compress.pca import AUTO_VARIANCE, compress_bank, feature_statistic
 from edgekit.errors import EdgekitError
 
 
-@pytest.fixture(scope="module")
-def features() -> np.ndarray:
-    """Correlated, offset, non-negative features (like pooled ReLU activations): 3000 × 24."""
-    rng = np.random.default_rng(0)
-    mixing = rng.standard_normal((24, 24)) * np.linspace(3.0, 0.05, 24)[:, None]
-    return np.abs(rng.standard_normal((3000, 24)) @ mixing + 2.0).astype(np.float32)
-
-
 def test_statistics_equal_numpy_mean_and_covariance_across_chunks(features, monkeypatch):
     monkeypatch.setattr("edgekit.compress.pca._STATISTICS_ROWS", 700)  # five uneven chunks
     stats = feature_statistics(features)
@@ -62,23 +54,6 @@ def test_map_projection_equals_row_projection(features):
     rows = pca.project_rows(maps.transpose(0, 2, 3, 1).reshape(-1, 24)).reshape(2, 5, 7, 6).transpose(0, 3, 1, 2)
     assert projected.shape == (2, 6, 5, 7) and projected.dtype == np.float32
     np.testing.assert_allclose(projected, rows, rtol=1e-5, atol=1e-5)
-
-
-def test_folded_network_output_equals_pca_of_unfolded_output(features):
-    torch = pytest.importorskip("torch")
-    from edgekit.families.patchcore.export import fold_projection
-
-    torch.manual_seed(0)
-    network = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3, padding=1), torch.nn.ReLU()).eval()
-    pca = fit_pca(feature_statistics(features), 10)
-    folded = fold_projection(network, pca)
-    image = torch.randn(2, 3, 12, 12)
-    with torch.inference_mode():
-        unfolded_out, folded_out = network(image).numpy(), folded(image).numpy()
-    assert folded_out.shape == (2, 10, 12, 12)
-    np.testing.assert_allclose(folded_out, pca.project_maps(unfolded_out), rtol=1e-5, atol=1e-5)
-    reference = np.einsum("dc,nchw->ndhw", pca.components, unfolded_out - pca.mean[None, :, None, None])
-    np.testing.assert_allclose(folded_out, reference, rtol=1e-4, atol=1e-4)
 
 
 def test_compress_bank_projects_reselects_in_the_projected_space_and_encodes(features):

@@ -16,7 +16,7 @@ from edgekit.errors import EdgekitError
 from edgekit.staging import owner_tag, sweep_stale
 from edgekit.train.run import RunWriter
 
-WORKTREE = str(Path(__file__).resolve().parents[1])
+WORKTREE = str(Path(__file__).resolve().parents[2])
 
 
 def _tree(folder: Path) -> list[str]:

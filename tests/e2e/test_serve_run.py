@@ -7,7 +7,6 @@ frames, so a pipeline that skipped, reordered or mis-coloured frames fails.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket

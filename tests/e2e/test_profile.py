@@ -4,13 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cli_helpers import assert_one_error_line as one_error_line
 from cli_helpers import run
-from edgekit.export.targets import get_target, host_mismatch
+from edgekit.export.targets import get_target
 from edgekit.profile.html import pareto_front
-from edgekit.runtime.heads import KnnHead
 
 pytestmark = pytest.mark.e2e
 
@@ -120,23 +118,6 @@ def test_roofline_uses_the_counted_flops_and_the_published_peak(x86_bundle):
     assert estimate["flops"] == export["network_flops"] + head_flops
 
 
-def test_head_cost_is_dominated_by_the_distance_product():
-    bank = np.random.default_rng(0).normal(size=(1000, 64)).astype(np.float32)
-    head = KnnHead(memory_bank=bank, num_neighbors=9, output_height=256, output_width=256)
-    flops, moved = head.cost(32, 32)
-    distance_product = 2 * 32 * 32 * 1000 * 64
-    assert distance_product < flops < 1.3 * distance_product
-    assert moved >= bank.nbytes
-
-
-def test_host_check_reads_the_machine_and_the_arm_cpu_part():
-    a72 = "processor\t: 0\nCPU part\t: 0xd08\n"
-    assert host_mismatch(get_target("rpi4"), machine="aarch64", cpuinfo=a72) is None
-    assert "0xd08, not rpi5's 0xd0b" in host_mismatch(get_target("rpi5"), machine="aarch64", cpuinfo=a72)
-    assert host_mismatch(get_target("rpi5"), machine="aarch64", cpuinfo="") is None  # no part listed: trusted
-    assert "not x86's" in host_mismatch(get_target("x86"), machine="aarch64")
-
-
 def test_report_merges_device_profiles_into_one_page(x86_sweep, rpi4_estimate, tmp_path):
     out = tmp_path / "merged" / "report.html"
     result = run("report", x86_sweep / "profile.json", rpi4_estimate / "profile.json", "--out", out)
@@ -168,14 +149,3 @@ def test_the_html_reports_open_in_headless_chromium_without_errors_or_fetches(x8
         assert result.console_errors == [], result.console_errors
         assert result.external_requests == []
         assert not is_blank(result.screenshot_png)
-
-
-def test_a_sweep_leaves_out_what_a_recipe_refuses_and_says_why():
-    from edgekit.profile.sweep import plan_variants, split_refused
-
-    planned = plan_variants(get_target("rpi4"), model="fastflow")
-    kept, refused = split_refused("fastflow", planned)
-    assert sorted(v.slug for v, _ in refused) == ["onnx-int8-bank-default"]
-    assert "tflite-int8-bank-default" in [v.slug for v in kept] and len(kept) + len(refused) == len(planned)
-    assert refused[0][1].startswith("NNCF int8 refused for fastflow: NNCF int8 collapses")
-    assert split_refused("stfpm", planned) == (planned, [])

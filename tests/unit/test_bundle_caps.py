@@ -18,7 +18,7 @@ from edgekit.bundle import (SCHEMA_VERSION, Decision, HeadSpec, Manifest, Networ
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec
 
-from test_bundle import NETWORK_BYTES, private_temp, save_tiny  # noqa: F401 (private_temp: a fixture)
+from test_bundle import NETWORK_BYTES, save_tiny
 
 SPEC = InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
 IMAGE = np.random.default_rng(3).integers(0, 255, (16, 16, 3)).astype(np.uint8)
@@ -184,71 +184,6 @@ def test_twenty_loads_of_an_archive_leave_no_copies_behind(tmp_path: Path, priva
     with pytest.raises(EdgekitError, match="threads must be an integer from 0 to 256, not -1"):
         edgekit.load(archive, threads=-1)  # refused after extraction
     assert list(private_temp.iterdir()) == []  # a load that fails leaves nothing either
-
-
-def _conv_pool_weights() -> np.ndarray:
-    """A 4×4 stride-4 convolution that averages each channel: the fake backend's pooling, as a network."""
-    weights = np.zeros((3, 3, 4, 4), np.float32)
-    for channel in range(3):
-        weights[channel, channel] = 1 / 16
-    return weights
-
-
-def _onnx_network(path: Path) -> Path:
-    from onnx import TensorProto, helper, numpy_helper, save
-
-    node = helper.make_node("Conv", ["image", "weights"], ["embedding"], kernel_shape=[4, 4], strides=[4, 4])
-    graph = helper.make_graph(
-        [node], "pool", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3, 4, 4])],
-        initializer=[numpy_helper.from_array(_conv_pool_weights(), "weights")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    save(model, str(path))
-    return path
-
-
-def _network_files(runtime: str, work: Path) -> tuple[str, dict, str]:
-    """(format, bundle files, layout) of the pooling network for ``runtime``."""
-    onnx_path = _onnx_network(work / "pool.onnx")
-    if runtime == "onnxruntime":
-        return "onnx", {"model.onnx": onnx_path}, "NCHW"
-    if runtime == "openvino":
-        import openvino as ov
-
-        ov.save_model(ov.convert_model(str(onnx_path)), str(work / "model.xml"), compress_to_fp16=False)
-        return "openvino", {"model.xml": work / "model.xml", "model.bin": work / "model.bin"}, "NCHW"
-    import torch
-
-    from edgekit.export.tflite import torch_to_tflite
-
-    conv = torch.nn.Conv2d(3, 3, 4, stride=4, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(_conv_pool_weights()))
-    path = torch_to_tflite(conv.eval(), torch.zeros(1, 3, 16, 16), work / "model.tflite", input_name="image",
-                           output_names=("embedding",), layout="NHWC")
-    return "tflite", {"model.tflite": path}, "NHWC"
-
-
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "litert"])
-def test_each_runtime_keeps_predicting_after_the_extracted_copy_is_removed(
-        runtime: str, tmp_path: Path, private_temp: Path) -> None:
-    """The runtimes read (or map) their network at load, so closing early is safe on Linux."""
-    work = tmp_path / "work"
-    work.mkdir()
-    fmt, files, layout = _network_files(runtime, work)
-    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    archive = _save(tmp_path / f"{runtime}.edgekit", runtime, fmt, files, bank, layout=layout)
-    detector = edgekit.load(archive)
-    before = detector.predict(IMAGE)
-    detector.close()
-    assert list(private_temp.glob("edgekit-bundle-*")) == []  # (the TFLite converter leaves its own cache)
-    for _ in range(3):
-        after = detector.predict(IMAGE)
-        assert after.raw_score == pytest.approx(before.raw_score, rel=1e-6)
-    expected = _fake_archive(tmp_path / "fake.edgekit")
-    with edgekit.load(expected) as fake:  # the same pooling on the fake runtime: the same score
-        assert fake.predict(IMAGE).raw_score == pytest.approx(before.raw_score, rel=1e-4)
 
 
 # A bounded manifest: every field the runtime uses is type- and range-checked, one line each.

@@ -8,7 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -360,15 +359,6 @@ def test_neither_folder_nor_archive_is_refused(tmp_path: Path) -> None:
         load_bundle(tmp_path / "model.onnx")
     with pytest.raises(EdgekitError, match="no manifest.json"):
         load_bundle(tmp_path)
-
-
-@pytest.fixture
-def private_temp(tmp_path: Path, monkeypatch) -> Path:
-    """Route edgekit's extraction temp dirs into a folder the test can inspect."""
-    area = tmp_path / "temp-area"
-    area.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(area))
-    return area
 
 
 def _zip(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.data import Sample, open_dataset, read_folder, read_mvtec, read_visa, synthesize
+from edgekit.data import Sample, open_dataset, read_folder, read_mvtec, read_visa
 from edgekit.errors import EdgekitError
 
 
@@ -203,18 +203,3 @@ def test_open_dataset_rejects_a_folder_that_is_no_dataset(tmp_path):
     _png(tmp_path / "loose.png")
     with pytest.raises(EdgekitError, match="not a dataset"):
         open_dataset(tmp_path)
-
-
-def test_reads_what_synthesize_writes(tmp_path):
-    synthesize(tmp_path, texture="brick", size=64, n_train=4, n_test_good=3, n_per_defect=2)
-    dataset = open_dataset(tmp_path / "brick")
-    assert (dataset.name, len(dataset.train), len(dataset.test)) == ("brick", 4, 3 + 4 * 2)
-    counts = {d: sum(s.defect == d for s in dataset.test) for d in ("good", "scratch", "stain", "missing", "discolor")}
-    assert counts == {"good": 3, "scratch": 2, "stain": 2, "missing": 2, "discolor": 2}
-    for sample in dataset.test:
-        mask = dataset.read_mask(sample, 64, 64)
-        if sample.label == 0:
-            assert not mask.any()
-        else:
-            assert 0.005 <= mask.mean() <= 0.08
-            assert np.array_equal(mask, np.asarray(Image.open(sample.mask_path)) == 255)
