@@ -70,7 +70,22 @@ def _sigterm_cleans_up(command):
         except Terminated:
             click.echo("error: terminated", err=True)
             raise
+        except Exception as exc:  # Python 3.11 wraps what __set_name__ raises (SIGTERM mid-import) in a RuntimeError
+            if not _caused_by(exc, Terminated):
+                raise
+            click.echo("error: terminated", err=True)
+            raise Terminated(143) from None
     return wrapper
+
+
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _progress():
