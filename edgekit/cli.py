@@ -56,6 +56,16 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+def _budget_options(command):
+    """--threads and --mode: the Detector's thread budget (edgekit.load's threads and mode)."""
+    command = click.option("--mode", type=MODE, default=None,
+                           help="latency: one image at a time on all threads; throughput: one image per thread, "
+                                "several at once (default: the bundle's target).")(command)
+    return click.option("--threads", type=THREADS, default=None,
+                        help="Threads for inference, shared by the runtime and the numpy head (default: the "
+                             "bundle's target; 0: every usable core).")(command)
+
+
 def _sigterm_cleans_up(command):
     """SIGTERM during this command unwinds like Ctrl-C (exit 143), so its staging folders are removed."""
     import functools
@@ -224,12 +234,7 @@ def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision
               help="Exit 3 when any image is anomalous (0: all normal, 1: an error).")
 @click.option("--require-signature", "trusted_keys", multiple=True, type=EXISTING_FILE,
               help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
-@click.option("--threads", type=THREADS, default=None,
-              help="Threads for inference, shared by the runtime and the numpy head (default: the bundle's "
-                   "target; 0: every usable core).")
-@click.option("--mode", type=MODE, default=None,
-              help="latency: one image at a time on all threads; throughput: one image per thread, several at "
-                   "once (default: the bundle's target).")
+@_budget_options
 @click.pass_context
 def predict(ctx: click.Context, bundle: Path, images: tuple[str, ...], as_json: bool, overlay: Optional[Path],
             fail_on_anomaly: bool, trusted_keys: tuple[Path, ...], threads: Optional[int],
@@ -329,12 +334,7 @@ def _read_stdin_image(channels: int):
               help=f"Local page and HTTP API on HOST:PORT [{DEFAULT_SERVE}]. Other than loopback only when asked.")
 @click.option("--token", default=None, envvar="EDGEKIT_TOKEN",
               help="Bearer token the page and API require (or env EDGEKIT_TOKEN).")
-@click.option("--threads", type=THREADS, default=None,
-              help="Threads for inference, shared by the runtime and the numpy head (default: the bundle's "
-                   "target; 0: every usable core).")
-@click.option("--mode", type=MODE, default=None,
-              help="latency: one image at a time on all threads; throughput: one image per thread, several at "
-                   "once (default: the bundle's target).")
+@_budget_options
 @click.option("--require-signature", "trusted_keys", multiple=True, type=EXISTING_FILE,
               help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
 @click.option("--print-systemd-unit", is_flag=True,
@@ -499,12 +499,7 @@ def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout
               help="Run N busy processes (one spinning core each) during the latency runs, stopped after them, to "
                    "see latency under contention. Processes, not threads: a busy thread would hold this "
                    "process's GIL.")
-@click.option("--threads", type=THREADS, default=None,
-              help="Threads for inference, shared by the runtime and the numpy head (default: the bundle's "
-                   "target; 0: every usable core).")
-@click.option("--mode", type=MODE, default=None,
-              help="latency: one image at a time on all threads; throughput: one image per thread, several at "
-                   "once (default: the bundle's target).")
+@_budget_options
 @click.option("--out", "out", type=FOLDER, default=Path("."), show_default=True)
 @_sigterm_cleans_up
 def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optional[str], formats: Optional[str],

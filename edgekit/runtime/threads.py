@@ -12,7 +12,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from edgekit.errors import EdgekitError
 
@@ -164,7 +164,3 @@ def split(total: int, pieces: int) -> list[slice]:
     bounds = [total * k // pieces for k in range(pieces + 1)]
     return [slice(bounds[k], bounds[k + 1]) for k in range(pieces)]
 
-
-def serial_map(function: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
-    """The head's mapper when nothing else is given: one chunk after the other."""
-    return [function(item) for item in items]

@@ -170,7 +170,7 @@ class Pipeline:
                 if taken is None:
                     continue
                 order, frame = taken
-                self._emit(order, self._score(frame, summary), workers, summary, state)
+                self._emit(order, self._score(frame), workers, summary, state)
         except BaseException as exc:  # a bug in one lane ends the run, as it would with one lane
             state.error = state.error or exc
             state.finished.set()
@@ -211,7 +211,7 @@ class Pipeline:
     def _time_left(self, started: float) -> float:
         return float("inf") if self.duration is None else max(0.0, started + self.duration - time.monotonic())
 
-    def _score(self, frame: Frame, summary: RunSummary) -> Optional[Scored]:
+    def _score(self, frame: Frame) -> Optional[Scored]:
         t0 = time.perf_counter()
         try:
             prediction = self.detector.predict(frame.image)
