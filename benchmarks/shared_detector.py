@@ -5,17 +5,16 @@
 Exports the README demo's PatchCore run for x86 OpenVINO (fp32, int8) and the Raspberry Pi's ONNX
 and TFLite formats, then on this machine measures, per bundle:
 
-- single-thread ``predict`` latency with the thread-safety guard (OpenVINO: borrowing an infer
-  request from the pool under a semaphore; LiteRT: the interpreter lock) and without it (one bare
-  infer request; the unlocked interpreter). onnxruntime has no guard: its ``run`` is thread-safe.
+- single-thread ``predict`` latency with every guard (the Detector's compute gate, the backend's
+  infer-request or interpreter pool, BLAS switched to one thread per head call) and without any
+  (one bare infer request or interpreter, BLAS held at one thread for the whole measurement).
 - throughput (images/s) of N = 1, 2, 4 threads calling ``predict`` on ONE shared Detector, and its
   ratio to one thread.
 
 Rounds are interleaved (every variant once per round, in a shuffled order) and medians reported,
 because the machine this runs on is shared and noisy. Timing: ``time.perf_counter``, after 3
 warm-up calls per variant; the load average is printed with the table. ``--blas-threads 1`` caps
-numpy's BLAS (the kNN head) for the whole process: threads that each run a multi-threaded BLAS
-product at once fight over the same cores.
+numpy's BLAS for the whole process.
 """
 from __future__ import annotations
 
@@ -64,7 +63,8 @@ def _prepare(workdir: Path) -> tuple[Path, dict[tuple[str, str, str], Path]]:
 
 
 def _bare_infer(detector: Detector):
-    """The backend's infer without its thread-safety guard, or None when it has none."""
+    """The backend's infer without its thread-safety guard (onnxruntime has none: its run is
+    thread-safe)."""
     backend = detector.backend
     if backend.name == "openvino":
         request = backend._compiled.create_infer_request()
@@ -73,13 +73,26 @@ def _bare_infer(detector: Detector):
         runner = backend._idle.get()
         backend._idle.put(runner)
         return runner.infer
-    return None
+    return backend.infer
 
 
-def _latency_ms(detector: Detector, image: np.ndarray, calls: int) -> float:
+def _bare_predict(detector: Detector):
+    """``predict`` without any guard: no compute gate, no request pool or interpreter lock, and
+    BLAS not switched per call (the caller holds it at one thread for the whole measurement)."""
+    infer = _bare_infer(detector)
+    name = detector.manifest.network.input_name
+
+    def predict(image: np.ndarray):
+        embeddings = infer({name: detector._prepare([image], "rgb")})[detector._output_name]
+        return detector.decide(*detector.head(embeddings, pool=detector._head_pool))[0]
+
+    return predict
+
+
+def _latency_ms(predict, image: np.ndarray, calls: int) -> float:
     started = time.perf_counter()
     for _ in range(calls):
-        detector.predict(image)
+        predict(image)
     return (time.perf_counter() - started) / calls * 1e3
 
 
@@ -103,27 +116,29 @@ def _throughput(detector: Detector, images: list[np.ndarray], threads: int, call
 
 
 def measure(bundle: Path, images: list[np.ndarray], *, rounds: int, calls: int, mode: str = "latency") -> dict:
+    from threadpoolctl import threadpool_limits
+
     detector = load(bundle, mode=mode)
-    guarded = detector.backend.infer
-    bare = _bare_infer(detector)
+    bare = _bare_predict(detector)
     for _ in range(3):
         detector.predict(images[0])
+        bare(images[0])
     latency = {"guarded": [], "bare": []}
     speed = {n: [] for n in THREAD_COUNTS}
     for _ in range(rounds):
-        variants = [("latency", "guarded")] + ([("latency", "bare")] if bare else []) + \
-                   [("threads", n) for n in THREAD_COUNTS]
+        variants = [("latency", "guarded"), ("latency", "bare")] + [("threads", n) for n in THREAD_COUNTS]
         random.shuffle(variants)
         for kind, which in variants:
-            if kind == "latency":
-                detector.backend.infer = guarded if which == "guarded" else bare
-                latency[which].append(_latency_ms(detector, images[0], calls))
-                detector.backend.infer = guarded
+            if kind == "latency" and which == "guarded":
+                latency[which].append(_latency_ms(detector.predict, images[0], calls))
+            elif kind == "latency":
+                with threadpool_limits(limits=1, user_api="blas"):
+                    latency[which].append(_latency_ms(bare, images[0], calls))
             else:
                 speed[which].append(_throughput(detector, images, which, max(2, calls // which)))
     return {"runtime": detector.backend.name,
             "guarded_ms": statistics.median(latency["guarded"]),
-            "bare_ms": statistics.median(latency["bare"]) if bare else None,
+            "bare_ms": statistics.median(latency["bare"]),
             "images_per_s": {n: statistics.median(v) for n, v in speed.items()}}
 
 
@@ -162,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         bare = r["bare_ms"]
-        cost = f"{(r['guarded_ms'] / bare - 1) * 100:+.1f} %" if bare else "none (no guard)"
+        cost = f"{(r['guarded_ms'] / bare - 1) * 100:+.1f} %"
         speed = r["images_per_s"]
-        print(f"| {name} | {r['runtime']} | {r['guarded_ms']:.2f} | {f'{bare:.2f}' if bare else '—'} | {cost} "
+        print(f"| {name} | {r['runtime']} | {r['guarded_ms']:.2f} | {bare:.2f} | {cost} "
               f"| {speed[1]:.1f} | {speed[2]:.1f} | {speed[4]:.1f} | {speed[2] / speed[1]:.2f} "
               f"| {speed[4] / speed[1]:.2f} |")
     return 0

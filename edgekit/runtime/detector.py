@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,9 +15,8 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageLike, prepare
 from edgekit.runtime.backends import Backend, BackendOptions, load_backend
 from edgekit.runtime.heads import build_head
-from edgekit.runtime.threads import (MAX_THREADS, MODES, Budget, HeadPool, single_threaded_blas, thread_count,
-                                     usable_cores)
-
+from edgekit.runtime.threads import (MAX_THREADS, MODES, Budget, HeadPool, Lanes, single_threaded_blas,
+                                     thread_count, usable_cores)
 
 @dataclass(frozen=True)
 class Prediction:
@@ -54,11 +52,14 @@ class Detector:
     read as RGB swaps red and blue, which a colour model sees as a defect everywhere. Arrays are
     uint8, or float in [0, 1] (scaled by 255; other floats are refused). Image files larger than
     ``max_pixels`` are refused from their header, before decoding. One Detector may be shared by
-    several threads. ``budget`` is how many threads it uses and how (see ``load``).
+    several threads. ``budget`` is how many threads it uses and how (see ``load``): images are
+    scored, from decoding to decision, on the Detector's own ``max_parallel`` lane threads
+    (default: the budget's lanes), so threads sharing a Detector queue for its cores instead of
+    oversubscribing them.
     """
 
     def __init__(self, bundle: Bundle, backend: Backend, *, budget: Optional[Budget] = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_parallel: int = 0) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.backend = backend
@@ -72,8 +73,9 @@ class Detector:
         self._output_name = self.manifest.network.output_names[0]
         self.budget = budget or Budget.resolve(1, "latency")
         self._head_pool = HeadPool(self.budget.per_lane)
-        self._lanes: Optional[ThreadPoolExecutor] = None
-        self._lanes_lock = threading.Lock()
+        self.max_parallel = max_parallel or self.budget.lanes
+        self._lanes = Lanes(self.max_parallel)
+        weakref.finalize(self, self._lanes.close)  # a Detector dropped without close() ends its lanes
         self.max_pixels = max_pixels
 
     def close(self) -> None:
@@ -82,10 +84,7 @@ class Detector:
         predictions still work."""
         self.bundle.close()
         self._head_pool.close()
-        with self._lanes_lock:
-            if self._lanes is not None:
-                self._lanes.shutdown(wait=False)
-                self._lanes = None
+        self._lanes.close()
 
     def __enter__(self) -> "Detector":
         return self
@@ -108,17 +107,24 @@ class Detector:
 
     def embed(self, images: Iterable[ImageLike], *, color: str = "rgb") -> np.ndarray:
         """The network's output for a batch of images, through the one pre-processing."""
-        batch = prepare((_to_rgb(image, color) for image in images), self.manifest.input,
-                        max_pixels=self.max_pixels)
+        return self._lanes.run(lambda: self._network(self._prepare(images, color)))
+
+    def raw(self, images: Iterable[ImageLike], *, color: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
+        """Raw image scores (N,) and raw anomaly maps (N, H, W) for a batch of images."""
+        return self._lanes.run(lambda: self._raw(images, color))
+
+    def _raw(self, images: Iterable[ImageLike], color: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.run_head(self._network(self._prepare(images, color)))
+
+    def _prepare(self, images: Iterable[ImageLike], color: str) -> np.ndarray:
+        return prepare((_to_rgb(image, color) for image in images), self.manifest.input, max_pixels=self.max_pixels)
+
+    def _network(self, batch: np.ndarray) -> np.ndarray:
         outputs = self.backend.infer({self.manifest.network.input_name: batch})
         if self._output_name not in outputs:
             raise EdgekitError(f"the network did not produce output {self._output_name!r} "
                                f"(it gave {sorted(outputs)})")
         return outputs[self._output_name]
-
-    def raw(self, images: Iterable[ImageLike], *, color: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
-        """Raw image scores (N,) and raw anomaly maps (N, H, W) for a batch of images."""
-        return self.run_head(self.embed(images, color=color))
 
     def decide(self, raw_scores: np.ndarray, raw_maps: np.ndarray) -> list[Prediction]:
         decision: Decision = self.manifest.decision
@@ -130,7 +136,7 @@ class Detector:
 
     def predict(self, image: ImageLike, *, color: str = "rgb") -> Prediction:
         """Score one image: a file path, or an HxW / HxWxC array (RGB, or BGR with color="bgr")."""
-        return self.decide(*self.raw([image], color=color))[0]
+        return self._lanes.run(lambda: self.decide(*self._raw([image], color))[0])
 
     def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = 8,
                       color: str = "rgb") -> list[Prediction]:
@@ -144,16 +150,9 @@ class Detector:
         groups = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
 
         def score(group: Sequence[ImageLike]) -> list[Prediction]:
-            return self.decide(*self.raw(group, color=color))
+            return self.decide(*self._raw(group, color))
 
-        scored = self._lane_pool().map(score, groups) if lanes > 1 and len(groups) > 1 else map(score, groups)
-        return [prediction for group in scored for prediction in group]
-
-    def _lane_pool(self) -> ThreadPoolExecutor:
-        with self._lanes_lock:
-            if self._lanes is None:
-                self._lanes = ThreadPoolExecutor(max_workers=self.budget.lanes, thread_name_prefix="edgekit-lane")
-            return self._lanes
+        return [prediction for group in self._lanes.map(score, groups) for prediction in group]
 
 
 def _to_rgb(image: ImageLike, color: str) -> ImageLike:
@@ -177,9 +176,9 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
     (e.g. ``device="GPU.1"``).
     ``trusted_keys`` (public key files or raw 32-byte Ed25519 keys): refuse a bundle that is not
     signed by one of them (``edgekit sign``).
-    ``max_parallel`` caps how many network calls run at once when threads share the Detector (an
-    OpenVINO infer request or LiteRT interpreter each; default: the mode's lanes, at least 2 on
-    OpenVINO); more callers wait. ``max_pixels`` caps the decoded size of an image file.
+    ``max_parallel``: how many images are scored at once, each on one of the Detector's lane
+    threads with its own OpenVINO infer request or LiteRT interpreter (default: the mode's lanes);
+    more callers wait their turn. ``max_pixels`` caps the decoded size of an image file.
     """
     if max_parallel is not None and max_parallel < 1:
         raise EdgekitError(f"max_parallel must be at least 1, not {max_parallel}")
@@ -194,12 +193,13 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
             if mode not in MODES:
                 raise EdgekitError(f"bundle {path}: export.mode must be one of {', '.join(MODES)}, not {mode!r}")
         budget = Budget.resolve(thread_count(threads, "threads"), mode)
+        max_parallel = max_parallel or budget.lanes
         options = BackendOptions(device=device or manifest.device, threads=budget.per_lane, lanes=budget.lanes,
                                  precision=manifest.precision,
                                  output_names=tuple(manifest.network.output_names),
-                                 max_parallel=max_parallel or 0)
+                                 max_parallel=max_parallel)
         backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
-        return Detector(bundle, backend, budget=budget, max_pixels=max_pixels)
+        return Detector(bundle, backend, budget=budget, max_pixels=max_pixels, max_parallel=max_parallel)
     except BaseException:
         bundle.close()
         raise

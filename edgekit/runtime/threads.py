@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, TypeVar
@@ -100,7 +101,30 @@ def _limit_blas(threads: int) -> Optional[Callable[[], None]]:
         return None
     if _controller is None:  # finding the loaded BLAS libraries takes a while: once per process
         _controller = ThreadpoolController()
-    return _controller.limit(limits=threads, user_api="blas").restore_original_limits
+    _release_blas_control()
+    limiter = _controller.limit(limits=threads, user_api="blas")
+
+    def restore() -> None:
+        _release_blas_control()
+        limiter.restore_original_limits()
+        _release_blas_control()  # so the caller's own threadpoolctl limits work afterwards
+
+    return restore
+
+
+def _release_blas_control() -> None:
+    """threadpoolctl ≥ 3.8 lets only one thread (the first to set a limit, while it lives) change
+    OpenBLAS's process-wide pool and silently ignores the others: without this, a head run on any
+    other thread (a pipeline lane, a server thread) kept BLAS's two spinning threads, and predict
+    from a non-main thread took 8–9 ms of network time instead of 5–6. The guard's lock already
+    keeps our own threads from fighting over the setting."""
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # older threadpoolctl: any thread may set the limit
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
 
 
 single_threaded_blas = _SingleThreadedBlas()
@@ -156,6 +180,120 @@ class HeadPool:
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
                 self._executor = None
+
+
+class Lanes:
+    """``count`` persistent threads that run callers' work, one piece each at a time. Callers wait
+    their turn first come, first served; an idle lane is woken last in, first out, so a lone caller
+    keeps meeting the same thread (the runtimes keep per-thread state: threads taking turns at one
+    onnxruntime session cost 5–10 % more per call). Lanes start on demand and block in C, without
+    the GIL, while idle; ``close`` ends them once idle (they start again when needed)."""
+
+    def __init__(self, count: int, *, name: str = "edgekit-lane") -> None:
+        self.count = max(1, count)
+        self._name = name
+        self._lock = threading.Lock()
+        self._idle: list[_Lane] = []
+        self._waiting: deque[_Work] = deque()
+        self._running = 0
+        self._closing = False
+        self._local = threading.local()
+
+    def run(self, function: Callable[[], T]) -> T:
+        """``function()`` on a lane (directly, when called from one of these lanes)."""
+        if getattr(self._local, "lane", False):
+            return function()
+        return self._submit(function).wait()
+
+    def map(self, function: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        """``[function(item) for item in items]``, as many at once as there are lanes."""
+        if getattr(self._local, "lane", False):
+            return [function(item) for item in items]
+        pieces = [self._submit(lambda item=item: function(item)) for item in items]
+        return [piece.wait() for piece in pieces]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            idle, self._idle = self._idle, []
+            self._running -= len(idle)
+        for lane in idle:
+            lane.hand(None)
+
+    def _submit(self, function: Callable[[], Any]) -> "_Work":
+        work = _Work(function)
+        with self._lock:
+            self._closing = False
+            if self._idle:
+                self._idle.pop().hand(work)
+            elif self._running < self.count:
+                self._running += 1
+                lane = _Lane(self, work)
+                threading.Thread(target=lane.loop, name=f"{self._name}-{self._running}", daemon=True).start()
+            else:
+                self._waiting.append(work)
+        return work
+
+    def _next(self, lane: "_Lane") -> "Optional[_Work]":
+        """The work a lane that has just finished takes next; None: it waits, idle; _END: it ends."""
+        with self._lock:
+            if self._waiting:
+                return self._waiting.popleft()
+            if self._closing:
+                self._running -= 1
+                return _END
+            self._idle.append(lane)
+            return None
+
+
+class _Work:
+    """One caller's piece of work and its outcome; ``done`` is released once a lane has run it."""
+
+    def __init__(self, function: Callable[[], Any]) -> None:
+        self.function = function
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+    def wait(self) -> Any:
+        self.done.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+_END = _Work(lambda: None)
+
+
+class _Lane:
+    """One lane thread; ``hand`` gives it its next piece of work (None ends it) while it is idle."""
+
+    def __init__(self, lanes: Lanes, first: _Work) -> None:
+        self._lanes = lanes
+        self._next: Optional[_Work] = first
+        self._handed = threading.Lock()
+        self._handed.acquire()
+
+    def hand(self, work: Optional[_Work]) -> None:
+        self._next = work
+        self._handed.release()
+
+    def loop(self) -> None:
+        self._lanes._local.lane = True
+        work = self._next
+        while work is not None and work is not _END:
+            try:
+                work.result = work.function()
+            except BaseException as exc:  # the caller raises it
+                work.error = exc
+            finally:
+                work.function = None  # type: ignore[assignment]  # drop the closure (and what it holds)
+                work.done.release()
+            work = self._lanes._next(self)
+            if work is None:  # idle until handed work, or None to end
+                self._handed.acquire()
+                work = self._next
 
 
 def split(total: int, pieces: int) -> list[slice]:

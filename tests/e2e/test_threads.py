@@ -1,5 +1,6 @@
 """One Detector shared by many threads, on every backend and format the targets offer: each result
-equals the serial one, and the OpenVINO request pool stays within ``max_parallel``."""
+equals the serial one, the work runs on the Detector's own lane threads, and the OpenVINO request
+pool stays within ``max_parallel``."""
 from __future__ import annotations
 
 import threading
@@ -91,3 +92,41 @@ def test_max_parallel_below_one_is_refused(bundles):
 
     with pytest.raises(EdgekitError, match="max_parallel must be at least 1"):
         edgekit.load(bundles[("rpi4", "onnx", "fp32")], max_parallel=0)
+
+
+@pytest.mark.parametrize("mode,lanes", [("latency", 1), ("throughput", 2)])
+def test_callers_queue_for_the_detectors_own_lane_threads(bundles, images, mode, lanes):
+    """However many threads call, the network runs on the Detector's lane threads only, never
+    more at once than the mode's lanes (more callers would oversubscribe the cores)."""
+    import edgekit
+
+    detector = edgekit.load(bundles[("rpi4", "onnx", "fp32")], threads=2, mode=mode)
+    infer, callers, running, peak, lock = detector.backend.infer, set(), 0, 0, threading.Lock()
+
+    def counting_infer(inputs):
+        nonlocal running, peak
+        with lock:
+            callers.add(threading.current_thread().name)
+            running += 1
+            peak = max(peak, running)
+        try:
+            return infer(inputs)
+        finally:
+            with lock:
+                running -= 1
+
+    detector.backend.infer = counting_infer
+    with ThreadPoolExecutor(6) as pool:
+        scores = list(pool.map(lambda i: detector.predict(images[i % len(images)]).raw_score, range(24)))
+    serial = [detector.predict(images[i % len(images)]).raw_score for i in range(24)]
+    assert scores == pytest.approx(serial, rel=1e-5)
+    assert peak == lanes
+    assert len(callers) <= lanes and all(name.startswith("edgekit-lane") for name in callers)
+    # a call made from a lane thread runs there instead of waiting for a lane (which would deadlock)
+    nested: list = []
+    caller = threading.Thread(target=lambda: nested.append(detector._lanes.run(lambda: detector.predict(images[0]))),
+                              daemon=True)
+    caller.start()
+    caller.join(60)
+    assert nested and nested[0].raw_score == pytest.approx(serial[0], rel=1e-5)
+    detector.close()
