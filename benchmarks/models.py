@@ -1,4 +1,4 @@
-"""The eight models side by side: size, work, training time, accuracy, latency and bundle size.
+"""The models side by side: size, work, training time, accuracy, latency and bundle size.
 
     python3 benchmarks/models.py [--models sae,dae,...] [--textures brick,grass,gravel]
                                  [--workdir DIR] [--runs 50] [--reuse]
@@ -32,7 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODELS = ("sae", "dae", "patchcore", "padim", "stfpm", "fastflow", "reverse_distillation", "efficient_ad")
+from edgekit.families.registry import FAMILIES  # noqa: E402
+
+#: every exported family, in the registry's order
+MODELS = tuple(name for name, family in FAMILIES.items() if family.export_parts)
 GREY_MODELS = {"sae", "dae"}
 TEXTURES = ("brick", "grass", "gravel")
 

@@ -509,9 +509,9 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
 
     Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html; each measurement
     records the load average and the other busy processes while it ran."""
-    from edgekit.export.targets import get_target
+    from edgekit.targets import get_target
     from edgekit.profile.report import check_host, profile_bundles
-    from edgekit.profile.sweep import export_variants, plan_variants, split_refused
+    from edgekit.variants import export_variants, plan_variants, split_refused
 
     spec = get_target(target)
     check_host(spec, estimate=estimate)  # before any export: a wrong host is said at once
@@ -596,7 +596,7 @@ def check_cmd(ctx: click.Context, reference: Path, candidate: Path, data_dir: Pa
 @cli.command()
 def targets() -> None:
     """List the targets this edgekit can export for."""
-    from edgekit.export.targets import all_targets
+    from edgekit.targets import all_targets
 
     click.echo(f"{'name':<8} {'format':<10} {'runtime':<12} {'device':<7} {'precisions':<18} description")
     for t in all_targets():

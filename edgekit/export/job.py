@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgekit.bundle import HeadSpec
-from edgekit.export.targets import FormatSpec, Target
+from edgekit.targets import FormatSpec, Target
 from edgekit.preprocess import InputSpec
 
 
@@ -44,9 +44,9 @@ class ExportJob:
     recipe: dict[str, Any]        # calibration/<family>.toml
     options: ExportOptions
     out_dir: Path
-    input_spec: Optional[InputSpec] = None  # the bundle's pre-processing (mean/std give the input's range)
     #: the bundle's numpy head as network outputs -> raw image scores (--max-drop validates with it)
-    head_score: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    head_score: Callable[[np.ndarray], np.ndarray]
+    input_spec: Optional[InputSpec] = None  # the bundle's pre-processing (mean/std give the input's range)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
 from edgekit.export.job import Converted, ExportJob, ExportOptions, FamilyParts
-from edgekit.export.targets import FormatSpec, Target, get_target
+from edgekit.targets import FormatSpec, Target, get_target
 from edgekit.families.registry import export_parts, recipe_name
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop

@@ -6,8 +6,7 @@ NNCF calibrates on the job's training normals (never test images) with the famil
 On held-out normals the export records the *score agreement*, mean of
 ``max(0, 1 - |s_q - s_f| / s_f)`` where s is the raw score of the bundle's own head on the int8 (q)
 and float (f) network outputs; ``--max-drop`` makes it the metric of NNCF's accuracy-controlled
-quantization. (A job without a head falls back to a kNN proxy, ``reference_bank``; the export
-pipeline always passes one.) Figures: README, "Quantization"; docs/quantization.md.
+quantization. Figures: README, "Quantization"; docs/quantization.md.
 """
 from __future__ import annotations
 
@@ -24,9 +23,6 @@ from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgekit.export.job import ExportJob
-
-#: Rows of the float reference bank the score agreement measures against.
-DEFAULT_REFERENCE_ROWS = 4096
 
 #: recipe name of a part that stays float -> the op types that make it up, per format. Parts that
 #: are not an op type of their own are found by node (``named_parts``): "depthwise" in ONNX (a Conv
@@ -67,7 +63,6 @@ class QuantizationRecipe:
     subset_size: int                     # calibration images NNCF collects statistics on, at most
     fast_bias_correction: bool
     stay_float: tuple[str, ...]          # parts of the network (FLOAT_PARTS) that stay float
-    reference_rows: int                  # rows of the score-agreement reference bank
 
 
 def recipe_for(recipe: dict[str, Any]) -> QuantizationRecipe:
@@ -87,8 +82,7 @@ def recipe_for(recipe: dict[str, Any]) -> QuantizationRecipe:
                            f"known: {', '.join(FLOAT_PARTS)}")
     return QuantizationRecipe(preset=preset, subset_size=int(recipe.get("subset_size", 300)),
                               fast_bias_correction=bool(section.get("fast_bias_correction", True)),
-                              stay_float=stay_float,
-                              reference_rows=int(section.get("reference_rows", DEFAULT_REFERENCE_ROWS)))
+                              stay_float=stay_float)
 
 
 def _nncf():
@@ -116,16 +110,6 @@ def _quiet_nncf():
 
 # ---- the score agreement -----------------------------------------------------------------------------
 
-def max_patch_distance(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per image: the largest distance of a patch embedding to its nearest reference row."""
-    from edgekit.runtime.bank import nearest_neighbors
-
-    count, dims = embeddings.shape[:2]
-    patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, dims)
-    distances, _ = nearest_neighbors(patches, reference)
-    return distances.reshape(count, -1).max(axis=1)
-
-
 def score_agreement(reference_scores: np.ndarray, candidate_scores: np.ndarray) -> tuple[float, list[float]]:
     """Mean and per-image ``max(0, 1 - |candidate - reference| / reference)``; 1.0 = identical scores."""
     reference_scores = np.asarray(reference_scores, dtype=np.float64)
@@ -137,21 +121,12 @@ def score_agreement(reference_scores: np.ndarray, candidate_scores: np.ndarray) 
     return float(per_image.mean()), [float(v) for v in per_image]
 
 
-def reference_bank(calibration_embeddings: np.ndarray, rows: int, *, seed: int = 0) -> np.ndarray:
-    """A fixed random subset of ``rows`` float calibration patch embeddings (from (N, D, h, w))."""
-    dims = calibration_embeddings.shape[1]
-    patches = calibration_embeddings.transpose(0, 2, 3, 1).reshape(-1, dims)
-    if len(patches) > rows:
-        patches = patches[np.sort(np.random.default_rng(seed).choice(len(patches), size=rows, replace=False))]
-    return np.ascontiguousarray(patches, dtype=np.float32)
-
-
 class ScoreAgreementValidation:
     """NNCF ``validation_fn`` on held-out normals given as ``(index, image batch)`` items.
 
     ``embed_with(model)`` turns what NNCF passes (an OpenVINO CompiledModel, an ONNX ModelProto)
     into an :data:`Embed`; the last one is kept, as NNCF validates one model item by item.
-    ``score`` turns network outputs into image scores (the bundle's head, or a proxy of it).
+    ``score`` turns network outputs into image scores (the bundle's own head).
     """
 
     def __init__(self, score: Callable[[np.ndarray], np.ndarray], float_scores: np.ndarray,
@@ -208,7 +183,7 @@ def _quantize(model: Any, job: "ExportJob", *, format_name: str, named_parts: di
                       subset_size=min(recipe.subset_size, len(calibration_items)),
                       fast_bias_correction=recipe.fast_bias_correction, ignored_scope=scope)
         calibration = nncf.Dataset(calibration_items, transform)
-        validate, items, meaning = _score_agreement_on_held_out(job, recipe, float_embed, embed_with)
+        validate, items = _score_agreement_on_held_out(job, float_embed, embed_with)
         try:
             if max_drop is None:
                 quantized = nncf.quantize(model, calibration, **common)
@@ -224,28 +199,20 @@ def _quantize(model: Any, job: "ExportJob", *, format_name: str, named_parts: di
             raise EdgekitError(f"NNCF quantization failed: {first}") from None
     if items:
         notes["validation"] = {
-            "metric": f"score agreement: mean over held-out normals of max(0, 1 - |s_q - s_f| / s_f), s = {meaning}",
+            "metric": "score agreement: mean over held-out normals of max(0, 1 - |s_q - s_f| / s_f), "
+                      "s = the raw image score of the bundle's own numpy head",
             "held_out_images": len(items), "agreement": round(validate(quantized, items)[0], 6), "max_drop": max_drop}
     return quantized, notes
 
 
-def _score_agreement_on_held_out(job: "ExportJob", recipe: QuantizationRecipe, float_embed: Embed,
-                                 embed_with: Callable[[Any], Embed]):
-    """The validation function, its ``(index, image)`` items (none without held-out images) and
-    what its score means: the bundle's own head when the job has one, else the largest patch
-    distance to a fixed random subset of float calibration patch embeddings (a kNN proxy)."""
+def _score_agreement_on_held_out(job: "ExportJob", float_embed: Embed, embed_with: Callable[[Any], Embed]):
+    """The validation function and its ``(index, image)`` items (none without held-out images),
+    scoring with the bundle's own numpy head."""
     if len(job.validation) == 0:
-        return ScoreAgreementValidation(lambda outputs: outputs, np.zeros(0), embed_with), [], ""
-    if job.head_score is not None:
-        score, meaning = job.head_score, "the raw image score of the bundle's own numpy head"
-    else:
-        reference = reference_bank(_embed_all(float_embed, job.calibration), recipe.reference_rows)
-        score = lambda outputs: max_patch_distance(outputs, reference)  # noqa: E731
-        meaning = (f"largest patch distance to a fixed random subset of {len(reference)} float calibration "
-                   f"patch embeddings")
-    float_scores = score(_embed_all(float_embed, job.validation))
+        return ScoreAgreementValidation(lambda outputs: outputs, np.zeros(0), embed_with), []
+    float_scores = job.head_score(_embed_all(float_embed, job.validation))
     items = [(i, job.validation[i:i + 1]) for i in range(len(job.validation))]
-    return ScoreAgreementValidation(score, float_scores, embed_with), items, meaning
+    return ScoreAgreementValidation(job.head_score, float_scores, embed_with), items
 
 
 def _census(ops: Iterable[tuple[str, bool]]) -> dict[str, dict[str, int]]:

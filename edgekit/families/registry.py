@@ -31,6 +31,8 @@ FAMILIES: dict[str, Family] = {
     "efficient_ad": Family("efficient_ad", "edgekit.families.efficient_ad.train:train_efficient_ad",
                            "edgekit.families.efficient_ad.export:efficient_ad_parts", head="map",
                            recipe="efficient_ad"),
+    "dfm": Family("dfm", "edgekit.families.dfm.train:train_dfm", "edgekit.families.dfm.export:dfm_parts",
+                  head="map", recipe="dfm"),
     "pdn-teacher": Family("pdn-teacher", "edgekit.families.efficient_ad.pdn_teacher:train_pdn_teacher",
                           own_data=True,
                           not_exported="edgekit.families.efficient_ad.export:TEACHER_NOT_A_DETECTOR"),

@@ -34,7 +34,7 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
 
     ``threads`` and ``mode``: the Detector's thread budget (see ``edgekit.load``; None: the target's).
     ``background`` busy processes run during the latency runs (see edgekit/profile/load.py)."""
-    from edgekit.export.targets import get_target
+    from edgekit.targets import get_target
     from edgekit.profile.html import pareto_front
     from edgekit.profile.measure import describe_device
 
@@ -82,7 +82,7 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
 def check_host(spec, *, estimate: bool) -> Optional[str]:
     """Why this host is not ``spec``'s device (None: it is); one clear error when that and
     ``estimate`` disagree: measuring needs the device, estimating needs another host."""
-    from edgekit.export.targets import host_mismatch
+    from edgekit.targets import host_mismatch
 
     mismatch = host_mismatch(spec)
     if mismatch and not estimate:

@@ -29,7 +29,7 @@ def exported(patchcore_run, tmp_path_factory):
     Tests read these bundles; one that changes a bundle works on a copy."""
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
-    from edgekit.export.targets import get_target
+    from edgekit.targets import get_target
 
     made: dict[tuple[str, str, str], Path] = {}
 

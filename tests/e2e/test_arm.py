@@ -53,7 +53,7 @@ TOLERANCE = {("onnx", "fp32"): 1e-4, ("tflite", "fp32"): 1e-4, ("tflite", "fp16"
 
 def _offered() -> tuple[list[tuple[str, str, str]], dict[tuple[str, str], str]]:
     """Every (target, format, precision) the Raspberry Pi targets offer, and each format's runtime."""
-    from edgekit.export.targets import get_target
+    from edgekit.targets import get_target
     from edgekit.resources import names
 
     cases, runtimes = [], {}

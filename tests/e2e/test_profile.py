@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error_line as one_error_line
 from cli_helpers import run
-from edgekit.export.targets import get_target
+from edgekit.targets import get_target
 from edgekit.profile.html import pareto_front
 
 pytestmark = pytest.mark.e2e

@@ -22,9 +22,8 @@ from edgekit.errors import EdgekitError
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export.job import ExportJob, ExportOptions
-from edgekit.export.quantize import (ScoreAgreementValidation, max_patch_distance, recipe_for, reference_bank,
-                                     score_agreement)
-from edgekit.export.targets import FormatSpec, get_target
+from edgekit.export.quantize import ScoreAgreementValidation, recipe_for, score_agreement
+from edgekit.targets import FormatSpec, get_target
 from edgekit.runtime.decision import prediction_bound_factor
 from edgekit.resources import read_toml
 
@@ -39,35 +38,14 @@ def test_score_agreement_is_one_minus_the_relative_score_error_clipped_at_zero()
         score_agreement(np.ones(3), np.ones(2))
 
 
-def test_max_patch_distance_is_the_largest_nearest_neighbour_distance_per_image():
-    rng = np.random.default_rng(0)
-    embeddings = rng.standard_normal((2, 4, 3, 5)).astype(np.float32)
-    reference = rng.standard_normal((7, 4)).astype(np.float32)
-    patches = embeddings.transpose(0, 2, 3, 1).reshape(2, 15, 4)
-    brute = np.linalg.norm(patches[:, :, None, :] - reference[None, None], axis=-1).min(axis=2).max(axis=1)
-    np.testing.assert_allclose(max_patch_distance(embeddings, reference), brute, rtol=1e-6)
-
-
-def test_reference_bank_is_a_fixed_subset_of_the_calibration_patches():
-    embeddings = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
-    patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, 3)
-    bank = reference_bank(embeddings, 10)
-    assert bank.shape == (10, 3)
-    np.testing.assert_array_equal(bank, reference_bank(embeddings, 10))
-    assert all(any((row == patch).all() for patch in patches) for row in bank)
-    assert reference_bank(embeddings, 1000).shape == (32, 3)  # fewer patches than rows: all of them
-
-
 def test_validation_function_scores_the_float_network_1_and_a_shifted_one_lower():
-    rng = np.random.default_rng(1)
-    images = rng.standard_normal((3, 4, 2, 2)).astype(np.float32)
-    reference = rng.standard_normal((20, 4)).astype(np.float32)
-    float_scores = max_patch_distance(images, reference)
-    validate = ScoreAgreementValidation(lambda outputs: max_patch_distance(outputs, reference), float_scores,
+    images = np.random.default_rng(1).uniform(1, 2, (3, 4, 2, 2)).astype(np.float32)
+    float_scores = _largest_output(images)
+    validate = ScoreAgreementValidation(_largest_output, float_scores,
                                         embed_with=lambda scale: (lambda batch: batch * scale))
     items = [(i, images[i:i + 1]) for i in range(3)]
     assert validate(1.0, items) == (1.0, [1.0, 1.0, 1.0])
-    shifted, per_image = validate(np.float32(50.0), items[1:])  # far away: every score is off by >100 %
+    shifted, per_image = validate(np.float32(50.0), items[1:])  # 50x: every score is off by >100 %
     assert shifted == 0.0 and per_image == [0.0, 0.0]
 
 
@@ -87,6 +65,11 @@ def test_a_bad_recipe_is_one_clear_error(section, message):
 
 
 # ---- the converters on a tiny network ------------------------------------------------------------------
+
+def _largest_output(outputs: np.ndarray) -> np.ndarray:
+    """The tiny network's "head": each image's largest output value."""
+    return outputs.reshape(len(outputs), -1).max(axis=1)
+
 
 def _tiny_network():
     import torch
@@ -140,7 +123,8 @@ def tiny(tmp_path_factory):
                          precision=precision, network=network, example=example, onnx_path=onnx_path,
                          input_name="image", output_names=("embedding",), calibration=calibration,
                          validation=validation, recipe=read_toml("calibration", "patchcore"),
-                         options=ExportOptions(precision=precision, max_drop=max_drop), out_dir=out_dir)
+                         options=ExportOptions(precision=precision, max_drop=max_drop), out_dir=out_dir,
+                         head_score=_largest_output)
 
     return {"job": job, "validation": validation, "float": float_out}
 

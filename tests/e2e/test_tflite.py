@@ -55,7 +55,7 @@ def device_scores(bundles, test_split) -> dict[str, tuple[np.ndarray, np.ndarray
 
 
 def test_rpi_targets_offer_tflite_by_default_and_onnx(bundles):
-    from edgekit.export.targets import get_target
+    from edgekit.targets import get_target
 
     for name in ("rpi4", "rpi5"):
         target = get_target(name)

@@ -15,15 +15,10 @@ import pytest
 #: edgekit's host-only packages.
 HOST_ONLY = ("torch", "torchvision", "timm", "anomalib", "nncf", "openvino.tools", "skimage",
              "edgekit.train", "edgekit.export")
-#: Torch-free name tables that the device CLI imports from train/ and export/ today (the model names of
-#: `edgekit train --help`, the target table of `edgekit targets` and `profile`); they leave those packages
-#: with the move to edgekit/families (issue 15), and then this set is empty.
-DEVICE_SAFE = frozenset({"edgekit.train", "edgekit.train.engine", "edgekit.export", "edgekit.export.targets"})
 
 
 def host_only_modules() -> list[str]:
-    return sorted(name for name in list(sys.modules) if name not in DEVICE_SAFE
-                  and any(name == top or name.startswith(top + ".") for top in HOST_ONLY))
+    return sorted(name for name in list(sys.modules) if any(name == top or name.startswith(top + ".") for top in HOST_ONLY))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

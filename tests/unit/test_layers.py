@@ -137,3 +137,12 @@ def test_the_registry_lists_every_family_folder_and_imports_no_family():
     assert named == folders
     tree = _modules()["edgekit.families.registry"]
     assert not [imported for imported in _imports("edgekit.families.registry", tree) if _is_family_module(imported)]
+
+
+def test_profile_reads_targets_and_bundles_but_imports_no_export_training_or_family():
+    """Targets (edgekit/targets.py) are shared by export and profile; the sweep's variants
+    (edgekit/variants.py) sit above both, as the CLI does."""
+    offending = sorted(f"{name} imports {imported}" for name, tree in _modules().items()
+                       if _within(name, ("edgekit.profile",)) for imported in _imports(name, tree)
+                       if _within(imported, ("edgekit.export", "edgekit.train", "edgekit.families")))
+    assert offending == []

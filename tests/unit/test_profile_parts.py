@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from edgekit.export.targets import get_target, host_mismatch
+from edgekit.targets import get_target, host_mismatch
 from edgekit.runtime.heads import KnnHead
 
 
@@ -24,7 +24,7 @@ def test_host_check_reads_the_machine_and_the_arm_cpu_part():
 
 
 def test_a_sweep_leaves_out_what_a_recipe_refuses_and_says_why():
-    from edgekit.profile.sweep import plan_variants, split_refused
+    from edgekit.variants import plan_variants, split_refused
 
     planned = plan_variants(get_target("rpi4"), model="fastflow")
     kept, refused = split_refused("fastflow", planned)

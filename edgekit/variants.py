@@ -1,4 +1,5 @@
-"""``edgekit profile --sweep``: every variant a target allows, exported from a training run.
+"""``edgekit profile --sweep``: every variant a target allows, exported from a training run (above
+both export and profile, as the CLI is).
 
 A variant is one format × precision × memory-bank setting. The sweep exports each into
 ``<out>/bundles/<variant>`` with the ordinary export pipeline (thresholds re-fitted per variant),

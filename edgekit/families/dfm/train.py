@@ -1,0 +1,177 @@
+"""DFM (deep feature modelling, Ahuja et al. 2019; anomalib's ``Dfm``) on the host.
+
+One frozen backbone level, average-pooled, and a PCA fitted on the normal images' feature vectors;
+the anomaly score is the feature reconstruction error, the part of a feature the normal subspace
+cannot explain. Nothing is trained by gradient descent, so a run takes seconds.
+
+Differences from anomalib, for a small device: the PCA is fitted on the pooled features of every
+grid position (a vector of C channels per position, N·h·w samples) rather than on one flattened
+vector per image, so a few dozen normals give a well-posed fit and the map is localised; and the
+reconstruction error is computed inside the exported graph as one 1×1 convolution with
+M = I − WWᵀ followed by a sum of squares, so the device runs the network and the shared MapHead
+only. anomalib's optional Gaussian likelihood score is not offered.
+Defaults and their measurements: docs/training.md, "DFM".
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import ImageLike
+from edgekit.progress import ProgressFn, noop
+from edgekit.runtime.heads import MapHead
+from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
+from edgekit.train.inputs import embed, input_spec_for
+from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
+                                score_map_run, split_train_images)
+from edgekit.train.run import Run, RunWriter, provenance
+
+NETWORK_FILE = "network.safetensors"
+#: One pyramid level: stride 8 (Lite0: 40 channels, 32×32 at 256²), pooled by 4 to an 8×8 grid.
+DEFAULT_LAYER = 2
+#: Average pooling over k×k positions before the PCA (anomalib also pools by 4).
+DEFAULT_POOLING = 4
+#: Share of the normal features' variance the kept components explain (anomalib's pca_level).
+DEFAULT_VARIANCE = 0.97
+SCORE_RULE = {"score": "mean", "top_fraction": 0.01, "blur_sigma": 4.0}
+
+
+class DfmNetwork(nn.Module):
+    """What is exported: image → one backbone level → k×k average pool → reconstruction error
+    ||M (f − μ)||² per position, (N, 1, h, w), with M = I − WWᵀ the projection off the normal
+    subspace (W: the kept components), as one 1×1 convolution."""
+
+    def __init__(self, extractor: FeaturePyramid, pooling: int, mean: np.ndarray, components: np.ndarray) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.pooling = int(pooling)
+        channels = int(mean.shape[0])
+        residual = np.eye(channels) - components.astype(np.float64) @ components.astype(np.float64).T
+        self.residual = nn.Conv2d(channels, channels, kernel_size=1, bias=True)
+        with torch.no_grad():
+            self.residual.weight.copy_(torch.from_numpy(residual.astype(np.float32))[:, :, None, None])
+            self.residual.bias.copy_(torch.from_numpy((-(residual @ mean.astype(np.float64))).astype(np.float32)))
+        self.residual.requires_grad_(False)
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        level = self.extractor(image)[0]
+        return F.avg_pool2d(level, self.pooling) if self.pooling > 1 else level
+
+    def error(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) features → (N, C, h, w) residual off the normal subspace."""
+        return self.residual(features)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        error = self.error(self.features(image))
+        return (error * error).sum(dim=1, keepdim=True)
+
+
+def fit_pca(vectors: np.ndarray, variance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean (C,), components (C, k), explained variance ratios (k,)) of (S, C) samples, keeping
+    the fewest components that explain ``variance`` of the total."""
+    vectors = vectors.astype(np.float64)
+    mean = vectors.mean(axis=0)
+    covariance = np.cov(vectors - mean, rowvar=False)
+    values, vectors_ = np.linalg.eigh(covariance)
+    order = np.argsort(values)[::-1]
+    values, vectors_ = np.clip(values[order], 0, None), vectors_[:, order]
+    ratios = values / values.sum()
+    kept = int(np.searchsorted(np.cumsum(ratios), variance) + 1)
+    kept = min(kept, len(values))
+    return mean, vectors_[:, :kept], ratios[:kept]
+
+
+def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: bool = False,
+                  mean: Optional[np.ndarray] = None, components: Optional[np.ndarray] = None) -> DfmNetwork:
+    """The DFM graph; without ``mean``/``components`` (a run being loaded) they are filled from the
+    run's weights afterwards."""
+    extractor = build_feature_extractor(str(config["backbone"]), layers=tuple(config["layers"]), weights=weights,
+                                        pretrained=pretrained)
+    channels = int(extractor.channels[0])
+    if mean is None or components is None:
+        mean, components = np.zeros(channels), np.zeros((channels, int(config["components"])))
+    return DfmNetwork(extractor, int(config["pooling"]), mean, components).eval()
+
+
+def load_network(run: Run) -> DfmNetwork:
+    """The run's backbone and residual projection from its config and safetensors weights."""
+    return load_weights(build_network(dict(run.config)), run, NETWORK_FILE)
+
+
+def head_for(run: Run) -> MapHead:
+    return map_head_for(run, SCORE_RULE)
+
+
+def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 8,
+              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
+    """The training path's raw scores (N,) and maps (N, H, W): the torch graph + the shared MapHead."""
+    return score_map_run(run, images, network, load_network, SCORE_RULE, batch_size=batch_size, progress=progress)
+
+
+class _Features(nn.Module):
+    def __init__(self, network: DfmNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.network.features(image)
+
+
+def train_dfm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
+              weights: Optional[Path] = None, image_size: int = 256, batch_size: int = 8, holdout: float = 0.2,
+              seed: int = 0, category: Optional[str] = None, overwrite: bool = False, progress: ProgressFn = noop,
+              layer: int = DEFAULT_LAYER, pooling: int = DEFAULT_POOLING, variance: float = DEFAULT_VARIANCE) -> Run:
+    """Fit DFM's PCA on the pooled features of a dataset's normal training images and evaluate it."""
+    if image_size < 32 or image_size % 16:
+        raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
+    if not 0 < variance < 1:
+        raise EdgekitError(f"DFM variance must be between 0 and 1, not {variance}")
+    if pooling < 1:
+        raise EdgekitError(f"DFM pooling must be at least 1, not {pooling}")
+    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
+    writer = RunWriter(Path(out), overwrite=overwrite)
+    with writer:
+        started = time.perf_counter()
+        torch.manual_seed(seed)
+        config = {"model": "dfm", "backbone": backbone, "layers": [int(layer)], "pooling": int(pooling),
+                  "variance": float(variance), "image_size": image_size, "seed": seed, "head": dict(SCORE_RULE)}
+        network = build_network({**config, "components": 1}, weights=weights, pretrained=True)
+        spec = input_spec_for(backbone, image_size)
+        trained_paths, held_paths = split_train_images(dataset, holdout, seed)
+        if not trained_paths:
+            raise EdgekitError("DFM needs at least one training image to fit its PCA")
+        features = embed(_Features(network), trained_paths, spec, batch_size=batch_size, progress=progress,
+                         stage="features")
+        grid = [int(features.shape[2]), int(features.shape[3])]
+        vectors = features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1])
+        if len(vectors) < 2:
+            raise EdgekitError(f"DFM needs at least 2 feature vectors to fit a PCA, got {len(vectors)} "
+                               f"(a {grid[0]}x{grid[1]} grid from {len(trained_paths)} image(s))")
+        mean, components, ratios = fit_pca(vectors, variance)
+        network = DfmNetwork(network.extractor, pooling, mean, components).eval()
+        writer.save_network(NETWORK_FILE, network)
+        train_seconds = time.perf_counter() - started
+        config.update({"input": input_config(spec), "components": int(components.shape[1]),
+                       "channels": int(mean.shape[0]), "grid": grid,
+                       "explained_variance": round(float(ratios.sum()), 6),
+                       "feature_vectors": int(len(vectors)), "parameters": parameter_count(network)})
+        config.update(provenance(dataset, trained_paths, held_paths, train_seconds))
+        run = Run(path=writer.tmp, config=config)
+        metrics = evaluate_run(run, dataset, network=network, progress=progress)
+        writer.save_json("metrics.json", metrics)
+        return writer.commit(config)
+
+
+def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
+                 progress: ProgressFn = noop) -> dict:
+    """Training-path image and pixel AUROC on the dataset's labelled test split."""
+    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
+                            what="training (torch backbone + PCA reconstruction error + numpy map head)")
