@@ -136,6 +136,63 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
         click.echo(f"wrote {folder}")
 
 
+def _family_options(command: Any) -> Any:
+    """One ``--option`` per field of the families' options dataclasses (edgekit/families/*/options.py),
+    merged by name; the help names each family's default. A model refuses the ones it does not take."""
+    import dataclasses
+    import typing
+
+    from edgekit.families.registry import options_of
+
+    merged: dict[str, list[tuple[str, Any, Any]]] = {}
+    for model in FAMILIES:
+        options = options_of(model)
+        if options is not None:
+            hints = typing.get_type_hints(options)
+            for field in dataclasses.fields(options):
+                merged.setdefault(field.name, []).append((model, hints[field.name], field))
+    for name in sorted(merged, reverse=True):  # decorators apply bottom-up: --help lists them a-z
+        entries = merged[name]
+        defaults = ", ".join(f"{model} {field.default}" if field.default is not None else model
+                             for model, _, field in entries)
+        help_text = f"{entries[0][2].metadata['help'].rstrip('.')} ({defaults})."
+        command = click.option(f"--{name.replace('_', '-')}", type=_option_type(entries), default=None,
+                               help=help_text)(command)
+    return command
+
+
+def _option_type(entries: list[tuple[str, Any, Any]]) -> Any:
+    """The click type of one merged option: a range every family's bounds fit in (each trainer
+    checks its own, stricter ones), or an existing path."""
+    kinds = {_typing_base(hint) for _, hint, _ in entries}
+    if len(kinds) != 1:
+        raise TypeError(f"family options named alike have different types: {entries}")
+    kind = kinds.pop()
+    if kind is Path:
+        return click.Path(exists=True, path_type=Path)
+    bounds = {(f.metadata["low"], f.metadata["high"], f.metadata["open_low"], f.metadata["open_high"])
+              for _, _, f in entries}
+    if len(bounds) == 1:
+        low, high, open_low, open_high = bounds.pop()
+    else:
+        lows = [b[0] for b in bounds]
+        highs = [b[1] for b in bounds]
+        low = None if None in lows else min(lows)
+        high = None if None in highs else max(highs)
+        open_low = open_high = False
+    if kind is int:
+        return click.IntRange(low, high, min_open=open_low, max_open=open_high)
+    return click.FloatRange(low, high, min_open=open_low, max_open=open_high)
+
+
+def _typing_base(hint: Any) -> Any:
+    """int for ``int`` and ``Optional[int]``; Path for ``Optional[Path]``."""
+    import typing
+
+    arguments = [a for a in typing.get_args(hint) if a is not type(None)]
+    return arguments[0] if typing.get_origin(hint) is typing.Union and len(arguments) == 1 else hint
+
+
 @cli.command()
 @click.option("--model", type=click.Choice(list(FAMILIES)), default="patchcore", show_default=True)
 @click.option("--data", "data_dir", type=EXISTING_DIR, default=None,
@@ -155,15 +212,7 @@ def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, o
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder (only a run: one with run.json).")
 @click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
 @click.option("--weights", type=EXISTING_FILE, default=None, help="Local backbone weights file.")
-@click.option("--coreset-ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
-              help="PatchCore: share of patches kept [0.1].")
-@click.option("--num-neighbors", type=POSITIVE, default=None, help="PatchCore: neighbours re-weighting the score [9].")
-@click.option("--epochs", type=POSITIVE, default=None, help="Models trained by gradient descent: epochs.")
-@click.option("--batch-size", type=POSITIVE, default=None, help="Training batch size (default: the model's).")
-@click.option("--learning-rate", type=click.FloatRange(0.0, min_open=True), default=None,
-              help="Models trained by gradient descent.")
-@click.option("--teacher-weights", type=EXISTING_FILE, default=None,
-              help="EfficientAD: a PDN teacher's weights (default: edgekit's distilled offline teacher).")
+@_family_options
 @_sigterm_cleans_up
 def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abnormal_dir: Optional[Path],
           mask_dir: Optional[Path], category: Optional[str], out: Path, seed: int, overwrite: bool,

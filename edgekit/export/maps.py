@@ -10,21 +10,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from edgekit.bundle import HeadSpec
-from edgekit.errors import EdgekitError
-from edgekit.export.job import ExportOptions, FamilyParts
+from edgekit.export.job import FamilyParts
 
 OUTPUT_NAME = "anomaly_map"
 
 
-def refuse_bank_options(options: ExportOptions) -> None:
-    if options.bank_dims is not None or options.bank_dtype is not None or options.bank_size is not None:
-        raise EdgekitError("--bank-* options apply to PatchCore only")
-
-
-def map_parts(network: Any, head_params: Mapping[str, Any], split: str, options: ExportOptions) -> FamilyParts:
+def map_parts(network: Any, head_params: Mapping[str, Any], split: str) -> FamilyParts:
     """``network`` (image → map) and a map head with ``head_params``; ``split`` says, for the
     manifest, what the graph computes and what the numpy head does."""
-    refuse_bank_options(options)
     head = HeadSpec(kind="map", params=dict(head_params), arrays={})
     return FamilyParts(network=network.eval(), head=head, arrays={}, notes={"split": split},
                        output_name=OUTPUT_NAME)

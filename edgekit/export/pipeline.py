@@ -14,10 +14,11 @@ gives byte-identical bundles wherever the converters themselves are deterministi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
 from edgekit.export.job import Converted, ExportJob, ExportOptions, FamilyParts
 from edgekit.targets import FormatSpec, Target, get_target
-from edgekit.families.registry import export_parts, recipe_name
+from edgekit.families.registry import FAMILIES, export_parts, recipe_name, takes_bank_options
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.resources import read_toml
@@ -75,12 +76,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
         export_parts(run.model)  # a model that is not exported (or unknown) is refused before any work
     except EdgekitError as error:
         raise EdgekitError(f"run {run.path}: {error}") from None
+    if not takes_bank_options(run.model) and (options.bank_dims, options.bank_dtype, options.bank_size) != (None,) * 3:
+        banked = ", ".join(name for name in FAMILIES if takes_bank_options(name))
+        raise EdgekitError(f"--bank-* options apply to models with a memory bank ({banked}), not {run.model}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgekitError(f"{out} already exists; choose another --out or pass --overwrite")
     # said before the export's minutes of work; save_bundle checks the same again when it writes
     refuse_unowned(out, owned=_looks_like_bundle, what="bundle", protect=[run.path])
-    holdout = _existing(run, "holdout_images", "thresholds are fitted on them")
+    holdout = _existing(run.record.held_out_images, run, "thresholds are fitted on them")
     created = created_time()  # a bad SOURCE_DATE_EPOCH is refused before the minutes of work
     staging = make_staging(".edgekit-export-")
     try:
@@ -106,8 +110,8 @@ def _looks_like_bundle(path: Path) -> bool:
     return path.is_file() and zipfile.is_zipfile(path)
 
 
-def _existing(run: Run, key: str, why: str) -> list[Path]:
-    paths = [Path(p) for p in run.config[key]]
+def _existing(paths: Sequence[Path], run: Run, why: str) -> list[Path]:
+    paths = list(paths)
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise EdgekitError(f"image {missing[0]} of run {run.path} is gone ({why}); restore the dataset or re-train")
@@ -115,9 +119,7 @@ def _existing(run: Run, key: str, why: str) -> list[Path]:
 
 
 def _input_spec(run: Run, fmt: FormatSpec) -> InputSpec:
-    cfg = run.config["input"]
-    return InputSpec(height=cfg["height"], width=cfg["width"], channels=cfg["channels"], mean=tuple(cfg["mean"]),
-                     std=tuple(cfg["std"]), resize=cfg["resize"], layout=fmt.layout, name=INPUT_NAME)
+    return dataclasses.replace(run.record.input, layout=fmt.layout, name=INPUT_NAME)
 
 
 def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: ExportOptions, staging: Path,
@@ -145,8 +147,8 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
     calibration = validation = np.zeros((0,), np.float32)
     if precision != "fp32":  # only quantizers need data; never test images
         wanted = options.calibration_images or int(recipe.get("subset_size", 300))
-        calibration = prepare(_existing(run, "bank_images", "calibration uses them")[:wanted], float_spec)
-        validation = prepare(_existing(run, "holdout_images", "validation uses them"), float_spec)
+        calibration = prepare(_existing(run.record.trained_images, run, "calibration uses them")[:wanted], float_spec)
+        validation = prepare(_existing(run.record.held_out_images, run, "validation uses them"), float_spec)
     job = ExportJob(target=spec, format=fmt, precision=precision, network=parts.network, example=example, onnx_path=onnx_path,
                     input_name=INPUT_NAME, output_names=outputs, calibration=calibration,
                     validation=validation, recipe=recipe, options=options, out_dir=format_dir,
@@ -155,16 +157,16 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
         converted = FORMATS[fmt.name](job)
     progress("export network", 2, 2)
     files = {p.name: p for p in converted.files}
-    config = run.config
+    record = run.record
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, edgekit_version=__version__, model=run.model,
-        backbone=config["backbone"], target=spec.name, runtime=fmt.runtime, device=spec.device,
+        backbone=record.backbone, target=spec.name, runtime=fmt.runtime, device=spec.device,
         precision=precision, input=input_spec,
         network=NetworkSpec(format=fmt.name, files=tuple(p.name for p in converted.files), input_name=INPUT_NAME,
                             output_names=outputs),
         head=parts.head, decision=_PLACEHOLDER,
         source={"run": str(run.path.resolve()), "run_fingerprint": run.fingerprint(),
-                "dataset": config["dataset"], "layers": config["layers"]},
+                "dataset": dict(record.dataset), "layers": list(record.layers)},
         export={"precision": precision, "recipe": f"calibration/{recipe_name(run.model)}.toml", "recipe_values": recipe,
                 **({"onnx_opset": OPSET} if onnx_path is not None else {}), "threads": spec.threads,
                 "mode": spec.mode, "calibration_images": int(len(calibration)),

@@ -6,7 +6,7 @@ train engine, the export pipeline and the sweep ask the registry instead of nami
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
@@ -22,6 +22,15 @@ class Family:
     bank_options: bool = False           # takes --bank-dims/--bank-dtype/--bank-size (a memory bank to compress)
     own_data: bool = False               # trains on edgekit's own offline images when no --data is given
     not_exported: Optional[str] = None   # "module:NAME": why a run of this model is not exported
+    options: Optional[str] = None        # "module:Class": the dataclass of its own training options
+
+
+def option(default: Any, help: str, *, low: Optional[float] = None, high: Optional[float] = None,
+           open_low: bool = False, open_high: bool = False) -> Any:
+    """A field of a family's options dataclass: its default (what the trainer uses when the option is
+    not given), the help line of ``edgekit train --<name>`` and the allowed range the CLI checks."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "open_low": open_low,
+                                            "open_high": open_high})
 
 
 def resolve(reference: str) -> Any:

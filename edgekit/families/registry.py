@@ -5,7 +5,7 @@ A new family is one folder under ``edgekit/families/``, one line here and one
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from edgekit.errors import EdgekitError
 from edgekit.families.base import Family, resolve
@@ -13,28 +13,34 @@ from edgekit.families.base import Family, resolve
 FAMILIES: dict[str, Family] = {
     "patchcore": Family("patchcore", "edgekit.families.patchcore.train:train_patchcore",
                         "edgekit.families.patchcore.export:patchcore_parts", head="knn", recipe="patchcore",
-                        bank_options=True),
+                        bank_options=True, options="edgekit.families.patchcore.options:PatchcoreOptions"),
     "padim": Family("padim", "edgekit.families.padim.train:train_padim",
-                    "edgekit.families.padim.export:padim_parts", head="mahalanobis", recipe="padim"),
+                    "edgekit.families.padim.export:padim_parts", head="mahalanobis", recipe="padim",
+                    options="edgekit.families.padim.options:PadimOptions"),
     "sae": Family("sae", "edgekit.families.autoencoders.train:train_sae",
-                  "edgekit.families.autoencoders.export:sae_parts", head="map", recipe="sae"),
+                  "edgekit.families.autoencoders.export:sae_parts", head="map", recipe="sae",
+                  options="edgekit.families.autoencoders.options:SaeOptions"),
     "dae": Family("dae", "edgekit.families.autoencoders.train:train_dae",
-                  "edgekit.families.autoencoders.export:dae_parts", head="map", recipe="dae"),
+                  "edgekit.families.autoencoders.export:dae_parts", head="map", recipe="dae",
+                  options="edgekit.families.autoencoders.options:DaeOptions"),
     "stfpm": Family("stfpm", "edgekit.families.stfpm.train:train_stfpm",
-                    "edgekit.families.stfpm.export:stfpm_parts", head="map", recipe="stfpm"),
+                    "edgekit.families.stfpm.export:stfpm_parts", head="map", recipe="stfpm",
+                    options="edgekit.families.stfpm.options:StfpmOptions"),
     "fastflow": Family("fastflow", "edgekit.families.fastflow.train:train_fastflow",
-                       "edgekit.families.fastflow.export:fastflow_parts", head="map", recipe="fastflow"),
+                       "edgekit.families.fastflow.export:fastflow_parts", head="map", recipe="fastflow",
+                       options="edgekit.families.fastflow.options:FastflowOptions"),
     "reverse_distillation": Family("reverse_distillation",
                                    "edgekit.families.reverse_distillation.train:train_reverse_distillation",
                                    "edgekit.families.reverse_distillation.export:reverse_distillation_parts",
-                                   head="map", recipe="reverse_distillation"),
+                                   head="map", recipe="reverse_distillation",
+                                   options="edgekit.families.reverse_distillation.options:ReverseDistillationOptions"),
     "efficient_ad": Family("efficient_ad", "edgekit.families.efficient_ad.train:train_efficient_ad",
                            "edgekit.families.efficient_ad.export:efficient_ad_parts", head="map",
-                           recipe="efficient_ad"),
+                           recipe="efficient_ad", options="edgekit.families.efficient_ad.options:EfficientAdOptions"),
     "dfm": Family("dfm", "edgekit.families.dfm.train:train_dfm", "edgekit.families.dfm.export:dfm_parts",
-                  head="map", recipe="dfm"),
+                  head="map", recipe="dfm", options="edgekit.families.dfm.options:DfmOptions"),
     "pdn-teacher": Family("pdn-teacher", "edgekit.families.efficient_ad.pdn_teacher:train_pdn_teacher",
-                          own_data=True,
+                          own_data=True, options="edgekit.families.efficient_ad.options:PdnTeacherOptions",
                           not_exported="edgekit.families.efficient_ad.export:TEACHER_NOT_A_DETECTOR"),
 }
 #: Models that train on edgekit's own offline images when no --data is given (not detectors).
@@ -60,6 +66,12 @@ def export_parts(model: str) -> Callable:
     if found is None or found.export_parts is None:
         raise EdgekitError(f"exporting model {model!r} is not supported yet")
     return resolve(found.export_parts)
+
+
+def options_of(model: str) -> Optional[type]:
+    """The dataclass of a model's own training options (torch-free), or None."""
+    found = family(model)
+    return resolve(found.options) if found.options else None
 
 
 def recipe_name(model: str) -> str:

@@ -1,13 +1,19 @@
-"""Train a registered model by name (edgekit/families/registry.py says which trainer).
+"""Train a registered model by name (edgekit/families/registry.py says which trainer), and the
+one skeleton every trainer runs (``build_run``).
 
 A trainer is ``train(data, out, *, image_size, holdout, seed, category, overwrite, progress,
 **options) -> Run``; ``options`` are the model's own (``backbone``, ``epochs``, ...) and only those
-the user gave; one that is not a parameter of the model's trainer is refused in one line.
+the user gave; one that is not a parameter of the model's trainer is refused in one line. A
+trainer checks its options, then hands ``build_run`` its fit and its evaluation: the data, the
+staging, the seed, the split, the provenance, the metrics and the commit are the engine's.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from edgekit.errors import EdgekitError
 from edgekit.families.registry import trainer
@@ -29,3 +35,55 @@ def train(model: str, data: Any, out: Any, **options: Any):
         root = Path(data) if isinstance(data, (str, Path)) else Path(data.root)  # a path, or a Dataset
         refuse_unowned_run_dest(Path(out), protect=[root])
     return function(data, out, **options)
+
+
+@dataclass
+class Fitted:
+    """What a family's fit hands back: the run's settings and what the fit found (``config``, with
+    ``model``, ``backbone`` and ``layers``), the pre-processing it trained with (``input``, an
+    InputSpec), the fitted network (so evaluation does not load it again) and extra metrics."""
+
+    config: dict[str, Any]
+    input: Any
+    network: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+#: fit(writer, dataset, trained, held) -> Fitted: builds the model from the ``trained`` normals and
+#: saves its files with ``writer``; ``held`` are the held-out normals (EfficientAD fits its map
+#: quantiles on them).
+FitFn = Callable[[Any, Any, list, list], Fitted]
+#: evaluate(run, dataset, network=...) -> metrics on the dataset's labelled test split.
+EvaluateFn = Callable[[Any, Any, Any], dict]
+
+
+def build_run(data: Any, out: Any, *, fit: FitFn, evaluate: EvaluateFn, holdout: float, seed: int,
+              category: Optional[str], overwrite: bool) -> Any:
+    """Open the data, split its normals (seeded), stage the run folder, seed torch, ``fit``, record
+    the provenance, ``evaluate`` on the test split, write metrics.json and commit the run."""
+    import torch
+
+    from edgekit.data.datasets import Dataset, open_dataset
+    from edgekit.data.splits import split_normals
+    from edgekit.train.run import Run, RunRecord, RunWriter, dataset_block, made
+
+    dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
+    paths = [sample.path for sample in dataset.train]
+    trained_index, held_index = split_normals(len(paths), holdout, seed)
+    trained, held = [paths[i] for i in trained_index], [paths[i] for i in held_index]
+    writer = RunWriter(Path(out), overwrite=overwrite)
+    with writer:
+        started = time.perf_counter()
+        torch.manual_seed(seed)
+        fitted = fit(writer, dataset, trained, held)
+        found = fitted.config
+        record = RunRecord(model=found["model"], backbone=found["backbone"], layers=tuple(found["layers"]),
+                           input=fitted.input, seed=seed, dataset=dataset_block(dataset),
+                           trained_images=tuple(trained), held_out_images=tuple(held),
+                           settings={**{k: v for k, v in found.items() if k not in RunRecord.COMMON},
+                                     **made(time.perf_counter() - started)})
+        config = record.to_config()
+        run = Run(path=writer.tmp, config=config)
+        metrics = {**evaluate(run, dataset, network=fitted.network), **fitted.metrics}
+        writer.save_json("metrics.json", metrics)
+        return writer.commit(config)

@@ -17,7 +17,7 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
-from edgekit.train.run import Run, metrics_on_test_split
+from edgekit.train.run import Run, evaluate_on_test_split, load_weights
 
 
 def map_outputs(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec, *, batch_size: int = 8,
@@ -38,17 +38,6 @@ def map_head_for(run: Run, default_rule: Mapping[str, object]) -> MapHead:
     size = run.input_spec()
     return MapHead.from_params(run.config.get("head", default_rule), {}, output_height=size.height,
                                output_width=size.width)
-
-
-def load_weights(network: nn.Module, run: Run, file_name: str) -> nn.Module:
-    """Load a run's safetensors weights strictly into ``network``; returns it in eval mode."""
-    from safetensors.torch import load_file
-
-    weights_path = run.path / file_name
-    if not weights_path.is_file():
-        raise EdgekitError(f"run {run.path}: {file_name} is missing")
-    network.load_state_dict(load_file(str(weights_path)), strict=True)
-    return network.eval()
 
 
 def train_epochs(step: Callable[[torch.Tensor], float], images: np.ndarray, *, epochs: int, batch_size: int,
@@ -82,23 +71,8 @@ def train_epochs(step: Callable[[torch.Tensor], float], images: np.ndarray, *, e
     return history
 
 
-def split_train_images(dataset, holdout: float, seed: int) -> tuple[list, list]:
-    """(trained on, held out) training-image paths: the held-out normals fit the thresholds later."""
-    from edgekit.data.splits import split_normals
-
-    paths = [s.path for s in dataset.train]
-    trained, held = split_normals(len(paths), holdout, seed)
-    return [paths[i] for i in trained], [paths[i] for i in held]
-
-
 def parameter_count(network: nn.Module) -> int:
     return int(sum(p.numel() for p in network.parameters()))
-
-
-def input_config(spec: InputSpec) -> dict:
-    """The ``input`` block of run.json (the bundle's pre-processing is read from it)."""
-    return {"height": spec.height, "width": spec.width, "channels": spec.channels, "mean": list(spec.mean),
-            "std": list(spec.std), "resize": spec.resize}
 
 
 def training_settings(epochs: Optional[int], batch_size: Optional[int], learning_rate: Optional[float], *,
@@ -117,21 +91,36 @@ def training_settings(epochs: Optional[int], batch_size: Optional[int], learning
     return epochs, batch_size, learning_rate
 
 
-def score_map_run(run: Run, images: Sequence[ImageLike], network: Optional[nn.Module],
-                  load_network: Callable[[Run], nn.Module], default_rule: Mapping[str, object], *,
-                  batch_size: int = 8, progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
-    """The training path of a map family: the torch graph's maps + the run's MapHead, (N,), (N, H, W)."""
-    network = network if network is not None else load_network(run)
-    maps = map_outputs(network, images, run.input_spec(), batch_size=batch_size, progress=progress)
-    return map_head_for(run, default_rule)(maps)
+class MapScoring:
+    """The training path of one map family: load a run's network, score images with the torch graph
+    and the run's MapHead, evaluate on a test split. ``build(config)`` makes the family's network
+    (weights are loaded from ``network_file`` after); ``rule`` is the score rule a run without a
+    ``head`` config was scored with; ``what`` names the path in metrics.json."""
 
+    def __init__(self, build: Callable[[dict], nn.Module], rule: Mapping[str, object], what: str, *,
+                 network_file: str = "network.safetensors", batch_size: int = 8,
+                 maps: Callable[..., np.ndarray] = map_outputs) -> None:
+        self.build, self.rule, self.what = build, dict(rule), what
+        self.network_file, self.batch_size, self.maps = network_file, batch_size, maps
 
-def evaluate_map_run(run: Run, dataset, score_run: Callable, *, what: str, default_rule: Mapping[str, object],
-                     network: Optional[nn.Module] = None, progress: ProgressFn = noop) -> dict:
-    """Training-path image and pixel AUROC on the dataset's labelled test split (``what`` scored)."""
-    if not dataset.test:
-        return {"test_images": 0}
-    size = int(run.config["image_size"])
-    scores, maps = score_run(run, [s.path for s in dataset.test], network=network, progress=progress)
-    return {**metrics_on_test_split(dataset, scores, maps, size, what),
-            "score_rule": dict(run.config.get("head", default_rule))}
+    def load_network(self, run: Run) -> nn.Module:
+        """The run's network from its config and safetensors weights (nothing read elsewhere)."""
+        return load_weights(self.build(dict(run.config)), run, self.network_file)
+
+    def head_for(self, run: Run) -> MapHead:
+        return map_head_for(run, self.rule)
+
+    def score_run(self, run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None,
+                  batch_size: Optional[int] = None, progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
+        """Raw scores (N,) and maps (N, H, W): the torch graph's maps + the shared MapHead."""
+        network = network if network is not None else self.load_network(run)
+        maps = self.maps(network, images, run.input_spec(), batch_size=batch_size or self.batch_size,
+                         progress=progress)
+        return self.head_for(run)(maps)
+
+    def evaluate_run(self, run: Run, dataset, *, network: Optional[nn.Module] = None,
+                     progress: ProgressFn = noop) -> dict:
+        """Training-path image and pixel AUROC on the dataset's labelled test split, and the rule."""
+        metrics = evaluate_on_test_split(run, dataset, lambda images: self.score_run(
+            run, images, network=network, progress=progress), self.what)
+        return {**metrics, "score_rule": dict(run.config.get("head", self.rule))} if dataset.test else metrics

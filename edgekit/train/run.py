@@ -25,6 +25,47 @@ VOLATILE_FIELDS = frozenset({"created", "train_seconds", "edgekit_version"})
 
 
 @dataclass(frozen=True)
+class RunRecord:
+    """What every layer reads of ``run.json``, typed, and how it is written back (the one place the
+    common fields are spelled); ``settings`` are the family's own fields, as they are."""
+
+    model: str
+    backbone: str
+    layers: tuple[int, ...]
+    input: Any                         # edgekit.preprocess.InputSpec: the one pre-processing
+    seed: int
+    dataset: Mapping[str, Any]         # path, layout, name
+    trained_images: tuple[Path, ...]   # what the model was built from (int8 calibrates on them)
+    held_out_images: tuple[Path, ...]  # never trained on (thresholds are fitted on them)
+    settings: Mapping[str, Any]
+
+    COMMON = ("model", "backbone", "layers", "input", "seed", "dataset", "bank_images", "holdout_images")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "RunRecord":
+        from edgekit.preprocess import InputSpec
+
+        block = config["input"]
+        spec = InputSpec(height=int(block["height"]), width=int(block["width"]), channels=int(block["channels"]),
+                         mean=tuple(block["mean"]), std=tuple(block["std"]), resize=block["resize"])
+        return cls(model=str(config["model"]), backbone=str(config["backbone"]),
+                   layers=tuple(int(level) for level in config["layers"]), input=spec, seed=int(config["seed"]),
+                   dataset=dict(config["dataset"]), trained_images=tuple(Path(p) for p in config["bank_images"]),
+                   held_out_images=tuple(Path(p) for p in config["holdout_images"]),
+                   settings={k: v for k, v in config.items() if k not in cls.COMMON})
+
+    def to_config(self) -> dict[str, Any]:
+        spec = self.input
+        return {"model": self.model, "backbone": self.backbone, "layers": list(self.layers), "seed": self.seed,
+                **{k: v for k, v in self.settings.items() if k not in ("format",)},
+                "input": {"height": spec.height, "width": spec.width, "channels": spec.channels,
+                          "mean": list(spec.mean), "std": list(spec.std), "resize": spec.resize},
+                "dataset": dict(self.dataset),
+                "bank_images": [str(Path(p).resolve()) for p in self.trained_images],
+                "holdout_images": [str(Path(p).resolve()) for p in self.held_out_images]}
+
+
+@dataclass(frozen=True)
 class Run:
     """A finished training run: its folder and its ``run.json`` contents."""
 
@@ -35,13 +76,18 @@ class Run:
     def model(self) -> str:
         return str(self.config["model"])
 
+    @property
+    def record(self) -> RunRecord:
+        """The typed common fields of run.json (a run that lacks one is refused in one line)."""
+        try:
+            return RunRecord.from_config(self.config)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgekitError(f"run {self.path}: {RUN_FILE} is damaged or incomplete ({type(exc).__name__}: "
+                               f"{exc})") from None
+
     def input_spec(self):
         """The pre-processing the run trained with (its ``input`` block), as an InputSpec."""
-        from edgekit.preprocess import InputSpec
-
-        cfg = self.config["input"]
-        return InputSpec(height=int(cfg["height"]), width=int(cfg["width"]), channels=int(cfg["channels"]),
-                         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), resize=cfg["resize"])
+        return self.record.input
 
     def array(self, name: str) -> np.ndarray:
         target = self.path / f"{name}.npy"
@@ -181,17 +227,37 @@ class RunWriter:
         return open_run(self.dest)
 
 
-def provenance(dataset: Any, trained: Sequence[Any], held_out: Sequence[Any], train_seconds: float) -> dict[str, Any]:
-    """The run.json fields every trainer writes: the data, the images trained on (the export
-    calibrates int8 on them), the held-out normals (thresholds are fitted on them), and when."""
+def dataset_block(dataset: Any) -> dict[str, Any]:
+    """run.json's ``dataset``: where the data is, its layout and name."""
+    return {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name}
+
+
+def made(train_seconds: float) -> dict[str, Any]:
+    """run.json's fields on when, how fast and by which edgekit the run was made (VOLATILE_FIELDS)."""
     from edgekit import __version__
     from edgekit.clock import created_time
 
-    return {"dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
-            "bank_images": [str(Path(p).resolve()) for p in trained],
-            "holdout_images": [str(Path(p).resolve()) for p in held_out],
-            "edgekit_version": __version__, "created": created_time(),
-            "train_seconds": round(train_seconds, 2)}
+    return {"edgekit_version": __version__, "created": created_time(), "train_seconds": round(train_seconds, 2)}
+
+
+def load_weights(network: Any, run: Run, file_name: str) -> Any:
+    """Load a run's safetensors weights strictly into ``network``; returns it in eval mode."""
+    from safetensors.torch import load_file
+
+    weights_path = run.path / file_name
+    if not weights_path.is_file():
+        raise EdgekitError(f"run {run.path}: {file_name} is missing")
+    network.load_state_dict(load_file(str(weights_path)), strict=True)
+    return network.eval()
+
+
+def evaluate_on_test_split(run: "Run", dataset: Any, score: Any, path: str) -> dict[str, Any]:
+    """``metrics_on_test_split`` of ``score(test image paths) -> (scores, maps)``; a dataset without
+    a test split gives ``{"test_images": 0}``."""
+    if not dataset.test:
+        return {"test_images": 0}
+    scores, maps = score([s.path for s in dataset.test])
+    return metrics_on_test_split(dataset, scores, maps, run.input_spec().height, path)
 
 
 def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, size: int,

@@ -259,7 +259,7 @@ def test_training_an_autoencoder_with_a_patchcore_option_is_one_error_line(grey_
 def test_exporting_an_autoencoder_with_a_bank_option_is_one_error_line(runs, tmp_path):
     result = CliRunner().invoke(cli, ["export", str(runs["dae"].path), "--out", str(tmp_path / "bundle"),
                                       "--bank-dims", "32"])
-    assert_one_error_line(result, "--bank-* options apply to PatchCore only")
+    assert_one_error_line(result, "--bank-* options apply to models with a memory bank (patchcore), not dae")
     assert not (tmp_path / "bundle").exists()
 
 

@@ -193,12 +193,14 @@ def test_predicting_with_a_padim_bundle_leaves_torch_out_of_sys_modules(bundles,
 
 
 @pytest.mark.e2e
-def test_bank_options_are_refused_for_padim(padim_run):
+def test_bank_options_are_refused_for_padim_before_any_work(padim_run, tmp_path):
     from edgekit.export.job import ExportOptions
-    from edgekit.families.padim.export import padim_parts
+    from edgekit.export.pipeline import export_run
 
-    with pytest.raises(EdgekitError, match=r"^--bank-\* options apply to PatchCore only$"):
-        padim_parts(padim_run, ExportOptions(bank_dtype="int8"))
+    with pytest.raises(EdgekitError, match=r"^--bank-\* options apply to models with a memory bank \(patchcore\), "
+                                           r"not padim$"):
+        export_run(padim_run.path, tmp_path / "bundle", options=ExportOptions(bank_dtype="int8"))
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_dims_beyond_the_layers_channels_is_one_error_and_writes_nothing(brick, tmp_path):

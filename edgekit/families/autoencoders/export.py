@@ -18,7 +18,7 @@ def autoencoder_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's autoencoder wrapped to output its squared-error map, and a map head."""
     from edgekit.families.autoencoders.train import SCORE_RULE, ErrorMapNetwork, load_network
 
-    return map_parts(ErrorMapNetwork(load_network(run)), run.config.get("head", SCORE_RULE), _SPLIT, options)
+    return map_parts(ErrorMapNetwork(load_network(run)), run.config.get("head", SCORE_RULE), _SPLIT)
 
 
 def sae_parts(run: Run, options: ExportOptions) -> FamilyParts:

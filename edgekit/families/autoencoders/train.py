@@ -10,7 +10,7 @@ docs/training.md, "SAE and DAE".
 """
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -19,16 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.families.autoencoders.options import DaeOptions, SaeOptions
+from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import MapHead
-from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, map_outputs,
-                                parameter_count, split_train_images, training_settings)
-from edgekit.train.run import Run, RunWriter, provenance
+from edgekit.train.engine import Fitted, build_run
+from edgekit.train.maps import MapScoring, map_outputs, parameter_count, training_settings
+from edgekit.train.run import Run
 
-NETWORK_FILE = "network.safetensors"
 #: The map head of both autoencoders (manifest head params; see the module docstring for why).
 SCORE_RULE = {"score": "top_mean", "top_fraction": 0.01, "blur_sigma": 4.0}
 SAE_LATENT, DAE_LATENT = 64, 128
@@ -153,8 +152,8 @@ def dae_loss(image: torch.Tensor, reconstruction: torch.Tensor, code: torch.Tens
 #: epoch 5 on (MSE 0.0111). Train times (idle machine): SAE 10 s, DAE 15 s; 28 s and 69 s while
 #: another job used a core.
 MODELS: dict[str, tuple[type, Callable, int, int, float]] = {
-    "sae": (SparseAutoencoder, sae_loss, 20, 8, 3e-3),
-    "dae": (DeepAutoencoder, dae_loss, 10, 8, 1e-3),
+    "sae": (SparseAutoencoder, sae_loss, SaeOptions.epochs, SaeOptions.batch_size, SaeOptions.learning_rate),
+    "dae": (DeepAutoencoder, dae_loss, DaeOptions.epochs, DaeOptions.batch_size, DaeOptions.learning_rate),
 }
 
 
@@ -168,15 +167,6 @@ def build_network(config: dict) -> nn.Module:
     return network_class(image_size=int(config["image_size"]))
 
 
-def load_network(run: Run) -> nn.Module:
-    """The run's autoencoder from its config and safetensors weights, in eval mode."""
-    return load_weights(build_network(dict(run.config)), run, NETWORK_FILE)
-
-
-def head_for(run: Run) -> MapHead:
-    return map_head_for(run, SCORE_RULE)
-
-
 def error_maps(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec, *, batch_size: int = 8,
                progress: ProgressFn = noop, stage: str = "scoring") -> np.ndarray:
     """The exported graph's output computed in torch: (N, 1, H, W) squared reconstruction errors."""
@@ -184,12 +174,9 @@ def error_maps(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec,
     return map_outputs(error_network, images, spec, batch_size=batch_size, progress=progress, stage=stage)
 
 
-def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 8,
-              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
-    """The training path's raw scores (N,) and maps (N, H, W): torch error maps + the shared MapHead."""
-    network = network if network is not None else load_network(run)
-    maps = error_maps(network, images, run.input_spec(), batch_size=batch_size, progress=progress)
-    return head_for(run)(maps)
+SCORING = MapScoring(build_network, SCORE_RULE, "training (torch error map + numpy map head)", maps=error_maps)
+load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
+                                                   SCORING.evaluate_run)
 
 
 def _fit(model: str, network: nn.Module, images: np.ndarray, *, epochs: int, batch_size: int,
@@ -238,55 +225,24 @@ def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *
         why=" (BatchNorm)")
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
-    writer = RunWriter(Path(out), overwrite=overwrite)
-    with writer:
-        started = time.perf_counter()
-        torch.manual_seed(seed)
-        config = {"model": model, "backbone": "none", "layers": [], "image_size": image_size, "epochs": epochs,
-                  "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "head": dict(SCORE_RULE)}
+    config = {"model": model, "backbone": "none", "layers": [], "image_size": image_size, "epochs": epochs,
+              "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "head": dict(SCORE_RULE)}
+
+    def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config)
         spec = input_spec_for(image_size)
-        trained_paths, held_paths = split_train_images(dataset, holdout, seed)
-        history, mse_history = _fit(model, network, prepare(trained_paths, spec), epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, seed=seed, progress=progress)
+        history, mse_history = _fit(model, network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
+                                    learning_rate=learning_rate, seed=seed, progress=progress)
         network.eval()
-        writer.save_network(NETWORK_FILE, network)
-        train_seconds = time.perf_counter() - started
-        config.update({
-            "input": input_config(spec), "parameters": parameter_count(network),
-        })
-        config.update(provenance(dataset, trained_paths, held_paths, train_seconds))
-        run = Run(path=writer.tmp, config=config)
-        metrics = evaluate_run(run, dataset, network=network, progress=progress)
-        metrics.update({"epochs": epochs, "loss": history, "final_loss": history[-1],
-                        "reconstruction_mse": mse_history, "final_reconstruction_mse": mse_history[-1]})
-        writer.save_json("metrics.json", metrics)
-        return writer.commit(config)
+        writer.save_network(SCORING.network_file, network)
+        return Fitted({**config, "parameters": parameter_count(network)}, spec, network,
+                      {"epochs": epochs, "loss": history, "final_loss": history[-1],
+                       "reconstruction_mse": mse_history, "final_reconstruction_mse": mse_history[-1]})
+
+    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                     evaluate=functools.partial(evaluate_run, progress=progress))
 
 
-def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
-                 progress: ProgressFn = noop) -> dict:
-    """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
-                            what="training (torch error map + numpy map head)")
-
-
-def train_sae(data: str | Path | Dataset, out: str | Path, *, image_size: int = 128, epochs: Optional[int] = None,
-              batch_size: Optional[int] = None, learning_rate: Optional[float] = None, holdout: float = 0.2,
-              seed: int = 0, category: Optional[str] = None, overwrite: bool = False,
-              progress: ProgressFn = noop) -> Run:
-    """Train the sparse autoencoder (defaults: MODELS["sae"])."""
-    return train_autoencoder("sae", data, out, image_size=image_size, epochs=epochs, batch_size=batch_size,
-                             learning_rate=learning_rate, holdout=holdout, seed=seed, category=category,
-                             overwrite=overwrite, progress=progress)
-
-
-def train_dae(data: str | Path | Dataset, out: str | Path, *, image_size: int = 128, epochs: Optional[int] = None,
-              batch_size: Optional[int] = None, learning_rate: Optional[float] = None, holdout: float = 0.2,
-              seed: int = 0, category: Optional[str] = None, overwrite: bool = False,
-              progress: ProgressFn = noop) -> Run:
-    """Train the deep autoencoder (defaults: MODELS["dae"])."""
-    return train_autoencoder("dae", data, out, image_size=image_size, epochs=epochs, batch_size=batch_size,
-                             learning_rate=learning_rate, holdout=holdout, seed=seed, category=category,
-                             overwrite=overwrite, progress=progress)
+#: The registry's trainers: train_autoencoder with the model named (defaults: MODELS).
+train_sae = functools.partial(train_autoencoder, "sae")
+train_dae = functools.partial(train_autoencoder, "dae")

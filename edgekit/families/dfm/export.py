@@ -18,4 +18,4 @@ def dfm_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's DFM graph ending in the reconstruction-error map, and a map head."""
     from edgekit.families.dfm.train import SCORE_RULE, load_network
 
-    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT, options)
+    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT)

@@ -10,37 +10,32 @@ vector per image, so a few dozen normals give a well-posed fit and the map is lo
 reconstruction error is computed inside the exported graph as one 1×1 convolution with
 M = I − WWᵀ followed by a sum of squares, so the device runs the network and the shared MapHead
 only. anomalib's optional Gaussian likelihood score is not offered.
-Defaults and their measurements: docs/training.md, "DFM".
 """
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import MapHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
+from edgekit.families.dfm.options import DfmOptions
+from edgekit.train.engine import Fitted, build_run
 from edgekit.train.inputs import embed, input_spec_for
-from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
-                                score_map_run, split_train_images)
-from edgekit.train.run import Run, RunWriter, provenance
+from edgekit.train.maps import MapScoring, parameter_count
+from edgekit.train.run import Run
 
-NETWORK_FILE = "network.safetensors"
-#: One pyramid level: stride 8 (Lite0: 40 channels, 32×32 at 256²), pooled by 4 to an 8×8 grid.
-DEFAULT_LAYER = 2
-#: Average pooling over k×k positions before the PCA (anomalib also pools by 4).
-DEFAULT_POOLING = 4
-#: Share of the normal features' variance the kept components explain (anomalib's pca_level).
-DEFAULT_VARIANCE = 0.97
+#: Defaults (DfmOptions): level 2, stride 8 (Lite0: 40 channels, 32×32 at 256²), pooled by 4 to an
+#: 8×8 grid (anomalib also pools by 4); the components that explain 0.97 of the variance
+#: (anomalib's pca_level). Measurements: docs/training.md, "DFM".
+DEFAULT_LAYER, DEFAULT_POOLING, DEFAULT_VARIANCE = DfmOptions.layer, DfmOptions.pooling, DfmOptions.variance
 SCORE_RULE = {"score": "mean", "top_fraction": 0.01, "blur_sigma": 4.0}
 
 
@@ -101,19 +96,10 @@ def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: b
     return DfmNetwork(extractor, int(config["pooling"]), mean, components).eval()
 
 
-def load_network(run: Run) -> DfmNetwork:
-    """The run's backbone and residual projection from its config and safetensors weights."""
-    return load_weights(build_network(dict(run.config)), run, NETWORK_FILE)
-
-
-def head_for(run: Run) -> MapHead:
-    return map_head_for(run, SCORE_RULE)
-
-
-def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 8,
-              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
-    """The training path's raw scores (N,) and maps (N, H, W): the torch graph + the shared MapHead."""
-    return score_map_run(run, images, network, load_network, SCORE_RULE, batch_size=batch_size, progress=progress)
+SCORING = MapScoring(build_network, SCORE_RULE,
+                     "training (torch backbone + PCA reconstruction error + numpy map head)")
+load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
+                                                   SCORING.evaluate_run)
 
 
 class _Features(nn.Module):
@@ -136,42 +122,26 @@ def train_dfm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DE
         raise EdgekitError(f"DFM variance must be between 0 and 1, not {variance}")
     if pooling < 1:
         raise EdgekitError(f"DFM pooling must be at least 1, not {pooling}")
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
-    writer = RunWriter(Path(out), overwrite=overwrite)
-    with writer:
-        started = time.perf_counter()
-        torch.manual_seed(seed)
-        config = {"model": "dfm", "backbone": backbone, "layers": [int(layer)], "pooling": int(pooling),
-                  "variance": float(variance), "image_size": image_size, "seed": seed, "head": dict(SCORE_RULE)}
+    config = {"model": "dfm", "backbone": backbone, "layers": [int(layer)], "pooling": int(pooling),
+              "variance": float(variance), "image_size": image_size, "seed": seed, "head": dict(SCORE_RULE)}
+
+    def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network({**config, "components": 1}, weights=weights, pretrained=True)
         spec = input_spec_for(backbone, image_size)
-        trained_paths, held_paths = split_train_images(dataset, holdout, seed)
-        if not trained_paths:
-            raise EdgekitError("DFM needs at least one training image to fit its PCA")
-        features = embed(_Features(network), trained_paths, spec, batch_size=batch_size, progress=progress,
+        features = embed(_Features(network), trained, spec, batch_size=batch_size, progress=progress,
                          stage="features")
         grid = [int(features.shape[2]), int(features.shape[3])]
         vectors = features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1])
         if len(vectors) < 2:
             raise EdgekitError(f"DFM needs at least 2 feature vectors to fit a PCA, got {len(vectors)} "
-                               f"(a {grid[0]}x{grid[1]} grid from {len(trained_paths)} image(s))")
+                               f"(a {grid[0]}x{grid[1]} grid from {len(trained)} image(s))")
         mean, components, ratios = fit_pca(vectors, variance)
         network = DfmNetwork(network.extractor, pooling, mean, components).eval()
-        writer.save_network(NETWORK_FILE, network)
-        train_seconds = time.perf_counter() - started
-        config.update({"input": input_config(spec), "components": int(components.shape[1]),
+        writer.save_network(SCORING.network_file, network)
+        return Fitted({**config, "components": int(components.shape[1]),
                        "channels": int(mean.shape[0]), "grid": grid,
                        "explained_variance": round(float(ratios.sum()), 6),
-                       "feature_vectors": int(len(vectors)), "parameters": parameter_count(network)})
-        config.update(provenance(dataset, trained_paths, held_paths, train_seconds))
-        run = Run(path=writer.tmp, config=config)
-        metrics = evaluate_run(run, dataset, network=network, progress=progress)
-        writer.save_json("metrics.json", metrics)
-        return writer.commit(config)
+                       "feature_vectors": int(len(vectors)), "parameters": parameter_count(network)}, spec, network)
 
-
-def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
-                 progress: ProgressFn = noop) -> dict:
-    """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
-                            what="training (torch backbone + PCA reconstruction error + numpy map head)")
+    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                     evaluate=functools.partial(evaluate_run, progress=progress))

@@ -24,4 +24,4 @@ def efficient_ad_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's whole EfficientAD map graph and a map head."""
     from edgekit.families.efficient_ad.train import SCORE_RULE, load_network
 
-    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT, options)
+    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekit.families.efficient_ad.options import PdnTeacherOptions
 from edgekit.errors import EdgekitError
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
@@ -36,7 +37,9 @@ NORMALISATION_VIEWS = 64       # views the target channels' mean and std are est
 #: Distillation defaults (epochs of 64 views, batch, Adam learning rate, crop side); measured in
 #: docs/training.md. 1e-3 was the only rate tried to the end (3e-4 and 3e-3 runs were cut short
 #: by the time the shared machine gave them).
-DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE, DEFAULT_CROP = 4, 8, 1e-3, 128
+DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE = (PdnTeacherOptions.epochs, PdnTeacherOptions.batch_size,
+                                               PdnTeacherOptions.learning_rate)
+DEFAULT_CROP = 128
 
 
 def new_pdn(*, padding: bool = False) -> nn.Module:

@@ -10,9 +10,9 @@ anomalib's maximum after a σ = 4 blur. Timings and AUROC by rule: docs/training
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,17 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekit.families.efficient_ad.options import EfficientAdOptions
 from edgekit.data.datasets import Dataset, open_dataset
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, InputSpec, prepare
+from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import MapHead
 from edgekit.families.efficient_ad import pdn_teacher
-from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
-                                score_map_run, split_train_images, train_epochs, training_settings)
-from edgekit.train.run import Run, RunWriter, provenance
+from edgekit.train.engine import Fitted, build_run
+from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
+from edgekit.train.run import Run
 
-NETWORK_FILE = "network.safetensors"
 CHANNELS = pdn_teacher.TEACHER_CHANNELS
 HARD_QUANTILE = 0.999
 WEIGHT_DECAY = 1e-5
@@ -41,7 +40,8 @@ MAP_PADDING = 4
 SCORE_RULE = {"score": "max", "top_fraction": 0.01, "blur_sigma": 4.0}
 #: One epoch = 48 steps of one image on the default data (anomalib: 70,000 steps at 1e-4); 1e-3
 #: because the run is ~1,500× shorter. Measured in docs/training.md.
-DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE = 1, 1, 1e-3
+DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE = (EfficientAdOptions.epochs, EfficientAdOptions.batch_size,
+                                               EfficientAdOptions.learning_rate)
 
 
 def _anomalib():
@@ -99,19 +99,10 @@ def input_spec_for(image_size: int) -> InputSpec:
     return InputSpec(height=image_size, width=image_size, channels=3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
-def load_network(run: Run) -> EfficientAdMap:
-    """The run's whole model (teacher included) from its safetensors file, in eval mode."""
-    return load_weights(EfficientAdMap(image_size=int(run.config["image_size"])), run, NETWORK_FILE)
-
-
-def head_for(run: Run) -> MapHead:
-    return map_head_for(run, SCORE_RULE)
-
-
-def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 4,
-              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
-    """The training path's raw scores (N,) and maps (N, S, S): the torch graph + the shared MapHead."""
-    return score_map_run(run, images, network, load_network, SCORE_RULE, batch_size=batch_size, progress=progress)
+SCORING = MapScoring(lambda config: EfficientAdMap(image_size=int(config["image_size"])), SCORE_RULE,
+                     "training (torch map graph + numpy map head)", batch_size=4)
+load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
+                                                   SCORING.evaluate_run)
 
 
 # ---- the teacher ----------------------------------------------------------------------------------
@@ -234,43 +225,29 @@ def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_w
         teacher, teacher_origin = pdn_teacher.load_teacher(teacher_weights)
     else:
         teacher, teacher_origin = default_teacher(progress=progress)
-    writer = RunWriter(Path(out), overwrite=overwrite)
-    with writer:
-        started = time.perf_counter()
-        torch.manual_seed(seed)
+    def fit(writer, dataset, trained: list, held: list) -> Fitted:
         spec = input_spec_for(image_size)
-        trained_paths, held_paths = split_train_images(dataset, holdout, seed)
-        images = prepare(trained_paths, spec)
+        images = prepare(trained, spec)
         network = EfficientAdMap(teacher, image_size=image_size)
         mean, std = _channel_stats(teacher, images)
         network.teacher_mean.copy_(mean)
         network.teacher_std.copy_(std)
         history, last_terms = _fit(network, images, pdn_teacher.natural_images(), epochs=epochs,
                                    batch_size=batch_size, learning_rate=learning_rate, seed=seed, progress=progress)
-        quantile_images = prepare(held_paths, spec) if held_paths else images
+        quantile_images = prepare(held, spec) if held else images
         network.quantiles.copy_(_map_quantiles(network, quantile_images))
         network.eval()
-        writer.save_network(NETWORK_FILE, network)
-        train_seconds = time.perf_counter() - started
+        writer.save_network(SCORING.network_file, network)
         teacher_kind = "anomalib file" if Path(teacher_weights or "").is_file() else "distilled by edgekit"
         config = {"model": "efficient_ad", "backbone": f"pdn_small teacher ({teacher_kind}: {teacher_origin})",
                   "teacher": teacher_origin, "layers": [], "image_size": image_size, "epochs": epochs,
                   "steps": epochs * -(-len(images) // batch_size), "batch_size": batch_size,
                   "learning_rate": learning_rate, "seed": seed, "head": dict(SCORE_RULE),
-                  "input": input_config(spec),
                   "parameters": parameter_count(network),
-                  "quantiles_fitted_on": "held-out normals" if held_paths else "trained-on images",
+                  "quantiles_fitted_on": "held-out normals" if held else "trained-on images",
                   "quantiles": [round(float(q), 8) for q in network.quantiles]}
-        config.update(provenance(dataset, trained_paths, held_paths, train_seconds))
-        run = Run(path=writer.tmp, config=config)
-        metrics = evaluate_run(run, dataset, network=network, progress=progress)
-        metrics.update({"epochs": epochs, "loss": history, "final_loss": history[-1], "final_loss_terms": last_terms})
-        writer.save_json("metrics.json", metrics)
-        return writer.commit(config)
+        return Fitted(config, spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1],
+                                        "final_loss_terms": last_terms})
 
-
-def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
-                 progress: ProgressFn = noop) -> dict:
-    """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
-                            what="training (torch map graph + numpy map head)")
+    return build_run(dataset, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                     evaluate=functools.partial(evaluate_run, progress=progress))

@@ -19,4 +19,4 @@ def fastflow_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's FastFlow network (outputs its anomaly map) and a map head."""
     from edgekit.families.fastflow.train import SCORE_RULE, load_network
 
-    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), SPLIT_TEXT, options)
+    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), SPLIT_TEXT)

@@ -11,7 +11,7 @@ blurs and scores it (SCORE_RULE: maximum after a σ = 4 blur). Measurements: doc
 """
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,17 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.families.fastflow.options import FastflowOptions
+from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, prepare
+from edgekit.preprocess import prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import MapHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
-from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
-                                score_map_run, split_train_images, train_epochs, training_settings)
-from edgekit.train.run import Run, RunWriter, provenance
+from edgekit.train.engine import Fitted, build_run
+from edgekit.train.inputs import input_spec_for
+from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
+from edgekit.train.run import Run
 
-NETWORK_FILE = "network.safetensors"
 DEFAULT_LAYERS = (1, 2, 3)
 NORMALISATIONS = ("layernorm", "none")
 NORMALISE = "layernorm"
@@ -41,7 +41,8 @@ FLOW_STEPS = 4
 HIDDEN_RATIO = 1.0
 CONV3X3_ONLY = False
 CLAMP = 2.0                 # anomalib's affine_clamping: coupling log-scales within ±2
-EPOCHS, BATCH_SIZE, LEARNING_RATE, WEIGHT_DECAY = 10, 8, 1e-3, 1e-5   # anomalib: Adam 1e-3, wd 1e-5
+EPOCHS, BATCH_SIZE, LEARNING_RATE = FastflowOptions.epochs, FastflowOptions.batch_size, FastflowOptions.learning_rate
+WEIGHT_DECAY = 1e-5   # anomalib: Adam 1e-3, wd 1e-5
 SCORE_RULE = {"score": "max", "top_fraction": 0.01, "blur_sigma": 4.0}
 
 
@@ -159,19 +160,9 @@ def build_network(config: dict, *, weights: Optional[str] = None, pretrained: bo
                            conv3x3_only=bool(flow["conv3x3_only"]))
 
 
-def load_network(run: Run) -> FastFlowNetwork:
-    """The run's network (backbone and flows) from its config and safetensors weights, in eval mode."""
-    return load_weights(build_network(dict(run.config)), run, NETWORK_FILE)
-
-
-def head_for(run: Run) -> MapHead:
-    return map_head_for(run, SCORE_RULE)
-
-
-def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 8,
-              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
-    """The training path's raw scores (N,) and maps (N, H, W): the torch graph's map + the shared MapHead."""
-    return score_map_run(run, images, network, load_network, SCORE_RULE, batch_size=batch_size, progress=progress)
+SCORING = MapScoring(build_network, SCORE_RULE, "training (torch flow map + numpy map head)")
+load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
+                                                   SCORING.evaluate_run)
 
 
 def _cached_features(network: FastFlowNetwork, images: np.ndarray, *, batch_size: int,
@@ -225,42 +216,27 @@ def train_fastflow(data: str | Path | Dataset, out: str | Path, *, backbone: str
         raise EdgekitError(f"normalise must be one of {', '.join(NORMALISATIONS)}, not {normalise!r}")
     if flow_steps < 1 or not hidden_ratio > 0:
         raise EdgekitError(f"flow_steps must be at least 1 and hidden_ratio positive, not {flow_steps}, {hidden_ratio}")
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
-    extractor = build_feature_extractor(backbone, layers=layers, weights=weights)
-    writer = RunWriter(Path(out), overwrite=overwrite)
-    with writer:
-        started = time.perf_counter()
-        torch.manual_seed(seed)  # the flows' fixed channel permutations and initial weights
+    extractor = build_feature_extractor(backbone, layers=layers, weights=weights)  # before the seed, as always
+
+    def fit(writer, dataset, trained: list, held: list) -> Fitted:
+        # after the engine's seed: the flows' fixed channel permutations and initial weights
         network = FastFlowNetwork(extractor, image_size=image_size, normalise=normalise, flow_steps=flow_steps,
                                   hidden_ratio=hidden_ratio, conv3x3_only=conv3x3_only)
-        from edgekit.train.inputs import input_spec_for
-
         spec = input_spec_for(backbone, image_size)
-        trained_paths, held_paths = split_train_images(dataset, holdout, seed)
-        history = _fit(network, prepare(trained_paths, spec), epochs=epochs, batch_size=batch_size,
+        history = _fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
                        learning_rate=learning_rate, seed=seed, progress=progress)
         network.eval()
-        writer.save_network(NETWORK_FILE, network)
-        train_seconds = time.perf_counter() - started
+        writer.save_network(SCORING.network_file, network)
         config = {"model": "fastflow", "backbone": backbone, "layers": list(extractor.layers),
                   "weights": None if weights is None else str(Path(weights).resolve()),
-                  "image_size": image_size, "input": input_config(spec), "head": dict(SCORE_RULE),
+                  "image_size": image_size, "head": dict(SCORE_RULE),
                   "flow": {"normalise": normalise, "steps": flow_steps, "hidden_ratio": hidden_ratio,
                            "conv3x3_only": conv3x3_only, "clamp": CLAMP},
                   "map_grid": list(network.grid), "seed": seed, "epochs": epochs, "batch_size": batch_size,
                   "learning_rate": learning_rate, "weight_decay": WEIGHT_DECAY,
                   "parameters": parameter_count(network),
                   "trainable_parameters": int(sum(p.numel() for p in network.parameters() if p.requires_grad))}
-        config.update(provenance(dataset, trained_paths, held_paths, train_seconds))
-        run = Run(path=writer.tmp, config=config)
-        metrics = evaluate_run(run, dataset, network=network, progress=progress)
-        metrics.update({"epochs": epochs, "loss": history, "final_loss": history[-1]})
-        writer.save_json("metrics.json", metrics)
-        return writer.commit(config)
+        return Fitted(config, spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
 
-
-def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
-                 progress: ProgressFn = noop) -> dict:
-    """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
-                            what="training (torch flow map + numpy map head)")
+    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                     evaluate=functools.partial(evaluate_run, progress=progress))

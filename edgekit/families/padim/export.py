@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from edgekit.bundle import HeadSpec
 from edgekit.export.job import ExportOptions, FamilyParts
-from edgekit.export.maps import refuse_bank_options
 from edgekit.train.run import Run
 
 HEAD_DIR = "head"
@@ -23,7 +22,6 @@ def padim_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's embedding network and its Gaussians as head arrays."""
     from edgekit.families.padim.train import BLUR_SIGMA, HEAD_DTYPE, head_arrays, load_network
 
-    refuse_bank_options(options)
     named = head_arrays(run, HEAD_DTYPE)
     paths = {name: f"{HEAD_DIR}/{name}.npy" for name in named}
     arrays = {paths[name]: array for name, array in named.items()}

@@ -15,7 +15,7 @@ float16 a bundle stores (measurements: HEAD_DTYPE's comment and docs/training.md
 """
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,23 +24,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.data.datasets import Dataset, open_dataset
-from edgekit.data.splits import split_normals
+from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MahalanobisHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
+from edgekit.families.padim.options import PadimOptions
+from edgekit.train.engine import Fitted, build_run
 from edgekit.train.inputs import embed, input_spec_for
-from edgekit.train.run import Run, RunWriter, provenance, metrics_on_test_split
+from edgekit.train.run import Run, evaluate_on_test_split, load_weights
 
 NETWORK_FILE = "network.safetensors"
 MEAN, INV_COVARIANCE = "mean", "inv_covariance"
 #: Pyramid levels: stride 8 + 16, a 32×32 grid at 256² (stride 4 would be 64×64: 4× the head's bytes).
 DEFAULT_LAYERS = (2, 3)
-#: Channels kept: 64 is the knee of image / pixel AUROC against head size (measurements:
-#: docs/training.md, "PaDiM").
-DEFAULT_DIMS = 64
+#: Channels kept (PadimOptions): 64 is the knee of image / pixel AUROC against head size
+#: (measurements: docs/training.md, "PaDiM").
+DEFAULT_DIMS = PadimOptions.dims
 #: Added to every position's covariance diagonal (the PaDiM paper's ε·I) before inverting.
 REGULARISATION = 0.01
 BLUR_SIGMA = 4.0
@@ -107,14 +108,7 @@ def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: b
 
 def load_network(run: Run) -> PadimNetwork:
     """Rebuild a run's network from its config and its safetensors weights (no hub, no package)."""
-    from safetensors.torch import load_file
-
-    network = build_network(dict(run.config), pretrained=False)
-    weights_path = run.path / NETWORK_FILE
-    if not weights_path.is_file():
-        raise EdgekitError(f"run {run.path}: {NETWORK_FILE} is missing")
-    network.load_state_dict(load_file(str(weights_path)), strict=True)
-    return network
+    return load_weights(build_network(dict(run.config), pretrained=False), run, NETWORK_FILE)
 
 
 class GaussianFit:
@@ -160,7 +154,7 @@ def head_arrays(run: Run, dtype: str = HEAD_DTYPE) -> dict[str, np.ndarray]:
 
 
 def head_for(run: Run, dtype: str = HEAD_DTYPE) -> MahalanobisHead:
-    size = int(run.config["image_size"])
+    size = run.input_spec().height
     params = {"blur_sigma": float(run.config.get("blur_sigma", BLUR_SIGMA)), "dtype": dtype}
     return MahalanobisHead.from_params(params, head_arrays(run, dtype), output_height=size, output_width=size)
 
@@ -185,12 +179,9 @@ def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
         raise EdgekitError(f"--image-size must be a multiple of 8 and at least 32, not {image_size}")
     if batch_size < 1:
         raise EdgekitError(f"--batch-size must be at least 1, not {batch_size}")
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
     layers = tuple(layers) if layers else DEFAULT_LAYERS
-    writer = RunWriter(Path(out), overwrite=overwrite)
-    with writer:
-        started = time.perf_counter()
-        torch.manual_seed(seed)
+
+    def fit(writer, dataset, trained: list, held: list) -> Fitted:
         extractor = build_feature_extractor(backbone, layers=layers, weights=weights)
         total = int(sum(extractor.channels))
         if not 1 <= dims <= total:
@@ -201,38 +192,27 @@ def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
                   "regularisation": REGULARISATION, "blur_sigma": BLUR_SIGMA, "seed": seed}
         network = PadimNetwork(extractor, config["channel_index"]).eval()
         input_spec = input_spec_for(backbone, image_size)
-        train_paths = [s.path for s in dataset.train]
-        bank_idx, held_idx = split_normals(len(train_paths), holdout, seed)
-        bank_paths = [train_paths[i] for i in bank_idx]
-        fit = GaussianFit()
-        progress("features", 0, len(bank_paths))
-        for start in range(0, len(bank_paths), batch_size):
-            fit.add(embed(network, bank_paths[start:start + batch_size], input_spec, batch_size=batch_size))
-            progress("features", min(start + batch_size, len(bank_paths)), len(bank_paths))
-        mean, inv_covariance = fit.statistics(REGULARISATION)
+        gaussians = GaussianFit()
+        progress("features", 0, len(trained))
+        for start in range(0, len(trained), batch_size):
+            gaussians.add(embed(network, trained[start:start + batch_size], input_spec, batch_size=batch_size))
+            progress("features", min(start + batch_size, len(trained)), len(trained))
+        mean, inv_covariance = gaussians.statistics(REGULARISATION)
         writer.save_array(MEAN, mean)
         writer.save_array(INV_COVARIANCE, inv_covariance)
         writer.save_network(NETWORK_FILE, network)
-        train_seconds = time.perf_counter() - started
         config.update({
-            "input": {"height": image_size, "width": image_size, "channels": 3,
-                      "mean": list(input_spec.mean), "std": list(input_spec.std), "resize": input_spec.resize},
-            "feature_dims": dims, "grid": fit.grid, "head_bytes": int(mean.nbytes + inv_covariance.nbytes),
+            "feature_dims": dims, "grid": gaussians.grid, "head_bytes": int(mean.nbytes + inv_covariance.nbytes),
         })
-        config.update(provenance(dataset, bank_paths, [train_paths[i] for i in held_idx], train_seconds))
-        run = Run(path=writer.tmp, config=config)
-        metrics = evaluate_run(run, dataset, network=network, batch_size=batch_size, progress=progress)
-        writer.save_json("metrics.json", metrics)
-        return writer.commit(config)
+        return Fitted(config, input_spec, network)
+
+    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                     evaluate=functools.partial(evaluate_run, batch_size=batch_size, progress=progress))
 
 
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8,
                  progress: ProgressFn = noop) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    if not dataset.test:
-        return {"test_images": 0}
-    size = int(run.config["image_size"])
-    scores, maps = score_run(run, [s.path for s in dataset.test], network=network, batch_size=batch_size,
-                             progress=progress)
-    return metrics_on_test_split(dataset, scores, maps, size, "training (torch network + numpy Mahalanobis head, "
-                                                              f"inverse covariances {HEAD_DTYPE})")
+    return evaluate_on_test_split(run, dataset, lambda images: score_run(
+        run, images, network=network, batch_size=batch_size, progress=progress),
+        f"training (torch network + numpy Mahalanobis head, inverse covariances {HEAD_DTYPE})")

@@ -8,7 +8,7 @@ numpy k-center, and normal images are held out of the bank so thresholds can be 
 """
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,16 +20,17 @@ from torch import nn
 from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import (DEFAULT_BANK, UNCOMPRESSED, BankSettings, CompressedBank, FeatureStatistics,
                                   compress_bank, feature_statistics, fit_pca, resolve_dims)
-from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, InputSpec
+from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.bank import decode_bank
 from edgekit.runtime.heads import KnnHead
-from edgekit.data.splits import split_normals
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
+from edgekit.families.patchcore.options import PatchcoreOptions
+from edgekit.train.engine import Fitted, build_run
 from edgekit.train.inputs import embed, input_spec_for
-from edgekit.train.run import Run, RunWriter, provenance, metrics_on_test_split
+from edgekit.train.run import Run, evaluate_on_test_split, load_weights
 
 NETWORK_FILE = "network.safetensors"
 #: Mean and covariance of all bank-image patch features: what PCA bank compression is fitted on.
@@ -62,14 +63,7 @@ def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: b
 
 def load_network(run: Run) -> PatchcoreNetwork:
     """Rebuild a run's network from its config and its safetensors weights (no hub, no package)."""
-    from safetensors.torch import load_file
-
-    network = build_network(dict(run.config), pretrained=False)
-    weights_path = run.path / NETWORK_FILE
-    if not weights_path.is_file():
-        raise EdgekitError(f"run {run.path}: {NETWORK_FILE} is missing")
-    network.load_state_dict(load_file(str(weights_path)), strict=True)
-    return network
+    return load_weights(build_network(dict(run.config), pretrained=False), run, NETWORK_FILE)
 
 
 def patch_statistics(run: Run) -> tuple[FeatureStatistics, str]:
@@ -100,7 +94,7 @@ def compressed_bank(run: Run, settings: BankSettings = DEFAULT_BANK) -> Compress
 
 
 def head_for(run: Run, compressed: Optional[CompressedBank] = None) -> KnnHead:
-    size = int(run.config["image_size"])
+    size = run.input_spec().height
     compressed = compressed or compressed_bank(run, UNCOMPRESSED)
     bank = decode_bank(compressed.arrays, compressed.description["dtype"])
     return KnnHead(memory_bank=bank, num_neighbors=int(run.config["num_neighbors"]),
@@ -117,8 +111,7 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
     so this equals the exported bundle's scores up to the runtime's float rounding.
     """
     network = network or load_network(run)
-    spec = InputSpec(**{**run.config["input"], "mean": tuple(run.config["input"]["mean"]),
-                        "std": tuple(run.config["input"]["std"])})
+    spec = run.input_spec()
     embeddings = embed(network, images, spec, batch_size=batch_size, progress=progress, stage="scoring")
     compressed = compressed_bank(run, bank)
     if compressed.pca is not None:
@@ -128,7 +121,8 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
 
 def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                     layers: Optional[Sequence[int]] = None, image_size: int = 256,
-                    coreset_ratio: float = 0.1, num_neighbors: int = 9, holdout: float = 0.2,
+                    coreset_ratio: float = PatchcoreOptions.coreset_ratio,
+                    num_neighbors: int = PatchcoreOptions.num_neighbors, holdout: float = 0.2,
                     seed: int = 0, weights: Optional[Path] = None, batch_size: int = 8,
                     category: Optional[str] = None, overwrite: bool = False,
                     progress: ProgressFn = noop) -> Run:
@@ -139,21 +133,15 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
         raise EdgekitError(f"--num-neighbors must be at least 1, not {num_neighbors}")
     if image_size < 32 or image_size % 8:
         raise EdgekitError(f"--image-size must be a multiple of 8 and at least 32, not {image_size}")
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
     spec = get_backbone_spec(backbone)
     layers = tuple(layers) if layers else tuple(spec.patchcore_layers)
-    writer = RunWriter(Path(out), overwrite=overwrite)
-    with writer:
-        started = time.perf_counter()
-        torch.manual_seed(seed)
-        config = {"model": "patchcore", "backbone": backbone, "layers": list(layers), "image_size": image_size,
-                  "num_neighbors": num_neighbors, "coreset_ratio": coreset_ratio, "seed": seed}
+    config = {"model": "patchcore", "backbone": backbone, "layers": list(layers), "image_size": image_size,
+              "num_neighbors": num_neighbors, "coreset_ratio": coreset_ratio, "seed": seed}
+
+    def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
         input_spec = input_spec_for(backbone, image_size)
-        train_paths = [s.path for s in dataset.train]
-        bank_idx, held_idx = split_normals(len(train_paths), holdout, seed)
-        bank_paths = [train_paths[i] for i in bank_idx]
-        embeddings = embed(network, bank_paths, input_spec, batch_size=batch_size, progress=progress)
+        embeddings = embed(network, trained, input_spec, batch_size=batch_size, progress=progress)
         patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
         count = coreset_count(len(patches), coreset_ratio)
         chosen = coreset_indices(patches, count, seed=seed,
@@ -163,27 +151,18 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
         writer.save_array(PATCH_MEAN, statistics.mean)
         writer.save_array(PATCH_COVARIANCE, statistics.covariance)
         writer.save_network(NETWORK_FILE, network)
-        train_seconds = time.perf_counter() - started
-        config.update({
-            "input": {"height": image_size, "width": image_size, "channels": 3,
-                      "mean": list(input_spec.mean), "std": list(input_spec.std), "resize": input_spec.resize},
-            "feature_dims": int(patches.shape[1]), "grid": list(embeddings.shape[2:]),
-            "bank_rows": int(count), "patches_seen": int(len(patches)), "patch_statistics_rows": statistics.count,
-        })
-        config.update(provenance(dataset, bank_paths, [train_paths[i] for i in held_idx], train_seconds))
-        run = Run(path=writer.tmp, config=config)
-        metrics = evaluate_run(run, dataset, network=network, batch_size=batch_size, progress=progress)
-        writer.save_json("metrics.json", metrics)
-        return writer.commit(config)
+        return Fitted({**config,
+                       "feature_dims": int(patches.shape[1]), "grid": list(embeddings.shape[2:]),
+                       "bank_rows": int(count), "patches_seen": int(len(patches)),
+                       "patch_statistics_rows": statistics.count}, input_spec, network)
+
+    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                     evaluate=functools.partial(evaluate_run, batch_size=batch_size, progress=progress))
 
 
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8,
                  progress: ProgressFn = noop) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    if not dataset.test:
-        return {"test_images": 0}
-    size = int(run.config["image_size"])
-    scores, maps = score_run(run, [s.path for s in dataset.test], network=network, bank=UNCOMPRESSED,
-                             batch_size=batch_size, progress=progress)
-    return metrics_on_test_split(dataset, scores, maps, size,
-                                 "training (torch network + numpy head, uncompressed bank)")
+    return evaluate_on_test_split(run, dataset, lambda images: score_run(
+        run, images, network=network, bank=UNCOMPRESSED, batch_size=batch_size, progress=progress),
+        "training (torch network + numpy head, uncompressed bank)")

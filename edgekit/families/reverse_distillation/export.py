@@ -20,4 +20,4 @@ def reverse_distillation_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's encoder, bottleneck and decoder ending in the anomaly map, and a map head."""
     from edgekit.families.reverse_distillation.train import SCORE_RULE, load_network
 
-    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT, options)
+    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT)

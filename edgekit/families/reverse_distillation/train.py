@@ -12,7 +12,7 @@ SCORE_RULE, DEFAULT_EPOCHS and their measurements: docs/training.md, "Reverse Di
 """
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,18 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.families.reverse_distillation.options import ReverseDistillationOptions
+from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, prepare
+from edgekit.preprocess import prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import MapHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
-from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
-                                score_map_run, split_train_images, train_epochs, training_settings)
+from edgekit.train.engine import Fitted, build_run
+from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.inputs import input_spec_for
-from edgekit.train.run import Run, RunWriter, provenance
+from edgekit.train.run import Run
 
-NETWORK_FILE = "network.safetensors"
 #: Encoder levels (strides 4, 8, 16), as anomalib's layer1..layer3 of a ResNet.
 LAYERS = (1, 2, 3)
 MAP_MODES = ("add", "multiply")
@@ -46,7 +45,9 @@ BETAS = (0.5, 0.99)
 #: 5 epochs = 30 Adam steps on the 48 default images (AUROC by epochs in docs/training.md). Cost
 #: measured single-threaded (process time, so load-independent): 0.2 s per step of 8 images + 0.34 s
 #: per 8 images through the frozen encoder, which runs once per training image (levels cached).
-DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = 5, 8, 0.005
+DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = (ReverseDistillationOptions.epochs,
+                                                         ReverseDistillationOptions.batch_size,
+                                                         ReverseDistillationOptions.learning_rate)
 BLOCKS_PER_STAGE = 2  # as anomalib's ResNet-18 bottleneck and decoder
 
 
@@ -167,19 +168,10 @@ def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: b
     return ReverseDistillationNetwork(encoder, map_mode=str(config.get("map_mode", MAP_MODE)))
 
 
-def load_network(run: Run) -> ReverseDistillationNetwork:
-    """The run's whole network (encoder included) from its safetensors weights, in eval mode."""
-    return load_weights(build_network(dict(run.config), pretrained=False), run, NETWORK_FILE)
-
-
-def head_for(run: Run) -> MapHead:
-    return map_head_for(run, SCORE_RULE)
-
-
-def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 8,
-              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
-    """The training path's raw scores (N,) and maps (N, H, W): the torch graph + the shared MapHead."""
-    return score_map_run(run, images, network, load_network, SCORE_RULE, batch_size=batch_size, progress=progress)
+SCORING = MapScoring(lambda config: build_network(config, pretrained=False), SCORE_RULE,
+                     "training (torch anomaly map + numpy map head)")
+load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
+                                                   SCORING.evaluate_run)
 
 
 def _encode(network: ReverseDistillationNetwork, images: np.ndarray, batch_size: int) -> list[torch.Tensor]:
@@ -231,34 +223,20 @@ def train_reverse_distillation(data: str | Path | Dataset, out: str | Path, *, b
         raise EdgekitError(f"--image-size must be a multiple of 32 and at least 64 for reverse distillation "
                            f"(its code is at stride 32), not {image_size}")
     get_backbone_spec(backbone)
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
-    writer = RunWriter(Path(out), overwrite=overwrite)
-    with writer:
-        started = time.perf_counter()
-        torch.manual_seed(seed)
-        config = {"model": "reverse_distillation", "backbone": backbone, "layers": list(LAYERS),
-                  "image_size": image_size, "map_mode": MAP_MODE, "epochs": epochs, "batch_size": batch_size,
-                  "learning_rate": learning_rate, "betas": list(BETAS), "seed": seed, "head": dict(SCORE_RULE)}
+    config = {"model": "reverse_distillation", "backbone": backbone, "layers": list(LAYERS),
+              "image_size": image_size, "map_mode": MAP_MODE, "epochs": epochs, "batch_size": batch_size,
+              "learning_rate": learning_rate, "betas": list(BETAS), "seed": seed, "head": dict(SCORE_RULE)}
+
+    def fit_run(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
         spec = input_spec_for(backbone, image_size)
-        trained_paths, held_paths = split_train_images(dataset, holdout, seed)
-        history = fit(network, prepare(trained_paths, spec), epochs=epochs, batch_size=batch_size,
+        history = fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
                       learning_rate=learning_rate, seed=seed, progress=progress)
-        writer.save_network(NETWORK_FILE, network)
-        train_seconds = time.perf_counter() - started
-        config.update({"input": input_config(spec), "parameters": parameter_count(network),
+        writer.save_network(SCORING.network_file, network)
+        return Fitted({**config, "parameters": parameter_count(network),
                        "trainable_parameters": parameter_count(network.bottleneck) + parameter_count(network.decoder),
-                       "map_grid": [image_size // 4, image_size // 4]})
-        config.update(provenance(dataset, trained_paths, held_paths, train_seconds))
-        run = Run(path=writer.tmp, config=config)
-        metrics = evaluate_run(run, dataset, network=network, progress=progress)
-        metrics.update({"epochs": epochs, "loss": history, "final_loss": history[-1]})
-        writer.save_json("metrics.json", metrics)
-        return writer.commit(config)
+                       "map_grid": [image_size // 4, image_size // 4]},
+                      spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
 
-
-def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
-                 progress: ProgressFn = noop) -> dict:
-    """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
-                            what="training (torch anomaly map + numpy map head)")
+    return build_run(data, out, fit=fit_run, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                     evaluate=functools.partial(evaluate_run, progress=progress))

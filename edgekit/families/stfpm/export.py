@@ -19,4 +19,4 @@ def stfpm_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """The run's teacher + student graph ending in the anomaly map, and a map head."""
     from edgekit.families.stfpm.train import SCORE_RULE, load_network
 
-    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT, options)
+    return map_parts(load_network(run), run.config.get("head", SCORE_RULE), _SPLIT)

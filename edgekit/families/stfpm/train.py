@@ -10,7 +10,7 @@ their measurements: docs/training.md, "STFPM".
 """
 from __future__ import annotations
 
-import time
+import functools
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,21 +19,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.data.datasets import Dataset, open_dataset
+from edgekit.families.stfpm.options import StfpmOptions
+from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, prepare
+from edgekit.preprocess import prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.heads import MapHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
-from edgekit.train.maps import (evaluate_map_run, input_config, load_weights, map_head_for, parameter_count,
-                                score_map_run, split_train_images, train_epochs, training_settings)
+from edgekit.train.engine import Fitted, build_run
+from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.inputs import input_spec_for
-from edgekit.train.run import Run, RunWriter, provenance
+from edgekit.train.run import Run
 
-NETWORK_FILE = "network.safetensors"
 DEFAULT_LAYERS = (1, 2, 3)
 SCORE_RULE = {"score": "top_mean", "top_fraction": 0.01, "blur_sigma": 4.0}
-DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = 10, 8, 0.4
+DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = (StfpmOptions.epochs, StfpmOptions.batch_size,
+                                                         StfpmOptions.learning_rate)
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # anomalib's SGD (lightning_model.py: lr 0.4, momentum 0.9, wd 0.001)
 
 
@@ -101,19 +101,9 @@ def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: b
     return StfpmNetwork(teacher, student)
 
 
-def load_network(run: Run) -> StfpmNetwork:
-    """The run's teacher and student from its config and safetensors weights (nothing read elsewhere)."""
-    return load_weights(build_network(dict(run.config)), run, NETWORK_FILE)
-
-
-def head_for(run: Run) -> MapHead:
-    return map_head_for(run, SCORE_RULE)
-
-
-def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None, batch_size: int = 8,
-              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
-    """The training path's raw scores (N,) and maps (N, H, W): the torch graph + the shared MapHead."""
-    return score_map_run(run, images, network, load_network, SCORE_RULE, batch_size=batch_size, progress=progress)
+SCORING = MapScoring(build_network, SCORE_RULE, "training (torch teacher/student map + numpy map head)")
+load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
+                                                   SCORING.evaluate_run)
 
 
 def _fit(network: StfpmNetwork, images: np.ndarray, *, epochs: int, batch_size: int, learning_rate: float,
@@ -154,36 +144,20 @@ def train_stfpm(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
         min_batch=2, why=" (the student's BatchNorm trains)")
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
-    writer = RunWriter(Path(out), overwrite=overwrite)
-    with writer:
-        started = time.perf_counter()
-        torch.manual_seed(seed)
-        config = {"model": "stfpm", "backbone": backbone, "layers": list(layers), "image_size": image_size,
-                  "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-                  "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "seed": seed,
-                  "head": dict(SCORE_RULE)}
+    config = {"model": "stfpm", "backbone": backbone, "layers": list(layers), "image_size": image_size,
+              "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+              "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "seed": seed,
+              "head": dict(SCORE_RULE)}
+
+    def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights, pretrained=True)
-        config["layers"] = list(network.teacher.layers)
         spec = input_spec_for(backbone, image_size)
-        trained_paths, held_paths = split_train_images(dataset, holdout, seed)
-        history = _fit(network, prepare(trained_paths, spec), epochs=epochs, batch_size=batch_size,
+        history = _fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
                        learning_rate=learning_rate, seed=seed, progress=progress)
-        writer.save_network(NETWORK_FILE, network)
-        train_seconds = time.perf_counter() - started
-        config.update({"input": input_config(spec), "parameters": parameter_count(network),
-                       "trained_parameters": parameter_count(network.student),
-                       "strides": list(network.teacher.strides), "channels": list(network.teacher.channels)})
-        config.update(provenance(dataset, trained_paths, held_paths, train_seconds))
-        run = Run(path=writer.tmp, config=config)
-        metrics = evaluate_run(run, dataset, network=network, progress=progress)
-        metrics.update({"epochs": epochs, "loss": history, "final_loss": history[-1]})
-        writer.save_json("metrics.json", metrics)
-        return writer.commit(config)
+        writer.save_network(SCORING.network_file, network)
+        return Fitted({**config, "layers": list(network.teacher.layers), "parameters": parameter_count(network), "trained_parameters": parameter_count(network.student),
+                       "strides": list(network.teacher.strides), "channels": list(network.teacher.channels)},
+                      spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
 
-
-def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None,
-                 progress: ProgressFn = noop) -> dict:
-    """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    return evaluate_map_run(run, dataset, score_run, default_rule=SCORE_RULE, network=network, progress=progress,
-                            what="training (torch teacher/student map + numpy map head)")
+    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
+                     evaluate=functools.partial(evaluate_run, progress=progress))

@@ -1,0 +1,12 @@
+"""PaDiM's own training options (``edgekit train --model padim``); torch-free, read by the CLI."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgekit.families.base import option
+
+
+@dataclass(frozen=True)
+class PadimOptions:
+    dims: int = option(64, "Channels of the backbone levels kept (a seeded random subset).", low=1)
+    batch_size: int = option(8, "Images per batch.", low=1)
