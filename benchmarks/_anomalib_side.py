@@ -122,8 +122,8 @@ def _embedding_difference(model, images: Sequence[Path], *, image_size: int, mea
     shows the two sides' networks compute the same features before anything is exported."""
     import torch
 
-    from edgekit.preprocess import InputSpec, prepare
     from edgekit.families.patchcore.train import PatchcoreNetwork
+    from edgekit.preprocess import InputSpec, prepare
     from edgekit.train.backbones import build_feature_extractor
 
     batch = torch.from_numpy(prepare(list(images), InputSpec(height=image_size, width=image_size, channels=3,

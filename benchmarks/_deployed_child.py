@@ -39,9 +39,9 @@ def _loaded_files() -> list[str]:
 
 
 def _anomalib(job: dict):
-    from anomalib.deploy import OpenVINOInferencer
-    from anomalib.data.utils import read_image
     import numpy as np
+    from anomalib.data.utils import read_image
+    from anomalib.deploy import OpenVINOInferencer
 
     inferencer = OpenVINOInferencer(path=job["model"], device="CPU", config=dict(job["ov_config"]))
     batch = int(job["static_batch"])
@@ -59,8 +59,9 @@ def _anomalib(job: dict):
 
 
 def _edgekit(job: dict):
-    import edgekit
     import numpy as np
+
+    import edgekit
 
     detector = edgekit.load(job["model"])
 

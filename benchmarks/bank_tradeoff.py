@@ -88,9 +88,9 @@ def _measure(variant: Variant, run, category: Path, workdir: Path, texture: str,
     from edgekit.data.datasets import open_dataset
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
+    from edgekit.fit import embed_images
     from edgekit.metrics import image_auroc, pixel_auroc
     from edgekit.preprocess import read_image
-    from edgekit.fit import embed_images
     from edgekit.runtime.bank import nearest_neighbors
 
     out = workdir / "bundles" / texture / variant.label.replace(" ", "_")
@@ -123,11 +123,11 @@ def _training_path_rows(run, category: Path, texture: str, pca_sources: dict, se
     default bank re-selected with other seeds, to show how much thinning alone moves AUROC."""
     from edgekit.compress.pca import DEFAULT_BANK, BankSettings, compress_bank
     from edgekit.data.datasets import open_dataset
+    from edgekit.families.patchcore.train import compressed_bank, head_for, load_network
     from edgekit.metrics import image_auroc
     from edgekit.runtime.bank import decode_bank
     from edgekit.runtime.heads import KnnHead
     from edgekit.train.inputs import embed, input_spec_for
-    from edgekit.families.patchcore.train import compressed_bank, head_for, load_network
     from edgekit.train.run import open_run
 
     dataset = open_dataset(category)

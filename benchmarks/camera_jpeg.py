@@ -22,9 +22,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgekit.fit import fit_bundle  # noqa: E402
 from edgekit.metrics import image_auroc  # noqa: E402
 from edgekit.runtime.detector import load  # noqa: E402
-from edgekit.fit import fit_bundle  # noqa: E402
 
 
 def _jpeg(pixels: np.ndarray, quality: int | None) -> np.ndarray:

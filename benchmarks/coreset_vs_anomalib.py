@@ -26,9 +26,9 @@ def training_features(workdir: Path, texture: str, size: int) -> np.ndarray:
     """(N·h·w, D) Lite0 patch features of every training image of the synthetic ``texture``."""
     from edgekit.data.datasets import open_dataset
     from edgekit.data.synth import synthesize
+    from edgekit.families.patchcore.train import build_network
     from edgekit.train.backbones import DEFAULT_BACKBONE, get_backbone_spec
     from edgekit.train.inputs import embed, input_spec_for
-    from edgekit.families.patchcore.train import build_network
 
     (category,) = synthesize(workdir / "data", texture=texture, size=size, seed=0, overwrite=True)
     dataset = open_dataset(category)

@@ -97,8 +97,8 @@ def main() -> None:
 
     import edgekit
     from edgekit.errors import EdgekitError
-    from edgekit.profile.measure import describe_device, measure_latencies
     from edgekit.preprocess import read_image
+    from edgekit.profile.measure import describe_device, measure_latencies
 
     rows: dict[str, dict] = {}
     for model in models:

@@ -85,9 +85,9 @@ def measure(run, workdir: Path, args) -> None:
     from torch import nn
 
     from edgekit.export.pipeline import export_run
+    from edgekit.families.padim.train import HEAD_DTYPE, MahalanobisDistance, head_arrays, load_network
     from edgekit.runtime.detector import load
     from edgekit.runtime.heads import MapHead
-    from edgekit.families.padim.train import HEAD_DTYPE, MahalanobisDistance, head_arrays, load_network
 
     images = sorted(Path(run.config["dataset"]["path"]).glob("test/*/*.png"))[:args.images]
     print(f"run {run.path}: d={run.config['dims']}, grid {run.config['grid']}, Σ⁻¹ {HEAD_DTYPE} in the bundle",

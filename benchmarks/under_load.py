@@ -42,8 +42,16 @@ for path in (str(REPO), str(BENCH)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from vs_anomalib import (CORESET_RATIO, HOLDOUT, IMAGE_SIZE, NUM_NEIGHBORS, OV_CONFIG, SEED,  # noqa: E402
-                         elapsed, third_party_output_to)
+from vs_anomalib import (  # noqa: E402
+    CORESET_RATIO,
+    HOLDOUT,
+    IMAGE_SIZE,
+    NUM_NEIGHBORS,
+    OV_CONFIG,
+    SEED,
+    elapsed,
+    third_party_output_to,
+)
 
 BATCH_IMAGES = 16
 #: the bundle holding anomalib's own bank, uncompressed: the same kNN work as anomalib's graph
@@ -108,10 +116,10 @@ def log(message: str) -> None:
 def build(work: Path, args) -> tuple[dict, dict, list[str], str]:
     """Bundles (name -> folder), anomalib's models (name -> xml, static batch), test images."""
     from edgekit.data.datasets import open_dataset
+    from edgekit.data.splits import split_normals
     from edgekit.data.synth import synthesize
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
-    from edgekit.data.splits import split_normals
     from edgekit.train.inputs import input_spec_for
 
     noise = work / "third_party_output.log"

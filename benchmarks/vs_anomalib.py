@@ -233,13 +233,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _run(args, work: Path, noise: Path, began: float) -> int:
-    from edgekit.data.datasets import open_dataset
-    from edgekit.data.synth import synthesize
-    from edgekit.data.splits import split_normals
-    from edgekit.train.inputs import input_spec_for
-
     import _anomalib_side as anomalib_side
     import _vs_anomalib_report as report
+
+    from edgekit.data.datasets import open_dataset
+    from edgekit.data.splits import split_normals
+    from edgekit.data.synth import synthesize
+    from edgekit.train.inputs import input_spec_for
 
     log(f"edgekit vs anomalib - {report.versions()}")
     log("Timings are from a SHARED 2-core VM (other helpers' jobs running at the same time); read the ratios.")

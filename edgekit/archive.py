@@ -15,9 +15,19 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional, Sequence
 
 from edgekit.errors import EdgekitError
-from edgekit.manifest import (DIGEST_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIDECAR_BYTES, SIDECAR_NAMES,
-                              SIGNATURE_NAME, Manifest, check_listing, check_relative_path, check_size,
-                              parse_manifest)
+from edgekit.manifest import (
+    DIGEST_NAME,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIDECAR_BYTES,
+    SIDECAR_NAMES,
+    SIGNATURE_NAME,
+    Manifest,
+    check_listing,
+    check_relative_path,
+    check_size,
+    parse_manifest,
+)
 
 _CHUNK = 1 << 20
 

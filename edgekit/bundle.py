@@ -30,9 +30,24 @@ import numpy as np
 
 from edgekit.archive import extract_archive
 from edgekit.errors import EdgekitError
-from edgekit.manifest import (DIGEST_NAME, MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIDECAR_BYTES, SCHEMA_VERSION,
-                              SIDECAR_NAMES, SIGNATURE_NAME, Decision, HeadSpec, Manifest, NetworkSpec,
-                              check_listing, check_relative_path, check_size, digest_line, parse_manifest)
+from edgekit.manifest import (
+    DIGEST_NAME,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIDECAR_BYTES,
+    SCHEMA_VERSION,
+    SIDECAR_NAMES,
+    SIGNATURE_NAME,
+    Decision,
+    HeadSpec,
+    Manifest,
+    NetworkSpec,
+    check_listing,
+    check_relative_path,
+    check_size,
+    digest_line,
+    parse_manifest,
+)
 from edgekit.staging import make_staging, owner_tag, refuse_unowned, sweep_stale
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "MAX_MANIFEST_BYTES", "NetworkSpec",

@@ -13,8 +13,8 @@ import click
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
-from edgekit.profile.load import MAX_BACKGROUND
 from edgekit.families.registry import FAMILIES, MODELS_WITH_OWN_DATA
+from edgekit.profile.load import MAX_BACKGROUND
 
 DEFAULT_TARGET = "x86"
 DEFAULT_SERVE = "127.0.0.1:8080"
@@ -558,8 +558,8 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
 
     Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html; each measurement
     records the load average and the other busy processes while it ran."""
-    from edgekit.targets import get_target
     from edgekit.profile.report import check_host, profile_bundles
+    from edgekit.targets import get_target
     from edgekit.variants import export_variants, plan_variants, split_refused
 
     spec = get_target(target)

@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgekit.bundle import HeadSpec
-from edgekit.targets import FormatSpec, Target
 from edgekit.preprocess import InputSpec
+from edgekit.targets import FormatSpec, Target
 
 
 @dataclass(frozen=True)

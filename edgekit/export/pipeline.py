@@ -23,20 +23,29 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from edgekit import __version__
-from edgekit.bundle import MANIFEST_NAME, Bundle, Decision, Manifest, NetworkSpec, SCHEMA_VERSION, load_bundle, save_bundle
+from edgekit.bundle import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    Bundle,
+    Decision,
+    Manifest,
+    NetworkSpec,
+    load_bundle,
+    save_bundle,
+)
 from edgekit.clock import created_time
 from edgekit.errors import EdgekitError, UnsupportedOp
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
 from edgekit.export.job import Converted, ExportJob, ExportOptions, FamilyParts
-from edgekit.targets import FormatSpec, Target, get_target
 from edgekit.families.registry import FAMILIES, export_parts, recipe_name, takes_bank_options
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.resources import read_toml
 from edgekit.runtime.decision import fit_decision
 from edgekit.staging import make_staging, refuse_unowned
+from edgekit.targets import FormatSpec, Target, get_target
 from edgekit.train.run import Run, open_run
 
 #: format name -> converter (one module per format).

@@ -34,9 +34,9 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
 
     ``threads`` and ``mode``: the Detector's thread budget (see ``edgekit.load``; None: the target's).
     ``background`` busy processes run during the latency runs (see edgekit/profile/load.py)."""
-    from edgekit.targets import get_target
     from edgekit.profile.html import pareto_front
     from edgekit.profile.measure import describe_device
+    from edgekit.targets import get_target
 
     spec = get_target(target)
     mismatch = check_host(spec, estimate=estimate)

@@ -15,8 +15,17 @@ from edgekit.errors import EdgekitError
 from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageLike, prepare
 from edgekit.runtime.backends import Backend, BackendOptions, load_backend
 from edgekit.runtime.heads import build_head
-from edgekit.runtime.threads import (MAX_THREADS, MODES, Budget, HeadPool, Lanes, single_threaded_blas,
-                                     thread_count, usable_cores)
+from edgekit.runtime.threads import (
+    MAX_THREADS,
+    MODES,
+    Budget,
+    HeadPool,
+    Lanes,
+    single_threaded_blas,
+    thread_count,
+    usable_cores,
+)
+
 
 @dataclass(frozen=True)
 class Prediction:

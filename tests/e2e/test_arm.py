@@ -16,10 +16,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import arm_helpers
 import numpy as np
 import pytest
-
-import arm_helpers
 from arm_helpers import ALLOWED_MODULES, run_on_arm, score_bundle
 
 pytestmark = pytest.mark.e2e
@@ -53,8 +52,8 @@ TOLERANCE = {("onnx", "fp32"): 1e-4, ("tflite", "fp32"): 1e-4, ("tflite", "fp16"
 
 def _offered() -> tuple[list[tuple[str, str, str]], dict[tuple[str, str], str]]:
     """Every (target, format, precision) the Raspberry Pi targets offer, and each format's runtime."""
-    from edgekit.targets import get_target
     from edgekit.resources import names
+    from edgekit.targets import get_target
 
     cases, runtimes = [], {}
     for target in CPUS:

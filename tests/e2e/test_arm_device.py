@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import arm_helpers
 import numpy as np
 import pytest
 from PIL import Image
-
-import arm_helpers
 from test_arm import TOLERANCE
 from test_service import parse_unit, systemd_words
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error_line
 from click.testing import CliRunner
 
 import edgekit
-from cli_helpers import assert_one_error_line
 from edgekit.cli import cli
 from edgekit.data.datasets import open_dataset
 from edgekit.runtime.heads import MapHead

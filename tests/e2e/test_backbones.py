@@ -10,8 +10,13 @@ from PIL import Image
 
 from edgekit.errors import EdgekitError
 from edgekit.train import backbones
-from edgekit.train.backbones import (BACKBONES, DEFAULT_BACKBONE, build_classifier, build_feature_extractor,
-                                     get_backbone_spec)
+from edgekit.train.backbones import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    build_classifier,
+    build_feature_extractor,
+    get_backbone_spec,
+)
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

@@ -6,7 +6,6 @@ from edgekit.compress.pca import DEFAULT_BANK, UNCOMPRESSED
 from edgekit.errors import EdgekitError
 from edgekit.runtime.heads import KnnHead
 
-
 # --- the exported bundle (session fixtures: default export; one more export, uncompressed) -----------------
 
 def _export(run, out, **bank_options):
@@ -36,8 +35,8 @@ def sample_images(brick):
 
 @pytest.fixture(scope="module")
 def torch_embeddings(patchcore_run, sample_images):
-    from edgekit.train.inputs import embed, input_spec_for
     from edgekit.families.patchcore.train import load_network
+    from edgekit.train.inputs import embed, input_spec_for
 
     config = patchcore_run.config
     return embed(load_network(patchcore_run), sample_images, input_spec_for(config["backbone"], config["image_size"]))
@@ -70,8 +69,8 @@ def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundl
                                                                        sample_images):
     import edgekit
     from edgekit.compress.pca import BankSettings
-    from edgekit.fit import embed_images
     from edgekit.families.patchcore.train import compressed_bank
+    from edgekit.fit import embed_images
 
     manifest, stored = _stored(pca_bundle)
     bank = manifest.head.params["bank"]

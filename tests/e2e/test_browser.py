@@ -9,9 +9,8 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
-
 from browser import BrowserError, is_blank, render_page
+from PIL import Image, ImageDraw
 
 CLEAN_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>report</title></head>

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bundle_caps import IMAGE, _fake_archive, _save
 
 import edgekit
-from test_bundle_caps import IMAGE, _fake_archive, _save
 
 
 def _conv_pool_weights() -> np.ndarray:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cli_helpers import assert_one_error_line, run
+from PIL import Image
 
 
 @pytest.fixture()

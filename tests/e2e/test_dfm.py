@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from cli_helpers import assert_one_error_line, run as run_cli
+from cli_helpers import assert_one_error_line
+from cli_helpers import run as run_cli
 from export_helpers import bundle_exporter
+
 from edgekit.errors import EdgekitError
 
 

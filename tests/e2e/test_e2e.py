@@ -83,9 +83,9 @@ def test_onnxruntime_backend_reproduces_the_torch_network(patchcore_run, brick, 
     import torch
 
     from edgekit.export.onnx import torch_to_onnx
+    from edgekit.families.patchcore.train import load_network
     from edgekit.preprocess import InputSpec, prepare
     from edgekit.runtime.backends import BackendOptions, load_backend
-    from edgekit.families.patchcore.train import load_network
 
     network = load_network(patchcore_run)
     onnx_path = torch_to_onnx(network, torch.zeros(1, 3, 256, 256), tmp_path / "n.onnx", input_name="image",

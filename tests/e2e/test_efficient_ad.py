@@ -10,10 +10,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error_line
+from cli_helpers import run as run_cli
+from export_helpers import bundle_exporter
 
 import edgekit
-from cli_helpers import assert_one_error_line, run as run_cli
-from export_helpers import bundle_exporter
 from edgekit.data.datasets import open_dataset
 from edgekit.errors import EdgekitError
 
@@ -61,7 +62,13 @@ def training_scores(ead_run, small_brick):
 # -- the teacher ------------------------------------------------------------------------------------
 
 def test_distilled_teacher_reproduces_its_backbone_targets_better_than_a_random_pdn(teacher_run):
-    from edgekit.families.efficient_ad.pdn_teacher import BackboneTargets, load_teacher, natural_images, new_pdn, random_views
+    from edgekit.families.efficient_ad.pdn_teacher import (
+        BackboneTargets,
+        load_teacher,
+        natural_images,
+        new_pdn,
+        random_views,
+    )
 
     teacher, origin = load_teacher(teacher_run.path)
     assert "pdn-teacher run" in origin and "tf_efficientnet_lite0" in origin

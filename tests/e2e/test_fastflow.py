@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error_line
+from cli_helpers import run as run_cli
+from export_helpers import bundle_exporter
 
 import edgekit
-from cli_helpers import assert_one_error_line, run as run_cli
-from export_helpers import bundle_exporter
 from edgekit.data.datasets import open_dataset
 from edgekit.errors import EdgekitError
 
@@ -22,8 +23,8 @@ SCORE_RTOL = {"openvino": 1e-4, "tflite": 1e-4, "onnx": 1e-4}
 
 
 def _tiny_network(normalise: str = "none"):
-    from edgekit.train.backbones import build_feature_extractor
     from edgekit.families.fastflow.train import FastFlowNetwork
+    from edgekit.train.backbones import build_feature_extractor
 
     torch.manual_seed(0)
     extractor = build_feature_extractor("tf_efficientnet_lite0", layers=(1, 2), pretrained=False)

@@ -7,13 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+from test_fit import _patches
 
 from edgekit.bundle import load_bundle
 from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import compress_bank
 from edgekit.fit import list_normals, split_normals
 from edgekit.runtime.heads import decode_bank
-from test_fit import _patches
 
 
 @pytest.fixture(scope="module")

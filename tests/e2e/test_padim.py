@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from export_helpers import bundle_exporter
+
 from edgekit.errors import EdgekitError
-from edgekit.runtime.heads import HEADS, MahalanobisHead
 from edgekit.families.padim.train import GaussianFit, PadimNetwork, channel_subset
+from edgekit.runtime.heads import HEADS, MahalanobisHead
 
 
 def _gaussians(dims: int = 24, grid: int = 8, images: int = 40, seed: int = 0):

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_one_error_line as one_error_line
 from cli_helpers import run
-from edgekit.targets import get_target
+
 from edgekit.profile.html import pareto_front
+from edgekit.targets import get_target
 
 pytestmark = pytest.mark.e2e
 
@@ -92,8 +93,8 @@ def test_roofline_uses_the_counted_flops_and_the_published_peak(x86_bundle):
     detector = edgekit.load(x86_bundle)
     export = detector.manifest.export
     # the FLOP count equals 2 x multiply-adds of every convolution, counted here with hooks instead
-    from edgekit.families.patchcore.export import patchcore_parts
     from edgekit.export.job import ExportOptions
+    from edgekit.families.patchcore.export import patchcore_parts
     from edgekit.train.run import open_run
 
     network = patchcore_parts(open_run(detector.manifest.source["run"]), ExportOptions()).network

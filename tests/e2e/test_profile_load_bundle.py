@@ -5,8 +5,9 @@ import json
 
 import pytest
 from cli_helpers import run
-from edgekit.profile.load import describe_load
 from test_profile_load import _gone
+
+from edgekit.profile.load import describe_load
 
 
 @pytest.mark.e2e

@@ -23,10 +23,9 @@ from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export.job import ExportJob, ExportOptions
 from edgekit.export.quantize import ScoreAgreementValidation, recipe_for, score_agreement
-from edgekit.targets import FormatSpec, get_target
-from edgekit.runtime.decision import prediction_bound_factor
 from edgekit.resources import read_toml
-
+from edgekit.runtime.decision import prediction_bound_factor
+from edgekit.targets import FormatSpec, get_target
 
 # ---- the score agreement and the recipe ---------------------------------------------------------------
 

@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 import pytest
-
-from cli_helpers import assert_one_error_line, run as run_cli
+from cli_helpers import assert_one_error_line
+from cli_helpers import run as run_cli
 from export_helpers import bundle_exporter
+
 from edgekit.errors import EdgekitError
 
 torch = pytest.importorskip("torch")
@@ -47,8 +48,8 @@ def test_blurring_the_graphs_map_gives_anomalibs_anomaly_map(mode):
     from anomalib.models.components import GaussianBlur2d
     from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerator
 
-    from edgekit.train.backbones import build_feature_extractor
     from edgekit.families.reverse_distillation.train import ReverseDistillationNetwork
+    from edgekit.train.backbones import build_feature_extractor
 
     generator = torch.Generator().manual_seed(1)
     shapes = [(2, 24, 64, 64), (2, 40, 32, 32), (2, 112, 16, 16)]

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import is_blank, open_served_page
 from PIL import Image
 
-from browser import is_blank, open_served_page
 from edgekit.runtime.detector import load
 from edgekit.serve.events import Frame, Scored, make_event
 from edgekit.serve.http import HttpService

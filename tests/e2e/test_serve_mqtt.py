@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from services import free_port, mosquitto_broker
 
 import edgekit
 from edgekit.errors import EdgekitError
@@ -22,7 +23,6 @@ from edgekit.runtime.detector import Prediction
 from edgekit.serve import mqtt as mqtt_sink
 from edgekit.serve.events import Frame, Scored, SinkWorker, make_event
 from edgekit.serve.mqtt import MqttSink
-from services import free_port, mosquitto_broker
 
 paho = pytest.importorskip("paho.mqtt.client")
 BUNDLE = "0123456789abcdef"

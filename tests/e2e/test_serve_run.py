@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error_line, run
 from PIL import Image
 
 import edgekit
-from cli_helpers import assert_one_error_line, run
 
 pytestmark = pytest.mark.e2e
 

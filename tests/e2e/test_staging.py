@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import assert_one_error_line, run
+
 from edgekit.errors import EdgekitError
 from edgekit.staging import owner_tag, sweep_stale
 from edgekit.train.run import RunWriter

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from cli_helpers import assert_one_error_line, run as run_cli
+from cli_helpers import assert_one_error_line
+from cli_helpers import run as run_cli
 from export_helpers import bundle_exporter
+
 from edgekit.errors import EdgekitError
 
 #: The test run: few epochs at 128² (a quarter of the default's work per epoch) to keep the file fast.
@@ -122,8 +123,8 @@ def test_run_records_what_export_reads(stfpm_run):
 
 @pytest.mark.e2e
 def test_teacher_keeps_the_registrys_imagenet_weights_and_student_moved(stfpm_run):
-    from edgekit.train.backbones import build_feature_extractor
     from edgekit.families.stfpm.train import build_network, load_network
+    from edgekit.train.backbones import build_feature_extractor
 
     trained = load_network(stfpm_run).state_dict()
     imagenet = build_feature_extractor("tf_efficientnet_lite0", layers=(1, 2, 3)).state_dict()

@@ -142,8 +142,8 @@ def test_int8_manifest_says_what_was_quantized_and_what_stayed_float(bundles, pa
 def test_int8_input_is_quantized_over_the_whole_preprocessing_range(bundles, patchcore_run, tmp_path):
     from edgekit.export.tflite import input_range, int8_quantize
     from edgekit.preprocess import InputSpec, prepare
-    from edgekit.runtime.backends.litert import load as load_litert
     from edgekit.runtime.backends import BackendOptions
+    from edgekit.runtime.backends.litert import load as load_litert
 
     spec = InputSpec(height=256, width=256, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3, layout="NHWC")
     assert input_range(spec.mean, spec.std) == (-1.0, 1.0)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from cli_helpers import assert_one_error_line
 from click.testing import CliRunner
 
-from cli_helpers import assert_one_error_line
 from edgekit.errors import EdgekitError
 
 

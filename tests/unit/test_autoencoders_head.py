@@ -7,7 +7,6 @@ import pytest
 from edgekit.errors import EdgekitError
 from edgekit.runtime.heads import HEADS, MapHead, build_head
 
-
 # -- the map head (numpy only) ----------------------------------------------------------------------
 
 

@@ -16,8 +16,19 @@ import numpy as np
 import pytest
 
 import edgekit.bundle as bundle_module
-from edgekit.bundle import (SCHEMA_VERSION, Bundle, Decision, HeadSpec, Manifest, NetworkSpec,
-                            load_bundle, pack_bundle, save_bundle, sha256_file, unpack_bundle)
+from edgekit.bundle import (
+    SCHEMA_VERSION,
+    Bundle,
+    Decision,
+    HeadSpec,
+    Manifest,
+    NetworkSpec,
+    load_bundle,
+    pack_bundle,
+    save_bundle,
+    sha256_file,
+    unpack_bundle,
+)
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec
 

@@ -11,14 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bundle import NETWORK_BYTES, save_tiny
 
 import edgekit
-from edgekit.bundle import (SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec, load_bundle, save_bundle,
-                            unpack_bundle)
+from edgekit.bundle import (
+    SCHEMA_VERSION,
+    Decision,
+    HeadSpec,
+    Manifest,
+    NetworkSpec,
+    load_bundle,
+    save_bundle,
+    unpack_bundle,
+)
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec
-
-from test_bundle import NETWORK_BYTES, save_tiny
 
 SPEC = InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
 IMAGE = np.random.default_rng(3).integers(0, 255, (16, 16, 3)).astype(np.uint8)

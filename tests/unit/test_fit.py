@@ -15,12 +15,12 @@ from edgekit.bundle import HeadSpec, NetworkSpec, load_bundle, save_bundle, sha2
 from edgekit.cli import cli
 from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import compress_bank
-from edgekit.errors import EdgekitError
-from edgekit.preprocess import InputSpec, prepare
-from edgekit.runtime.decision import fit_decision
 from edgekit.data.splits import split_normals
+from edgekit.errors import EdgekitError
 from edgekit.fit import fit_bundle, list_normals
+from edgekit.preprocess import InputSpec, prepare
 from edgekit.runtime.bank import decode_bank, encode_bank
+from edgekit.runtime.decision import fit_decision
 
 SPEC = InputSpec(height=32, width=32, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
 POOL = 4

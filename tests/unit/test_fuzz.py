@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_signing import save_fake  # the same tiny kNN bundle on the fake runtime
 
 import edgekit
 from edgekit.bundle import pack_bundle, unpack_bundle
@@ -35,7 +36,6 @@ from edgekit.manifest import digest_line
 from edgekit.preprocess import MIN_SIDE, decode_image, read_image
 from edgekit.runtime.detector import Prediction
 from edgekit.serve import http
-from test_signing import save_fake  # the same tiny kNN bundle on the fake runtime
 
 settings.register_profile("edgekit-fuzz", max_examples=250, derandomize=True, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

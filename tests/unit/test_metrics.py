@@ -6,8 +6,14 @@ import pytest
 from sklearn.metrics import f1_score, precision_recall_curve, roc_auc_score
 
 from edgekit.errors import EdgekitError
-from edgekit.metrics import (connected_components, f1_at_threshold, f1_optimal_threshold,
-                             image_auroc, pixel_auroc, pro_score)
+from edgekit.metrics import (
+    connected_components,
+    f1_at_threshold,
+    f1_optimal_threshold,
+    image_auroc,
+    pixel_auroc,
+    pro_score,
+)
 
 
 def _tied_scores(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:

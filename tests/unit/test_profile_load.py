@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import assert_one_error_line, run
+
 from edgekit.profile.load import busy_processes, compare, describe_load, snapshot, watch
 
 SPIN = [sys.executable, "-c", "while True: pass"]

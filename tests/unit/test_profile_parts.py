@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
-from edgekit.targets import get_target, host_mismatch
+
 from edgekit.runtime.heads import KnnHead
+from edgekit.targets import get_target, host_mismatch
 
 
 def test_head_cost_is_dominated_by_the_distance_product():

@@ -1,7 +1,6 @@
 """A runtime's error keeps its reason: OpenVINO's source-location lines are skipped."""
 from __future__ import annotations
 
-
 import pytest
 
 from edgekit.errors import reason

@@ -10,12 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from services import free_port
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.detector import Prediction
 from edgekit.serve.events import Frame, Scored, SinkWorker, make_event
 from edgekit.serve.webhook import WebhookSink
-from services import free_port
 
 
 class Receiver:

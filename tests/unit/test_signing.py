@@ -12,9 +12,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 import edgekit
-from edgekit.bundle import (SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec, digest_line,
-                            load_bundle)
-from edgekit.bundle import save_bundle
+from edgekit.bundle import (
+    SCHEMA_VERSION,
+    Decision,
+    HeadSpec,
+    Manifest,
+    NetworkSpec,
+    digest_line,
+    load_bundle,
+    save_bundle,
+)
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.families.autoencoders.options import DaeOptions, SaeOptions
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
+from edgekit.families.autoencoders.options import DaeOptions, SaeOptions
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.engine import Fitted, build_run

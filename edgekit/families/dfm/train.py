@@ -24,9 +24,9 @@ from torch import nn
 
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
+from edgekit.families.dfm.options import DfmOptions
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
-from edgekit.families.dfm.options import DfmOptions
 from edgekit.train.engine import Fitted, build_run
 from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.maps import MapScoring, parameter_count

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.families.efficient_ad.options import PdnTeacherOptions
 from edgekit.errors import EdgekitError
+from edgekit.families.efficient_ad.options import PdnTeacherOptions
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
 from edgekit.train.run import Run, RunWriter, open_run

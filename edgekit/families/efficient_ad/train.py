@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.families.efficient_ad.options import EfficientAdOptions
 from edgekit.data.datasets import Dataset, open_dataset
 from edgekit.errors import EdgekitError
+from edgekit.families.efficient_ad import pdn_teacher
+from edgekit.families.efficient_ad.options import EfficientAdOptions
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.families.efficient_ad import pdn_teacher
 from edgekit.train.engine import Fitted, build_run
 from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run

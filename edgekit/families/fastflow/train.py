@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.families.fastflow.options import FastflowOptions
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
+from edgekit.families.fastflow.options import FastflowOptions
 from edgekit.preprocess import prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor

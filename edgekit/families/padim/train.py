@@ -26,11 +26,11 @@ from torch import nn
 
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
+from edgekit.families.padim.options import PadimOptions
 from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MahalanobisHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
-from edgekit.families.padim.options import PadimOptions
 from edgekit.train.engine import Fitted, build_run
 from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.run import Run, evaluate_on_test_split, load_weights

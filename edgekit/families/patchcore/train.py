@@ -18,16 +18,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.compress.coreset import coreset_count, coreset_indices
-from edgekit.compress.pca import (DEFAULT_BANK, UNCOMPRESSED, BankSettings, CompressedBank, FeatureStatistics,
-                                  compress_bank, feature_statistics, fit_pca, resolve_dims)
+from edgekit.compress.pca import (
+    DEFAULT_BANK,
+    UNCOMPRESSED,
+    BankSettings,
+    CompressedBank,
+    FeatureStatistics,
+    compress_bank,
+    feature_statistics,
+    fit_pca,
+    resolve_dims,
+)
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
+from edgekit.families.patchcore.options import PatchcoreOptions
 from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.bank import decode_bank
 from edgekit.runtime.heads import KnnHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
-from edgekit.families.patchcore.options import PatchcoreOptions
 from edgekit.train.engine import Fitted, build_run
 from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.run import Run, evaluate_on_test_split, load_weights

@@ -22,15 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from edgekit.families.reverse_distillation.options import ReverseDistillationOptions
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
+from edgekit.families.reverse_distillation.options import ReverseDistillationOptions
 from edgekit.preprocess import prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
 from edgekit.train.engine import Fitted, build_run
-from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.inputs import input_spec_for
+from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
 
 #: Encoder levels (strides 4, 8, 16), as anomalib's layer1..layer3 of a ResNet.

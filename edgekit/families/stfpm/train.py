@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.families.stfpm.options import StfpmOptions
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
+from edgekit.families.stfpm.options import StfpmOptions
 from edgekit.preprocess import prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
 from edgekit.train.engine import Fitted, build_run
-from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.inputs import input_spec_for
+from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
 
 DEFAULT_LAYERS = (1, 2, 3)
