@@ -20,3 +20,22 @@ def bundle_exporter(run_path: Path, root: Path) -> Callable[..., Path]:
         return made[name]
 
     return get
+
+
+def some_test_images(category: Path) -> list[Path]:
+    """10 of a synthetic category's 60 test images, every kind of defect among them."""
+    return sorted((category / "test").glob("*/*.png"))[::6]
+
+
+def assert_bundle_gives(bundle: Path, images: list[Path], expected: tuple, *, rtol: float = 1e-5):
+    """The bundle's raw scores and maps on ``images`` equal ``expected`` (the training path's): scores
+    to ``rtol``, maps to ``rtol`` of their largest value. Returns the loaded Detector."""
+    import numpy as np
+
+    import edgekit
+
+    detector = edgekit.load(bundle)
+    scores, maps = detector.raw(images)
+    np.testing.assert_allclose(scores, expected[0], rtol=rtol)
+    np.testing.assert_allclose(maps, expected[1], rtol=rtol, atol=rtol * float(expected[1].max()))
+    return detector

@@ -9,7 +9,8 @@ import pytest
 import torch
 from cli_helpers import assert_one_error_line
 from cli_helpers import run as run_cli
-from export_helpers import bundle_exporter
+from export_helpers import assert_bundle_gives, bundle_exporter
+from export_helpers import some_test_images as every_sixth_test_image
 
 from edgekit.errors import EdgekitError
 
@@ -79,7 +80,7 @@ def bundles(dfm_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def some_test_images(brick) -> list[Path]:
-    return sorted((brick / "test").glob("*/*.png"))[::6]  # 10 of 60, every kind
+    return every_sixth_test_image(brick)
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +124,7 @@ def test_brick_auroc_is_above_the_measured_floor(dfm_run):
 
 @pytest.mark.e2e
 def test_x86_fp32_bundle_scores_equal_the_training_path(bundles, some_test_images, training_scores):
-    import edgekit
-
-    detector = edgekit.load(bundles("x86", "openvino", "fp32"))
-    scores, maps = detector.raw(some_test_images)
-    train_scores, train_maps = training_scores
-    np.testing.assert_allclose(scores, train_scores, rtol=1e-5)
-    np.testing.assert_allclose(maps, train_maps, rtol=1e-5, atol=1e-5 * float(train_maps.max()))
-    manifest = detector.manifest
+    manifest = assert_bundle_gives(bundles("x86", "openvino", "fp32"), some_test_images, training_scores).manifest
     assert manifest.head.kind == "map" and manifest.head.arrays == {}
     assert manifest.export["output_shape"] == [1, 1, 8, 8]
 
@@ -138,13 +132,8 @@ def test_x86_fp32_bundle_scores_equal_the_training_path(bundles, some_test_image
 @pytest.mark.e2e
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_rpi4_fp32_bundles_give_the_training_scores(fmt, bundles, some_test_images, training_scores):
-    import edgekit
-
-    detector = edgekit.load(bundles("rpi4", fmt, "fp32"))
+    detector = assert_bundle_gives(bundles("rpi4", fmt, "fp32"), some_test_images, training_scores)
     assert detector.manifest.runtime == {"tflite": "litert", "onnx": "onnxruntime"}[fmt]
-    scores, maps = detector.raw(some_test_images)
-    np.testing.assert_allclose(scores, training_scores[0], rtol=1e-5)
-    np.testing.assert_allclose(maps, training_scores[1], rtol=1e-5, atol=1e-5 * float(training_scores[1].max()))
 
 
 def test_variance_outside_zero_one_is_refused_in_one_line_and_writes_nothing(brick, tmp_path):
