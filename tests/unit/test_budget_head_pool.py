@@ -122,15 +122,15 @@ def test_lanes_run_everything_on_at_most_count_threads_and_reraise():
 def test_a_lone_caller_keeps_meeting_the_same_lane_and_close_ends_idle_lanes():
     from edgekit.runtime.threads import Lanes
 
-    lanes = Lanes(3)
+    lanes = Lanes(3, name="lone-caller-test")  # other tests' Detectors may still have lanes of their own
     lanes.map(lambda k: time.sleep(0.01), range(3))  # start all three
-    assert sum(t.name.startswith("edgekit-lane") for t in threading.enumerate()) >= 3
+    assert sum(t.name.startswith("lone-caller-test") for t in threading.enumerate()) == 3
     seen = {lanes.run(lambda: threading.get_ident()) for _ in range(20)}
     assert len(seen) == 1
     lanes.close()
     deadline = time.monotonic() + 10
-    while any(t.name.startswith("edgekit-lane") for t in threading.enumerate()) and time.monotonic() < deadline:
+    while any(t.name.startswith("lone-caller-test") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not any(t.name.startswith("edgekit-lane") for t in threading.enumerate())
+    assert not any(t.name.startswith("lone-caller-test") for t in threading.enumerate())
     assert lanes.run(lambda: 7) == 7  # a closed Lanes starts a lane again when needed
     lanes.close()
