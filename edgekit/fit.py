@@ -83,13 +83,16 @@ def fit_bundle(bundle: str | Path, normals: str | Path, *, out: Optional[str | P
     settings = BankSettings(dims=str(stored.get("dims", "full")), dtype=dtype, size=stored.get("size"),
                             share=stored.get("share"))
     ratio = float(params.get("coreset_ratio", 0.1))
+    fixed_rows = params.get("coreset_rows")  # a bank trained at a fixed size keeps it
+    if fixed_rows is not None and (isinstance(fixed_rows, bool) or not isinstance(fixed_rows, int) or fixed_rows < 1):
+        raise EdgekitError(f"bundle {source}: head param coreset_rows must be a positive integer, not {fixed_rows!r}")
     seed = int(params.get("seed", 0)) if seed is None else seed
 
     images = list_normals(Path(normals))
     bank_idx, held_idx = split_normals(len(images), holdout, seed)
     embeddings = embed_images(detector, images, batch_size=batch_size, progress=progress)
     patches = _patches(embeddings[bank_idx])
-    count = coreset_count(len(patches), ratio)
+    count = coreset_count(len(patches), ratio, rows=fixed_rows)
     old_bank = detector.head.memory_bank if add else None
     chosen = coreset_indices(patches, count, seed=seed, covered_by=old_bank,
                              progress=lambda done, total: progress("coreset", done, total))

@@ -74,8 +74,11 @@ def coreset_indices(features: np.ndarray, count: int, *, projection_dims: Option
     return chosen
 
 
-def coreset_count(patches: int, ratio: float) -> int:
-    """Rows a coreset of ``ratio`` keeps out of ``patches`` (at least one), as training does."""
+def coreset_count(patches: int, ratio: float, *, rows: Optional[int] = None) -> int:
+    """Rows a coreset keeps out of ``patches``, as training does: ``rows`` when given (a fixed bank:
+    greedy selection's work is then linear in the patches), else ``ratio`` of them; at least one."""
+    if rows is not None:
+        return max(1, min(int(rows), patches))
     return max(1, int(patches * ratio))
 
 

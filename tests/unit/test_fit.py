@@ -52,11 +52,15 @@ def normals(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fake_bundle(tmp_path_factory) -> Path:
     """A kNN bundle on the fake runtime with an int8 bank of 40 random rows in the network's space."""
+    return _fake_bundle(tmp_path_factory.mktemp("fake") / "bundle")
+
+
+def _fake_bundle(out: Path, **params) -> Path:
     from edgekit.bundle import SCHEMA_VERSION, Decision, Manifest
 
     bank = np.random.default_rng(1).standard_normal((40, 3)).astype(np.float32)
     arrays = encode_bank(bank, "int8")
-    head = HeadSpec(kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0, "coreset_ratio": 0.25, "seed": 0,
+    head = HeadSpec(kind="knn", params={**params, "num_neighbors": 3, "blur_sigma": 1.0, "coreset_ratio": 0.25, "seed": 0,
                                         "bank": {"rows": 40, "dims": 3, "dtype": "int8",
                                                  "settings": {"dims": "full", "dtype": "int8", "size": None}}},
                     arrays={name: f"head/{name}.npy" for name in arrays})
@@ -67,7 +71,6 @@ def fake_bundle(tmp_path_factory) -> Path:
         head=head, decision=Decision(image_threshold=1.0, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0,
                                      method="test", fitted_on=2),
         source={}, export={})
-    out = tmp_path_factory.mktemp("fake") / "bundle"
     network = json.dumps({"pool": POOL, "outputs": ["embedding"]}).encode()
     return save_bundle(out, manifest, files={"net.json": network},
                        arrays={f"head/{name}.npy": array for name, array in arrays.items()})
@@ -145,3 +148,20 @@ def test_fit_command_prints_one_line_and_errors_are_one_line(fake_bundle, normal
 
 
 # --- the real bundle: runtime features vs torch features, torch absent --------------------------------------
+
+
+def test_a_bank_trained_at_a_fixed_size_is_refitted_at_that_size(normals, tmp_path):
+    """``edgekit train --coreset-rows N`` puts coreset_rows in the head: fitting on the device keeps N
+    rows (not coreset_ratio of the patches); a malformed value is one clear error."""
+    fixed = _fake_bundle(tmp_path / "fixed", coreset_rows=7)
+    fitted = fit_bundle(fixed, normals, out=tmp_path / "fitted")
+    assert fitted.manifest.head.params["bank"]["rows"] == 7 == coreset_count(8 * 64, 0.25, rows=7)
+    broken = _fake_bundle(tmp_path / "broken", coreset_rows="7")
+    with pytest.raises(EdgekitError, match="head param coreset_rows must be a positive integer, not '7'"):
+        fit_bundle(broken, normals, out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_coreset_count_is_the_ratio_of_the_patches_or_the_fixed_rows():
+    assert coreset_count(1000, 0.1) == 100 and coreset_count(5, 0.01) == 1
+    assert coreset_count(1000, 0.1, rows=300) == 300 and coreset_count(200, 0.1, rows=300) == 200

@@ -61,6 +61,7 @@ def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
                          "share": settings.share}}
     params = {"num_neighbors": int(run.config["num_neighbors"]), "blur_sigma": 4.0,
               "coreset_ratio": float(run.config["coreset_ratio"]), "seed": int(run.config.get("seed", 0)),
+              **({"coreset_rows": int(run.config["coreset_rows"])} if run.config.get("coreset_rows") else {}),
               "bank": bank}
     head = HeadSpec(kind="knn", params=params, arrays=paths)
     return FamilyParts(network=network, head=head,

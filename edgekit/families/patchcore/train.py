@@ -131,13 +131,16 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
 def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                     layers: Optional[Sequence[int]] = None, image_size: int = 256,
                     coreset_ratio: float = PatchcoreOptions.coreset_ratio,
-                    num_neighbors: int = PatchcoreOptions.num_neighbors, holdout: float = 0.2,
+                    num_neighbors: int = PatchcoreOptions.num_neighbors,
+                    coreset_rows: Optional[int] = PatchcoreOptions.coreset_rows, holdout: float = 0.2,
                     seed: int = 0, weights: Optional[Path] = None, batch_size: int = 8,
                     category: Optional[str] = None, overwrite: bool = False,
                     progress: ProgressFn = noop) -> Run:
     """Build a PatchCore memory bank from a dataset's normal training images and evaluate it."""
     if not 0 < coreset_ratio <= 1:
         raise EdgekitError(f"--coreset-ratio must be in (0, 1], not {coreset_ratio}")
+    if coreset_rows is not None and coreset_rows < 1:
+        raise EdgekitError(f"--coreset-rows must be at least 1, not {coreset_rows}")
     if num_neighbors < 1:
         raise EdgekitError(f"--num-neighbors must be at least 1, not {num_neighbors}")
     if image_size < 32 or image_size % 8:
@@ -145,14 +148,15 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
     spec = get_backbone_spec(backbone)
     layers = tuple(layers) if layers else tuple(spec.patchcore_layers)
     config = {"model": "patchcore", "backbone": backbone, "layers": list(layers), "image_size": image_size,
-              "num_neighbors": num_neighbors, "coreset_ratio": coreset_ratio, "seed": seed}
+              "num_neighbors": num_neighbors, "coreset_ratio": coreset_ratio,
+              **({"coreset_rows": coreset_rows} if coreset_rows is not None else {}), "seed": seed}
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
         input_spec = input_spec_for(backbone, image_size)
         embeddings = embed(network, trained, input_spec, batch_size=batch_size, progress=progress)
         patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
-        count = coreset_count(len(patches), coreset_ratio)
+        count = coreset_count(len(patches), coreset_ratio, rows=coreset_rows)
         chosen = coreset_indices(patches, count, seed=seed,
                                  progress=lambda done, total: progress("coreset", done, total))
         writer.save_array("memory_bank", patches[chosen])
