@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import assert_one_error_line
-from cli_helpers import run as run_cli
 from export_helpers import assert_bundle_gives, bundle_exporter
 from export_helpers import some_test_images as every_sixth_test_image
 
@@ -142,9 +140,3 @@ def test_variance_outside_zero_one_is_refused_in_one_line_and_writes_nothing(bri
     with pytest.raises(EdgekitError, match=r"DFM variance must be between 0 and 1, not 1.5"):
         train_dfm(brick, tmp_path / "run", variance=1.5)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_cli_refuses_a_patchcore_option_for_dfm_in_one_line(brick, tmp_path):
-    result = run_cli("train", "--model", "dfm", "--coreset-ratio", "0.1", "--data", brick, "--out", tmp_path / "run")
-    assert_one_error_line(result, "--coreset-ratio", "'dfm'")
-    assert not (tmp_path / "run").exists()

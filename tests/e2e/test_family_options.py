@@ -32,3 +32,18 @@ def test_help_lists_every_option_with_each_familys_default():
             assert f"--{field.name.replace('_', '-')}" in text
             if field.default is not None:
                 assert f"{model} {field.default}" in text
+
+
+@pytest.mark.parametrize("model", [m for m in FAMILIES if FAMILIES[m].options and FAMILIES[m].export_parts])
+def test_another_familys_option_is_one_error_line_naming_the_model(model, brick, tmp_path):
+    from cli_helpers import assert_one_error_line
+    from cli_helpers import run as run_cli
+
+    own = {field.name for field in dataclasses.fields(options_of(model))}
+    foreign = next(field.name for other in FAMILIES if options_of(other)
+                   for field in dataclasses.fields(options_of(other)) if field.name not in own)
+    flag = "--" + foreign.replace("_", "-")
+    value = "1" if flag != "--variance" else "0.5"
+    result = run_cli("train", "--model", model, flag, value, "--data", brick, "--out", tmp_path / "run")
+    assert_one_error_line(result, flag, f"'{model}'")
+    assert not (tmp_path / "run").exists()
