@@ -14,7 +14,6 @@ gives byte-identical bundles wherever the converters themselves are deterministi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -128,7 +127,7 @@ def _existing(paths: Sequence[Path], run: Run, why: str) -> list[Path]:
 
 
 def _input_spec(run: Run, fmt: FormatSpec) -> InputSpec:
-    return dataclasses.replace(run.record.input, layout=fmt.layout, name=INPUT_NAME)
+    return replace(run.record.input, layout=fmt.layout, name=INPUT_NAME)
 
 
 def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: ExportOptions, staging: Path,

@@ -7,7 +7,7 @@ numpy head, so a bundle's scores equal the run's up to the runtime's float round
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -76,12 +76,12 @@ def parameter_count(network: nn.Module) -> int:
 
 
 def training_settings(epochs: Optional[int], batch_size: Optional[int], learning_rate: Optional[float], *,
-                      defaults: tuple[int, int, float], min_batch: int = 1,
-                      why: str = "") -> tuple[int, int, float]:
-    """The user's --epochs / --batch-size / --learning-rate, or the model's ``defaults``, checked."""
-    epochs = defaults[0] if epochs is None else int(epochs)
-    batch_size = defaults[1] if batch_size is None else int(batch_size)
-    learning_rate = defaults[2] if learning_rate is None else float(learning_rate)
+                      defaults: Any, min_batch: int = 1, why: str = "") -> tuple[int, int, float]:
+    """The user's --epochs / --batch-size / --learning-rate, or the defaults of the family's options
+    dataclass (``defaults.epochs``, ...), checked."""
+    epochs = defaults.epochs if epochs is None else int(epochs)
+    batch_size = defaults.batch_size if batch_size is None else int(batch_size)
+    learning_rate = defaults.learning_rate if learning_rate is None else float(learning_rate)
     if epochs < 1:
         raise EdgekitError(f"--epochs must be at least 1, not {epochs}")
     if batch_size < min_batch:

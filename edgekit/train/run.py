@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -57,7 +58,7 @@ class RunRecord:
     def to_config(self) -> dict[str, Any]:
         spec = self.input
         return {"model": self.model, "backbone": self.backbone, "layers": list(self.layers), "seed": self.seed,
-                **{k: v for k, v in self.settings.items() if k not in ("format",)},
+                **self.settings,
                 "input": {"height": spec.height, "width": spec.width, "channels": spec.channels,
                           "mean": list(spec.mean), "std": list(spec.std), "resize": spec.resize},
                 "dataset": dict(self.dataset),
@@ -76,7 +77,7 @@ class Run:
     def model(self) -> str:
         return str(self.config["model"])
 
-    @property
+    @cached_property
     def record(self) -> RunRecord:
         """The typed common fields of run.json (a run that lacks one is refused in one line)."""
         try:

@@ -151,9 +151,9 @@ def dae_loss(image: torch.Tensor, reconstruction: torch.Tensor, code: torch.Tens
 #: (0.0015 after 80), so its training loss is no stopping guide there. The DAE's loss is flat from
 #: epoch 5 on (MSE 0.0111). Train times (idle machine): SAE 10 s, DAE 15 s; 28 s and 69 s while
 #: another job used a core.
-MODELS: dict[str, tuple[type, Callable, int, int, float]] = {
-    "sae": (SparseAutoencoder, sae_loss, SaeOptions.epochs, SaeOptions.batch_size, SaeOptions.learning_rate),
-    "dae": (DeepAutoencoder, dae_loss, DaeOptions.epochs, DaeOptions.batch_size, DaeOptions.learning_rate),
+MODELS: dict[str, tuple[type, Callable, type]] = {
+    "sae": (SparseAutoencoder, sae_loss, SaeOptions),
+    "dae": (DeepAutoencoder, dae_loss, DaeOptions),
 }
 
 
@@ -219,10 +219,8 @@ def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *
                       category: Optional[str] = None, overwrite: bool = False,
                       progress: ProgressFn = noop) -> Run:
     """Train ``model`` ("sae" or "dae") on a dataset's normal training images, held-out ones excluded."""
-    _, _, default_epochs, default_batch, default_rate = MODELS[model]
     epochs, batch_size, learning_rate = training_settings(
-        epochs, batch_size, learning_rate, defaults=(default_epochs, default_batch, default_rate), min_batch=2,
-        why=" (BatchNorm)")
+        epochs, batch_size, learning_rate, defaults=MODELS[model][2], min_batch=2, why=" (BatchNorm)")
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
     config = {"model": model, "backbone": "none", "layers": [], "image_size": image_size, "epochs": epochs,

@@ -8,6 +8,9 @@ from edgekit.families.base import option
 
 @dataclass(frozen=True)
 class DfmOptions:
+    """Level 2 is stride 8 (Lite0: 40 channels, 32×32 at 256²), pooled by 4 to an 8×8 grid (anomalib
+    also pools by 4); 0.97 is anomalib's pca_level. Measurements: docs/training.md, "DFM"."""
+
     layer: int = option(2, "Backbone level whose features are modelled (1: stride 4, 2: stride 8, 3: stride 16).",
                         low=1)
     pooling: int = option(4, "Average pooling over k x k grid positions before the PCA.", low=1)

@@ -32,10 +32,8 @@ from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.maps import MapScoring, parameter_count
 from edgekit.train.run import Run
 
-#: Defaults (DfmOptions): level 2, stride 8 (Lite0: 40 channels, 32×32 at 256²), pooled by 4 to an
-#: 8×8 grid (anomalib also pools by 4); the components that explain 0.97 of the variance
-#: (anomalib's pca_level). Measurements: docs/training.md, "DFM".
-DEFAULT_LAYER, DEFAULT_POOLING, DEFAULT_VARIANCE = DfmOptions.layer, DfmOptions.pooling, DfmOptions.variance
+#: The image score is the mean of the map (anomalib's whole-image error up to a constant); the map
+#: keeps a σ = 4 blur for the pixel AUROC. Measurements: docs/training.md, "DFM".
 SCORE_RULE = {"score": "mean", "top_fraction": 0.01, "blur_sigma": 4.0}
 
 
@@ -114,7 +112,8 @@ class _Features(nn.Module):
 def train_dfm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
               weights: Optional[Path] = None, image_size: int = 256, batch_size: int = 8, holdout: float = 0.2,
               seed: int = 0, category: Optional[str] = None, overwrite: bool = False, progress: ProgressFn = noop,
-              layer: int = DEFAULT_LAYER, pooling: int = DEFAULT_POOLING, variance: float = DEFAULT_VARIANCE) -> Run:
+              layer: int = DfmOptions.layer, pooling: int = DfmOptions.pooling,
+              variance: float = DfmOptions.variance) -> Run:
     """Fit DFM's PCA on the pooled features of a dataset's normal training images and evaluate it."""
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")

@@ -40,8 +40,6 @@ MAP_PADDING = 4
 SCORE_RULE = {"score": "max", "top_fraction": 0.01, "blur_sigma": 4.0}
 #: One epoch = 48 steps of one image on the default data (anomalib: 70,000 steps at 1e-4); 1e-3
 #: because the run is ~1,500× shorter. Measured in docs/training.md.
-DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE = (EfficientAdOptions.epochs, EfficientAdOptions.batch_size,
-                                               EfficientAdOptions.learning_rate)
 
 
 def _anomalib():
@@ -217,7 +215,7 @@ def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_w
     uses edgekit's default distilled teacher (distilled into the user cache on first use).
     """
     epochs, batch_size, learning_rate = training_settings(epochs, batch_size, learning_rate,
-                                                          defaults=(DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE))
+                                                          defaults=EfficientAdOptions)
     if image_size < 256 or image_size % 64:  # the autoencoder's encoder ends in an 8x8 convolution at S/32
         raise EdgekitError(f"--image-size must be a multiple of 64 and at least 256, not {image_size}")
     dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)

@@ -41,7 +41,6 @@ FLOW_STEPS = 4
 HIDDEN_RATIO = 1.0
 CONV3X3_ONLY = False
 CLAMP = 2.0                 # anomalib's affine_clamping: coupling log-scales within ±2
-EPOCHS, BATCH_SIZE, LEARNING_RATE = FastflowOptions.epochs, FastflowOptions.batch_size, FastflowOptions.learning_rate
 WEIGHT_DECAY = 1e-5   # anomalib: Adam 1e-3, wd 1e-5
 SCORE_RULE = {"score": "max", "top_fraction": 0.01, "blur_sigma": 4.0}
 
@@ -209,7 +208,7 @@ def train_fastflow(data: str | Path | Dataset, out: str | Path, *, backbone: str
                    category: Optional[str] = None, overwrite: bool = False, progress: ProgressFn = noop) -> Run:
     """Train FastFlow's flows on a dataset's normal training images (held-out ones excluded)."""
     epochs, batch_size, learning_rate = training_settings(epochs, batch_size, learning_rate,
-                                                          defaults=(EPOCHS, BATCH_SIZE, LEARNING_RATE))
+                                                          defaults=FastflowOptions)
     if image_size < 64 or image_size % 32:
         raise EdgekitError(f"--image-size must be a multiple of 32 and at least 64, not {image_size}")
     if normalise not in NORMALISATIONS:

@@ -39,9 +39,6 @@ NETWORK_FILE = "network.safetensors"
 MEAN, INV_COVARIANCE = "mean", "inv_covariance"
 #: Pyramid levels: stride 8 + 16, a 32×32 grid at 256² (stride 4 would be 64×64: 4× the head's bytes).
 DEFAULT_LAYERS = (2, 3)
-#: Channels kept (PadimOptions): 64 is the knee of image / pixel AUROC against head size
-#: (measurements: docs/training.md, "PaDiM").
-DEFAULT_DIMS = PadimOptions.dims
 #: Added to every position's covariance diagonal (the PaDiM paper's ε·I) before inverting.
 REGULARISATION = 0.01
 BLUR_SIGMA = 4.0
@@ -172,7 +169,7 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
 
 def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                 weights: Optional[Path] = None, layers: Optional[Sequence[int]] = None, image_size: int = 256,
-                dims: int = DEFAULT_DIMS, batch_size: int = 8, holdout: float = 0.2, seed: int = 0,
+                dims: int = PadimOptions.dims, batch_size: int = 8, holdout: float = 0.2, seed: int = 0,
                 category: Optional[str] = None, overwrite: bool = False, progress: ProgressFn = noop) -> Run:
     """Fit PaDiM's per-position Gaussians on a dataset's normal training images and evaluate them."""
     if image_size < 32 or image_size % 8:

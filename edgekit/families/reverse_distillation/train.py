@@ -8,7 +8,7 @@ The exported graph (:class:`ReverseDistillationNetwork`) ends in the anomaly map
 level's grid (per level 1 − cosine similarity, summed), so the device's numpy MapHead only resizes,
 blurs and scores it. Bottleneck and decoder are anomalib's, generalised to any three levels, with a
 1×1 read-out per decoder stage because Lite0's levels are signed and a ReLU output is not.
-SCORE_RULE, DEFAULT_EPOCHS and their measurements: docs/training.md, "Reverse Distillation".
+SCORE_RULE, the default epochs (ReverseDistillationOptions) and their measurements: docs/training.md, "Reverse Distillation".
 """
 from __future__ import annotations
 
@@ -45,9 +45,6 @@ BETAS = (0.5, 0.99)
 #: 5 epochs = 30 Adam steps on the 48 default images (AUROC by epochs in docs/training.md). Cost
 #: measured single-threaded (process time, so load-independent): 0.2 s per step of 8 images + 0.34 s
 #: per 8 images through the frozen encoder, which runs once per training image (levels cached).
-DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = (ReverseDistillationOptions.epochs,
-                                                         ReverseDistillationOptions.batch_size,
-                                                         ReverseDistillationOptions.learning_rate)
 BLOCKS_PER_STAGE = 2  # as anomalib's ResNet-18 bottleneck and decoder
 
 
@@ -217,7 +214,7 @@ def train_reverse_distillation(data: str | Path | Dataset, out: str | Path, *, b
                                overwrite: bool = False, progress: ProgressFn = noop) -> Run:
     """Train Reverse Distillation's bottleneck and decoder on a dataset's normal training images."""
     epochs, batch_size, learning_rate = training_settings(
-        epochs, batch_size, learning_rate, defaults=(DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE),
+        epochs, batch_size, learning_rate, defaults=ReverseDistillationOptions,
         min_batch=2, why=" (BatchNorm)")
     if image_size < 64 or image_size % 32:
         raise EdgekitError(f"--image-size must be a multiple of 32 and at least 64 for reverse distillation "

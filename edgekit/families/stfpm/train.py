@@ -32,8 +32,6 @@ from edgekit.train.run import Run
 
 DEFAULT_LAYERS = (1, 2, 3)
 SCORE_RULE = {"score": "top_mean", "top_fraction": 0.01, "blur_sigma": 4.0}
-DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE = (StfpmOptions.epochs, StfpmOptions.batch_size,
-                                                         StfpmOptions.learning_rate)
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # anomalib's SGD (lightning_model.py: lr 0.4, momentum 0.9, wd 0.001)
 
 
@@ -140,7 +138,7 @@ def train_stfpm(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
                 progress: ProgressFn = noop, layers: Sequence[int] = DEFAULT_LAYERS) -> Run:
     """Train an STFPM student against the frozen teacher on a dataset's normal training images."""
     epochs, batch_size, learning_rate = training_settings(
-        epochs, batch_size, learning_rate, defaults=(DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, DEFAULT_LEARNING_RATE),
+        epochs, batch_size, learning_rate, defaults=StfpmOptions,
         min_batch=2, why=" (the student's BatchNorm trains)")
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
