@@ -1,28 +1,62 @@
 """Train a registered model by name (edgekit/families/registry.py says which trainer), and the
 one skeleton every trainer runs (``build_run``).
 
-A trainer is ``train(data, out, *, image_size, holdout, seed, category, overwrite, progress,
-**options) -> Run``; ``options`` are the model's own (``backbone``, ``epochs``, ...) and only those
-the user gave; one that is not a parameter of the model's trainer is refused in one line. A
-trainer checks its options, then hands ``build_run`` its fit and its evaluation: the data, the
-staging, the seed, the split, the provenance, the metrics and the commit are the engine's.
+A trainer is ``train(data, out, *, image_size, **options, **run: Unpack[RunArgs]) -> Run``;
+``options`` are the model's own (``backbone``, ``epochs``, ...) and only those the user gave; one
+that is not a parameter of the model's trainer is refused in one line. ``run`` (hold-out, seed,
+category, overwrite, progress) is the same for every family and goes to ``build_run`` as a
+``RunSettings``. A trainer checks its options, then hands ``build_run`` its fit and its evaluation:
+the data, the staging, the seed, the split, the provenance, the metrics and the commit are the
+engine's.
 """
 from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypedDict
 
 from edgekit.errors import EdgekitError
 from edgekit.families.registry import trainer
+from edgekit.progress import ProgressFn, noop
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run is made, the same for every family: the share of normals held out for thresholds,
+    the seed, the dataset's category, whether an earlier run may be replaced, and progress."""
+
+    holdout: float = 0.2
+    seed: int = 0
+    category: Optional[str] = None
+    overwrite: bool = False
+    progress: ProgressFn = noop
+
+
+class RunArgs(TypedDict, total=False):
+    """RunSettings as a trainer's keyword arguments (``**run: Unpack[RunArgs]``)."""
+
+    holdout: float
+    seed: int
+    category: Optional[str]
+    overwrite: bool
+    progress: ProgressFn
+
+
+def accepted_options(function: Callable) -> set[str]:
+    """The keyword arguments a trainer takes: its own parameters and, through ``**run``, RunSettings'."""
+    parameters = inspect.signature(function).parameters.values()
+    named = {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        named |= {f.name for f in fields(RunSettings)}
+    return named
 
 
 def train(model: str, data: Any, out: Any, **options: Any):
     """Run ``model``'s trainer; an option its trainer does not take is one clear error."""
     function = trainer(model)
-    accepted = set(inspect.signature(function).parameters)
+    accepted = accepted_options(function)
     unknown = sorted(name for name in options if name not in accepted)
     if unknown:
         flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
@@ -53,12 +87,11 @@ class Fitted:
 #: saves its files with ``writer``; ``held`` are the held-out normals (EfficientAD fits its map
 #: quantiles on them).
 FitFn = Callable[[Any, Any, list, list], Fitted]
-#: evaluate(run, dataset, network=...) -> metrics on the dataset's labelled test split.
-EvaluateFn = Callable[[Any, Any, Any], dict]
+#: evaluate(run, dataset, network=..., progress=...) -> metrics on the dataset's labelled test split.
+EvaluateFn = Callable[..., dict]
 
 
-def build_run(data: Any, out: Any, *, fit: FitFn, evaluate: EvaluateFn, holdout: float, seed: int,
-              category: Optional[str], overwrite: bool) -> Any:
+def build_run(data: Any, out: Any, how: RunSettings, *, fit: FitFn, evaluate: EvaluateFn) -> Any:
     """Open the data, split its normals (seeded), stage the run folder, seed torch, ``fit``, record
     the provenance, ``evaluate`` on the test split, write metrics.json and commit the run."""
     import torch
@@ -67,23 +100,23 @@ def build_run(data: Any, out: Any, *, fit: FitFn, evaluate: EvaluateFn, holdout:
     from edgekit.data.splits import split_normals
     from edgekit.train.run import Run, RunRecord, RunWriter, dataset_block, made
 
-    dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
+    dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=how.category)
     paths = [sample.path for sample in dataset.train]
-    trained_index, held_index = split_normals(len(paths), holdout, seed)
+    trained_index, held_index = split_normals(len(paths), how.holdout, how.seed)
     trained, held = [paths[i] for i in trained_index], [paths[i] for i in held_index]
-    writer = RunWriter(Path(out), overwrite=overwrite)
+    writer = RunWriter(Path(out), overwrite=how.overwrite)
     with writer:
         started = time.perf_counter()
-        torch.manual_seed(seed)
+        torch.manual_seed(how.seed)
         fitted = fit(writer, dataset, trained, held)
         found = fitted.config
         record = RunRecord(model=found["model"], backbone=found["backbone"], layers=tuple(found["layers"]),
-                           input=fitted.input, seed=seed, dataset=dataset_block(dataset),
+                           input=fitted.input, seed=how.seed, dataset=dataset_block(dataset),
                            trained_images=tuple(trained), held_out_images=tuple(held),
                            settings={**{k: v for k, v in found.items() if k not in RunRecord.COMMON},
                                      **made(time.perf_counter() - started)})
         config = record.to_config()
         run = Run(path=writer.tmp, config=config)
-        metrics = {**evaluate(run, dataset, network=fitted.network), **fitted.metrics}
+        metrics = {**evaluate(run, dataset, network=fitted.network, progress=how.progress), **fitted.metrics}
         writer.save_json("metrics.json", metrics)
         return writer.commit(config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,9 +24,12 @@ from edgekit.errors import EdgekitError
 from edgekit.families.autoencoders.options import DaeOptions, SaeOptions
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.train.engine import Fitted, build_run
+from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.maps import MapScoring, map_outputs, parameter_count, training_settings
 from edgekit.train.run import Run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: The map head of both autoencoders (manifest head params; see the module docstring for why).
 SCORE_RULE = {"score": "top_mean", "top_fraction": 0.01, "blur_sigma": 4.0}
@@ -215,30 +218,28 @@ def _fit(model: str, network: nn.Module, images: np.ndarray, *, epochs: int, bat
 
 def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *, image_size: int = 128,
                       epochs: Optional[int] = None, batch_size: Optional[int] = None,
-                      learning_rate: Optional[float] = None, holdout: float = 0.2, seed: int = 0,
-                      category: Optional[str] = None, overwrite: bool = False,
-                      progress: ProgressFn = noop) -> Run:
+                      learning_rate: Optional[float] = None, **run: Unpack[RunArgs]) -> Run:
     """Train ``model`` ("sae" or "dae") on a dataset's normal training images, held-out ones excluded."""
+    how = RunSettings(**run)
     epochs, batch_size, learning_rate = training_settings(
         epochs, batch_size, learning_rate, defaults=MODELS[model][2], min_batch=2, why=" (BatchNorm)")
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
     config = {"model": model, "backbone": "none", "layers": [], "image_size": image_size, "epochs": epochs,
-              "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed, "head": dict(SCORE_RULE)}
+              "batch_size": batch_size, "learning_rate": learning_rate, "seed": how.seed, "head": dict(SCORE_RULE)}
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config)
         spec = input_spec_for(image_size)
         history, mse_history = _fit(model, network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
-                                    learning_rate=learning_rate, seed=seed, progress=progress)
+                                    learning_rate=learning_rate, seed=how.seed, progress=how.progress)
         network.eval()
         writer.save_network(SCORING.network_file, network)
         return Fitted({**config, "parameters": parameter_count(network)}, spec, network,
                       {"epochs": epochs, "loss": history, "final_loss": history[-1],
                        "reconstruction_mse": mse_history, "final_reconstruction_mse": mse_history[-1]})
 
-    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                     evaluate=functools.partial(evaluate_run, progress=progress))
+    return build_run(data, out, how, fit=fit, evaluate=evaluate_run)
 
 
 #: The registry's trainers: train_autoencoder with the model named (defaults: MODELS).

@@ -13,9 +13,8 @@ only. anomalib's optional Gaussian likelihood score is not offered.
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -25,12 +24,14 @@ from torch import nn
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.families.dfm.options import DfmOptions
-from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
-from edgekit.train.engine import Fitted, build_run
+from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.maps import MapScoring, parameter_count
 from edgekit.train.run import Run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: The image score is the mean of the map (anomalib's whole-image error up to a constant); the map
 #: keeps a σ = 4 blur for the pixel AUROC. Measurements: docs/training.md, "DFM".
@@ -110,11 +111,11 @@ class _Features(nn.Module):
 
 
 def train_dfm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
-              weights: Optional[Path] = None, image_size: int = 256, batch_size: int = 8, holdout: float = 0.2,
-              seed: int = 0, category: Optional[str] = None, overwrite: bool = False, progress: ProgressFn = noop,
-              layer: int = DfmOptions.layer, pooling: int = DfmOptions.pooling,
-              variance: float = DfmOptions.variance) -> Run:
+              weights: Optional[Path] = None, image_size: int = 256, batch_size: int = 8,
+              layer: int = DfmOptions.layer, pooling: int = DfmOptions.pooling, variance: float = DfmOptions.variance,
+              **run: Unpack[RunArgs]) -> Run:
     """Fit DFM's PCA on the pooled features of a dataset's normal training images and evaluate it."""
+    how = RunSettings(**run)
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
     if not 0 < variance < 1:
@@ -122,12 +123,12 @@ def train_dfm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DE
     if pooling < 1:
         raise EdgekitError(f"DFM pooling must be at least 1, not {pooling}")
     config = {"model": "dfm", "backbone": backbone, "layers": [int(layer)], "pooling": int(pooling),
-              "variance": float(variance), "image_size": image_size, "seed": seed, "head": dict(SCORE_RULE)}
+              "variance": float(variance), "image_size": image_size, "seed": how.seed, "head": dict(SCORE_RULE)}
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network({**config, "components": 1}, weights=weights, pretrained=True)
         spec = input_spec_for(backbone, image_size)
-        features = embed(_Features(network), trained, spec, batch_size=batch_size, progress=progress,
+        features = embed(_Features(network), trained, spec, batch_size=batch_size, progress=how.progress,
                          stage="features")
         grid = [int(features.shape[2]), int(features.shape[3])]
         vectors = features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1])
@@ -142,5 +143,4 @@ def train_dfm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DE
                        "explained_variance": round(float(ratios.sum()), 6),
                        "feature_vectors": int(len(vectors)), "parameters": parameter_count(network)}, spec, network)
 
-    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                     evaluate=functools.partial(evaluate_run, progress=progress))
+    return build_run(data, out, how, fit=fit, evaluate=evaluate_run)

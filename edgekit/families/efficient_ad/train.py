@@ -10,11 +10,10 @@ anomalib's maximum after a σ = 4 blur. Timings and AUROC by rule: docs/training
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +26,12 @@ from edgekit.families.efficient_ad import pdn_teacher
 from edgekit.families.efficient_ad.options import EfficientAdOptions
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
-from edgekit.train.engine import Fitted, build_run
+from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 CHANNELS = pdn_teacher.TEACHER_CHANNELS
 HARD_QUANTILE = 0.999
@@ -206,23 +208,22 @@ def _fit(network: EfficientAdMap, images: np.ndarray, photos: Sequence[np.ndarra
 
 def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_weights: Optional[str | Path] = None,
                        image_size: int = 256, epochs: Optional[int] = None, batch_size: Optional[int] = None,
-                       learning_rate: Optional[float] = None, holdout: float = 0.2, seed: int = 0,
-                       category: Optional[str] = None, overwrite: bool = False,
-                       progress: ProgressFn = noop) -> Run:
+                       learning_rate: Optional[float] = None, **run: Unpack[RunArgs]) -> Run:
     """Train EfficientAD-S on a dataset's normal training images, held-out ones excluded.
 
     ``teacher_weights``: anomalib's pretrained_teacher_small.pth or a pdn-teacher run folder; None
     uses edgekit's default distilled teacher (distilled into the user cache on first use).
     """
+    how = RunSettings(**run)
     epochs, batch_size, learning_rate = training_settings(epochs, batch_size, learning_rate,
                                                           defaults=EfficientAdOptions)
     if image_size < 256 or image_size % 64:  # the autoencoder's encoder ends in an 8x8 convolution at S/32
         raise EdgekitError(f"--image-size must be a multiple of 64 and at least 256, not {image_size}")
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
+    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=how.category)
     if teacher_weights is not None:
         teacher, teacher_origin = pdn_teacher.load_teacher(teacher_weights)
     else:
-        teacher, teacher_origin = default_teacher(progress=progress)
+        teacher, teacher_origin = default_teacher(progress=how.progress)
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         spec = input_spec_for(image_size)
         images = prepare(trained, spec)
@@ -231,7 +232,7 @@ def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_w
         network.teacher_mean.copy_(mean)
         network.teacher_std.copy_(std)
         history, last_terms = _fit(network, images, pdn_teacher.natural_images(), epochs=epochs,
-                                   batch_size=batch_size, learning_rate=learning_rate, seed=seed, progress=progress)
+                                   batch_size=batch_size, learning_rate=learning_rate, seed=how.seed, progress=how.progress)
         quantile_images = prepare(held, spec) if held else images
         network.quantiles.copy_(_map_quantiles(network, quantile_images))
         network.eval()
@@ -240,12 +241,11 @@ def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_w
         config = {"model": "efficient_ad", "backbone": f"pdn_small teacher ({teacher_kind}: {teacher_origin})",
                   "teacher": teacher_origin, "layers": [], "image_size": image_size, "epochs": epochs,
                   "steps": epochs * -(-len(images) // batch_size), "batch_size": batch_size,
-                  "learning_rate": learning_rate, "seed": seed, "head": dict(SCORE_RULE),
+                  "learning_rate": learning_rate, "seed": how.seed, "head": dict(SCORE_RULE),
                   "parameters": parameter_count(network),
                   "quantiles_fitted_on": "held-out normals" if held else "trained-on images",
                   "quantiles": [round(float(q), 8) for q in network.quantiles]}
         return Fitted(config, spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1],
                                         "final_loss_terms": last_terms})
 
-    return build_run(dataset, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                     evaluate=functools.partial(evaluate_run, progress=progress))
+    return build_run(dataset, out, how, fit=fit, evaluate=evaluate_run)

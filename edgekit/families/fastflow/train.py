@@ -11,9 +11,8 @@ blurs and scores it (SCORE_RULE: maximum after a σ = 4 blur). Measurements: doc
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,12 +23,15 @@ from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.families.fastflow.options import FastflowOptions
 from edgekit.preprocess import prepare
-from edgekit.progress import ProgressFn, noop
+from edgekit.progress import ProgressFn
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
-from edgekit.train.engine import Fitted, build_run
+from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import input_spec_for
 from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DEFAULT_LAYERS = (1, 2, 3)
 NORMALISATIONS = ("layernorm", "none")
@@ -202,11 +204,11 @@ def _fit(network: FastFlowNetwork, images: np.ndarray, *, epochs: int, batch_siz
 def train_fastflow(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                    weights: Optional[str | Path] = None, image_size: int = 256, epochs: Optional[int] = None,
                    batch_size: Optional[int] = None, learning_rate: Optional[float] = None,
-                   layers: Sequence[int] = DEFAULT_LAYERS, normalise: str = NORMALISE,
-                   flow_steps: int = FLOW_STEPS, hidden_ratio: float = HIDDEN_RATIO,
-                   conv3x3_only: bool = CONV3X3_ONLY, holdout: float = 0.2, seed: int = 0,
-                   category: Optional[str] = None, overwrite: bool = False, progress: ProgressFn = noop) -> Run:
+                   layers: Sequence[int] = DEFAULT_LAYERS, normalise: str = NORMALISE, flow_steps: int = FLOW_STEPS,
+                   hidden_ratio: float = HIDDEN_RATIO, conv3x3_only: bool = CONV3X3_ONLY,
+                   **run: Unpack[RunArgs]) -> Run:
     """Train FastFlow's flows on a dataset's normal training images (held-out ones excluded)."""
+    how = RunSettings(**run)
     epochs, batch_size, learning_rate = training_settings(epochs, batch_size, learning_rate,
                                                           defaults=FastflowOptions)
     if image_size < 64 or image_size % 32:
@@ -223,7 +225,7 @@ def train_fastflow(data: str | Path | Dataset, out: str | Path, *, backbone: str
                                   hidden_ratio=hidden_ratio, conv3x3_only=conv3x3_only)
         spec = input_spec_for(backbone, image_size)
         history = _fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, seed=seed, progress=progress)
+                       learning_rate=learning_rate, seed=how.seed, progress=how.progress)
         network.eval()
         writer.save_network(SCORING.network_file, network)
         config = {"model": "fastflow", "backbone": backbone, "layers": list(extractor.layers),
@@ -231,11 +233,10 @@ def train_fastflow(data: str | Path | Dataset, out: str | Path, *, backbone: str
                   "image_size": image_size, "head": dict(SCORE_RULE),
                   "flow": {"normalise": normalise, "steps": flow_steps, "hidden_ratio": hidden_ratio,
                            "conv3x3_only": conv3x3_only, "clamp": CLAMP},
-                  "map_grid": list(network.grid), "seed": seed, "epochs": epochs, "batch_size": batch_size,
+                  "map_grid": list(network.grid), "seed": how.seed, "epochs": epochs, "batch_size": batch_size,
                   "learning_rate": learning_rate, "weight_decay": WEIGHT_DECAY,
                   "parameters": parameter_count(network),
                   "trainable_parameters": int(sum(p.numel() for p in network.parameters() if p.requires_grad))}
         return Fitted(config, spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
 
-    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                     evaluate=functools.partial(evaluate_run, progress=progress))
+    return build_run(data, out, how, fit=fit, evaluate=evaluate_run)

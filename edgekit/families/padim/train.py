@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +31,12 @@ from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MahalanobisHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
-from edgekit.train.engine import Fitted, build_run
+from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.run import Run, evaluate_on_test_split, load_weights
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 NETWORK_FILE = "network.safetensors"
 MEAN, INV_COVARIANCE = "mean", "inv_covariance"
@@ -169,9 +172,9 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
 
 def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                 weights: Optional[Path] = None, layers: Optional[Sequence[int]] = None, image_size: int = 256,
-                dims: int = PadimOptions.dims, batch_size: int = 8, holdout: float = 0.2, seed: int = 0,
-                category: Optional[str] = None, overwrite: bool = False, progress: ProgressFn = noop) -> Run:
+                dims: int = PadimOptions.dims, batch_size: int = 8, **run: Unpack[RunArgs]) -> Run:
     """Fit PaDiM's per-position Gaussians on a dataset's normal training images and evaluate them."""
+    how = RunSettings(**run)
     if image_size < 32 or image_size % 8:
         raise EdgekitError(f"--image-size must be a multiple of 8 and at least 32, not {image_size}")
     if batch_size < 1:
@@ -185,15 +188,15 @@ def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
             raise EdgekitError(f"PaDiM dims must be in 1..{total} ({backbone} layers {list(extractor.layers)} "
                                f"have {total} channels), not {dims}")
         config = {"model": "padim", "backbone": backbone, "layers": list(extractor.layers), "image_size": image_size,
-                  "dims": dims, "channels_total": total, "channel_index": channel_subset(total, dims, seed),
-                  "regularisation": REGULARISATION, "blur_sigma": BLUR_SIGMA, "seed": seed}
+                  "dims": dims, "channels_total": total, "channel_index": channel_subset(total, dims, how.seed),
+                  "regularisation": REGULARISATION, "blur_sigma": BLUR_SIGMA, "seed": how.seed}
         network = PadimNetwork(extractor, config["channel_index"]).eval()
         input_spec = input_spec_for(backbone, image_size)
         gaussians = GaussianFit()
-        progress("features", 0, len(trained))
+        how.progress("features", 0, len(trained))
         for start in range(0, len(trained), batch_size):
             gaussians.add(embed(network, trained[start:start + batch_size], input_spec, batch_size=batch_size))
-            progress("features", min(start + batch_size, len(trained)), len(trained))
+            how.progress("features", min(start + batch_size, len(trained)), len(trained))
         mean, inv_covariance = gaussians.statistics(REGULARISATION)
         writer.save_array(MEAN, mean)
         writer.save_array(INV_COVARIANCE, inv_covariance)
@@ -203,8 +206,7 @@ def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
         })
         return Fitted(config, input_spec, network)
 
-    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                     evaluate=functools.partial(evaluate_run, batch_size=batch_size, progress=progress))
+    return build_run(data, out, how, fit=fit, evaluate=functools.partial(evaluate_run, batch_size=batch_size))
 
 
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,9 +37,12 @@ from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.bank import decode_bank
 from edgekit.runtime.heads import KnnHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
-from edgekit.train.engine import Fitted, build_run
+from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import embed, input_spec_for
 from edgekit.train.run import Run, evaluate_on_test_split, load_weights
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 NETWORK_FILE = "network.safetensors"
 #: Mean and covariance of all bank-image patch features: what PCA bank compression is fitted on.
@@ -132,11 +135,10 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
                     layers: Optional[Sequence[int]] = None, image_size: int = 256,
                     coreset_ratio: float = PatchcoreOptions.coreset_ratio,
                     num_neighbors: int = PatchcoreOptions.num_neighbors,
-                    coreset_rows: Optional[int] = PatchcoreOptions.coreset_rows, holdout: float = 0.2,
-                    seed: int = 0, weights: Optional[Path] = None, batch_size: int = 8,
-                    category: Optional[str] = None, overwrite: bool = False,
-                    progress: ProgressFn = noop) -> Run:
+                    coreset_rows: Optional[int] = PatchcoreOptions.coreset_rows, weights: Optional[Path] = None,
+                    batch_size: int = 8, **run: Unpack[RunArgs]) -> Run:
     """Build a PatchCore memory bank from a dataset's normal training images and evaluate it."""
+    how = RunSettings(**run)
     if not 0 < coreset_ratio <= 1:
         raise EdgekitError(f"--coreset-ratio must be in (0, 1], not {coreset_ratio}")
     if coreset_rows is not None and coreset_rows < 1:
@@ -149,16 +151,16 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
     layers = tuple(layers) if layers else tuple(spec.patchcore_layers)
     config = {"model": "patchcore", "backbone": backbone, "layers": list(layers), "image_size": image_size,
               "num_neighbors": num_neighbors, "coreset_ratio": coreset_ratio,
-              **({"coreset_rows": coreset_rows} if coreset_rows is not None else {}), "seed": seed}
+              **({"coreset_rows": coreset_rows} if coreset_rows is not None else {}), "seed": how.seed}
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
         input_spec = input_spec_for(backbone, image_size)
-        embeddings = embed(network, trained, input_spec, batch_size=batch_size, progress=progress)
+        embeddings = embed(network, trained, input_spec, batch_size=batch_size, progress=how.progress)
         patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
         count = coreset_count(len(patches), coreset_ratio, rows=coreset_rows)
-        chosen = coreset_indices(patches, count, seed=seed,
-                                 progress=lambda done, total: progress("coreset", done, total))
+        chosen = coreset_indices(patches, count, seed=how.seed,
+                                 progress=lambda done, total: how.progress("coreset", done, total))
         writer.save_array("memory_bank", patches[chosen])
         statistics = feature_statistics(patches)
         writer.save_array(PATCH_MEAN, statistics.mean)
@@ -169,8 +171,7 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
                        "bank_rows": int(count), "patches_seen": int(len(patches)),
                        "patch_statistics_rows": statistics.count}, input_spec, network)
 
-    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                     evaluate=functools.partial(evaluate_run, batch_size=batch_size, progress=progress))
+    return build_run(data, out, how, fit=fit, evaluate=functools.partial(evaluate_run, batch_size=batch_size))
 
 
 def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8,

@@ -12,9 +12,8 @@ SCORE_RULE, the default epochs (ReverseDistillationOptions) and their measuremen
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,10 +27,13 @@ from edgekit.families.reverse_distillation.options import ReverseDistillationOpt
 from edgekit.preprocess import prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
-from edgekit.train.engine import Fitted, build_run
+from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import input_spec_for
 from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: Encoder levels (strides 4, 8, 16), as anomalib's layer1..layer3 of a ResNet.
 LAYERS = (1, 2, 3)
@@ -210,9 +212,9 @@ def fit(network: ReverseDistillationNetwork, images: np.ndarray, *, epochs: int,
 def train_reverse_distillation(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                                weights: Optional[Path] = None, image_size: int = 256, epochs: Optional[int] = None,
                                batch_size: Optional[int] = None, learning_rate: Optional[float] = None,
-                               holdout: float = 0.2, seed: int = 0, category: Optional[str] = None,
-                               overwrite: bool = False, progress: ProgressFn = noop) -> Run:
+                               **run: Unpack[RunArgs]) -> Run:
     """Train Reverse Distillation's bottleneck and decoder on a dataset's normal training images."""
+    how = RunSettings(**run)
     epochs, batch_size, learning_rate = training_settings(
         epochs, batch_size, learning_rate, defaults=ReverseDistillationOptions,
         min_batch=2, why=" (BatchNorm)")
@@ -222,18 +224,17 @@ def train_reverse_distillation(data: str | Path | Dataset, out: str | Path, *, b
     get_backbone_spec(backbone)
     config = {"model": "reverse_distillation", "backbone": backbone, "layers": list(LAYERS),
               "image_size": image_size, "map_mode": MAP_MODE, "epochs": epochs, "batch_size": batch_size,
-              "learning_rate": learning_rate, "betas": list(BETAS), "seed": seed, "head": dict(SCORE_RULE)}
+              "learning_rate": learning_rate, "betas": list(BETAS), "seed": how.seed, "head": dict(SCORE_RULE)}
 
     def fit_run(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
         spec = input_spec_for(backbone, image_size)
         history = fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
-                      learning_rate=learning_rate, seed=seed, progress=progress)
+                      learning_rate=learning_rate, seed=how.seed, progress=how.progress)
         writer.save_network(SCORING.network_file, network)
         return Fitted({**config, "parameters": parameter_count(network),
                        "trainable_parameters": parameter_count(network.bottleneck) + parameter_count(network.decoder),
                        "map_grid": [image_size // 4, image_size // 4]},
                       spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
 
-    return build_run(data, out, fit=fit_run, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                     evaluate=functools.partial(evaluate_run, progress=progress))
+    return build_run(data, out, how, fit=fit_run, evaluate=evaluate_run)

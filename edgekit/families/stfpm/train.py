@@ -10,9 +10,8 @@ their measurements: docs/training.md, "STFPM".
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,12 +22,15 @@ from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.families.stfpm.options import StfpmOptions
 from edgekit.preprocess import prepare
-from edgekit.progress import ProgressFn, noop
+from edgekit.progress import ProgressFn
 from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
-from edgekit.train.engine import Fitted, build_run
+from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import input_spec_for
 from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DEFAULT_LAYERS = (1, 2, 3)
 SCORE_RULE = {"score": "top_mean", "top_fraction": 0.01, "blur_sigma": 4.0}
@@ -133,10 +135,10 @@ def _fit(network: StfpmNetwork, images: np.ndarray, *, epochs: int, batch_size: 
 
 def train_stfpm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
                 weights: Optional[Path] = None, image_size: int = 256, epochs: Optional[int] = None,
-                batch_size: Optional[int] = None, learning_rate: Optional[float] = None, holdout: float = 0.2,
-                seed: int = 0, category: Optional[str] = None, overwrite: bool = False,
-                progress: ProgressFn = noop, layers: Sequence[int] = DEFAULT_LAYERS) -> Run:
+                batch_size: Optional[int] = None, learning_rate: Optional[float] = None,
+                layers: Sequence[int] = DEFAULT_LAYERS, **run: Unpack[RunArgs]) -> Run:
     """Train an STFPM student against the frozen teacher on a dataset's normal training images."""
+    how = RunSettings(**run)
     epochs, batch_size, learning_rate = training_settings(
         epochs, batch_size, learning_rate, defaults=StfpmOptions,
         min_batch=2, why=" (the student's BatchNorm trains)")
@@ -144,18 +146,17 @@ def train_stfpm(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
     config = {"model": "stfpm", "backbone": backbone, "layers": list(layers), "image_size": image_size,
               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-              "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "seed": seed,
+              "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "seed": how.seed,
               "head": dict(SCORE_RULE)}
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights, pretrained=True)
         spec = input_spec_for(backbone, image_size)
         history = _fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, seed=seed, progress=progress)
+                       learning_rate=learning_rate, seed=how.seed, progress=how.progress)
         writer.save_network(SCORING.network_file, network)
         return Fitted({**config, "layers": list(network.teacher.layers), "parameters": parameter_count(network), "trained_parameters": parameter_count(network.student),
                        "strides": list(network.teacher.strides), "channels": list(network.teacher.channels)},
                       spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
 
-    return build_run(data, out, fit=fit, holdout=holdout, seed=seed, category=category, overwrite=overwrite,
-                     evaluate=functools.partial(evaluate_run, progress=progress))
+    return build_run(data, out, how, fit=fit, evaluate=evaluate_run)
