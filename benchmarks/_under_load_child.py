@@ -6,6 +6,7 @@ and ``batch N`` one ``predict_batch`` of N decoded images; each answers one ``RE
 of milliseconds. ``quit`` (or end of input) ends it. A process per variant keeps each runtime's
 thread pools, BLAS and (for anomalib) torch out of the others' way.
 """
+
 import json
 import sys
 import time
@@ -47,7 +48,7 @@ def _anomalib(job: dict):
     def many(count: int):
         chosen = (images * count)[:count]
         for start in range(0, count, batch):
-            group = chosen[start:start + batch]
+            group = chosen[start : start + batch]
             inferencer.predict(np.stack(group + [group[-1]] * (batch - len(group))))
 
     return one, many, batch

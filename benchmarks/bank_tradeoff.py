@@ -23,6 +23,7 @@ both by the training path (torch features + the same numpy compression, equal to
 
 Run: ``python benchmarks/bank_tradeoff.py [--workdir DIR]`` (needs edgekit[train]; ~30 min here).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,9 +110,10 @@ def _measure(variant: Variant, run, category: Path, workdir: Path, texture: str,
     variant.image_auroc[texture] = image_auroc(labels, scores)
     variant.pixel_auroc[texture] = pixel_auroc(masks, maps)
     patches = [e.transpose(1, 2, 0).reshape(-1, e.shape[0]) for e in embeddings[:runs]]
-    cycle = iter(range(10 ** 9))
-    variant.knn_ms.append(_median_ms(lambda: nearest_neighbors(patches[next(cycle) % len(patches)],
-                                                               detector.head.memory_bank), runs))
+    cycle = iter(range(10**9))
+    variant.knn_ms.append(
+        _median_ms(lambda: nearest_neighbors(patches[next(cycle) % len(patches)], detector.head.memory_bank), runs)
+    )
     image = read_image(dataset.test[0].path, detector.manifest.input.channels)
     variant.e2e_ms.append(_median_ms(lambda: detector.predict(image), runs))
     shutil.rmtree(out, ignore_errors=True)
@@ -132,8 +134,9 @@ def _training_path_rows(run, category: Path, texture: str, pca_sources: dict, se
 
     dataset = open_dataset(category)
     config = run.config
-    embeddings = embed(load_network(run), [s.path for s in dataset.test],
-                       input_spec_for(config["backbone"], config["image_size"]))
+    embeddings = embed(
+        load_network(run), [s.path for s in dataset.test], input_spec_for(config["backbone"], config["image_size"])
+    )
     labels = np.array([s.label for s in dataset.test])
     with tempfile.TemporaryDirectory() as tmp:
         coreset_only = Path(tmp) / "run"
@@ -147,9 +150,12 @@ def _training_path_rows(run, category: Path, texture: str, pca_sources: dict, se
     rows = DEFAULT_BANK.rows(len(bank), bank.shape[1], bank.shape[1])
     for seed in range(5):
         compressed = compress_bank(bank, dtype=DEFAULT_BANK.dtype, size=rows, seed=seed)
-        head = KnnHead(memory_bank=decode_bank(compressed.arrays, DEFAULT_BANK.dtype),
-                       num_neighbors=int(config["num_neighbors"]), output_height=config["image_size"],
-                       output_width=config["image_size"])
+        head = KnnHead(
+            memory_bank=decode_bank(compressed.arrays, DEFAULT_BANK.dtype),
+            num_neighbors=int(config["num_neighbors"]),
+            output_height=config["image_size"],
+            output_width=config["image_size"],
+        )
         seeds.setdefault(texture, []).append(image_auroc(labels, head(embeddings)[0]))
 
 
@@ -178,8 +184,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                     continue
                 variants += [Variant(f"d={dims} {dtype}", dims=dims, dtype=dtype) for dtype in DTYPES]
             default_rows = DEFAULT_BANK.rows(int(run.config["bank_rows"]), feature_dims, feature_dims)
-            variants += [Variant(f"d=full int8 {size} rows", dims="full", dtype="int8", size=size)
-                         for size in THINNED if size < int(run.config["bank_rows"])]
+            variants += [
+                Variant(f"d=full int8 {size} rows", dims="full", dtype="int8", size=size)
+                for size in THINNED
+                if size < int(run.config["bank_rows"])
+            ]
             variants.append(Variant(f"default (d=full int8, {default_rows} rows)"))
         for variant in variants:
             print(f"[{texture}] {variant.label}", file=sys.stderr, flush=True)
@@ -188,40 +197,58 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     reference = variants[0]  # d=full float32: the uncompressed bank
     mean = lambda values: float(np.mean(list(values)))  # noqa: E731
-    print("$ python benchmarks/bank_tradeoff.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; OpenVINO "
-          f"{openvino.__version__}, numpy {np.__version__}; x86 target, fp32 network; timings: perf_counter, "
-          f"median of {args.runs} after 2 warm-up, batch 1, mean over {len(TEXTURES)} textures")
-    print(f"features: tf_efficientnet_lite0, {feature_dims} dims; uncompressed bank: "
-          f"{reference.rows[0]} rows x {feature_dims} x float32 = {reference.bytes[0] / 1e6:.2f} MB; "
-          + (f"skipped d={', '.join(skipped)} (more than the {feature_dims} feature dims)" if skipped else ""))
+    print(
+        "$ python benchmarks/bank_tradeoff.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; OpenVINO "
+        f"{openvino.__version__}, numpy {np.__version__}; x86 target, fp32 network; timings: perf_counter, "
+        f"median of {args.runs} after 2 warm-up, batch 1, mean over {len(TEXTURES)} textures"
+    )
+    print(
+        f"features: tf_efficientnet_lite0, {feature_dims} dims; uncompressed bank: "
+        f"{reference.rows[0]} rows x {feature_dims} x float32 = {reference.bytes[0] / 1e6:.2f} MB; "
+        + (f"skipped d={', '.join(skipped)} (more than the {feature_dims} feature dims)" if skipped else "")
+    )
     print()
-    print(f"| bank | rows | bank KB | x smaller | kNN ms/img | end-to-end ms/img | image AUROC {' / '.join(TEXTURES)} "
-          "| mean | Δ mean | pixel AUROC mean |")
+    print(
+        f"| bank | rows | bank KB | x smaller | kNN ms/img | end-to-end ms/img | image AUROC {' / '.join(TEXTURES)} "
+        "| mean | Δ mean | pixel AUROC mean |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     ref_mean = mean(reference.image_auroc.values())
     for v in variants:
         per = " / ".join(f"{v.image_auroc[t]:.4f}" for t in TEXTURES)
         image_mean = mean(v.image_auroc.values())
-        print(f"| {v.label} | {round(mean(v.rows))} | {mean(v.bytes) / 1e3:.1f} | {mean(v.ratio):.1f} | "
-              f"{mean(v.knn_ms):.1f} | {mean(v.e2e_ms):.1f} | {per} | {image_mean:.4f} | "
-              f"{image_mean - ref_mean:+.4f} | {mean(v.pixel_auroc.values()):.4f} |")
+        print(
+            f"| {v.label} | {round(mean(v.rows))} | {mean(v.bytes) / 1e3:.1f} | {mean(v.ratio):.1f} | "
+            f"{mean(v.knn_ms):.1f} | {mean(v.e2e_ms):.1f} | {per} | {image_mean:.4f} | "
+            f"{image_mean - ref_mean:+.4f} | {mean(v.pixel_auroc.values()):.4f} |"
+        )
     qualifying = [v for v in variants if mean(v.ratio) >= 20 and mean(v.image_auroc.values()) - ref_mean >= -0.005]
-    print("\nrule (>= 20x smaller, mean image AUROC drop <= 0.005): "
-          + (", ".join(v.label for v in qualifying) if qualifying else "no variant qualifies"))
+    print(
+        "\nrule (>= 20x smaller, mean image AUROC drop <= 0.005): "
+        + (", ".join(v.label for v in qualifying) if qualifying else "no variant qualifies")
+    )
     print("\nPCA fitted on all training patches vs on the coreset alone (image AUROC, int8, training path):\n")
     print(f"| d | PCA fitted on | {' | '.join(TEXTURES)} | mean |")
     print("|---:|---|" + "---:|" * (len(TEXTURES) + 1))
     for (dims, source), values in sorted(pca_sources.items(), key=lambda item: (-int(item[0][0]), item[0][1])):
-        print(f"| {dims} | {source} | " + " | ".join(f"{values[t]:.4f}" for t in TEXTURES)
-              + f" | {mean(values.values()):.4f} |")
+        print(
+            f"| {dims} | {source} | "
+            + " | ".join(f"{values[t]:.4f}" for t in TEXTURES)
+            + f" | {mean(values.values()):.4f} |"
+        )
     print("\nThe default bank re-selected with seeds 0-4 (image AUROC, training path; seed 0 is the export's):\n")
     print("| texture | uncompressed | seeds 0 / 1 / 2 / 3 / 4 | mean ± std | Δ mean |")
     print("|---|---:|---|---:|---:|")
     for texture in TEXTURES:
         values, base = seeds[texture], reference.image_auroc[texture]
-        print(f"| {texture} | {base:.4f} | " + " / ".join(f"{v:.4f}" for v in values)
-              + f" | {np.mean(values):.4f} ± {np.std(values):.4f} | {np.mean(values) - base:+.4f} |")
+        print(
+            f"| {texture} | {base:.4f} | "
+            + " / ".join(f"{v:.4f}" for v in values)
+            + f" | {np.mean(values):.4f} ± {np.std(values):.4f} | {np.mean(values) - base:+.4f} |"
+        )
     overall = np.mean([np.mean(seeds[t]) for t in TEXTURES]) - ref_mean
     print(f"| mean over textures | {ref_mean:.4f} | | | {overall:+.4f} |")
     if args.workdir is None:

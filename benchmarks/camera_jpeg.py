@@ -9,6 +9,7 @@ and (b) the bundle re-fitted with `edgekit fit` on the training normals after th
 as a user would after recording normal frames from the camera. Printed: the threshold, the share
 of normal test images flagged, the share of defects found, and image AUROC (threshold-free).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         frames.mkdir(exist_ok=True)
         for path in normals:
             Image.fromarray(_jpeg(_rgb(path), quality)).save(frames / f"{path.stem}.png")
-        bundles[f"fit on q{quality} frames"] = fit_bundle(bundle, frames, out=workdir / f"fit_q{quality}",
-                                                          overwrite=True).root
+        bundles[f"fit on q{quality} frames"] = fit_bundle(
+            bundle, frames, out=workdir / f"fit_q{quality}", overwrite=True
+        ).root
     print(f"{args.texture}: {len(tests)} test images ({labels.sum()} defects); PatchCore x86 fp32")
     print("| bundle | frames | threshold | normals flagged | defects found | image AUROC |")
     print("|---|---|---:|---:|---:|---:|")
@@ -82,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         for quality in qualities:
             raw = np.array([detector.predict(_jpeg(_rgb(p), quality)).raw_score for p in tests])
             flagged = raw > threshold
-            print(f"| {name} | {'lossless' if quality is None else f'JPEG q{quality}'} | {threshold:.2f} | "
-                  f"{flagged[~labels].mean():.2f} | {flagged[labels].mean():.2f} | {image_auroc(labels, raw):.3f} |")
+            print(
+                f"| {name} | {'lossless' if quality is None else f'JPEG q{quality}'} | {threshold:.2f} | "
+                f"{flagged[~labels].mean():.2f} | {flagged[labels].mean():.2f} | {image_auroc(labels, raw):.3f} |"
+            )
     return 0
 
 

@@ -37,9 +37,14 @@ def _train(data: Path, out: Path, **options) -> dict:
     started = time.perf_counter()
     run = train_patchcore(data, out, overwrite=True, progress=progress, **options)
     metrics = json.loads((run.path / "metrics.json").read_text())
-    return {"seconds": time.perf_counter() - started, "coreset_seconds": marks["end"] - marks["start"],
-            "rows": int(run.config["bank_rows"]), "patches": int(run.config["patches_seen"]),
-            "image_auroc": metrics.get("image_auroc"), "pixel_auroc": metrics.get("pixel_auroc")}
+    return {
+        "seconds": time.perf_counter() - started,
+        "coreset_seconds": marks["end"] - marks["start"],
+        "rows": int(run.config["bank_rows"]),
+        "patches": int(run.config["patches_seen"]),
+        "image_auroc": metrics.get("image_auroc"),
+        "pixel_auroc": metrics.get("pixel_auroc"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     print(f"{os.cpu_count()} CPUs; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print()
-    print("| training normals | trained on | patches | bank rule | bank rows | coreset s | training s "
-          "| image AUROC | pixel AUROC |")
+    print(
+        "| training normals | trained on | patches | bank rule | bank rows | coreset s | training s "
+        "| image AUROC | pixel AUROC |"
+    )
     print("|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for count, rule, r in rows:
         trained = r["patches"] // 1024
-        print(f"| {count} | {trained} | {r['patches']:,} | {rule} | {r['rows']:,} | {r['coreset_seconds']:.1f} "
-              f"| {r['seconds']:.1f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} |")
+        print(
+            f"| {count} | {trained} | {r['patches']:,} | {rule} | {r['rows']:,} | {r['coreset_seconds']:.1f} "
+            f"| {r['seconds']:.1f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} |"
+        )
     return 0
 
 

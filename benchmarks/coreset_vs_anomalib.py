@@ -9,6 +9,7 @@ selections are seeded (edgekit: ``seed``; anomalib: ``torch.manual_seed``), so a
 
 Run: ``python benchmarks/coreset_vs_anomalib.py`` (needs edgekit[train]; about 4 minutes here).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,21 +69,31 @@ def main(argv: list[str] | None = None) -> int:
     their_radius = coverage_radius(features, np.asarray(theirs))
     our_radius = coverage_radius(features, ours)
     print(f"$ python benchmarks/{Path(__file__).name} " + " ".join(argv if argv is not None else sys.argv[1:]))
-    print(f"features: {len(features):,} x {features.shape[1]} (tf_efficientnet_lite0 blocks 2+4, {args.texture}, "
-          f"{len(features) // 1024} images at {args.size}²); selecting {args.ratio:.0%} = {count:,} rows")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}, numpy {np.__version__}, torch {torch.__version__}, "
-          f"anomalib {anomalib_version}")
+    print(
+        f"features: {len(features):,} x {features.shape[1]} (tf_efficientnet_lite0 blocks 2+4, {args.texture}, "
+        f"{len(features) // 1024} images at {args.size}²); selecting {args.ratio:.0%} = {count:,} rows"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}, numpy {np.__version__}, torch {torch.__version__}, "
+        f"anomalib {anomalib_version}"
+    )
     print("timing: time.perf_counter around one selection each, same process, anomalib first\n")
     print("| method | rows | seconds | coverage radius |")
     print("|---|---:|---:|---:|")
-    print(f"| anomalib KCenterGreedy (sparse random projection eps=0.9, torch) | {len(theirs):,} | "
-          f"{their_seconds:.1f} | {their_radius:.3f} |")
-    print(f"| edgekit coreset_indices (Gaussian projection to 128, numpy) | {len(ours):,} | "
-          f"{our_seconds:.1f} | {our_radius:.3f} |")
-    print(f"\nedgekit is {their_seconds / our_seconds:.0f}x faster; its coverage radius is "
-          f"{our_radius / their_radius:.3f} x anomalib's ({(our_radius / their_radius - 1) * 100:+.1f} %; "
-          "lower is better, the requirement is within +5 %)")
+    print(
+        f"| anomalib KCenterGreedy (sparse random projection eps=0.9, torch) | {len(theirs):,} | "
+        f"{their_seconds:.1f} | {their_radius:.3f} |"
+    )
+    print(
+        f"| edgekit coreset_indices (Gaussian projection to 128, numpy) | {len(ours):,} | "
+        f"{our_seconds:.1f} | {our_radius:.3f} |"
+    )
+    print(
+        f"\nedgekit is {their_seconds / our_seconds:.0f}x faster; its coverage radius is "
+        f"{our_radius / their_radius:.3f} x anomalib's ({(our_radius / their_radius - 1) * 100:+.1f} %; "
+        "lower is better, the requirement is within +5 %)"
+    )
     return 0
 
 

@@ -20,6 +20,7 @@ EfficientAD's default teacher is distilled first into DIR/cache (``teacher_secon
 was there already), so its train time is the detector's alone. ``--reuse`` keeps runs and bundles already in DIR (so a model can be added to a table made
 earlier; its latencies are still measured again, together with every other bundle).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,17 +120,25 @@ def main() -> None:
             metrics = json.loads((run.path / "metrics.json").read_text())
             row["auroc"][texture] = {"image": metrics.get("image_auroc"), "pixel": metrics.get("pixel_auroc")}
             if texture == "brick":
-                row.update(train_seconds=float(run.config["train_seconds"]), backbone=run.config["backbone"],
-                           input=[run.config["input"][k] for k in ("channels", "height", "width")],
-                           parameters=_network_parameters(run), run=run)
-            print(f"{model} {texture}: image {row['auroc'][texture]['image']:.3f} "
-                  f"pixel {row['auroc'][texture]['pixel']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                row.update(
+                    train_seconds=float(run.config["train_seconds"]),
+                    backbone=run.config["backbone"],
+                    input=[run.config["input"][k] for k in ("channels", "height", "width")],
+                    parameters=_network_parameters(run),
+                    run=run,
+                )
+            print(
+                f"{model} {texture}: image {row['auroc'][texture]['image']:.3f} "
+                f"pixel {row['auroc'][texture]['pixel']:.3f} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
         run = row.pop("run")
         row["bundles"], row["refused"] = {}, {}
         for precision in ("fp32", "int8"):
             try:
-                row["bundles"][precision] = _export(run, args.workdir / "bundles" / f"{model}-{precision}", precision,
-                                                    args.reuse)
+                row["bundles"][precision] = _export(
+                    run, args.workdir / "bundles" / f"{model}-{precision}", precision, args.reuse
+                )
             except EdgekitError as exc:  # a precision the model's recipe refuses is a row, not a crash
                 row["refused"][precision] = str(exc)
         rows[model] = row
@@ -146,7 +155,8 @@ def main() -> None:
             detector = edgekit.load(bundle)
             scores, _ = detector.raw([s.path for s in test])
             row.setdefault("bundle_image_auroc", {})[precision] = round(
-                image_auroc(np.array([s.label for s in test]), scores), 4)
+                image_auroc(np.array([s.label for s in test]), scores), 4
+            )
             detectors.append(detector)
             images.append(read_image(test_image, detector.manifest.input.channels))
             keys.append((model, precision))
@@ -162,11 +172,18 @@ def main() -> None:
         rows[model].setdefault("stages_p50_ms", {})[precision] = result["stages_p50_ms"]
         rows[model]["bundles"][precision] = str(rows[model]["bundles"][precision])
 
-    method = (f"time.perf_counter around predict() (pre-processing, network, head) on one decoded test image of "
-              f"each model's brick data, batch 1, 5 warm-up runs then {args.runs} timed rounds; each round times "
-              f"all {len(detectors)} bundles once in a rotating order; threads = runtime default")
-    report = {"device": describe_device("openvino"), "method": method,
-              "seconds": round(time.perf_counter() - started, 1), "textures": textures, "models": rows}
+    method = (
+        f"time.perf_counter around predict() (pre-processing, network, head) on one decoded test image of "
+        f"each model's brick data, batch 1, 5 warm-up runs then {args.runs} timed rounds; each round times "
+        f"all {len(detectors)} bundles once in a rotating order; threads = runtime default"
+    )
+    report = {
+        "device": describe_device("openvino"),
+        "method": method,
+        "seconds": round(time.perf_counter() - started, 1),
+        "textures": textures,
+        "models": rows,
+    }
     (args.workdir / "models.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
 
@@ -185,9 +202,11 @@ def _auroc(row: dict, texture: str) -> str:
 
 def markdown(report: dict) -> str:
     textures = report["textures"]
-    head = ("| model | backbone | input | parameters | GFLOPs | train (brick) | "
-            + " | ".join(f"AUROC {t} image / pixel" for t in textures)
-            + " | x86 bundle image AUROC brick fp32 / int8 | x86 p50 fp32 / int8 | bundle fp32 / int8 |")
+    head = (
+        "| model | backbone | input | parameters | GFLOPs | train (brick) | "
+        + " | ".join(f"AUROC {t} image / pixel" for t in textures)
+        + " | x86 bundle image AUROC brick fp32 / int8 | x86 p50 fp32 / int8 | bundle fp32 / int8 |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, row in report["models"].items():
         channels, height, width = row["input"]
@@ -196,15 +215,19 @@ def markdown(report: dict) -> str:
             f"| {model} | {backbone} | {'grey' if channels == 1 else 'RGB'} {height}² | "
             f"{row['parameters'] / 1e6:.2f} M | {row['gflops']:.2f} | {row['train_seconds']:.0f} s"
             + (f" (+ {row['teacher_seconds']:.0f} s teacher)" if row.get("teacher_seconds") else "")
-            + (" (teacher cached)" if row.get("teacher_seconds") == 0 else "") + " | "
+            + (" (teacher cached)" if row.get("teacher_seconds") == 0 else "")
+            + " | "
             + " | ".join(_auroc(row, t) for t in textures)
             + f" | {_per_precision(row, 'bundle_image_auroc', '{:.3f}')}"
             + f" | {_per_precision(row, 'latency_p50_ms', '{:.1f} ms')}"
-            + f" | {_per_precision(row, 'size_mb', '{:.1f} MB')} |")
+            + f" | {_per_precision(row, 'size_mb', '{:.1f} MB')} |"
+        )
     device = report["device"]
     lines.append("")
-    lines.append(f"{device['cpu']}, {device['usable_cores']} cores; latency: {report['method']}; "
-                 f"whole benchmark {report['seconds'] / 60:.1f} min.")
+    lines.append(
+        f"{device['cpu']}, {device['usable_cores']} cores; latency: {report['method']}; "
+        f"whole benchmark {report['seconds'] / 60:.1f} min."
+    )
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ distance alone (numpy MahalanobisHead.distances vs an IR holding only the distan
 ratios, and the largest score difference between the two variants. Timing: time.perf_counter,
 after 3 warm-up images, threads = OpenVINO's and numpy's defaults.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,9 +90,10 @@ def measure(run, workdir: Path, args) -> None:
     from edgekit.runtime.detector import load
     from edgekit.runtime.heads import MapHead
 
-    images = sorted(Path(run.config["dataset"]["path"]).glob("test/*/*.png"))[:args.images]
-    print(f"run {run.path}: d={run.config['dims']}, grid {run.config['grid']}, Σ⁻¹ {HEAD_DTYPE} in the bundle",
-          flush=True)
+    images = sorted(Path(run.config["dataset"]["path"]).glob("test/*/*.png"))[: args.images]
+    print(
+        f"run {run.path}: d={run.config['dims']}, grid {run.config['grid']}, Σ⁻¹ {HEAD_DTYPE} in the bundle", flush=True
+    )
 
     bundle = workdir / "bundle-x86"
     export_run(run.path, bundle, target="x86", overwrite=True)
@@ -102,8 +104,12 @@ def measure(run, workdir: Path, args) -> None:
     distance = MahalanobisDistance(arrays["mean"], arrays["inv_covariance"].astype(np.float32)).eval()
     example = torch.zeros(1, 3, size, size)
     in_graph = _compile(nn.Sequential(load_network(run), distance).eval(), example, workdir / "in_graph.xml")
-    maps = MapHead(output_height=size, output_width=size, score="max",
-                   blur_sigma=float(detector.manifest.head.params["blur_sigma"]))
+    maps = MapHead(
+        output_height=size,
+        output_width=size,
+        score="max",
+        blur_sigma=float(detector.manifest.head.params["blur_sigma"]),
+    )
     dims, (grid_h, grid_w) = int(run.config["dims"]), run.config["grid"]
     distance_only = _compile(distance, torch.zeros(1, dims, grid_h, grid_w), workdir / "distance_only.xml")
 
@@ -138,10 +144,14 @@ def measure(run, workdir: Path, args) -> None:
                 function(embeddings[str(image)])
                 alone[name].append(time.perf_counter() - started)
     samples = args.repeats * len(images)
-    print(f"\nx86 OpenVINO CPU fp32, batch 1, {samples} timed images per variant, interleaved; "
-          f"perf_counter after 3 warm-up images")
-    for title, table in (("whole path (pre-processing + network + head)", whole),
-                         ("distance alone (embedding in, distance grid out)", alone)):
+    print(
+        f"\nx86 OpenVINO CPU fp32, batch 1, {samples} timed images per variant, interleaved; "
+        f"perf_counter after 3 warm-up images"
+    )
+    for title, table in (
+        ("whole path (pre-processing + network + head)", whole),
+        ("distance alone (embedding in, distance grid out)", alone),
+    ):
         print(f"  {title}:")
         medians = {}
         for name, times in table.items():

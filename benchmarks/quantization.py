@@ -9,6 +9,7 @@ in f32, the int8 bundle runs its quantized convolutions in int8 and everything e
 Latency is measured interleaved (fp32, int8, fp32, ...; the order alternates each round) on the
 same decoded image, so a noisy shared machine slows both alike and the ratios stay meaningful.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ def _interleaved_latency(detectors: dict, image: np.ndarray, *, warmup: int, run
     network = {name: [] for name in detectors}
     names = list(detectors)
     for round_index in range(runs):
-        for name in (names if round_index % 2 == 0 else names[::-1]):
+        for name in names if round_index % 2 == 0 else names[::-1]:
             d = detectors[name]
             t0 = time.perf_counter()
             d.predict(image)
@@ -59,8 +60,10 @@ def _interleaved_latency(detectors: dict, image: np.ndarray, *, warmup: int, run
             t2 = time.perf_counter()
             total[name].append((t1 - t0) * 1e3)
             network[name].append((t2 - t1) * 1e3)
-    return {name: {"total_p50_ms": float(np.median(total[name])), "network_p50_ms": float(np.median(network[name]))}
-            for name in detectors}
+    return {
+        name: {"total_p50_ms": float(np.median(total[name])), "network_p50_ms": float(np.median(network[name]))}
+        for name in detectors
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         bundles = {}
         for precision in ("fp32", "int8"):
             t0 = time.perf_counter()
-            bundles[precision] = export_run(run_dir, workdir / precision, target="x86",
-                                            options=ExportOptions(precision=precision))
+            bundles[precision] = export_run(
+                run_dir, workdir / precision, target="x86", options=ExportOptions(precision=precision)
+            )
             print(f"exported x86 {precision} in {time.perf_counter() - t0:.1f} s", flush=True)
         check = check_bundles(workdir / "fp32", workdir / "int8", data)
         detectors = {precision: load(workdir / precision) for precision in bundles}
@@ -95,33 +99,67 @@ def main(argv: list[str] | None = None) -> int:
         shift = check.candidate.scores - check.reference.scores
         fp32, int8 = latency["fp32"], latency["int8"]
         rows = [
-            ("bundle size (MB)", f"{sizes['fp32'] / 1e6:.2f}", f"{sizes['int8'] / 1e6:.2f}",
-             f"{sizes['int8'] / sizes['fp32']:.2f}"),
-            ("network files (MB)", f"{network_sizes['fp32'] / 1e6:.2f}", f"{network_sizes['int8'] / 1e6:.2f}",
-             f"{network_sizes['int8'] / network_sizes['fp32']:.2f}"),
-            ("latency p50, predict() (ms)", f"{fp32['total_p50_ms']:.2f}", f"{int8['total_p50_ms']:.2f}",
-             f"{int8['total_p50_ms'] / fp32['total_p50_ms']:.2f}"),
-            ("latency p50, network only (ms)", f"{fp32['network_p50_ms']:.2f}", f"{int8['network_p50_ms']:.2f}",
-             f"{int8['network_p50_ms'] / fp32['network_p50_ms']:.2f}"),
-            ("image AUROC", f"{check.reference.auroc:.4f}", f"{check.candidate.auroc:.4f}",
-             f"drop {check.auroc_drop:.4f}"),
-            ("image threshold (raw)", f"{bundles['fp32'].manifest.decision.image_threshold:.3f}",
-             f"{bundles['int8'].manifest.decision.image_threshold:.3f}", "each fitted on its own model"),
+            (
+                "bundle size (MB)",
+                f"{sizes['fp32'] / 1e6:.2f}",
+                f"{sizes['int8'] / 1e6:.2f}",
+                f"{sizes['int8'] / sizes['fp32']:.2f}",
+            ),
+            (
+                "network files (MB)",
+                f"{network_sizes['fp32'] / 1e6:.2f}",
+                f"{network_sizes['int8'] / 1e6:.2f}",
+                f"{network_sizes['int8'] / network_sizes['fp32']:.2f}",
+            ),
+            (
+                "latency p50, predict() (ms)",
+                f"{fp32['total_p50_ms']:.2f}",
+                f"{int8['total_p50_ms']:.2f}",
+                f"{int8['total_p50_ms'] / fp32['total_p50_ms']:.2f}",
+            ),
+            (
+                "latency p50, network only (ms)",
+                f"{fp32['network_p50_ms']:.2f}",
+                f"{int8['network_p50_ms']:.2f}",
+                f"{int8['network_p50_ms'] / fp32['network_p50_ms']:.2f}",
+            ),
+            (
+                "image AUROC",
+                f"{check.reference.auroc:.4f}",
+                f"{check.candidate.auroc:.4f}",
+                f"drop {check.auroc_drop:.4f}",
+            ),
+            (
+                "image threshold (raw)",
+                f"{bundles['fp32'].manifest.decision.image_threshold:.3f}",
+                f"{bundles['int8'].manifest.decision.image_threshold:.3f}",
+                "each fitted on its own model",
+            ),
         ]
-        print(f"\nx86 fp32 vs int8 — {run.config['model']} / {run.config['backbone']} on {data} "
-              f"({check.images} test images), {time.perf_counter() - started:.0f} s in all")
-        print(f"machine: {device['cpu']}, {device['usable_cores']} usable cores, OpenVINO {device['runtime_version']}, "
-              f"CPU plugin, INFERENCE_PRECISION_HINT f32 for both (int8 layers run in int8)")
-        print(f"latency: batch 1, one decoded image, {args.warmup} warm-up then {args.runs} interleaved rounds, "
-              f"time.perf_counter; ratio = int8 / fp32 (below 1: int8 is faster or smaller)")
+        print(
+            f"\nx86 fp32 vs int8 — {run.config['model']} / {run.config['backbone']} on {data} "
+            f"({check.images} test images), {time.perf_counter() - started:.0f} s in all"
+        )
+        print(
+            f"machine: {device['cpu']}, {device['usable_cores']} usable cores, OpenVINO {device['runtime_version']}, "
+            f"CPU plugin, INFERENCE_PRECISION_HINT f32 for both (int8 layers run in int8)"
+        )
+        print(
+            f"latency: batch 1, one decoded image, {args.warmup} warm-up then {args.runs} interleaved rounds, "
+            f"time.perf_counter; ratio = int8 / fp32 (below 1: int8 is faster or smaller)"
+        )
         widths = [max(len(r[i]) for r in rows + [("measure", "fp32", "int8", "int8 / fp32")]) for i in range(4)]
         for row in [("measure", "fp32", "int8", "int8 / fp32"), *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        print(f"decision agreement: {check.agreement:.1%} ({check.images - check.disagreements}/{check.images}); "
-              f"normalised-score shift int8 - fp32: mean {shift.mean():+.4f}, mean |shift| {np.abs(shift).mean():.4f}, "
-              f"max |shift| {np.abs(shift).max():.4f} (0.5 = threshold)")
-        print(f"int8 recipe: {quantization['method']}; float: {', '.join(quantization['stay_float'])} + numpy head; "
-              f"ops {quantization['ops']}; held-out score agreement {quantization['validation']['agreement']:.4f}")
+        print(
+            f"decision agreement: {check.agreement:.1%} ({check.images - check.disagreements}/{check.images}); "
+            f"normalised-score shift int8 - fp32: mean {shift.mean():+.4f}, mean |shift| {np.abs(shift).mean():.4f}, "
+            f"max |shift| {np.abs(shift).max():.4f} (0.5 = threshold)"
+        )
+        print(
+            f"int8 recipe: {quantization['method']}; float: {', '.join(quantization['stay_float'])} + numpy head; "
+            f"ops {quantization['ops']}; held-out score agreement {quantization['validation']['agreement']:.4f}"
+        )
     return 0
 
 

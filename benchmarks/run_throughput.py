@@ -22,6 +22,7 @@
 Prints Markdown tables with the machine and the commands; writes only into a temporary folder
 (or ``--workdir``), and to ``--markdown`` (the tables) and ``--csv`` (every RSS sample) when given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,8 +126,18 @@ def _bare_child(bundle: str, video: str) -> None:
         verdicts.append(detector.predict(frame).is_anomalous)
         done.append(time.perf_counter())
         took.append((done[-1] - t0) * 1e3)
-    print("RESULT " + json.dumps({"frames": len(frames), "seconds": done[-1] - done[0], "predict_ms": took,
-                                  "anomalous": [int(v) for v in verdicts]}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "frames": len(frames),
+                "seconds": done[-1] - done[0],
+                "predict_ms": took,
+                "anomalous": [int(v) for v in verdicts],
+            }
+        ),
+        flush=True,
+    )
 
 
 def _events(path: Path) -> list[dict]:
@@ -156,10 +167,16 @@ def _service_round(bundle: Path, video: Path, tmp: Path, round_no: int) -> dict:
         raise SystemExit(f"edgekit run failed ({done.returncode}):\n{done.stderr}")
     rows = _events(events)
     f2e = np.array([e["frame_to_event_ms"] for e in rows])
-    return {"command": command, "frames": len(rows), "fps": _rate(rows), "wall": wall,
-            "f2e": f2e, "predict_ms": np.array([e["latency_ms"] for e in rows]),
-            "anomalous": [int(e["is_anomalous"]) for e in sorted(rows, key=lambda e: e["frame"])],
-            "stderr": done.stderr.strip().splitlines()}
+    return {
+        "command": command,
+        "frames": len(rows),
+        "fps": _rate(rows),
+        "wall": wall,
+        "f2e": f2e,
+        "predict_ms": np.array([e["latency_ms"] for e in rows]),
+        "anomalous": [int(e["is_anomalous"]) for e in sorted(rows, key=lambda e: e["frame"])],
+        "stderr": done.stderr.strip().splitlines(),
+    }
 
 
 def _bare_round(bundle: Path, video: Path) -> dict:
@@ -168,7 +185,7 @@ def _bare_round(bundle: Path, video: Path) -> dict:
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"bare predict loop failed ({done.returncode}):\n{done.stderr}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     result["fps"] = (result["frames"] - 1) / result["seconds"]
     result["command"] = command
     return result
@@ -180,8 +197,12 @@ def throughput(bundle: Path, video: Path, tmp: Path, rounds: int) -> dict:
     for round_no in range(rounds):
         service.append(_service_round(bundle, video, tmp, round_no))
         bare.append(_bare_round(bundle, video))
-        print(f"  round {round_no + 1}/{rounds}: A {service[-1]['fps']:.1f} fps, B {bare[-1]['fps']:.1f} fps, "
-              f"A/B {service[-1]['fps'] / bare[-1]['fps']:.3f}", file=sys.stderr, flush=True)
+        print(
+            f"  round {round_no + 1}/{rounds}: A {service[-1]['fps']:.1f} fps, B {bare[-1]['fps']:.1f} fps, "
+            f"A/B {service[-1]['fps'] / bare[-1]['fps']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
     return {"service": service, "bare": bare}
 
 
@@ -213,16 +234,31 @@ def _serve_port(stderr_path: Path) -> int | None:
 def _long_run(bundle: Path, images: list[Path], tmp: Path, seconds: float, sample_s: float, serve: bool) -> dict:
     """One ``edgekit run`` on a live MJPEG stream for ``seconds``, VmRSS sampled every ``sample_s``."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "mjpeg_server.py"), str(port),
-                               *map(str, images)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "mjpeg_server.py"), str(port), *map(str, images)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     proc = None
     try:
         if server.stdout.readline().strip() != "ready":
             raise SystemExit("tests/mjpeg_server.py did not start")
         events, saved, stderr_path = tmp / "long.jsonl", tmp / "anomalies", tmp / "long.stderr"
-        command = [_edgekit_command(), "run", str(bundle), "--source", f"http://127.0.0.1:{port}/stream.mjpg",
-                   "--events", str(events), "--save-anomalies", str(saved), "--keep", "20",
-                   "--duration", f"{seconds:g}"] + (["--serve", "127.0.0.1:0"] if serve else [])
+        command = [
+            _edgekit_command(),
+            "run",
+            str(bundle),
+            "--source",
+            f"http://127.0.0.1:{port}/stream.mjpg",
+            "--events",
+            str(events),
+            "--save-anomalies",
+            str(saved),
+            "--keep",
+            "20",
+            "--duration",
+            f"{seconds:g}",
+        ] + (["--serve", "127.0.0.1:0"] if serve else [])
         with open(stderr_path, "w") as stderr:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         started = time.monotonic()
@@ -257,17 +293,29 @@ def _long_run(bundle: Path, images: list[Path], tmp: Path, seconds: float, sampl
         server.wait(timeout=30)
     stderr_lines = stderr_path.read_text(errors="replace").strip().splitlines()
     rows = _events(events) if events.is_file() else []
-    return {"command": command, "returncode": returncode, "samples": samples, "loads": loads,
-            "stderr": stderr_lines, "events": rows, "saved_files": len(list(saved.iterdir())) if saved.is_dir() else 0,
-            "metrics_ok": metrics_ok, "metrics_failed": metrics_failed, "serve": serve}
+    return {
+        "command": command,
+        "returncode": returncode,
+        "samples": samples,
+        "loads": loads,
+        "stderr": stderr_lines,
+        "events": rows,
+        "saved_files": len(list(saved.iterdir())) if saved.is_dir() else 0,
+        "metrics_ok": metrics_ok,
+        "metrics_failed": metrics_failed,
+        "serve": serve,
+    }
 
 
 def memory(bundle: Path, images: list[Path], tmp: Path, minutes: float, sample_s: float, serve: bool) -> dict:
     """The long run; when ``--serve`` makes ``edgekit run`` fail at start, once more without it."""
     result = _long_run(bundle, images, tmp, minutes * 60, sample_s, serve)
     if serve and result["returncode"] != 0 and len(result["samples"]) * sample_s < 60:
-        print("  --serve failed at start; running without it:\n    " + "\n    ".join(result["stderr"][-3:]),
-              file=sys.stderr, flush=True)
+        print(
+            "  --serve failed at start; running without it:\n    " + "\n    ".join(result["stderr"][-3:]),
+            file=sys.stderr,
+            flush=True,
+        )
         failed = result
         shutil.rmtree(tmp / "anomalies", ignore_errors=True)
         (tmp / "long.jsonl").unlink(missing_ok=True)
@@ -285,14 +333,18 @@ def _write_csv(path: Path, result: dict) -> None:
 
 
 def _machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor() or platform.machine())
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
     import cv2
     import openvino
 
-    return (f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {model}; "
-            f"Python {platform.python_version()}, "
-            f"OpenVINO {openvino.__version__}, OpenCV {cv2.__version__}, numpy {np.__version__}")
+    return (
+        f"{os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), {model}; "
+        f"Python {platform.python_version()}, "
+        f"OpenVINO {openvino.__version__}, OpenCV {cv2.__version__}, numpy {np.__version__}"
+    )
 
 
 def _quote(command: list[str]) -> str:
@@ -308,28 +360,42 @@ def _throughput_md(result: dict, frames: int, defects: int) -> list[str]:
     predict_ms = np.concatenate([s["predict_ms"] for s in service])
     bare_ms = np.concatenate([b["predict_ms"] for b in bare])
     same = all(s["anomalous"] == b["anomalous"] for s, b in zip(service, bare))
-    lines = [f"Video: {frames} frames, FFV1 (lossless, decodes bit-exact), 256×256, {defects} defect frames.", "",
-             "| round | A: `edgekit run` frames/s | B: bare predict loop frames/s | A/B | A frames scored | "
-             "A wall s (process) | A frame→event p50 / p99 ms |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"Video: {frames} frames, FFV1 (lossless, decodes bit-exact), 256×256, {defects} defect frames.",
+        "",
+        "| round | A: `edgekit run` frames/s | B: bare predict loop frames/s | A/B | A frames scored | "
+        "A wall s (process) | A frame→event p50 / p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for index, (s, b, ratio) in enumerate(zip(service, bare, ratios), 1):
-        lines.append(f"| {index} | {s['fps']:.1f} | {b['fps']:.1f} | {ratio:.3f} | {s['frames']} | {s['wall']:.1f} | "
-                     f"{np.percentile(s['f2e'], 50):.1f} / {np.percentile(s['f2e'], 99):.1f} |")
-    lines += ["", "| measure | value |", "|---|---:|",
-              f"| A frames/s, median of rounds | {np.median([s['fps'] for s in service]):.1f} |",
-              f"| B frames/s, median of rounds | {np.median([b['fps'] for b in bare]):.1f} |",
-              f"| **A/B, median of per-round ratios** (goal ≥ 1.0) | **{np.median(ratios):.3f}** |",
-              f"| A/B min – max | {min(ratios):.3f} – {max(ratios):.3f} |",
-              f"| A frame→event p50 / p99 ms (all rounds) | {np.percentile(f2e, 50):.1f} / "
-              f"{np.percentile(f2e, 99):.1f} |",
-              f"| A predict alone (`latency_ms`) p50 / p99 ms | {np.percentile(predict_ms, 50):.1f} / "
-              f"{np.percentile(predict_ms, 99):.1f} |",
-              f"| B predict p50 / p99 ms | {np.percentile(bare_ms, 50):.1f} / {np.percentile(bare_ms, 99):.1f} |",
-              f"| A end-to-end wall s, median (process start → exit, model load included) | "
-              f"{np.median([s['wall'] for s in service]):.1f} |",
-              f"| verdicts of A and B identical, frame by frame | {'yes' if same else '**no**'} |"]
-    extra = sorted({line for s in service for line in s["stderr"]
-                    if not line.startswith("edgekit run: patchcore") and "frames scored" not in line})
+        lines.append(
+            f"| {index} | {s['fps']:.1f} | {b['fps']:.1f} | {ratio:.3f} | {s['frames']} | {s['wall']:.1f} | "
+            f"{np.percentile(s['f2e'], 50):.1f} / {np.percentile(s['f2e'], 99):.1f} |"
+        )
+    lines += [
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| A frames/s, median of rounds | {np.median([s['fps'] for s in service]):.1f} |",
+        f"| B frames/s, median of rounds | {np.median([b['fps'] for b in bare]):.1f} |",
+        f"| **A/B, median of per-round ratios** (goal ≥ 1.0) | **{np.median(ratios):.3f}** |",
+        f"| A/B min – max | {min(ratios):.3f} – {max(ratios):.3f} |",
+        f"| A frame→event p50 / p99 ms (all rounds) | {np.percentile(f2e, 50):.1f} / {np.percentile(f2e, 99):.1f} |",
+        f"| A predict alone (`latency_ms`) p50 / p99 ms | {np.percentile(predict_ms, 50):.1f} / "
+        f"{np.percentile(predict_ms, 99):.1f} |",
+        f"| B predict p50 / p99 ms | {np.percentile(bare_ms, 50):.1f} / {np.percentile(bare_ms, 99):.1f} |",
+        f"| A end-to-end wall s, median (process start → exit, model load included) | "
+        f"{np.median([s['wall'] for s in service]):.1f} |",
+        f"| verdicts of A and B identical, frame by frame | {'yes' if same else '**no**'} |",
+    ]
+    extra = sorted(
+        {
+            line
+            for s in service
+            for line in s["stderr"]
+            if not line.startswith("edgekit run: patchcore") and "frames scored" not in line
+        }
+    )
     lines.append(f"\nA's last log line (round 1): `{service[0]['stderr'][-1] if service[0]['stderr'] else ''}`")
     if extra:
         lines.append("Other stderr lines from A: " + "; ".join(f"`{line}`" for line in extra[:5]))
@@ -339,8 +405,10 @@ def _throughput_md(result: dict, frames: int, defects: int) -> list[str]:
 def _memory_md(result: dict, sample_s: float) -> list[str]:
     samples = result["samples"]
     if not samples:
-        return [f"No RSS sample: the process ended at once (exit {result['returncode']}): "
-                + " / ".join(result["stderr"][-3:])]
+        return [
+            f"No RSS sample: the process ended at once (exit {result['returncode']}): "
+            + " / ".join(result["stderr"][-3:])
+        ]
     t = np.array([s[0] for s in samples])
     rss = np.array([s[1]["VmRSS"] for s in samples]) / 1024
     anon = np.array([s[1]["RssAnon"] for s in samples]) / 1024
@@ -358,39 +426,53 @@ def _memory_md(result: dict, sample_s: float) -> list[str]:
     anomalies = sum(e["is_anomalous"] for e in rows)
     last = samples[-1][1]
     summary = next((line for line in reversed(result["stderr"]) if "frames scored" in line), "(no summary line)")
-    serve = ("on (`--serve 127.0.0.1:0`; /metrics fetched at every sample: "
-             f"{result['metrics_ok']} ok, {result['metrics_failed']} failed)" if result["serve"]
-             else "off" + (f" (failed at start: `{result['serve_error']}`)" if "serve_error" in result else ""))
-    lines = ["| measure | value |", "|---|---:|",
-             f"| run length / samples | {t[-1] / 60:.1f} min / {len(t)} (every {sample_s:g} s) |",
-             f"| RSS at {t[warm]:.0f} s (after warm-up) | {rss[warm]:.1f} MB |",
-             f"| RSS at the end ({t[-1]:.0f} s) | {rss[-1]:.1f} MB |",
-             f"| RSS max / min after warm-up | {rss[warm:].max():.1f} / {rss[warm:].min():.1f} MB |",
-             f"| peak RSS (VmHWM) | {last['VmHWM'] / 1024:.1f} MB |",
-             f"| **drift, end vs {t[warm]:.0f} s** (goal within ±5 %) | **{drift:+.2f} %** |",
-             f"| drift, median of the last minute vs median of the minute from {t[warm]:.0f} s | {robust:+.2f} % |",
-             f"| linear-fit slope from {t[warm]:.0f} s | {slope:+.2f} MB/hour |",
-             f"| of which anonymous (heap) at {t[warm]:.0f} s → end, max | {anon[warm]:.1f} → {anon[-1]:.1f}, "
-             f"{anon[warm:].max():.1f} MB |",
-             f"| threads / open fds, first → last sample | {samples[0][1]['Threads']} → {last['Threads']} / "
-             f"{samples[0][1]['fds']} → {last['fds']} |",
-             f"| frames scored (events) / anomalous | {len(rows)} / {anomalies} |",
-             f"| frame→event p50 / p99 ms (live) | {np.percentile(f2e, 50):.1f} / {np.percentile(f2e, 99):.1f} |",
-             f"| predict alone (`latency_ms`) p50 / p99 ms (live) | {np.percentile(predict_ms, 50):.1f} / "
-             f"{np.percentile(predict_ms, 99):.1f} |",
-             f"| files in --save-anomalies at the end (--keep 20: ≤ 60) | {result['saved_files']} |",
-             f"| page/API | {serve} |",
-             f"| 1-min load average during the run, min / median / max | {min(result['loads']):.2f} / "
-             f"{np.median(result['loads']):.2f} / {max(result['loads']):.2f} |",
-             f"| exit status | {result['returncode']} |",
-             "", f"Last log line: `{summary}`"]
-    extra = [line for line in result["stderr"] if "frames scored" not in line
-             and not line.startswith(("edgekit run: patchcore", "edgekit run: page and API"))]
+    serve = (
+        "on (`--serve 127.0.0.1:0`; /metrics fetched at every sample: "
+        f"{result['metrics_ok']} ok, {result['metrics_failed']} failed)"
+        if result["serve"]
+        else "off" + (f" (failed at start: `{result['serve_error']}`)" if "serve_error" in result else "")
+    )
+    lines = [
+        "| measure | value |",
+        "|---|---:|",
+        f"| run length / samples | {t[-1] / 60:.1f} min / {len(t)} (every {sample_s:g} s) |",
+        f"| RSS at {t[warm]:.0f} s (after warm-up) | {rss[warm]:.1f} MB |",
+        f"| RSS at the end ({t[-1]:.0f} s) | {rss[-1]:.1f} MB |",
+        f"| RSS max / min after warm-up | {rss[warm:].max():.1f} / {rss[warm:].min():.1f} MB |",
+        f"| peak RSS (VmHWM) | {last['VmHWM'] / 1024:.1f} MB |",
+        f"| **drift, end vs {t[warm]:.0f} s** (goal within ±5 %) | **{drift:+.2f} %** |",
+        f"| drift, median of the last minute vs median of the minute from {t[warm]:.0f} s | {robust:+.2f} % |",
+        f"| linear-fit slope from {t[warm]:.0f} s | {slope:+.2f} MB/hour |",
+        f"| of which anonymous (heap) at {t[warm]:.0f} s → end, max | {anon[warm]:.1f} → {anon[-1]:.1f}, "
+        f"{anon[warm:].max():.1f} MB |",
+        f"| threads / open fds, first → last sample | {samples[0][1]['Threads']} → {last['Threads']} / "
+        f"{samples[0][1]['fds']} → {last['fds']} |",
+        f"| frames scored (events) / anomalous | {len(rows)} / {anomalies} |",
+        f"| frame→event p50 / p99 ms (live) | {np.percentile(f2e, 50):.1f} / {np.percentile(f2e, 99):.1f} |",
+        f"| predict alone (`latency_ms`) p50 / p99 ms (live) | {np.percentile(predict_ms, 50):.1f} / "
+        f"{np.percentile(predict_ms, 99):.1f} |",
+        f"| files in --save-anomalies at the end (--keep 20: ≤ 60) | {result['saved_files']} |",
+        f"| page/API | {serve} |",
+        f"| 1-min load average during the run, min / median / max | {min(result['loads']):.2f} / "
+        f"{np.median(result['loads']):.2f} / {max(result['loads']):.2f} |",
+        f"| exit status | {result['returncode']} |",
+        "",
+        f"Last log line: `{summary}`",
+    ]
+    extra = [
+        line
+        for line in result["stderr"]
+        if "frames scored" not in line and not line.startswith(("edgekit run: patchcore", "edgekit run: page and API"))
+    ]
     if extra:
         lines.append(f"Other stderr lines ({len(extra)}): " + "; ".join(f"`{line}`" for line in extra[:5]))
     minutes = [i for i in range(len(t)) if i == 0 or int(t[i] // 60) != int(t[i - 1] // 60)]
-    lines += ["", "VmRSS, first sample of each minute (MB): " + ", ".join(f"{rss[i]:.1f}" for i in minutes),
-              "", "RssAnon, same samples (MB): " + ", ".join(f"{anon[i]:.1f}" for i in minutes)]
+    lines += [
+        "",
+        "VmRSS, first sample of each minute (MB): " + ", ".join(f"{rss[i]:.1f}" for i in minutes),
+        "",
+        "RssAnon, same samples (MB): " + ", ".join(f"{anon[i]:.1f}" for i in minutes),
+    ]
     return lines
 
 
@@ -428,33 +510,47 @@ def main(argv: list[str] | None = None) -> int:
         frames = args.frames
         _write_video(cycle, video, frames)
         defect_frames = sum(1 for i in range(frames) if cycle[i % len(cycle)] in defects)
-        out = [f"$ python3 benchmarks/{Path(__file__).name} " + " ".join(argv), "",
-               f"Machine: {_machine()}."]
+        out = [f"$ python3 benchmarks/{Path(__file__).name} " + " ".join(argv), "", f"Machine: {_machine()}."]
         if not args.skip_throughput:
             print(f"throughput: {args.rounds} rounds of A then B", file=sys.stderr, flush=True)
             result = throughput(bundle, video, tmp, args.rounds)
-            out += ["", "### Throughput on a video file: `edgekit run` (A) vs a bare predict loop (B)", "",
-                    *_throughput_md(result, frames, defect_frames), "",
-                    "A: `" + _quote(result["service"][0]["command"]) + "`",
-                    "B: `" + _quote(result["bare"][0]["command"]) + "` (loads with `edgekit.load`, decodes all "
-                    "frames with cv2 and converts BGR→RGB, then times `predict` per frame with perf_counter)",
-                    "Rates: (frames − 1) / (first verdict → last verdict): A from the JSONL `time` fields "
-                    "(ms resolution), B from perf_counter after each predict; model load excluded from both."]
+            out += [
+                "",
+                "### Throughput on a video file: `edgekit run` (A) vs a bare predict loop (B)",
+                "",
+                *_throughput_md(result, frames, defect_frames),
+                "",
+                "A: `" + _quote(result["service"][0]["command"]) + "`",
+                "B: `" + _quote(result["bare"][0]["command"]) + "` (loads with `edgekit.load`, decodes all "
+                "frames with cv2 and converts BGR→RGB, then times `predict` per frame with perf_counter)",
+                "Rates: (frames − 1) / (first verdict → last verdict): A from the JSONL `time` fields "
+                "(ms resolution), B from perf_counter after each predict; model load excluded from both.",
+            ]
         if not args.skip_rss:
             stream_images = normals + defects[0::5]  # 20 normal + 8 defect JPEGs, looped at ~20 fps
             print(f"RSS: {args.minutes:g} min on an MJPEG stream", file=sys.stderr, flush=True)
             result = memory(bundle, stream_images, tmp, args.minutes, args.sample_s, serve=not args.no_serve)
             if args.csv is not None:
                 _write_csv(args.csv, result)
-            out += ["", f"### Memory over {args.minutes:g} min on a live MJPEG stream", "",
-                    f"Stream: `tests/mjpeg_server.py` on 127.0.0.1, {len(stream_images)} images looped "
-                    f"({len(stream_images) - len(defects[0::5])} normal, {len(defects[0::5])} defect) as JPEG q95 "
-                    f"at ~20 frames/s; RSS = VmRSS from /proc/PID/status of the `edgekit run` process.", "",
-                    *_memory_md(result, args.sample_s), "", "Command: `" + _quote(result["command"]) + "`"]
+            out += [
+                "",
+                f"### Memory over {args.minutes:g} min on a live MJPEG stream",
+                "",
+                f"Stream: `tests/mjpeg_server.py` on 127.0.0.1, {len(stream_images)} images looped "
+                f"({len(stream_images) - len(defects[0::5])} normal, {len(defects[0::5])} defect) as JPEG q95 "
+                f"at ~20 frames/s; RSS = VmRSS from /proc/PID/status of the `edgekit run` process.",
+                "",
+                *_memory_md(result, args.sample_s),
+                "",
+                "Command: `" + _quote(result["command"]) + "`",
+            ]
         load_end = os.getloadavg()
-        out += ["", f"Load average (1/5/15 min) at start {' / '.join(f'{v:.2f}' for v in load_start)}, "
-                f"at end {' / '.join(f'{v:.2f}' for v in load_end)}; whole benchmark "
-                f"{(time.monotonic() - began) / 60:.1f} min."]
+        out += [
+            "",
+            f"Load average (1/5/15 min) at start {' / '.join(f'{v:.2f}' for v in load_start)}, "
+            f"at end {' / '.join(f'{v:.2f}' for v in load_end)}; whole benchmark "
+            f"{(time.monotonic() - began) / 60:.1f} min.",
+        ]
     text = "\n".join(out)
     print(text)
     if args.markdown is not None:

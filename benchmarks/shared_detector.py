@@ -16,6 +16,7 @@ because the machine this runs on is shared and noisy. Timing: ``time.perf_counte
 warm-up calls per variant; the load average is printed with the table. ``--blas-threads 1`` caps
 numpy's BLAS for the whole process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgekit.runtime.detector import Detector, load  # noqa: E402
 
-CASES = [("x86", "openvino", "fp32"), ("x86", "openvino", "int8"), ("rpi4", "onnx", "fp32"),
-         ("rpi4", "tflite", "fp32")]
+CASES = [("x86", "openvino", "fp32"), ("x86", "openvino", "int8"), ("rpi4", "onnx", "fp32"), ("rpi4", "tflite", "fp32")]
 THREAD_COUNTS = (1, 2, 4)
 
 
@@ -56,8 +56,9 @@ def _prepare(workdir: Path) -> tuple[Path, dict[tuple[str, str, str], Path]]:
     for case in CASES:
         out = workdir / "bundles" / "-".join(case)
         if not (out / "manifest.json").is_file():
-            export_run(run.path, out, target=case[0], options=ExportOptions(format=case[1], precision=case[2]),
-                       overwrite=True)
+            export_run(
+                run.path, out, target=case[0], options=ExportOptions(format=case[1], precision=case[2]), overwrite=True
+            )
         bundles[case] = out
     return category, bundles
 
@@ -136,10 +137,12 @@ def measure(bundle: Path, images: list[np.ndarray], *, rounds: int, calls: int, 
                     latency[which].append(_latency_ms(bare, images[0], calls))
             else:
                 speed[which].append(_throughput(detector, images, which, max(2, calls // which)))
-    return {"runtime": detector.backend.name,
-            "guarded_ms": statistics.median(latency["guarded"]),
-            "bare_ms": statistics.median(latency["bare"]),
-            "images_per_s": {n: statistics.median(v) for n, v in speed.items()}}
+    return {
+        "runtime": detector.backend.name,
+        "guarded_ms": statistics.median(latency["guarded"]),
+        "bare_ms": statistics.median(latency["bare"]),
+        "images_per_s": {n: statistics.median(v) for n, v in speed.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds (medians are reported).")
     parser.add_argument("--calls", type=int, default=20, help="predict calls per latency measurement.")
     parser.add_argument("--blas-threads", type=int, default=None, help="Cap numpy's BLAS threads (threadpoolctl).")
-    parser.add_argument("--mode", choices=("latency", "throughput"), default="latency",
-                        help="The Detectors' mode (edgekit.load(mode=...)); default latency.")
+    parser.add_argument(
+        "--mode",
+        choices=("latency", "throughput"),
+        default="latency",
+        help="The Detectors' mode (edgekit.load(mode=...)); default latency.",
+    )
     args = parser.parse_args(argv)
     if args.blas_threads is not None:
         from threadpoolctl import threadpool_limits
@@ -167,21 +174,27 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("-".join(case), result))
         print(f"measured {'-'.join(case)}", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
-    print(f"{os.cpu_count()} CPUs; load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
-          f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; "
-          f"{args.rounds} interleaved rounds, medians; {args.calls} calls per latency figure; "
-          f"BLAS threads {args.blas_threads or 'numpy default'}; {args.mode} mode")
+    print(
+        f"{os.cpu_count()} CPUs; load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
+        f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; "
+        f"{args.rounds} interleaved rounds, medians; {args.calls} calls per latency figure; "
+        f"BLAS threads {args.blas_threads or 'numpy default'}; {args.mode} mode"
+    )
     print()
-    print("| bundle | runtime | 1-thread ms, guarded | bare | guard cost | img/s 1 thread | 2 threads | 4 threads "
-          "| ratio 2/1 | ratio 4/1 |")
+    print(
+        "| bundle | runtime | 1-thread ms, guarded | bare | guard cost | img/s 1 thread | 2 threads | 4 threads "
+        "| ratio 2/1 | ratio 4/1 |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         bare = r["bare_ms"]
         cost = f"{(r['guarded_ms'] / bare - 1) * 100:+.1f} %"
         speed = r["images_per_s"]
-        print(f"| {name} | {r['runtime']} | {r['guarded_ms']:.2f} | {bare:.2f} | {cost} "
-              f"| {speed[1]:.1f} | {speed[2]:.1f} | {speed[4]:.1f} | {speed[2] / speed[1]:.2f} "
-              f"| {speed[4] / speed[1]:.2f} |")
+        print(
+            f"| {name} | {r['runtime']} | {r['guarded_ms']:.2f} | {bare:.2f} | {cost} "
+            f"| {speed[1]:.1f} | {speed[2]:.1f} | {speed[4]:.1f} | {speed[2] / speed[1]:.2f} "
+            f"| {speed[4] / speed[1]:.2f} |"
+        )
     return 0
 
 

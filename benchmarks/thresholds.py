@@ -12,6 +12,7 @@ on each bundle's own held-out scores:
 Printed per texture and rule: the threshold over the held-out mean, test normals flagged by fp32,
 anomalies missed by fp32, F1 of fp32 and int8, and how many test decisions int8 and fp32 share.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def _prepare(workdir: Path, texture: str) -> tuple[Path, dict[str, Path]]:
     (category,) = synthesize(workdir / texture / "data", texture=texture, seed=0, overwrite=True)
     run = train_patchcore(category, workdir / texture / "run", overwrite=True)
     for precision in ("fp32", "int8"):
-        export_run(run.path, bundles[precision], target="x86", options=ExportOptions(precision=precision),
-                   overwrite=True)
+        export_run(
+            run.path, bundles[precision], target="x86", options=ExportOptions(precision=precision), overwrite=True
+        )
     return run.path, bundles
 
 
@@ -55,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--textures", default="brick,grass,gravel")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgekit-thresholds-"))
-    print(f"{'texture':<8} {'rule':<17} {'k':>5} {'normals flagged':>15} {'anomalies missed':>16} "
-          f"{'F1 fp32':>8} {'F1 int8':>8} {'int8 = fp32':>12}")
+    print(
+        f"{'texture':<8} {'rule':<17} {'k':>5} {'normals flagged':>15} {'anomalies missed':>16} "
+        f"{'F1 fp32':>8} {'F1 int8':>8} {'int8 = fp32':>12}"
+    )
     for texture in args.textures.split(","):
         run_dir, bundles = _prepare(workdir, texture)
         run = open_run(run_dir)
@@ -73,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             threshold = {p: held[p].mean() + k * held[p].std(ddof=1) for p in bundles}
             decided = {p: test[p] > threshold[p] for p in bundles}
             agree = int(np.sum(decided["fp32"] == decided["int8"]))
-            print(f"{texture:<8} {rule:<17} {k:>5.2f} {int(decided['fp32'][labels == 0].sum()):>11} / "
-                  f"{int((labels == 0).sum())} {int((~decided['fp32'][labels == 1]).sum()):>12} / "
-                  f"{int(labels.sum())} {f1_at_threshold(labels, test['fp32'], threshold['fp32']):>8.4f} "
-                  f"{f1_at_threshold(labels, test['int8'], threshold['int8']):>8.4f} "
-                  f"{agree:>5}/{len(labels)} {100 * agree / len(labels):5.1f}%")
+            print(
+                f"{texture:<8} {rule:<17} {k:>5.2f} {int(decided['fp32'][labels == 0].sum()):>11} / "
+                f"{int((labels == 0).sum())} {int((~decided['fp32'][labels == 1]).sum()):>12} / "
+                f"{int(labels.sum())} {f1_at_threshold(labels, test['fp32'], threshold['fp32']):>8.4f} "
+                f"{f1_at_threshold(labels, test['int8'], threshold['int8']):>8.4f} "
+                f"{agree:>5}/{len(labels)} {100 * agree / len(labels):5.1f}%"
+            )
     print(f"held-out normals per run: {len(held_out)}; x86 OpenVINO, f32 hint; data and runs in {workdir}")
     return 0
 

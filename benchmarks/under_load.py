@@ -19,6 +19,7 @@ OpenVINO inferencer, with 0, 1 and 2 busy background processes, in one alternati
 4. Print p50/p99 per level, each default's distance from the best setting of its bundle, and
    anomalib's time per image over edgekit's; write them to ``--out`` (JSON and Markdown).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,26 +61,32 @@ FULL_BANK = "openvino fp32, full float32 bank"
 
 @dataclass
 class Child:
-    key: str            # e.g. "openvino fp32 / threads=1"
-    bundle: str         # the model it runs ("openvino fp32", "anomalib fp32")
-    setting: str        # "default", "threads=1", "throughput", "before", "anomalib"
+    key: str  # e.g. "openvino fp32 / threads=1"
+    bundle: str  # the model it runs ("openvino fp32", "anomalib fp32")
+    setting: str  # "default", "threads=1", "throughput", "before", "anomalib"
     job: dict
     env: dict = field(default_factory=dict)
     process: Optional[subprocess.Popen] = None
-    per_call: int = 1   # images scored by one call (anomalib's static batch)
-    latency: dict = field(default_factory=dict)     # level -> [ms, ...] per call
-    batches: dict = field(default_factory=dict)     # level -> [ms of one predict_batch, ...]
+    per_call: int = 1  # images scored by one call (anomalib's static batch)
+    latency: dict = field(default_factory=dict)  # level -> [ms, ...] per call
+    batches: dict = field(default_factory=dict)  # level -> [ms of one predict_batch, ...]
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(BENCH / "_under_load_child.py"), json.dumps(self.job)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True, env={**os.environ, **self.env}, cwd=self.job["cwd"])
+        self.process = subprocess.Popen(
+            [sys.executable, str(BENCH / "_under_load_child.py"), json.dumps(self.job)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **self.env},
+            cwd=self.job["cwd"],
+        )
 
     def wait_ready(self, timeout_s: float = 600) -> None:
         line = self._line(timeout_s)
         if not line.startswith("READY "):
             raise RuntimeError(f"{self.key}: the child did not start ({line.strip() or 'no output'})")
-        self.per_call = int(json.loads(line[len("READY "):])["images_per_call"])
+        self.per_call = int(json.loads(line[len("READY ") :])["images_per_call"])
 
     def ask(self, command: str, timeout_s: float = 900) -> list[float]:
         self.process.stdin.write(command + "\n")
@@ -87,7 +94,7 @@ class Child:
         line = self._line(timeout_s)
         if not line.startswith("RESULT "):
             raise RuntimeError(f"{self.key}: no answer to {command!r} ({line.strip() or 'no output'})")
-        return json.loads(line[len("RESULT "):])
+        return json.loads(line[len("RESULT ") :])
 
     def _line(self, timeout_s: float) -> str:
         while True:
@@ -130,8 +137,10 @@ def build(work: Path, args) -> tuple[dict, dict, list[str], str]:
     anomalib_models: dict = {}
     with third_party_output_to(noise):
         if args.skip_anomalib:
-            subprocess.run([sys.executable, "-m", "edgekit", "train", "--data", str(category),
-                            "--out", str(work / "edgekit_run")], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "edgekit", "train", "--data", str(category), "--out", str(work / "edgekit_run")],
+                check=True,
+            )
         else:
             import _anomalib_side as anomalib_side
             import torch
@@ -139,20 +148,42 @@ def build(work: Path, args) -> tuple[dict, dict, list[str], str]:
             torch.set_num_threads(1)
             bank_images = [train_paths[i] for i in bank_idx]
             spec = input_spec_for(anomalib_side.BACKBONE, IMAGE_SIZE)
-            models = anomalib_side.train_and_export(category, bank_images, work, seed=SEED,
-                                                    coreset_ratio=CORESET_RATIO, num_neighbors=NUM_NEIGHBORS,
-                                                    image_size=IMAGE_SIZE, mean=spec.mean, std=spec.std, log=log)
-            anomalib_models = {"anomalib fp32": (models.fp32_xml, models.static_batch),
-                               "anomalib int8": (models.int8_xml, models.static_batch)}
+            models = anomalib_side.train_and_export(
+                category,
+                bank_images,
+                work,
+                seed=SEED,
+                coreset_ratio=CORESET_RATIO,
+                num_neighbors=NUM_NEIGHBORS,
+                image_size=IMAGE_SIZE,
+                mean=spec.mean,
+                std=spec.std,
+                log=log,
+            )
+            anomalib_models = {
+                "anomalib fp32": (models.fp32_xml, models.static_batch),
+                "anomalib int8": (models.int8_xml, models.static_batch),
+            }
             anomalib_side.edgekit_run_from_bank(
-                work / "edgekit_run", dataset=dataset, bank=models.memory_bank, bank_images=bank_images,
-                holdout_images=[train_paths[i] for i in held_idx], seed=SEED, coreset_ratio=CORESET_RATIO,
-                num_neighbors=NUM_NEIGHBORS, image_size=IMAGE_SIZE)
+                work / "edgekit_run",
+                dataset=dataset,
+                bank=models.memory_bank,
+                bank_images=bank_images,
+                holdout_images=[train_paths[i] for i in held_idx],
+                seed=SEED,
+                coreset_ratio=CORESET_RATIO,
+                num_neighbors=NUM_NEIGHBORS,
+                image_size=IMAGE_SIZE,
+            )
         bundles = {}  # edgekit's default export (its default bank), and anomalib's whole bank in float32
-        plans = [(f"{fmt} {precision}", ExportOptions(format=fmt, precision=precision))
-                 for fmt in ("openvino", "onnx") for precision in ("fp32", "int8")]
-        plans.append((FULL_BANK, ExportOptions(format="openvino", precision="fp32", bank_dims="full",
-                                               bank_dtype="float32")))
+        plans = [
+            (f"{fmt} {precision}", ExportOptions(format=fmt, precision=precision))
+            for fmt in ("openvino", "onnx")
+            for precision in ("fp32", "int8")
+        ]
+        plans.append(
+            (FULL_BANK, ExportOptions(format="openvino", precision="fp32", bank_dims="full", bank_dtype="float32"))
+        )
         for name, options in plans:
             folder = work / "bundles" / name.replace(",", "").replace(" ", "_")
             export_run(work / "edgekit_run", folder, target="x86", options=options)
@@ -162,22 +193,49 @@ def build(work: Path, args) -> tuple[dict, dict, list[str], str]:
     return bundles, anomalib_models, test[:BATCH_IMAGES], latency_image
 
 
-def children_for(bundles: dict, anomalib_models: dict, images: list[str], latency_image: str, work: Path,
-                 before: Optional[Path], cores: int, warmup: int) -> list[Child]:
+def children_for(
+    bundles: dict,
+    anomalib_models: dict,
+    images: list[str],
+    latency_image: str,
+    work: Path,
+    before: Optional[Path],
+    cores: int,
+    warmup: int,
+) -> list[Child]:
     common = {"latency_image": latency_image, "batch_images": images, "warmup": warmup, "cwd": str(work)}
     children = []
     for name, folder in bundles.items():
         settings = [("default", {})] + [(f"threads={n}", {"threads": n}) for n in range(1, cores)]
         settings += [("throughput", {"mode": "throughput"})] if name != FULL_BANK else []
         for setting, load in settings:
-            children.append(Child(f"{name} / {setting}", name, setting,
-                                  {**common, "side": "edgekit", "model": str(folder), "load": load}))
+            children.append(
+                Child(
+                    f"{name} / {setting}",
+                    name,
+                    setting,
+                    {**common, "side": "edgekit", "model": str(folder), "load": load},
+                )
+            )
         if before is not None and name != FULL_BANK:
-            children.append(Child(f"{name} / before", name, "before",
-                                  {**common, "side": "edgekit", "model": str(folder)}, env={"PYTHONPATH": str(before)}))
+            children.append(
+                Child(
+                    f"{name} / before",
+                    name,
+                    "before",
+                    {**common, "side": "edgekit", "model": str(folder)},
+                    env={"PYTHONPATH": str(before)},
+                )
+            )
     for name, (xml, batch) in anomalib_models.items():
-        children.append(Child(name, name, "anomalib", {**common, "side": "anomalib", "model": str(xml),
-                                                       "ov_config": OV_CONFIG, "static_batch": batch}))
+        children.append(
+            Child(
+                name,
+                name,
+                "anomalib",
+                {**common, "side": "anomalib", "model": str(xml), "ov_config": OV_CONFIG, "static_batch": batch},
+            )
+        )
     return children
 
 
@@ -207,27 +265,42 @@ def summarise(children: list[Child], levels: list[int]) -> dict:
         row = {"bundle": child.bundle, "setting": child.setting, "images_per_call": child.per_call}
         for level in levels:
             calls = np.asarray(child.latency[level])
-            row[level] = {"p50_ms": float(np.percentile(calls, 50)), "p99_ms": float(np.percentile(calls, 99)),
-                          "per_image_p50_ms": float(np.percentile(calls, 50)) / child.per_call,
-                          "images_per_s": BATCH_IMAGES / (float(np.median(child.batches[level])) / 1e3),
-                          "calls": int(calls.size)}
+            row[level] = {
+                "p50_ms": float(np.percentile(calls, 50)),
+                "p99_ms": float(np.percentile(calls, 99)),
+                "per_image_p50_ms": float(np.percentile(calls, 50)) / child.per_call,
+                "images_per_s": BATCH_IMAGES / (float(np.median(child.batches[level])) / 1e3),
+                "calls": int(calls.size),
+            }
         rows[child.key] = row
     return rows
 
 
 def report(rows: dict, levels: list[int], loads: dict, args, cores: int) -> str:
-    lines = ["| bundle | setting | " + " | ".join(f"{n} busy: p50 / p99 ms" for n in levels)
-             + " | " + " | ".join(f"{n} busy: img/s (batch {BATCH_IMAGES})" for n in levels) + " |",
-             "|---|---|" + "---:|" * (2 * len(levels))]
+    lines = [
+        "| bundle | setting | "
+        + " | ".join(f"{n} busy: p50 / p99 ms" for n in levels)
+        + " | "
+        + " | ".join(f"{n} busy: img/s (batch {BATCH_IMAGES})" for n in levels)
+        + " |",
+        "|---|---|" + "---:|" * (2 * len(levels)),
+    ]
     for row in rows.values():
         cells = [f"{row[n]['p50_ms']:.1f} / {row[n]['p99_ms']:.1f}" for n in levels]
         cells += [f"{row[n]['images_per_s']:.1f}" for n in levels]
         lines.append(f"| {row['bundle']} | {row['setting']} | " + " | ".join(cells) + " |")
-    lines += ["", "Default against the best setting of the same bundle (p50; goal ≤ 1.10), and anomalib's "
-              "time per image over edgekit's default (goal ≥ 3):", "",
-              "| bundle | " + " | ".join(f"{n} busy: default / best" for n in levels)
-              + " | " + " | ".join(f"{n} busy: anomalib / edgekit" for n in levels) + " |",
-              "|---|" + "---:|" * (2 * len(levels))]
+    lines += [
+        "",
+        "Default against the best setting of the same bundle (p50; goal ≤ 1.10), and anomalib's "
+        "time per image over edgekit's default (goal ≥ 3):",
+        "",
+        "| bundle | "
+        + " | ".join(f"{n} busy: default / best" for n in levels)
+        + " | "
+        + " | ".join(f"{n} busy: anomalib / edgekit" for n in levels)
+        + " |",
+        "|---|" + "---:|" * (2 * len(levels)),
+    ]
     for bundle in dict.fromkeys(r["bundle"] for r in rows.values() if r["setting"] != "anomalib"):
         mine = [r for r in rows.values() if r["bundle"] == bundle and r["setting"] not in ("before",)]
         default = next(r for r in mine if r["setting"] == "default")
@@ -238,32 +311,40 @@ def report(rows: dict, levels: list[int], loads: dict, args, cores: int) -> str:
         precision = bundle.split(",")[0].split()[-1]
         theirs = rows.get(f"anomalib {precision}")
         for n in levels:
-            cells.append(f"{theirs[n]['per_image_p50_ms'] / default[n]['per_image_p50_ms']:.1f}×"
-                         if theirs else "—")
+            cells.append(f"{theirs[n]['per_image_p50_ms'] / default[n]['per_image_p50_ms']:.1f}×" if theirs else "—")
         lines.append(f"| {bundle} | " + " | ".join(cells) + " |")
     from edgekit.profile.load import describe_load
 
-    lines += ["", "Load during each level: " + "; ".join(f"**{n} busy**: {describe_load(loads[n])}" for n in levels),
-              "", f"Method: one process per row, each with its model loaded and warmed up ({args.warmup} calls); "
-              f"per background level {args.rounds} rounds, each round every process times a block of {args.block} "
-              f"predict() calls on one decoded 256×256 image (time.perf_counter, batch 1), in an order rotated "
-              f"every round; then 2 predict_batch calls of {BATCH_IMAGES} images each (img/s from their median). "
-              f"Busy processes: `python -S -c 'while True: pass'`, started and stopped by the benchmark. "
-              f"anomalib: OpenVINOInferencer with {OV_CONFIG}; its graph has a static batch, so one call scores "
-              f"that many images and 'per image' divides by it. Bundles: edgekit's default export of a run holding "
-              f"anomalib's bank (default bank settings), and '{FULL_BANK}' with anomalib's whole bank. "
-              f"edgekit default = the x86 target's threads "
-              f"(0: all {cores} usable cores), latency mode. 'before' = edgekit at git {args.before} on the same "
-              f"bundles. p99 of {args.rounds * args.block} calls is close to their maximum.",
-              "", f"command: python3 benchmarks/under_load.py {' '.join(sys.argv[1:])}"]
+    lines += [
+        "",
+        "Load during each level: " + "; ".join(f"**{n} busy**: {describe_load(loads[n])}" for n in levels),
+        "",
+        f"Method: one process per row, each with its model loaded and warmed up ({args.warmup} calls); "
+        f"per background level {args.rounds} rounds, each round every process times a block of {args.block} "
+        f"predict() calls on one decoded 256×256 image (time.perf_counter, batch 1), in an order rotated "
+        f"every round; then 2 predict_batch calls of {BATCH_IMAGES} images each (img/s from their median). "
+        f"Busy processes: `python -S -c 'while True: pass'`, started and stopped by the benchmark. "
+        f"anomalib: OpenVINOInferencer with {OV_CONFIG}; its graph has a static batch, so one call scores "
+        f"that many images and 'per image' divides by it. Bundles: edgekit's default export of a run holding "
+        f"anomalib's bank (default bank settings), and '{FULL_BANK}' with anomalib's whole bank. "
+        f"edgekit default = the x86 target's threads "
+        f"(0: all {cores} usable cores), latency mode. 'before' = edgekit at git {args.before} on the same "
+        f"bundles. p99 of {args.rounds * args.block} calls is close to their maximum.",
+        "",
+        f"command: python3 benchmarks/under_load.py {' '.join(sys.argv[1:])}",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="an empty working folder, kept (default: a temporary one)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "under_load",
-                        help="writes OUT.json and OUT.md (default: docs/under_load)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "docs" / "under_load",
+        help="writes OUT.json and OUT.md (default: docs/under_load)",
+    )
     parser.add_argument("--rounds", type=int, default=6, help="rounds per background level (default 6)")
     parser.add_argument("--block", type=int, default=15, help="predict() calls per process per round (default 15)")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up calls per process (default 10)")
@@ -279,8 +360,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.before:
         before = work / "before"
         before.mkdir(exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before, "edgekit"], check=True,
-                                 capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", args.before, "edgekit"], check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
     from edgekit.runtime.threads import usable_cores
 

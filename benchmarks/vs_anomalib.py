@@ -11,6 +11,7 @@
    (fp32, int8, and compressed banks), run with ``edgekit.load``.
 4. Measure every deployment in fresh processes (see METHOD below) and print one table with ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,11 @@ SEED, IMAGE_SIZE, CORESET_RATIO, NUM_NEIGHBORS, HOLDOUT = 0, 256, 0.1, 9, 0.2
 @dataclass
 class Variant:
     key: str
-    side: str                          # "anomalib" | "edgekit"
+    side: str  # "anomalib" | "edgekit"
     label: str
-    model: Optional[Path] = None       # anomalib: model.xml; edgekit: bundle folder
+    model: Optional[Path] = None  # anomalib: model.xml; edgekit: bundle folder
     files: list[Path] = field(default_factory=list)
-    float_key: Optional[str] = None    # the float variant its score shift is measured against
+    float_key: Optional[str] = None  # the float variant its score shift is measured against
     error: Optional[str] = None
     notes: list[str] = field(default_factory=list)
     measured: dict = field(default_factory=dict)
@@ -89,12 +90,24 @@ def build_edgekit_variants(run_dir: Path, out: Path, bank: np.ndarray) -> list[V
     from edgekit.export.pipeline import export_run
 
     plans = [
-        ("ek_fp32", "edgekit fp32 (anomalib's bank, float32)", None,
-         dict(precision="fp32", bank_dims="full", bank_dtype="float32")),
-        ("ek_int8", "edgekit int8 (anomalib's bank, float32)", "ek_fp32",
-         dict(precision="int8", bank_dims="full", bank_dtype="float32")),
-        ("ek_int8_pca", "edgekit int8 + PCA-auto int8 bank", "ek_fp32",
-         dict(precision="int8", bank_dims="auto", bank_dtype="int8")),
+        (
+            "ek_fp32",
+            "edgekit fp32 (anomalib's bank, float32)",
+            None,
+            dict(precision="fp32", bank_dims="full", bank_dtype="float32"),
+        ),
+        (
+            "ek_int8",
+            "edgekit int8 (anomalib's bank, float32)",
+            "ek_fp32",
+            dict(precision="int8", bank_dims="full", bank_dtype="float32"),
+        ),
+        (
+            "ek_int8_pca",
+            "edgekit int8 + PCA-auto int8 bank",
+            "ek_fp32",
+            dict(precision="int8", bank_dims="auto", bank_dtype="int8"),
+        ),
         ("ek_int8_default", "edgekit int8, default bank", "ek_fp32", dict(precision="int8")),
     ]
     variants = []
@@ -117,8 +130,9 @@ def build_edgekit_variants(run_dir: Path, out: Path, bank: np.ndarray) -> list[V
         variant.files = [p for p in variant.model.rglob("*") if p.is_file()]
         bank_note = bundle.manifest.export.get("bank") or bundle.manifest.head.params.get("bank") or {}
         if bank_note:
-            variant.notes.append("bank " + ", ".join(f"{k}={bank_note[k]}" for k in ("rows", "dims", "dtype")
-                                                     if k in bank_note))
+            variant.notes.append(
+                "bank " + ", ".join(f"{k}={bank_note[k]}" for k in ("rows", "dims", "dtype") if k in bank_note)
+            )
         if key == "ek_fp32":
             same = np.array_equal(bundle.array("memory_bank"), bank)
             variant.notes.append("bank == anomalib's bank, bit for bit" if same else "bank DIFFERS from anomalib's")
@@ -133,8 +147,11 @@ def run_child(variant: Variant, job: dict, work: Path, extra_env: dict[str, str]
     """Spawn a fresh interpreter for one measurement; returns its RESULT dict."""
     job_path = work / f"job-{variant.key}-{job['mode']}.json"
     job_path.write_text(json.dumps(job))
-    env = {**os.environ, **extra_env,
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        **extra_env,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
     cwd = work / f"cwd-{variant.side}"  # anomalib's inferencer writes ./openvino_cache here
     cwd.mkdir(exist_ok=True)
     command = [sys.executable, str(BENCH / "_deployed_child.py"), str(job_path)]
@@ -144,28 +161,55 @@ def run_child(variant: Variant, job: dict, work: Path, extra_env: dict[str, str]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"{variant.key} child failed (exit {done.returncode}): {tail}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
-def measure(variants: list[Variant], *, test_images: list[str], latency_image: str, static_batch: int,
-            work: Path, warmup: int, runs: int, cold_repeats: int, extra_env: dict[str, str]) -> None:
+def measure(
+    variants: list[Variant],
+    *,
+    test_images: list[str],
+    latency_image: str,
+    static_batch: int,
+    work: Path,
+    warmup: int,
+    runs: int,
+    cold_repeats: int,
+    extra_env: dict[str, str],
+) -> None:
     live = [v for v in variants if v.error is None]
     for variant in live:  # first process: also warms anomalib's OpenVINO cache, as its users would have it
-        job = {"side": variant.side, "model": str(variant.model), "mode": "full", "ov_config": OV_CONFIG,
-               "static_batch": static_batch, "latency_image": latency_image, "test_images": test_images,
-               "warmup": warmup, "runs": runs, "outputs": str(work / f"outputs-{variant.key}.npz")}
+        job = {
+            "side": variant.side,
+            "model": str(variant.model),
+            "mode": "full",
+            "ov_config": OV_CONFIG,
+            "static_batch": static_batch,
+            "latency_image": latency_image,
+            "test_images": test_images,
+            "warmup": warmup,
+            "runs": runs,
+            "outputs": str(work / f"outputs-{variant.key}.npz"),
+        }
         try:
             variant.measured["full"] = run_child(variant, job, work, extra_env)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             variant.error = str(exc)
             log(f"  {variant.key}: {variant.error}")
             continue
-        log(f"  {variant.key}: full run done (first-process cold start "
-            f"{variant.measured['full']['cold_start_s']:.1f} s)")
+        log(
+            f"  {variant.key}: full run done (first-process cold start "
+            f"{variant.measured['full']['cold_start_s']:.1f} s)"
+        )
     for repeat in range(cold_repeats):  # interleaved, so background load hits both sides alike
         for variant in [v for v in variants if v.error is None]:
-            job = {"side": variant.side, "model": str(variant.model), "mode": "cold", "ov_config": OV_CONFIG,
-                   "static_batch": static_batch, "latency_image": latency_image}
+            job = {
+                "side": variant.side,
+                "model": str(variant.model),
+                "mode": "cold",
+                "ov_config": OV_CONFIG,
+                "static_batch": static_batch,
+                "latency_image": latency_image,
+            }
             try:
                 variant.measured.setdefault("cold", []).append(run_child(variant, job, work, extra_env))
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -200,17 +244,27 @@ def accuracy(variants: list[Variant], dataset, work: Path) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     global _CONSOLE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, help="an empty working folder, kept afterwards "
-                                                  "(default: a temporary one, removed unless the run fails)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="an empty working folder, kept afterwards (default: a temporary one, removed unless the run fails)",
+    )
     parser.add_argument("--runs", type=int, default=30, help="timed calls per variant (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up calls per variant (default 5)")
     parser.add_argument("--cold-repeats", type=int, default=3, help="cold-start processes per variant (default 3)")
-    parser.add_argument("--train-threads", type=int, default=1,
-                        help="torch threads while anomalib trains (default 1: its coreset loop is memory-bound "
-                             "and runs faster single-threaded on a busy 2-core VM)")
-    parser.add_argument("--blas-threads", type=int,
-                        help="set OPENBLAS_NUM_THREADS in every measured process, both sides (default: unset, "
-                             "as a user's process would run)")
+    parser.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="torch threads while anomalib trains (default 1: its coreset loop is memory-bound "
+        "and runs faster single-threaded on a busy 2-core VM)",
+    )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        help="set OPENBLAS_NUM_THREADS in every measured process, both sides (default: unset, "
+        "as a user's process would run)",
+    )
     args = parser.parse_args(argv)
     if args.work is not None and args.work.exists() and (not args.work.is_dir() or any(args.work.iterdir())):
         parser.error(f"--work {args.work} must be an empty folder or not exist yet")
@@ -252,41 +306,81 @@ def _run(args, work: Path, noise: Path, began: float) -> int:
     holdout_images = [train_paths[i] for i in held_idx]
     spec = input_spec_for(anomalib_side.BACKBONE, IMAGE_SIZE)
 
-    log(f"[2/5] anomalib: training on {len(bank_images)} images and exporting FP32 + INT8_PTQ "
-        f"(library output goes to {noise.name})")
+    log(
+        f"[2/5] anomalib: training on {len(bank_images)} images and exporting FP32 + INT8_PTQ "
+        f"(library output goes to {noise.name})"
+    )
     with third_party_output_to(noise):
         import torch
 
         torch.set_num_threads(args.train_threads)
-        models = anomalib_side.train_and_export(category, bank_images, work, seed=SEED,
-                                                coreset_ratio=CORESET_RATIO, num_neighbors=NUM_NEIGHBORS,
-                                                image_size=IMAGE_SIZE, mean=spec.mean, std=spec.std, log=log)
+        models = anomalib_side.train_and_export(
+            category,
+            bank_images,
+            work,
+            seed=SEED,
+            coreset_ratio=CORESET_RATIO,
+            num_neighbors=NUM_NEIGHBORS,
+            image_size=IMAGE_SIZE,
+            mean=spec.mean,
+            std=spec.std,
+            log=log,
+        )
     log(f"[3/5] edgekit: run folder from anomalib's bank, then x86 bundles ({elapsed(began)} so far)")
     with third_party_output_to(noise):
         run_dir = anomalib_side.edgekit_run_from_bank(
-            work / "edgekit_run", dataset=dataset, bank=models.memory_bank, bank_images=bank_images,
-            holdout_images=holdout_images, seed=SEED, coreset_ratio=CORESET_RATIO, num_neighbors=NUM_NEIGHBORS,
-            image_size=IMAGE_SIZE)
-        variants = [Variant("an_fp32", "anomalib", "anomalib OpenVINO FP32 (Engine.export)", models.fp32_xml,
-                            [p for p in models.fp32_xml.parent.iterdir() if p.is_file()]),
-                    Variant("an_int8", "anomalib", "anomalib OpenVINO INT8_PTQ (Engine.export)", models.int8_xml,
-                            [p for p in models.int8_xml.parent.iterdir() if p.is_file()], float_key="an_fp32")]
+            work / "edgekit_run",
+            dataset=dataset,
+            bank=models.memory_bank,
+            bank_images=bank_images,
+            holdout_images=holdout_images,
+            seed=SEED,
+            coreset_ratio=CORESET_RATIO,
+            num_neighbors=NUM_NEIGHBORS,
+            image_size=IMAGE_SIZE,
+        )
+        variants = [
+            Variant(
+                "an_fp32",
+                "anomalib",
+                "anomalib OpenVINO FP32 (Engine.export)",
+                models.fp32_xml,
+                [p for p in models.fp32_xml.parent.iterdir() if p.is_file()],
+            ),
+            Variant(
+                "an_int8",
+                "anomalib",
+                "anomalib OpenVINO INT8_PTQ (Engine.export)",
+                models.int8_xml,
+                [p for p in models.int8_xml.parent.iterdir() if p.is_file()],
+                float_key="an_fp32",
+            ),
+        ]
         variants += build_edgekit_variants(run_dir, work / "bundles", models.memory_bank)
 
     log(f"[4/5] measuring in fresh processes ({elapsed(began)} so far)")
     test_images = [str(s.path) for s in dataset.test]
     latency_image = next(str(s.path) for s in dataset.test if s.label == 1)
-    measure(variants, test_images=test_images, latency_image=latency_image, static_batch=models.static_batch,
-            work=work, warmup=args.warmup, runs=args.runs, cold_repeats=args.cold_repeats,
-            extra_env=_blas_env(args.blas_threads))
+    measure(
+        variants,
+        test_images=test_images,
+        latency_image=latency_image,
+        static_batch=models.static_batch,
+        work=work,
+        warmup=args.warmup,
+        runs=args.runs,
+        cold_repeats=args.cold_repeats,
+        extra_env=_blas_env(args.blas_threads),
+    )
     log(f"[5/5] accuracy, sizes ({elapsed(began)} so far)")
     accuracy(variants, dataset, work)
     index = report.distribution_index()
     summaries = {v.key: report.summarise(v, index) for v in variants if v.error is None}
     report.print_table(variants, summaries, log=log)
     report.print_footprints(summaries, log=log)
-    report.print_method(args, models, summaries, dataset, len(holdout_images), ov_config=OV_CONFIG,
-                        image_size=IMAGE_SIZE, log=log)
+    report.print_method(
+        args, models, summaries, dataset, len(holdout_images), ov_config=OV_CONFIG, image_size=IMAGE_SIZE, log=log
+    )
     log("\ncommand: python3 benchmarks/vs_anomalib.py " + " ".join(sys.argv[1:]))
     log(f"total run time {elapsed(began)}")
     return 0 if {"an_fp32", "ek_fp32"} <= set(summaries) else 1

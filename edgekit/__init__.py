@@ -3,6 +3,7 @@
 ``edgekit.load(bundle)`` is the device entry point; it imports numpy and the one runtime the
 bundle names, never torch.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

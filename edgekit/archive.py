@@ -5,6 +5,7 @@ The member table is checked first (count, names, kinds, declared sizes), then th
 are the files it lists extracted, each refused at the first byte past its manifest size and hashed
 while it streams; a member the manifest does not list is refused unread. Standard library only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,20 +51,25 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> str:
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, archive: Path) -> Iterator[bytes]:
     """A member's bytes in chunks, refused past ``limit`` or past its declared size (counted here)."""
     if info.file_size > limit:
-        raise EdgekitError(f"archive {archive}: member {info.filename!r} is {info.file_size} bytes, "
-                           f"more than the {limit} allowed; refused")
+        raise EdgekitError(
+            f"archive {archive}: member {info.filename!r} is {info.file_size} bytes, "
+            f"more than the {limit} allowed; refused"
+        )
     read = 0
     with zf.open(info) as source:
         for chunk in iter(lambda: source.read(_CHUNK), b""):
             read += len(chunk)
             if read > info.file_size or read > limit:
-                raise EdgekitError(f"archive {archive}: member {info.filename!r} is larger than declared "
-                                   "or over the size limit; refused")
+                raise EdgekitError(
+                    f"archive {archive}: member {info.filename!r} is larger than declared "
+                    "or over the size limit; refused"
+                )
             yield chunk
 
 
-def extract_archive(archive: Path, dest: Path, *, max_members: int, max_bytes: int,
-                    trusted_keys: Optional[Sequence[Any]] = None) -> tuple[Manifest, str, Optional[str]]:
+def extract_archive(
+    archive: Path, dest: Path, *, max_members: int, max_bytes: int, trusted_keys: Optional[Sequence[Any]] = None
+) -> tuple[Manifest, str, Optional[str]]:
     """Verify an archive into the empty folder ``dest`` (module docstring):
     (manifest, its sha256 hex, the signer or None)."""
     name = str(archive)
@@ -71,8 +77,7 @@ def extract_archive(archive: Path, dest: Path, *, max_members: int, max_bytes: i
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
             if len(members) > max_members:
-                raise EdgekitError(f"archive {archive} has {len(members)} members; "
-                                   f"the limit is {max_members}")
+                raise EdgekitError(f"archive {archive} has {len(members)} members; the limit is {max_members}")
             names = [_check_member(info, archive) for info in members]
             if len(set(names)) != len(names):
                 raise EdgekitError(f"archive {archive} names a member twice; refused")
@@ -82,15 +87,31 @@ def extract_archive(archive: Path, dest: Path, *, max_members: int, max_bytes: i
             folders = {n for n, info in zip(names, members) if info.is_dir()}
             if MANIFEST_NAME not in files:
                 raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
-            own = {sidecar: b"".join(_read_member(zf, files[sidecar], MAX_MANIFEST_BYTES if sidecar == MANIFEST_NAME
-                                                  else MAX_SIDECAR_BYTES, archive))
-                   for sidecar in SIDECAR_NAMES if sidecar in files}
-            manifest, digest, signer = parse_manifest(own[MANIFEST_NAME], own.get(DIGEST_NAME), name,
-                                                      signatures=own.get(SIGNATURE_NAME), trusted_keys=trusted_keys)
+            own = {
+                sidecar: b"".join(
+                    _read_member(
+                        zf,
+                        files[sidecar],
+                        MAX_MANIFEST_BYTES if sidecar == MANIFEST_NAME else MAX_SIDECAR_BYTES,
+                        archive,
+                    )
+                )
+                for sidecar in SIDECAR_NAMES
+                if sidecar in files
+            }
+            manifest, digest, signer = parse_manifest(
+                own[MANIFEST_NAME],
+                own.get(DIGEST_NAME),
+                name,
+                signatures=own.get(SIGNATURE_NAME),
+                trusted_keys=trusted_keys,
+            )
             listed = check_listing(manifest, name)
             parents = {parent.as_posix() for path in listed for parent in PurePosixPath(path).parents}
-            extra = sorted([n for n in files if n not in listed and n not in SIDECAR_NAMES]
-                           + [f"{n}/" for n in folders if n not in parents])
+            extra = sorted(
+                [n for n in files if n not in listed and n not in SIDECAR_NAMES]
+                + [f"{n}/" for n in folders if n not in parents]
+            )
             if extra:
                 raise EdgekitError(f"bundle {name} holds files its manifest does not list: {', '.join(extra[:5])}")
             for path in sorted(listed):

@@ -11,6 +11,7 @@ threshold is refused as damage. A digest protects against accidents, not attacke
 rewrite both files); ``manifest.sig`` (see :mod:`edgekit.signing`) does that. Standard library +
 numpy only: the device imports this.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,10 +51,28 @@ from edgekit.manifest import (
 )
 from edgekit.staging import make_staging, owner_tag, refuse_unowned, sweep_stale
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "MAX_MANIFEST_BYTES", "NetworkSpec",
-           "HeadSpec", "Decision", "Manifest", "check_relative_path", "digest_line", "ARCHIVE_SUFFIX",
-           "DEFAULT_MAX_MEMBERS", "DEFAULT_MAX_BYTES", "Bundle", "sha256_file", "save_bundle", "load_bundle",
-           "unpack_bundle", "pack_bundle"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "MANIFEST_NAME",
+    "DIGEST_NAME",
+    "SIGNATURE_NAME",
+    "MAX_MANIFEST_BYTES",
+    "NetworkSpec",
+    "HeadSpec",
+    "Decision",
+    "Manifest",
+    "check_relative_path",
+    "digest_line",
+    "ARCHIVE_SUFFIX",
+    "DEFAULT_MAX_MEMBERS",
+    "DEFAULT_MAX_BYTES",
+    "Bundle",
+    "sha256_file",
+    "save_bundle",
+    "load_bundle",
+    "unpack_bundle",
+    "pack_bundle",
+]
 
 ARCHIVE_SUFFIX = ".edgekit"
 DEFAULT_MAX_MEMBERS = 10_000
@@ -90,14 +109,16 @@ class Bundle:
     def array(self, name: str) -> np.ndarray:
         """Load the head array ``name``; never unpickles."""
         if name not in self.manifest.head.arrays:
-            raise EdgekitError(f"bundle {self.origin} has no head array {name!r}; "
-                               f"it has {sorted(self.manifest.head.arrays)}")
+            raise EdgekitError(
+                f"bundle {self.origin} has no head array {name!r}; it has {sorted(self.manifest.head.arrays)}"
+            )
         path = self.path(self.manifest.head.arrays[name])
         try:
             return np.load(path, allow_pickle=False)
         except (ValueError, OSError) as exc:
-            raise EdgekitError(f"bundle {self.origin}: head array {name!r} cannot be loaded "
-                               f"without pickle or is damaged ({exc})") from None
+            raise EdgekitError(
+                f"bundle {self.origin}: head array {name!r} cannot be loaded without pickle or is damaged ({exc})"
+            ) from None
 
     def close(self) -> None:
         """Remove the private copy a ``.edgekit`` archive was extracted to (a folder: nothing).
@@ -140,8 +161,11 @@ def _verify(root: Path, origin: Path, trusted_keys: Optional[Sequence[Any]] = No
         raise EdgekitError(f"{name} is not an edgekit bundle: no {MANIFEST_NAME}")
     manifest, digest, signer = parse_manifest(
         _read_capped(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, name),
-        _read_capped(root / DIGEST_NAME, MAX_SIDECAR_BYTES, name), name,
-        signatures=_read_capped(root / SIGNATURE_NAME, MAX_SIDECAR_BYTES, name), trusted_keys=trusted_keys)
+        _read_capped(root / DIGEST_NAME, MAX_SIDECAR_BYTES, name),
+        name,
+        signatures=_read_capped(root / SIGNATURE_NAME, MAX_SIDECAR_BYTES, name),
+        trusted_keys=trusted_keys,
+    )
     listed = check_listing(manifest, name)
     extra, links = [], []
     for folder, dirnames, filenames in os.walk(root):
@@ -153,11 +177,9 @@ def _verify(root: Path, origin: Path, trusted_keys: Optional[Sequence[Any]] = No
             elif entry in filenames and relative not in listed and relative not in SIDECAR_NAMES:
                 extra.append(relative)
     if links:
-        raise EdgekitError(f"bundle {name} contains symbolic links, refused: "
-                           f"{', '.join(sorted(links)[:5])}")
+        raise EdgekitError(f"bundle {name} contains symbolic links, refused: {', '.join(sorted(links)[:5])}")
     if extra:
-        raise EdgekitError(f"bundle {name} holds files its manifest does not list: "
-                           f"{', '.join(sorted(extra)[:5])}")
+        raise EdgekitError(f"bundle {name} holds files its manifest does not list: {', '.join(sorted(extra)[:5])}")
     for path, expected in sorted(manifest.files.items()):
         full = root / path
         if not full.is_file():
@@ -238,8 +260,9 @@ def _check_dest(dest: Path, *, overwrite: bool, folder: bool) -> bool:
         raise EdgekitError(f"{dest} already exists (pass overwrite to replace it)")
     refuse_unowned(dest, owned=_is_bundle, what="bundle")  # never the current folder or a parent of it
     if not _is_bundle(dest) or dest.is_dir() != folder:
-        raise EdgekitError(f"refusing to replace {dest}: it is not an edgekit bundle "
-                           f"{'folder' if folder else 'archive'}")
+        raise EdgekitError(
+            f"refusing to replace {dest}: it is not an edgekit bundle {'folder' if folder else 'archive'}"
+        )
     return True
 
 
@@ -262,9 +285,14 @@ def _place(staged: Path, dest: Path, *, overwrite: bool) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def save_bundle(dest: Path, manifest: Manifest, *,
-                files: Mapping[str, Union[Path, bytes]] = _NOTHING,
-                arrays: Mapping[str, np.ndarray] = _NOTHING, overwrite: bool = False) -> Path:
+def save_bundle(
+    dest: Path,
+    manifest: Manifest,
+    *,
+    files: Mapping[str, Union[Path, bytes]] = _NOTHING,
+    arrays: Mapping[str, np.ndarray] = _NOTHING,
+    overwrite: bool = False,
+) -> Path:
     """Write a complete bundle (folder, or one archive when ``dest`` ends in ``.edgekit``).
 
     ``files`` maps bundle paths to source files or bytes, ``arrays`` maps ``.npy`` bundle paths
@@ -285,8 +313,9 @@ def save_bundle(dest: Path, manifest: Manifest, *,
             raise EdgekitError(f"bundle {dest}: source of {path} is not a file: {source}")
     for path, array in arrays.items():
         if not path.endswith(".npy") or not isinstance(array, np.ndarray) or array.dtype.hasobject:
-            raise EdgekitError(f"bundle {dest}: {path} must be a .npy path with a numeric array "
-                               "(object arrays would need pickle)")
+            raise EdgekitError(
+                f"bundle {dest}: {path} must be a .npy path with a numeric array (object arrays would need pickle)"
+            )
     for path in [*manifest.network.files, *manifest.head.arrays.values()]:
         if path not in written:
             raise EdgekitError(f"bundle {dest} would be incomplete: {path} is not among its files")
@@ -330,8 +359,13 @@ def _write_manifest(folder: Path, manifest: Manifest) -> None:
     (folder / DIGEST_NAME).write_bytes(digest_line(data))
 
 
-def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes: int = DEFAULT_MAX_BYTES,
-                trusted_keys: Optional[Sequence[Any]] = None) -> Bundle:
+def load_bundle(
+    path: Path,
+    *,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    trusted_keys: Optional[Sequence[Any]] = None,
+) -> Bundle:
     """Open and verify a bundle folder or ``.edgekit`` archive.
 
     An archive is extracted to a private temp folder, removed when the Bundle is closed (``close()``,
@@ -345,8 +379,9 @@ def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes
         raise EdgekitError(f"{path} is neither a bundle folder nor a {ARCHIVE_SUFFIX} archive")
     root = make_staging("edgekit-bundle-")  # private (0o700); swept if a killed process left it
     try:
-        manifest, digest, signer = extract_archive(path, root, max_members=max_members, max_bytes=max_bytes,
-                                                   trusted_keys=trusted_keys)
+        manifest, digest, signer = extract_archive(
+            path, root, max_members=max_members, max_bytes=max_bytes, trusted_keys=trusted_keys
+        )
         bundle = Bundle(root=root, manifest=manifest, origin=path, manifest_sha256=digest, signed_by=signer)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
@@ -355,8 +390,9 @@ def load_bundle(path: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes
     return bundle
 
 
-def unpack_bundle(archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_MEMBERS,
-                  max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+def unpack_bundle(
+    archive: Path, dest: Path, *, max_members: int = DEFAULT_MAX_MEMBERS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Path:
     """Extract and verify an archive into the new folder ``dest``."""
     archive, dest = Path(archive), Path(dest)
     _check_dest(dest, overwrite=False, folder=True)

@@ -7,6 +7,7 @@ its own threshold) agree with the reference's on fewer than ``min_agreement`` of
 The largest difference of normalised scores (0 = typical normal, 0.5 = threshold) is reported
 beside them. The result renders as a small table and, for CI systems, as JUnit XML.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,9 @@ class BundleResult:
     path: str
     target: str
     precision: str
-    raw_scores: np.ndarray       # (N,) the head's raw scores, what AUROC is computed on
-    scores: np.ndarray           # (N,) normalised: 0 typical normal, 0.5 the bundle's threshold
-    decisions: np.ndarray        # (N,) bool, raw score > the bundle's image threshold
+    raw_scores: np.ndarray  # (N,) the head's raw scores, what AUROC is computed on
+    scores: np.ndarray  # (N,) normalised: 0 typical normal, 0.5 the bundle's threshold
+    decisions: np.ndarray  # (N,) bool, raw score > the bundle's image threshold
     auroc: float
 
 
@@ -71,13 +72,17 @@ class CheckResult:
         broken = []
         # a tiny tolerance, so a drop that equals the limit up to float rounding passes
         if self.auroc_drop > self.max_auroc_drop + 1e-12:
-            broken.append(f"image AUROC dropped by {self.auroc_drop:.4f} "
-                          f"({self.reference.auroc:.4f} -> {self.candidate.auroc:.4f}), "
-                          f"more than the allowed {self.max_auroc_drop:.4f}")
+            broken.append(
+                f"image AUROC dropped by {self.auroc_drop:.4f} "
+                f"({self.reference.auroc:.4f} -> {self.candidate.auroc:.4f}), "
+                f"more than the allowed {self.max_auroc_drop:.4f}"
+            )
         if self.agreement < self.min_agreement - 1e-12:
-            broken.append(f"decisions agree on {self.agreement:.1%} of test images "
-                          f"({self.disagreements} of {self.images} differ), less than the required "
-                          f"{self.min_agreement:.1%}")
+            broken.append(
+                f"decisions agree on {self.agreement:.1%} of test images "
+                f"({self.disagreements} of {self.images} differ), less than the required "
+                f"{self.min_agreement:.1%}"
+            )
         return broken
 
     @property
@@ -85,26 +90,41 @@ class CheckResult:
         return not self.failures
 
 
-def _score_bundle(detector, path: Path, samples: list, labels: np.ndarray, *, batch_size: int,
-                  progress: ProgressFn, stage: str) -> BundleResult:
+def _score_bundle(
+    detector, path: Path, samples: list, labels: np.ndarray, *, batch_size: int, progress: ProgressFn, stage: str
+) -> BundleResult:
     from edgekit.metrics import image_auroc
 
     predictions = []
     progress(stage, 0, len(samples))
     for start in range(0, len(samples), batch_size):
-        predictions.extend(detector.predict_batch(samples[start:start + batch_size], batch_size=batch_size))
+        predictions.extend(detector.predict_batch(samples[start : start + batch_size], batch_size=batch_size))
         progress(stage, len(predictions), len(samples))
     raw = np.array([p.raw_score for p in predictions], dtype=np.float64)
     manifest = detector.manifest
-    return BundleResult(path=str(path), target=manifest.target, precision=manifest.precision, raw_scores=raw,
-                        scores=np.array([p.score for p in predictions], dtype=np.float64),
-                        decisions=np.array([p.is_anomalous for p in predictions], dtype=bool),
-                        auroc=image_auroc(labels, raw))
+    return BundleResult(
+        path=str(path),
+        target=manifest.target,
+        precision=manifest.precision,
+        raw_scores=raw,
+        scores=np.array([p.score for p in predictions], dtype=np.float64),
+        decisions=np.array([p.is_anomalous for p in predictions], dtype=bool),
+        auroc=image_auroc(labels, raw),
+    )
 
 
-def check_bundles(reference: str | Path, candidate: str | Path, data: str | Path, *,
-                  max_auroc_drop: float = 0.01, min_agreement: float = 0.98, category: Optional[str] = None,
-                  device: Optional[str] = None, batch_size: int = 8, progress: ProgressFn = noop) -> CheckResult:
+def check_bundles(
+    reference: str | Path,
+    candidate: str | Path,
+    data: str | Path,
+    *,
+    max_auroc_drop: float = 0.01,
+    min_agreement: float = 0.98,
+    category: Optional[str] = None,
+    device: Optional[str] = None,
+    batch_size: int = 8,
+    progress: ProgressFn = noop,
+) -> CheckResult:
     """Score both bundles on the test split of ``data`` and compare them against the limits.
 
     ``device`` overrides both bundles' device (e.g. ``"CPU"`` to check an igpu bundle on a CI
@@ -126,10 +146,18 @@ def check_bundles(reference: str | Path, candidate: str | Path, data: str | Path
 
     paths = (Path(reference), Path(candidate))
     detectors = [load(path, device=device) for path in paths]  # both, before any scoring: fail fast
-    results = [_score_bundle(detector, path, samples, labels, batch_size=batch_size, progress=progress, stage=stage)
-               for detector, path, stage in zip(detectors, paths, ("score reference", "score candidate"))]
-    return CheckResult(data=str(data), labels=labels, reference=results[0], candidate=results[1],
-                       max_auroc_drop=float(max_auroc_drop), min_agreement=float(min_agreement))
+    results = [
+        _score_bundle(detector, path, samples, labels, batch_size=batch_size, progress=progress, stage=stage)
+        for detector, path, stage in zip(detectors, paths, ("score reference", "score candidate"))
+    ]
+    return CheckResult(
+        data=str(data),
+        labels=labels,
+        reference=results[0],
+        candidate=results[1],
+        max_auroc_drop=float(max_auroc_drop),
+        min_agreement=float(min_agreement),
+    )
 
 
 def render_table(result: CheckResult) -> str:
@@ -144,8 +172,13 @@ def render_table(result: CheckResult) -> str:
         ("target / precision", f"{ref.target} / {ref.precision}", f"{cand.target} / {cand.precision}", "", ""),
         ("image AUROC", f"{ref.auroc:.4f}", f"{cand.auroc:.4f}", "", ""),
         ("AUROC drop", "", f"{result.auroc_drop:.4f}", f"<= {result.max_auroc_drop:.4f}", ok[auroc_ok]),
-        ("decision agreement", "", f"{result.agreement:.1%} ({result.images - result.disagreements}/{result.images})",
-         f">= {result.min_agreement:.1%}", ok[agreement_ok]),
+        (
+            "decision agreement",
+            "",
+            f"{result.agreement:.1%} ({result.images - result.disagreements}/{result.images})",
+            f">= {result.min_agreement:.1%}",
+            ok[agreement_ok],
+        ),
         ("max |score difference|", "", f"{result.max_score_difference:.4f}", "(reported)", ""),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -159,20 +192,37 @@ def render_table(result: CheckResult) -> str:
 def junit_xml(result: CheckResult) -> str:
     """One JUnit test suite with a test case per limit, the numbers as properties."""
     cases = [
-        (f"image AUROC drop <= {result.max_auroc_drop:g}", result.auroc_drop > result.max_auroc_drop + 1e-12,
-         f"AUROC {result.reference.auroc:.4f} -> {result.candidate.auroc:.4f} (drop {result.auroc_drop:.4f})"),
-        (f"decision agreement >= {result.min_agreement:g}", result.agreement < result.min_agreement - 1e-12,
-         f"agreement {result.agreement:.4f} ({result.disagreements} of {result.images} decisions differ)"),
+        (
+            f"image AUROC drop <= {result.max_auroc_drop:g}",
+            result.auroc_drop > result.max_auroc_drop + 1e-12,
+            f"AUROC {result.reference.auroc:.4f} -> {result.candidate.auroc:.4f} (drop {result.auroc_drop:.4f})",
+        ),
+        (
+            f"decision agreement >= {result.min_agreement:g}",
+            result.agreement < result.min_agreement - 1e-12,
+            f"agreement {result.agreement:.4f} ({result.disagreements} of {result.images} decisions differ)",
+        ),
     ]
-    suite = ET.Element("testsuite", name="edgekit check", tests=str(len(cases)),
-                       failures=str(sum(failed for _, failed, _ in cases)), errors="0", skipped="0")
+    suite = ET.Element(
+        "testsuite",
+        name="edgekit check",
+        tests=str(len(cases)),
+        failures=str(sum(failed for _, failed, _ in cases)),
+        errors="0",
+        skipped="0",
+    )
     properties = ET.SubElement(suite, "properties")
-    for name, value in (("reference", result.reference.path), ("candidate", result.candidate.path),
-                        ("data", result.data), ("images", result.images),
-                        ("reference_auroc", f"{result.reference.auroc:.6f}"),
-                        ("candidate_auroc", f"{result.candidate.auroc:.6f}"),
-                        ("auroc_drop", f"{result.auroc_drop:.6f}"), ("agreement", f"{result.agreement:.6f}"),
-                        ("max_score_difference", f"{result.max_score_difference:.6f}")):
+    for name, value in (
+        ("reference", result.reference.path),
+        ("candidate", result.candidate.path),
+        ("data", result.data),
+        ("images", result.images),
+        ("reference_auroc", f"{result.reference.auroc:.6f}"),
+        ("candidate_auroc", f"{result.candidate.auroc:.6f}"),
+        ("auroc_drop", f"{result.auroc_drop:.6f}"),
+        ("agreement", f"{result.agreement:.6f}"),
+        ("max_score_difference", f"{result.max_score_difference:.6f}"),
+    ):
         ET.SubElement(properties, "property", name=name, value=str(value))
     for name, failed, message in cases:
         case = ET.SubElement(suite, "testcase", classname="edgekit.check", name=name)

@@ -1,4 +1,5 @@
 """The ``edgekit`` command: each command is a thin function over the library."""
+
 from __future__ import annotations
 
 import itertools
@@ -58,12 +59,20 @@ class _Group(click.Group):
 
 def _budget_options(command):
     """--threads and --mode: the Detector's thread budget (edgekit.load's threads and mode)."""
-    command = click.option("--mode", type=MODE, default=None,
-                           help="latency: one image at a time on all threads; throughput: one image per thread, "
-                                "several at once (default: the bundle's target).")(command)
-    return click.option("--threads", type=THREADS, default=None,
-                        help="Threads for inference, shared by the runtime and the numpy head (default: the "
-                             "bundle's target; 0: every usable core).")(command)
+    command = click.option(
+        "--mode",
+        type=MODE,
+        default=None,
+        help="latency: one image at a time on all threads; throughput: one image per thread, "
+        "several at once (default: the bundle's target).",
+    )(command)
+    return click.option(
+        "--threads",
+        type=THREADS,
+        default=None,
+        help="Threads for inference, shared by the runtime and the numpy head (default: the "
+        "bundle's target; 0: every usable core).",
+    )(command)
 
 
 def _sigterm_cleans_up(command):
@@ -85,6 +94,7 @@ def _sigterm_cleans_up(command):
                 raise
             click.echo("error: terminated", err=True)
             raise Terminated(143) from None
+
     return wrapper
 
 
@@ -118,20 +128,27 @@ def data() -> None:
 @data.command("synth")
 @click.option("--out", "out", type=FOLDER, required=True, help="Folder to write into.")
 @click.option("--texture", type=click.Choice(["brick", "grass", "gravel", "all"]), default="brick", show_default=True)
-@click.option("--size", type=IMAGE_SIZE, default=256, show_default=True,
-              help="Image side in pixels.")
+@click.option("--size", type=IMAGE_SIZE, default=256, show_default=True, help="Image side in pixels.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--grayscale", is_flag=True, help="One-channel images (the autoencoders' 128x128 grey variant).")
-@click.option("--overwrite", is_flag=True,
-              help="Replace a category folder this command wrote before (one with synth.json).")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a category folder this command wrote before (one with synth.json)."
+)
 @_sigterm_cleans_up
 def data_synth(out: Path, texture: str, size: int, seed: int, grayscale: bool, overwrite: bool) -> None:
     """Write MVTec-AD-layout datasets made from scikit-image's CC0 texture photos."""
     from edgekit.data.synth import synthesize
 
     bar = _progress()
-    folders = synthesize(out, texture=texture, size=size, seed=seed, grayscale=grayscale, overwrite=overwrite,
-                         progress=lambda done, total: bar("synthesize", done, total))
+    folders = synthesize(
+        out,
+        texture=texture,
+        size=size,
+        seed=seed,
+        grayscale=grayscale,
+        overwrite=overwrite,
+        progress=lambda done, total: bar("synthesize", done, total),
+    )
     for folder in folders:
         click.echo(f"wrote {folder}")
 
@@ -153,11 +170,13 @@ def _family_options(command: Any) -> Any:
                 merged.setdefault(field.name, []).append((model, hints[field.name], field))
     for name in sorted(merged, reverse=True):  # decorators apply bottom-up: --help lists them a-z
         entries = merged[name]
-        defaults = ", ".join(f"{model} {field.default}" if field.default is not None else model
-                             for model, _, field in entries)
+        defaults = ", ".join(
+            f"{model} {field.default}" if field.default is not None else model for model, _, field in entries
+        )
         help_text = f"{entries[0][2].metadata['help'].rstrip('.')} ({defaults})."
-        command = click.option(f"--{name.replace('_', '-')}", type=_option_type(entries), default=None,
-                               help=help_text)(command)
+        command = click.option(f"--{name.replace('_', '-')}", type=_option_type(entries), default=None, help=help_text)(
+            command
+        )
     return command
 
 
@@ -170,8 +189,9 @@ def _option_type(entries: list[tuple[str, Any, Any]]) -> Any:
     kind = kinds.pop()
     if kind is Path:
         return click.Path(exists=True, path_type=Path)
-    bounds = {(f.metadata["low"], f.metadata["high"], f.metadata["open_low"], f.metadata["open_high"])
-              for _, _, f in entries}
+    bounds = {
+        (f.metadata["low"], f.metadata["high"], f.metadata["open_low"], f.metadata["open_high"]) for _, _, f in entries
+    }
     if len(bounds) == 1:
         low, high, open_low, open_high = bounds.pop()
     else:
@@ -195,34 +215,63 @@ def _typing_base(hint: Any) -> Any:
 
 @cli.command()
 @click.option("--model", type=click.Choice(list(FAMILIES)), default="patchcore", show_default=True)
-@click.option("--data", "data_dir", type=EXISTING_DIR, default=None,
-              help="A dataset category folder (MVTec layout) or a VisA root.")
-@click.option("--normal-dir", type=EXISTING_DIR, default=None,
-              help="Instead of --data: a plain folder of normal images ...")
-@click.option("--abnormal-dir", type=EXISTING_DIR, default=None,
-              help="... with an optional folder of anomalous images for evaluation ...")
-@click.option("--mask-dir", type=EXISTING_DIR, default=None,
-              help="... and their masks (<stem>.png or <stem>_mask.png).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=EXISTING_DIR,
+    default=None,
+    help="A dataset category folder (MVTec layout) or a VisA root.",
+)
+@click.option(
+    "--normal-dir", type=EXISTING_DIR, default=None, help="Instead of --data: a plain folder of normal images ..."
+)
+@click.option(
+    "--abnormal-dir",
+    type=EXISTING_DIR,
+    default=None,
+    help="... with an optional folder of anomalous images for evaluation ...",
+)
+@click.option(
+    "--mask-dir", type=EXISTING_DIR, default=None, help="... and their masks (<stem>.png or <stem>_mask.png)."
+)
 @click.option("--category", default=None, help="Category inside a multi-category dataset root.")
 @click.option("--out", "out", type=FOLDER, required=True, help="Run folder to create.")
 @click.option("--image-size", type=IMAGE_SIZE, default=None, help="Input side in pixels (default: the model's).")
-@click.option("--holdout", type=SHARE, default=None,
-              help="Share of training normals kept out of training, for fitting thresholds [0.2].")
+@click.option(
+    "--holdout",
+    type=SHARE,
+    default=None,
+    help="Share of training normals kept out of training, for fitting thresholds [0.2].",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder (only a run: one with run.json).")
 @click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
 @click.option("--weights", type=EXISTING_FILE, default=None, help="Local backbone weights file.")
 @_family_options
 @_sigterm_cleans_up
-def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abnormal_dir: Optional[Path],
-          mask_dir: Optional[Path], category: Optional[str], out: Path, seed: int, overwrite: bool,
-          **model_options) -> None:
+def train(
+    model: str,
+    data_dir: Optional[Path],
+    normal_dir: Optional[Path],
+    abnormal_dir: Optional[Path],
+    mask_dir: Optional[Path],
+    category: Optional[str],
+    out: Path,
+    seed: int,
+    overwrite: bool,
+    **model_options,
+) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit-anomaly[train])."""
     from edgekit.data.datasets import read_folder
     from edgekit.train.engine import train as train_model
 
-    if data_dir is not None and normal_dir is not None or data_dir is None and normal_dir is None and \
-            model not in MODELS_WITH_OWN_DATA:
+    if (
+        data_dir is not None
+        and normal_dir is not None
+        or data_dir is None
+        and normal_dir is None
+        and model not in MODELS_WITH_OWN_DATA
+    ):
         raise EdgekitError("give either --data DIR or --normal-dir DIR (with optional --abnormal-dir, --mask-dir)")
     data = data_dir if normal_dir is None else read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
     given = {name: value for name, value in model_options.items() if value is not None}
@@ -232,9 +281,11 @@ def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abno
     metrics = json.loads((run.path / "metrics.json").read_text())
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc") if k in metrics)
     config = run.config
-    shape = (f", bank {config['bank_rows']}x{config['feature_dims']}" if "bank_rows" in config else "")
-    click.echo(f"trained {model} ({config.get('backbone', 'no backbone')}{shape}) "
-               f"in {config['train_seconds']:.1f} s → {run.path}" + (f"; training path: {summary}" if summary else ""))
+    shape = f", bank {config['bank_rows']}x{config['feature_dims']}" if "bank_rows" in config else ""
+    click.echo(
+        f"trained {model} ({config.get('backbone', 'no backbone')}{shape}) "
+        f"in {config['train_seconds']:.1f} s → {run.path}" + (f"; training path: {summary}" if summary else "")
+    )
 
 
 @cli.command("export")
@@ -242,52 +293,99 @@ def train(model: str, data_dir: Optional[Path], normal_dir: Optional[Path], abno
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="A name from `edgekit targets`.")
 @click.option("--format", "format_name", default=None, help="One of the target's formats (default: its first choice).")
 @click.option("--precision", default=None, help="fp32, fp16 or int8, as the target allows (default: the target's).")
-@click.option("--calibration-images", type=POSITIVE, default=None,
-              help="Training normals to calibrate a quantized model on (default: the model family's recipe).")
-@click.option("--max-drop", type=click.FloatRange(0.0, 1.0), default=None, help="Accuracy-controlled quantization: allowed drop.")
-@click.option("--bank-dims", default=None,
-              help="PatchCore bank dimensions: 32|64|128|256|full|auto. Any --bank-* option replaces the default "
-                   "bank (all dims, int8, 1/20 of the coreset's bytes); unset ones then mean 'as trained'.")
-@click.option("--bank-dtype", type=click.Choice(["float32", "float16", "int8"]), default=None,
-              help="PatchCore bank storage type.")
+@click.option(
+    "--calibration-images",
+    type=POSITIVE,
+    default=None,
+    help="Training normals to calibrate a quantized model on (default: the model family's recipe).",
+)
+@click.option(
+    "--max-drop", type=click.FloatRange(0.0, 1.0), default=None, help="Accuracy-controlled quantization: allowed drop."
+)
+@click.option(
+    "--bank-dims",
+    default=None,
+    help="PatchCore bank dimensions: 32|64|128|256|full|auto. Any --bank-* option replaces the default "
+    "bank (all dims, int8, 1/20 of the coreset's bytes); unset ones then mean 'as trained'.",
+)
+@click.option(
+    "--bank-dtype", type=click.Choice(["float32", "float16", "int8"]), default=None, help="PatchCore bank storage type."
+)
 @click.option("--bank-size", type=POSITIVE, default=None, help="PatchCore: re-select the bank down to N rows.")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
-              help="Bundle folder, or a file ending in .edgekit for the single-file form.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Bundle folder, or a file ending in .edgekit for the single-file form.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle (only a bundle).")
 @_sigterm_cleans_up
-def export_cmd(run_dir: Path, target: str, format_name: Optional[str], precision: Optional[str],
-               calibration_images: Optional[int], max_drop: Optional[float], bank_dims: Optional[str],
-               bank_dtype: Optional[str], bank_size: Optional[int], out: Path, overwrite: bool) -> None:
+def export_cmd(
+    run_dir: Path,
+    target: str,
+    format_name: Optional[str],
+    precision: Optional[str],
+    calibration_images: Optional[int],
+    max_drop: Optional[float],
+    bank_dims: Optional[str],
+    bank_dtype: Optional[str],
+    bank_size: Optional[int],
+    out: Path,
+    overwrite: bool,
+) -> None:
     """Export a trained run to a bundle for one target."""
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
 
-    options = ExportOptions(format=format_name, precision=precision, calibration_images=calibration_images,
-                            max_drop=max_drop, bank_dims=bank_dims, bank_dtype=bank_dtype, bank_size=bank_size)
+    options = ExportOptions(
+        format=format_name,
+        precision=precision,
+        calibration_images=calibration_images,
+        max_drop=max_drop,
+        bank_dims=bank_dims,
+        bank_dtype=bank_dtype,
+        bank_size=bank_size,
+    )
     started = time.perf_counter()  # said here, not in the manifest: a duration would make exports differ
     bundle = export_run(run_dir, out, target=target, options=options, overwrite=overwrite, progress=_progress())
     m = bundle.manifest
-    click.echo(f"exported {m.model} for {m.target} ({m.network.format} on {m.runtime}, {m.precision}) → {out} "
-               f"in {time.perf_counter() - started:.1f} s [{bundle.size_bytes() / 1e6:.2f} MB; image threshold "
-               f"{m.decision.image_threshold:.4g} fitted on {m.decision.fitted_on} held-out normals of the "
-               f"exported model]")
+    click.echo(
+        f"exported {m.model} for {m.target} ({m.network.format} on {m.runtime}, {m.precision}) → {out} "
+        f"in {time.perf_counter() - started:.1f} s [{bundle.size_bytes() / 1e6:.2f} MB; image threshold "
+        f"{m.decision.image_threshold:.4g} fitted on {m.decision.fitted_on} held-out normals of the "
+        f"exported model]"
+    )
 
 
 @cli.command()
 @click.argument("bundle", type=EXISTING)
 @click.argument("images", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of lines.")
-@click.option("--overlay", type=FOLDER, default=None,
-              help="Folder for heat-map overlays (<image stem>_overlay.png).")
-@click.option("--fail-on-anomaly", is_flag=True,
-              help="Exit 3 when any image is anomalous (0: all normal, 1: an error).")
-@click.option("--require-signature", "trusted_keys", multiple=True, type=EXISTING_FILE,
-              help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
+@click.option("--overlay", type=FOLDER, default=None, help="Folder for heat-map overlays (<image stem>_overlay.png).")
+@click.option(
+    "--fail-on-anomaly", is_flag=True, help="Exit 3 when any image is anomalous (0: all normal, 1: an error)."
+)
+@click.option(
+    "--require-signature",
+    "trusted_keys",
+    multiple=True,
+    type=EXISTING_FILE,
+    help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.",
+)
 @_budget_options
 @click.pass_context
-def predict(ctx: click.Context, bundle: Path, images: tuple[str, ...], as_json: bool, overlay: Optional[Path],
-            fail_on_anomaly: bool, trusted_keys: tuple[Path, ...], threads: Optional[int],
-            mode: Optional[str]) -> None:
+def predict(
+    ctx: click.Context,
+    bundle: Path,
+    images: tuple[str, ...],
+    as_json: bool,
+    overlay: Optional[Path],
+    fail_on_anomaly: bool,
+    trusted_keys: tuple[Path, ...],
+    threads: Optional[int],
+    mode: Optional[str],
+) -> None:
     """Score images with a bundle (torch-free). IMAGES: files, folders, globs, or - for one image on stdin."""
     from edgekit.runtime.detector import load
     from edgekit.runtime.overlay import write_overlay
@@ -297,8 +395,12 @@ def predict(ctx: click.Context, bundle: Path, images: tuple[str, ...], as_json: 
     results, anomalous = [], 0
     for name, pixels, prediction in _scored(detector, _expand_images(images), channels):
         anomalous += prediction.is_anomalous
-        row = {"image": name, "score": round(prediction.score, 6), "raw_score": prediction.raw_score,
-               "is_anomalous": prediction.is_anomalous}
+        row = {
+            "image": name,
+            "score": round(prediction.score, 6),
+            "raw_score": prediction.raw_score,
+            "is_anomalous": prediction.is_anomalous,
+        }
         if overlay is not None:
             stem = "stdin" if name == "-" else Path(name).stem
             row["overlay"] = str(write_overlay(pixels, prediction.anomaly_map, overlay / f"{stem}_overlay.png"))
@@ -352,46 +454,88 @@ def _read_stdin_image(channels: int):
 
 @cli.command("run")
 @click.argument("bundle", type=EXISTING)
-@click.option("--source", default=None,
-              help="Camera index or /dev/videoN, video file, rtsp:// or http:// stream, image folder, or a glob.")
+@click.option(
+    "--source",
+    default=None,
+    help="Camera index or /dev/videoN, video file, rtsp:// or http:// stream, image folder, or a glob.",
+)
 @click.option("--watch", is_flag=True, help="Folder or glob: keep scoring files that appear later.")
 @click.option("--fps", type=float, default=None, help="Score at most this many frames per second.")
 @click.option("--max-frames", type=int, default=None, help="Stop after scoring this many frames.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-@click.option("--events", default="-", show_default=True,
-              help="JSON Lines file for one event per scored frame ('-': stdout; 'none': no events).")
-@click.option("--events-max-mb", type=float, default=100.0, show_default=True,
-              help="Rotate the events file past this size (one previous file is kept as FILE.1).")
-@click.option("--save-anomalies", type=FOLDER, default=None,
-              help="Folder for anomalous frames, their heat-map overlays and events.")
+@click.option(
+    "--events",
+    default="-",
+    show_default=True,
+    help="JSON Lines file for one event per scored frame ('-': stdout; 'none': no events).",
+)
+@click.option(
+    "--events-max-mb",
+    type=float,
+    default=100.0,
+    show_default=True,
+    help="Rotate the events file past this size (one previous file is kept as FILE.1).",
+)
+@click.option(
+    "--save-anomalies",
+    type=FOLDER,
+    default=None,
+    help="Folder for anomalous frames, their heat-map overlays and events.",
+)
 @click.option("--keep", type=int, default=100, show_default=True, help="Saved anomalies kept (newest).")
 @click.option("--keep-mb", type=float, default=500.0, show_default=True, help="Size cap of saved anomalies.")
-@click.option("--save-frames", type=FOLDER, default=None,
-              help="Folder for every --save-every'th frame as PNG, whatever its verdict: camera frames to re-fit "
-                   "the bundle on (edgekit fit BUNDLE --normals FOLDER).")
+@click.option(
+    "--save-frames",
+    type=FOLDER,
+    default=None,
+    help="Folder for every --save-every'th frame as PNG, whatever its verdict: camera frames to re-fit "
+    "the bundle on (edgekit fit BUNDLE --normals FOLDER).",
+)
 @click.option("--save-every", type=int, default=10, show_default=True, help="With --save-frames.")
-@click.option("--save-frames-keep", type=int, default=500, show_default=True,
-              help="With --save-frames: frames kept (newest).")
+@click.option(
+    "--save-frames-keep", type=int, default=500, show_default=True, help="With --save-frames: frames kept (newest)."
+)
 @click.option("--mqtt", default=None, help="MQTT broker HOST[:PORT]: one message per anomaly plus a heartbeat.")
 @click.option("--mqtt-topic", default="edgekit", show_default=True, help="Topic prefix.")
-@click.option("--mqtt-user", default=None, help="MQTT user name; the password is read from env EDGEKIT_MQTT_PASSWORD "
-                                                "(never from the command line, which ps and unit files show).")
+@click.option(
+    "--mqtt-user",
+    default=None,
+    help="MQTT user name; the password is read from env EDGEKIT_MQTT_PASSWORD "
+    "(never from the command line, which ps and unit files show).",
+)
 @click.option("--mqtt-tls", is_flag=True, help="MQTT over TLS (default port 8883), with the system's CA certificates.")
 @click.option("--heartbeat", type=float, default=30.0, show_default=True, help="Seconds between MQTT heartbeats.")
 @click.option("--webhook", default=None, help="URL that receives each anomaly as a JSON POST (with retries).")
-@click.option("--serve", "serve", is_flag=False, flag_value=DEFAULT_SERVE, default=None,
-              help=f"Local page and HTTP API on HOST:PORT [{DEFAULT_SERVE}]. Other than loopback only when asked.")
-@click.option("--token", default=None, envvar="EDGEKIT_TOKEN",
-              help="Bearer token the page and API require (or env EDGEKIT_TOKEN).")
+@click.option(
+    "--serve",
+    "serve",
+    is_flag=False,
+    flag_value=DEFAULT_SERVE,
+    default=None,
+    help=f"Local page and HTTP API on HOST:PORT [{DEFAULT_SERVE}]. Other than loopback only when asked.",
+)
+@click.option(
+    "--token",
+    default=None,
+    envvar="EDGEKIT_TOKEN",
+    help="Bearer token the page and API require (or env EDGEKIT_TOKEN).",
+)
 @_budget_options
-@click.option("--require-signature", "trusted_keys", multiple=True, type=EXISTING_FILE,
-              help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.")
-@click.option("--print-systemd-unit", is_flag=True,
-              help="Print a systemd unit that runs this command at boot, and exit.")
+@click.option(
+    "--require-signature",
+    "trusted_keys",
+    multiple=True,
+    type=EXISTING_FILE,
+    help="Refuse the bundle unless signed by this public key (edgekit keygen). Repeatable.",
+)
+@click.option(
+    "--print-systemd-unit", is_flag=True, help="Print a systemd unit that runs this command at boot, and exit."
+)
 @click.option("--user", default=None, help="With --print-systemd-unit: the user the service runs as.")
 @click.pass_context
-def run_cmd(ctx: click.Context, bundle: Path, print_systemd_unit: bool, user: Optional[str], events: str,
-            **options) -> None:
+def run_cmd(
+    ctx: click.Context, bundle: Path, print_systemd_unit: bool, user: Optional[str], events: str, **options
+) -> None:
     """Inspect frames from a camera, video, stream or folder, all day: events out, page and API."""
     from edgekit.serve.app import RunConfig, run_service
 
@@ -416,8 +560,10 @@ def _scored(detector, names: Iterable[str], channels: int) -> Iterator[tuple[str
     group_size = 1 if detector.budget.lanes == 1 else 2 * detector.budget.lanes
     names = iter(names)
     while True:
-        group = [(name, _read_stdin_image(channels) if name == "-" else read_image(name, channels))
-                 for name in itertools.islice(names, group_size)]
+        group = [
+            (name, _read_stdin_image(channels) if name == "-" else read_image(name, channels))
+            for name in itertools.islice(names, group_size)
+        ]
         if not group:
             return
         predictions = detector.predict_batch([pixels for _, pixels in group], batch_size=1)
@@ -450,10 +596,17 @@ def _systemd_unit(user: Optional[str]) -> str:
     if script.name != "edgekit" or not script.is_file():
         script = Path(sys.executable).with_name("edgekit")
     if secrets:
-        click.echo(f"note: put {' and '.join(f'{name}=...' for name in secrets)} in {ENVIRONMENT_FILE} "
-                   f"(owned by root, mode 600); the unit reads it, so no secret is on a command line", err=True)
-    return systemd_unit([str(script.absolute()), *arguments], user=user or getpass.getuser(),
-                        working_directory=os.getcwd(), environment_file=ENVIRONMENT_FILE if secrets else None)
+        click.echo(
+            f"note: put {' and '.join(f'{name}=...' for name in secrets)} in {ENVIRONMENT_FILE} "
+            f"(owned by root, mode 600); the unit reads it, so no secret is on a command line",
+            err=True,
+        )
+    return systemd_unit(
+        [str(script.absolute()), *arguments],
+        user=user or getpass.getuser(),
+        working_directory=os.getcwd(),
+        environment_file=ENVIRONMENT_FILE if secrets else None,
+    )
 
 
 def _absolute_if_path(argument: str) -> str:
@@ -465,15 +618,18 @@ def _absolute_if_path(argument: str) -> str:
 
 
 @cli.command()
-@click.option("--out", "out", type=FILE_PATH, required=True,
-              help="Key name: writes OUT.key (private, mode 0600) and OUT.pub.")
+@click.option(
+    "--out", "out", type=FILE_PATH, required=True, help="Key name: writes OUT.key (private, mode 0600) and OUT.pub."
+)
 def keygen(out: Path) -> None:
     """Make an Ed25519 key pair for signing bundles (needs edgekit-anomaly[sign])."""
     from edgekit.signing import generate_keys, read_public_key
 
     private, public = generate_keys(out)
-    click.echo(f"private key {private} (keep it off the devices), public key {public} "
-               f"(id {read_public_key(public).key_id}; copy it to the devices)")
+    click.echo(
+        f"private key {private} (keep it off the devices), public key {public} "
+        f"(id {read_public_key(public).key_id}; copy it to the devices)"
+    )
 
 
 @cli.command()
@@ -489,71 +645,127 @@ def sign(bundle: Path, key: Path) -> None:
 
 @cli.command()
 @click.argument("bundle", type=EXISTING)
-@click.option("--pubkey", "pubkeys", type=EXISTING_FILE, multiple=True, required=True,
-              help="A trusted public key file (NAME.pub). Repeatable: any one of them will do.")
+@click.option(
+    "--pubkey",
+    "pubkeys",
+    type=EXISTING_FILE,
+    multiple=True,
+    required=True,
+    help="A trusted public key file (NAME.pub). Repeatable: any one of them will do.",
+)
 def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
     """Check every file of a bundle and its signature by a trusted key (exit 1 if not)."""
     from edgekit.bundle import load_bundle
 
     with load_bundle(bundle, trusted_keys=list(pubkeys)) as loaded:
         pass
-    click.echo(f"{bundle}: intact ({len(loaded.manifest.files)} files and the manifest), "
-               f"signed by key {loaded.signed_by}")
+    click.echo(
+        f"{bundle}: intact ({len(loaded.manifest.files)} files and the manifest), signed by key {loaded.signed_by}"
+    )
 
 
 @cli.command("fit")
 @click.argument("bundle", type=EXISTING)
-@click.option("--normals", "normals", type=click.Path(path_type=Path), required=True,
-              help="Folder of normal images captured on the device.")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="New bundle (default: replace BUNDLE in place, atomically).")
+@click.option(
+    "--normals",
+    "normals",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder of normal images captured on the device.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="New bundle (default: replace BUNDLE in place, atomically).",
+)
 @click.option("--add", is_flag=True, help="Extend the existing bank instead of replacing it.")
-@click.option("--holdout", type=SHARE, default=0.2, show_default=True,
-              help="Share of the images kept out of the bank, for re-fitting the thresholds.")
+@click.option(
+    "--holdout",
+    type=SHARE,
+    default=0.2,
+    show_default=True,
+    help="Share of the images kept out of the bank, for re-fitting the thresholds.",
+)
 @click.option("--seed", type=SEED, default=None, help="Split and coreset seed (default: the bundle's training seed).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out bundle.")
 @_sigterm_cleans_up
-def fit_cmd(bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout: float, seed: Optional[int],
-            overwrite: bool) -> None:
+def fit_cmd(
+    bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout: float, seed: Optional[int], overwrite: bool
+) -> None:
     """Build a bundle's memory bank from normal images on the device (torch-free) and re-fit thresholds."""
     from edgekit.fit import fit_bundle
 
-    result = fit_bundle(bundle, normals, out=out, add=add, holdout=holdout, seed=seed, overwrite=overwrite,
-                        progress=_progress())
+    result = fit_bundle(
+        bundle, normals, out=out, add=add, holdout=holdout, seed=seed, overwrite=overwrite, progress=_progress()
+    )
     m = result.manifest
     bank = m.head.params.get("bank", {})
-    click.echo(f"fitted {m.model} bank {bank.get('rows')}x{bank.get('dims')} {bank.get('dtype')} on "
-               f"{bank.get('fitted', {}).get('images')} images → {out or bundle} [image threshold "
-               f"{m.decision.image_threshold:.4g} fitted on {m.decision.fitted_on} held-out normals]")
+    click.echo(
+        f"fitted {m.model} bank {bank.get('rows')}x{bank.get('dims')} {bank.get('dtype')} on "
+        f"{bank.get('fitted', {}).get('images')} images → {out or bundle} [image threshold "
+        f"{m.decision.image_threshold:.4g} fitted on {m.decision.fitted_on} held-out normals]"
+    )
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--target", default=DEFAULT_TARGET, show_default=True)
-@click.option("--sweep", is_flag=True,
-              help="PATHS may be training runs: export every variant the target allows (format x precision x "
-                   "bank) into OUT/bundles and measure each. Bundles among PATHS are measured as given.")
+@click.option(
+    "--sweep",
+    is_flag=True,
+    help="PATHS may be training runs: export every variant the target allows (format x precision x "
+    "bank) into OUT/bundles and measure each. Bundles among PATHS are measured as given.",
+)
 @click.option("--precisions", default=None, help="With --sweep: only these precisions (comma-separated).")
 @click.option("--formats", default=None, help="With --sweep: only these formats (comma-separated).")
 @click.option("--banks", default=None, help="With --sweep: only these bank settings (full,default,small).")
-@click.option("--estimate", is_flag=True,
-              help="On a host that is not the target: a roofline latency estimate from FLOPs and the target's "
-                   "published peak, labelled 'estimate'; accuracy is scored on this host.")
-@click.option("--data", "data_dir", type=EXISTING_DIR, default=None,
-              help="Labelled dataset: adds image/pixel AUROC, PRO, F1 at the bundle's threshold, and heat maps.")
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="On a host that is not the target: a roofline latency estimate from FLOPs and the target's "
+    "published peak, labelled 'estimate'; accuracy is scored on this host.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=EXISTING_DIR,
+    default=None,
+    help="Labelled dataset: adds image/pixel AUROC, PRO, F1 at the bundle's threshold, and heat maps.",
+)
 @click.option("--runs", type=POSITIVE, default=100, show_default=True, help="Timed runs after warm-up.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--cold-starts", type=POSITIVE, default=3, show_default=True, help="Fresh processes timed (median).")
-@click.option("--background", type=BACKGROUND, default=0, show_default=True,
-              help="Run N busy processes (one spinning core each) during the latency runs, stopped after them, to "
-                   "see latency under contention. Processes, not threads: a busy thread would hold this "
-                   "process's GIL.")
+@click.option(
+    "--background",
+    type=BACKGROUND,
+    default=0,
+    show_default=True,
+    help="Run N busy processes (one spinning core each) during the latency runs, stopped after them, to "
+    "see latency under contention. Processes, not threads: a busy thread would hold this "
+    "process's GIL.",
+)
 @_budget_options
 @click.option("--out", "out", type=FOLDER, default=Path("."), show_default=True)
 @_sigterm_cleans_up
-def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optional[str], formats: Optional[str],
-            banks: Optional[str], estimate: bool, data_dir: Optional[Path], runs: int, warmup: int,
-            cold_starts: int, background: int, threads: Optional[int], mode: Optional[str], out: Path) -> None:
+def profile(
+    paths: tuple[Path, ...],
+    target: str,
+    sweep: bool,
+    precisions: Optional[str],
+    formats: Optional[str],
+    banks: Optional[str],
+    estimate: bool,
+    data_dir: Optional[Path],
+    runs: int,
+    warmup: int,
+    cold_starts: int,
+    background: int,
+    threads: Optional[int],
+    mode: Optional[str],
+    out: Path,
+) -> None:
     """Measure bundles on this device: latency, cold start, memory, size, accuracy, heat maps.
 
     Writes OUT/profile.json, OUT/profile.md and a self-contained OUT/report.html; each measurement
@@ -573,13 +785,19 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
     for path in paths:
         if (path / "run.json").is_file():
             if not sweep:
-                raise EdgekitError(f"{path} is a training run: export it first, or pass --sweep to export and "
-                                   f"measure every variant of it")
+                raise EdgekitError(
+                    f"{path} is a training run: export it first, or pass --sweep to export and "
+                    f"measure every variant of it"
+                )
             from edgekit.train.run import open_run
 
             model = open_run(path).model
-            variants, refused = split_refused(model, plan_variants(spec, model=model, formats=_split(formats),
-                                                                   precisions=_split(precisions), banks=_split(banks)))
+            variants, refused = split_refused(
+                model,
+                plan_variants(
+                    spec, model=model, formats=_split(formats), precisions=_split(precisions), banks=_split(banks)
+                ),
+            )
             for variant, why in refused:
                 click.echo(f"{path}: {variant.slug} left out: {why}")
             click.echo(f"{path}: {len(variants)} variants for {spec.name} → {out / 'bundles'}")
@@ -588,9 +806,20 @@ def profile(paths: tuple[Path, ...], target: str, sweep: bool, precisions: Optio
             bundles.append(path)
         else:
             raise EdgekitError(f"{path}: no such bundle or training run")
-    profile_bundles(bundles, target=spec.name, out=out, data=data_dir, runs=runs, warmup=warmup,
-                    cold_starts=cold_starts, estimate=estimate, background=background, threads=threads, mode=mode,
-                    progress=bar)
+    profile_bundles(
+        bundles,
+        target=spec.name,
+        out=out,
+        data=data_dir,
+        runs=runs,
+        warmup=warmup,
+        cold_starts=cold_starts,
+        estimate=estimate,
+        background=background,
+        threads=threads,
+        mode=mode,
+        progress=bar,
+    )
     click.echo((out / "profile.md").read_text())
     click.echo(f"report: {out / 'report.html'}, {out / 'profile.md'} and {out / 'profile.json'}")
 
@@ -608,31 +837,58 @@ def report(profiles: tuple[Path, ...], out: Path) -> None:
 
     loaded = [load_profile(p) for p in profiles]
     write_report_html(loaded, out, sources=[str(p) for p in profiles])
-    click.echo(f"report: {out} ({len(loaded)} profiles, "
-               f"{sum(len(p['variants']) for p in loaded)} variants)")
+    click.echo(f"report: {out} ({len(loaded)} profiles, {sum(len(p['variants']) for p in loaded)} variants)")
 
 
 @cli.command("check")
 @click.option("--reference", type=EXISTING, required=True, help="The bundle to compare against.")
 @click.option("--candidate", type=EXISTING, required=True, help="The bundle under test.")
-@click.option("--data", "data_dir", type=EXISTING_DIR, required=True,
-              help="Labelled dataset; both bundles score its test split.")
+@click.option(
+    "--data", "data_dir", type=EXISTING_DIR, required=True, help="Labelled dataset; both bundles score its test split."
+)
 @click.option("--category", default=None, help="Category inside a multi-category dataset root.")
-@click.option("--max-auroc-drop", type=float, default=0.01, show_default=True,
-              help="Largest allowed fall of image AUROC from reference to candidate.")
-@click.option("--min-agreement", type=float, default=0.98, show_default=True,
-              help="Smallest allowed share of test images on which both bundles decide the same.")
+@click.option(
+    "--max-auroc-drop",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Largest allowed fall of image AUROC from reference to candidate.",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=0.98,
+    show_default=True,
+    help="Smallest allowed share of test images on which both bundles decide the same.",
+)
 @click.option("--device", default=None, help="Run both bundles on this device (e.g. CPU for an igpu bundle).")
 @click.option("--junit", type=FILE_PATH, default=None, help="Also write the result as JUnit XML.")
 @click.pass_context
-def check_cmd(ctx: click.Context, reference: Path, candidate: Path, data_dir: Path, category: Optional[str],
-              max_auroc_drop: float, min_agreement: float, device: Optional[str], junit: Optional[Path]) -> None:
+def check_cmd(
+    ctx: click.Context,
+    reference: Path,
+    candidate: Path,
+    data_dir: Path,
+    category: Optional[str],
+    max_auroc_drop: float,
+    min_agreement: float,
+    device: Optional[str],
+    junit: Optional[Path],
+) -> None:
     """CI gate: exit 1 when the candidate lost more accuracy than allowed (2: the check could not run)."""
     from edgekit.check import check_bundles, render_table, write_junit
 
     try:
-        result = check_bundles(reference, candidate, data_dir, max_auroc_drop=max_auroc_drop,
-                               min_agreement=min_agreement, category=category, device=device, progress=_progress())
+        result = check_bundles(
+            reference,
+            candidate,
+            data_dir,
+            max_auroc_drop=max_auroc_drop,
+            min_agreement=min_agreement,
+            category=category,
+            device=device,
+            progress=_progress(),
+        )
         if junit is not None:
             write_junit(result, junit)
     except EdgekitError as exc:  # like diff/cmp: 1 = the candidate differs too much, 2 = trouble
@@ -652,8 +908,9 @@ def targets() -> None:
         for fmt in t.formats.values():
             precisions = ",".join(p + ("*" if p == fmt.default_precision else "") for p in fmt.precisions)
             marker = "" if fmt.name == t.default_format else "  (alternative format)"
-            click.echo(f"{t.name:<8} {fmt.name:<10} {fmt.runtime:<12} {t.device:<7} {precisions:<18} "
-                       f"{t.description}{marker}")
+            click.echo(
+                f"{t.name:<8} {fmt.name:<10} {fmt.runtime:<12} {t.device:<7} {precisions:<18} {t.description}{marker}"
+            )
     click.echo("(* = default precision; the first row of a target is its default format)")
 
 
@@ -669,15 +926,27 @@ def demo(workdir: Path, texture: str) -> None:
 
     bar = _progress()
     click.echo(f"1/4 data: {texture} textures with synthetic defects → {workdir / 'data'}")
-    (category,) = synthesize(workdir / "data", texture=texture, overwrite=True,
-                             progress=lambda done, total: bar("synthesize", done, total))
+    (category,) = synthesize(
+        workdir / "data", texture=texture, overwrite=True, progress=lambda done, total: bar("synthesize", done, total)
+    )
     click.echo("2/4 train: PatchCore, tf_efficientnet_lite0 (offline ImageNet weights)")
     run = trainer("patchcore")(category, workdir / "run", overwrite=True, progress=bar)
     click.echo(f"3/4 export: x86 OpenVINO bundle → {workdir / 'bundle'}")
     export_run(run.path, workdir / "bundle", target="x86", overwrite=True, progress=bar)
     click.echo("4/4 profile on this machine, in a fresh process without torch, as on a device")
-    command = [sys.executable, "-m", "edgekit", "profile", str(workdir / "bundle"), "--target", "x86",
-               "--data", str(category), "--out", str(workdir / "report")]
+    command = [
+        sys.executable,
+        "-m",
+        "edgekit",
+        "profile",
+        str(workdir / "bundle"),
+        "--target",
+        "x86",
+        "--data",
+        str(category),
+        "--out",
+        str(workdir / "report"),
+    ]
     if subprocess.run(command, stdout=subprocess.DEVNULL).returncode != 0:
         raise EdgekitError("profiling the demo bundle failed (see the message above)")
     click.echo((workdir / "report" / "profile.md").read_text())

@@ -6,6 +6,7 @@ integer of seconds since 1970-01-01 UTC (``date +%s``). Empty counts as unset; a
 that is not such an integer is one clear error, not a silently ignored setting. Standard library
 only: the device imports this (``edgekit fit``).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,10 @@ def created_time() -> str:
     if not value:
         return datetime.now(timezone.utc).isoformat(timespec="seconds")
     if not _INTEGER.fullmatch(value):
-        raise EdgekitError(f"{ENV}={value[:40]!r} is not an integer of seconds since the epoch "
-                           "(as `date +%s` prints); set it to one or unset it")
+        raise EdgekitError(
+            f"{ENV}={value[:40]!r} is not an integer of seconds since the epoch "
+            "(as `date +%s` prints); set it to one or unset it"
+        )
     try:
         return datetime.fromtimestamp(int(value), timezone.utc).isoformat(timespec="seconds")
     except (OverflowError, OSError, ValueError):

@@ -2,6 +2,7 @@
 
 The CLI turns it into a single ``error: ...`` line and exit code 1; library callers catch it.
 """
+
 import re
 
 
@@ -33,4 +34,4 @@ def reason(exc: BaseException, *, limit: int = 300) -> str:
     told = [line for line in lines if not _LOCATION_LINE.match(line)] or lines
     if not told:
         return type(exc).__name__
-    return told[0] if len(told[0]) <= limit else told[0][:limit - 1] + "…"
+    return told[0] if len(told[0]) <= limit else told[0][: limit - 1] + "…"

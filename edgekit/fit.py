@@ -7,6 +7,7 @@ is folded into the network — and the same greedy k-center coreset and bank sto
 and export; the thresholds are then re-fitted on the held-out images with the new bank. The
 network files are copied byte for byte; the new bundle is written atomically.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,13 +42,14 @@ def list_normals(folder: Path) -> list[Path]:
     return images
 
 
-def embed_images(detector, images: Sequence[ImageLike], *, batch_size: int = 8, progress: ProgressFn = noop,
-                 stage: str = "embedding") -> np.ndarray:
+def embed_images(
+    detector, images: Sequence[ImageLike], *, batch_size: int = 8, progress: ProgressFn = noop, stage: str = "embedding"
+) -> np.ndarray:
     """The bundle's network output for images, through its own pre-processing and runtime."""
     outputs = []
     progress(stage, 0, len(images))
     for start in range(0, len(images), batch_size):
-        outputs.append(np.asarray(detector.embed(images[start:start + batch_size]), dtype=np.float32))
+        outputs.append(np.asarray(detector.embed(images[start : start + batch_size]), dtype=np.float32))
         progress(stage, min(start + batch_size, len(images)), len(images))
     return np.concatenate(outputs)
 
@@ -56,9 +58,18 @@ def _patches(embeddings: np.ndarray) -> np.ndarray:
     return embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
 
 
-def fit_bundle(bundle: str | Path, normals: str | Path, *, out: Optional[str | Path] = None, add: bool = False,
-               holdout: float = 0.2, seed: Optional[int] = None, batch_size: int = 8, overwrite: bool = False,
-               progress: ProgressFn = noop) -> Bundle:
+def fit_bundle(
+    bundle: str | Path,
+    normals: str | Path,
+    *,
+    out: Optional[str | Path] = None,
+    add: bool = False,
+    holdout: float = 0.2,
+    seed: Optional[int] = None,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    progress: ProgressFn = noop,
+) -> Bundle:
     """Build (or, with ``add``, extend) a bundle's bank from normal images and re-fit its thresholds.
 
     ``out`` None replaces ``bundle`` in place (atomically). ``seed`` defaults to the bundle's
@@ -80,8 +91,9 @@ def fit_bundle(bundle: str | Path, normals: str | Path, *, out: Optional[str | P
     bank_info = dict(params.get("bank") or {})
     dtype = str(bank_info.get("dtype", "float32"))
     stored = dict(bank_info.get("settings") or {})
-    settings = BankSettings(dims=str(stored.get("dims", "full")), dtype=dtype, size=stored.get("size"),
-                            share=stored.get("share"))
+    settings = BankSettings(
+        dims=str(stored.get("dims", "full")), dtype=dtype, size=stored.get("size"), share=stored.get("share")
+    )
     ratio = float(params.get("coreset_ratio", 0.1))
     fixed_rows = params.get("coreset_rows")  # a bank trained at a fixed size keeps it
     if fixed_rows is not None and (isinstance(fixed_rows, bool) or not isinstance(fixed_rows, int) or fixed_rows < 1):
@@ -94,37 +106,57 @@ def fit_bundle(bundle: str | Path, normals: str | Path, *, out: Optional[str | P
     patches = _patches(embeddings[bank_idx])
     count = coreset_count(len(patches), ratio, rows=fixed_rows)
     old_bank = detector.head.memory_bank if add else None
-    chosen = coreset_indices(patches, count, seed=seed, covered_by=old_bank,
-                             progress=lambda done, total: progress("coreset", done, total))
+    chosen = coreset_indices(
+        patches, count, seed=seed, covered_by=old_bank, progress=lambda done, total: progress("coreset", done, total)
+    )
     rows = patches[chosen] if old_bank is None else np.concatenate([old_bank, patches[chosen]])
     coreset_rows = count + (int(bank_info.get("coreset_rows", len(old_bank))) if old_bank is not None else 0)
     feature_dims = int(bank_info.get("feature_dims", patches.shape[1]))
     size = settings.rows(coreset_rows, feature_dims, patches.shape[1])
     compressed = compress_bank(rows, dtype=dtype, size=size, seed=seed, feature_dims=feature_dims)
 
-    bank_info.update({key: value for key, value in compressed.description.items()
-                      if key in ("rows", "dims", "dtype", "reselected_from", "quantization")})
+    bank_info.update(
+        {
+            key: value
+            for key, value in compressed.description.items()
+            if key in ("rows", "dims", "dtype", "reselected_from", "quantization")
+        }
+    )
     bank_info["coreset_rows"] = coreset_rows
     bank_info["smaller_than_uncompressed"] = round(coreset_rows * feature_dims * 4 / compressed.nbytes, 2)
     bank_info["bytes"] = compressed.nbytes
-    fitted = {"images": len(bank_idx), "held_out": len(held_idx), "folder": str(Path(normals).resolve()),
-              "patches": int(len(patches)), "added_rows": int(count), "add": bool(add), "seed": seed,
-              "created": created}
+    fitted = {
+        "images": len(bank_idx),
+        "held_out": len(held_idx),
+        "folder": str(Path(normals).resolve()),
+        "patches": int(len(patches)),
+        "added_rows": int(count),
+        "add": bool(add),
+        "seed": seed,
+        "created": created,
+    }
     if old_bank is not None:
         fitted["previous_rows"] = int(len(old_bank))  # before any re-thinning of the union
     params["bank"] = {**bank_info, "fitted": fitted}
     paths = {name: f"{HEAD_DIR}/{name}.npy" for name in compressed.arrays}
     spec = manifest.input
-    head = build_head(manifest.head.kind, params, compressed.arrays, output_height=spec.height,
-                      output_width=spec.width)
+    head = build_head(manifest.head.kind, params, compressed.arrays, output_height=spec.height, output_width=spec.width)
     progress("fit thresholds", 0, len(held_idx))
     scores, maps = head(embeddings[held_idx])
     progress("fit thresholds", len(held_idx), len(held_idx))
     head_spec = dataclasses.replace(manifest.head, params=params, arrays=paths)
-    new_manifest = dataclasses.replace(manifest, head=head_spec, decision=fit_decision(scores, maps),
-                                       export={**manifest.export, "bank": params["bank"]})
+    new_manifest = dataclasses.replace(
+        manifest,
+        head=head_spec,
+        decision=fit_decision(scores, maps),
+        export={**manifest.export, "bank": params["bank"]},
+    )
     files = {name: detector.bundle.path(name) for name in manifest.network.files}
-    save_bundle(dest, new_manifest, files=files,
-                arrays={paths[name]: array for name, array in compressed.arrays.items()},
-                overwrite=overwrite or dest == source)
+    save_bundle(
+        dest,
+        new_manifest,
+        files=files,
+        arrays={paths[name]: array for name, array in compressed.arrays.items()},
+        overwrite=overwrite or dest == source,
+    )
     return load_bundle(dest)

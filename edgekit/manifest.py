@@ -6,6 +6,7 @@ become Python numbers), and parsing refuses invalid JSON, duplicate keys, missin
 mistyped fields and unknown schema versions, naming the field at fault. Standard library + numpy
 only: the device imports this.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,24 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import InputSpec
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "DIGEST_NAME", "SIGNATURE_NAME", "SIDECAR_NAMES",
-           "MAX_MANIFEST_BYTES", "MAX_SIDECAR_BYTES", "NetworkSpec", "HeadSpec", "Decision", "Manifest",
-           "check_relative_path", "digest_line", "parse_manifest", "check_listing", "check_size"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "MANIFEST_NAME",
+    "DIGEST_NAME",
+    "SIGNATURE_NAME",
+    "SIDECAR_NAMES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_SIDECAR_BYTES",
+    "NetworkSpec",
+    "HeadSpec",
+    "Decision",
+    "Manifest",
+    "check_relative_path",
+    "digest_line",
+    "parse_manifest",
+    "check_listing",
+    "check_size",
+]
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -253,8 +269,7 @@ class Manifest:
     def to_json(self) -> str:
         """The manifest as JSON: sorted keys, indent 2, floats written with repr (exact)."""
         plain = dataclasses.asdict(self)
-        return json.dumps(_json_value(plain, "manifest"), sort_keys=True, indent=2,
-                          allow_nan=False) + "\n"
+        return json.dumps(_json_value(plain, "manifest"), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, *, source: str = MANIFEST_NAME) -> "Manifest":
@@ -286,8 +301,10 @@ class Manifest:
         if isinstance(version, bool) or not isinstance(version, int):
             raise EdgekitError(f"{source}: field 'schema_version' must be an integer")
         if version > SCHEMA_VERSION:
-            raise EdgekitError(f"{source}: schema_version {version} is newer than this edgekit "
-                               f"understands ({SCHEMA_VERSION}); upgrade edgekit")
+            raise EdgekitError(
+                f"{source}: schema_version {version} is newer than this edgekit "
+                f"understands ({SCHEMA_VERSION}); upgrade edgekit"
+            )
         if version != SCHEMA_VERSION:
             raise EdgekitError(f"{source}: unknown schema_version {version}")
         try:
@@ -300,8 +317,10 @@ def check_listing(manifest: Manifest, name: str) -> set[str]:
     """The files the manifest lists, after checking it names a size for each and lists all it uses."""
     listed = set(manifest.files)
     if listed & set(SIDECAR_NAMES):
-        raise EdgekitError(f"bundle {name}: its manifest lists {sorted(listed & set(SIDECAR_NAMES))[0]}, "
-                           "which only edgekit writes; refused")
+        raise EdgekitError(
+            f"bundle {name}: its manifest lists {sorted(listed & set(SIDECAR_NAMES))[0]}, "
+            "which only edgekit writes; refused"
+        )
     for path in [*manifest.network.files, *manifest.head.arrays.values()]:
         if path not in listed:
             raise EdgekitError(f"bundle {name} is incomplete: {path} is not listed in its manifest")
@@ -312,8 +331,9 @@ def check_listing(manifest: Manifest, name: str) -> set[str]:
 
 def check_size(path: str, size: int, manifest: Manifest, name: str) -> None:
     if size != manifest.sizes[path]:
-        raise EdgekitError(f"bundle {name} is tampered or damaged: {path} is {size} bytes, "
-                           f"its manifest says {manifest.sizes[path]}")
+        raise EdgekitError(
+            f"bundle {name} is tampered or damaged: {path} is {size} bytes, its manifest says {manifest.sizes[path]}"
+        )
 
 
 def digest_line(manifest_bytes: bytes) -> bytes:
@@ -321,20 +341,28 @@ def digest_line(manifest_bytes: bytes) -> bytes:
     return f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST_NAME}\n".encode()
 
 
-def parse_manifest(manifest_bytes: bytes, digest_bytes: Optional[bytes], name: str, *,
-                   signatures: Optional[bytes] = None, trusted_keys: Optional[Sequence[Any]] = None
-                   ) -> tuple[Manifest, str, Optional[str]]:
+def parse_manifest(
+    manifest_bytes: bytes,
+    digest_bytes: Optional[bytes],
+    name: str,
+    *,
+    signatures: Optional[bytes] = None,
+    trusted_keys: Optional[Sequence[Any]] = None,
+) -> tuple[Manifest, str, Optional[str]]:
     """Check the manifest against its detached digest (and, with ``trusted_keys``, its signature),
     then parse it: (manifest, its sha256 hex, the signer or None).
 
     ``digest_bytes`` None means the bundle has no ``manifest.sha256``: refused, as damage.
     """
     if digest_bytes is None:
-        raise EdgekitError(f"bundle {name} is tampered or damaged: it has no {DIGEST_NAME} "
-                           f"(or was made by an edgekit older than the manifest digest: export it again)")
+        raise EdgekitError(
+            f"bundle {name} is tampered or damaged: it has no {DIGEST_NAME} "
+            f"(or was made by an edgekit older than the manifest digest: export it again)"
+        )
     if digest_bytes.strip() != digest_line(manifest_bytes).strip():
-        raise EdgekitError(f"bundle {name} is tampered or damaged: {MANIFEST_NAME} does not match "
-                           f"its digest in {DIGEST_NAME}")
+        raise EdgekitError(
+            f"bundle {name} is tampered or damaged: {MANIFEST_NAME} does not match its digest in {DIGEST_NAME}"
+        )
     digest = hashlib.sha256(manifest_bytes).hexdigest()
     signer = None
     if trusted_keys is not None:

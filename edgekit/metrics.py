@@ -8,6 +8,7 @@ sort-based (O(n log n) time, O(n) memory), so 60 masks of 256x256 pixels are che
 
 The decision rule everywhere in edgekit is ``score > threshold`` means anomalous.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -48,8 +49,9 @@ def _masks_and_maps(masks: object, maps: object) -> tuple[np.ndarray, np.ndarray
     mask_array = _binary(masks, "masks")
     map_array = _finite(maps, "anomaly maps")
     if mask_array.ndim != 3 or mask_array.shape != map_array.shape:
-        raise EdgekitError(f"masks and maps must both be (N, H, W) of one shape, not "
-                           f"{mask_array.shape} and {map_array.shape}")
+        raise EdgekitError(
+            f"masks and maps must both be (N, H, W) of one shape, not {mask_array.shape} and {map_array.shape}"
+        )
     return mask_array, map_array
 
 
@@ -141,8 +143,7 @@ def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
 
 
-def pro_score(masks: object, maps: object, *, fpr_limit: float = 0.3,
-              steps: Optional[int] = None) -> float:
+def pro_score(masks: object, maps: object, *, fpr_limit: float = 0.3, steps: Optional[int] = None) -> float:
     """Normalised area under the per-region-overlap (PRO) curve up to ``fpr_limit``.
 
     As in the MVTec AD paper: each 8-connected region of each ground-truth mask is one region;

@@ -4,6 +4,7 @@ Training, threshold fitting, export calibration and the device runtime all resiz
 through :func:`prepare`, so a score computed on the host equals the device's score for the same
 image. numpy + Pillow only: the device imports it.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,10 +42,14 @@ class InputSpec:
     def __post_init__(self) -> None:
         for side in ("height", "width"):
             value = getattr(self, side)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or \
-                    not MIN_INPUT_SIDE <= value <= MAX_INPUT_SIDE:
-                raise EdgekitError(f"input {side} must be an integer from {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, "
-                                   f"not {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Integral)
+                or not MIN_INPUT_SIDE <= value <= MAX_INPUT_SIDE
+            ):
+                raise EdgekitError(
+                    f"input {side} must be an integer from {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE}, not {value!r}"
+                )
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise EdgekitError(f"input channels must be 1 or 3, not {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -54,8 +59,9 @@ class InputSpec:
             if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
                 raise EdgekitError(f"input {kind} must be finite numbers, not {list(values)!r}")
         if any(value <= 0 for value in self.std):
-            raise EdgekitError(f"input std must be positive, not {list(self.std)!r} "
-                               "(0 would divide every pixel by zero)")
+            raise EdgekitError(
+                f"input std must be positive, not {list(self.std)!r} (0 would divide every pixel by zero)"
+            )
         if self.dtype != "float32":
             raise EdgekitError(f"input dtype must be float32, not {self.dtype!r}")
         if self.resize not in RESIZE_FILTERS:
@@ -105,8 +111,9 @@ def read_image(source: ImageLike, channels: int = 3, *, max_pixels: int = DEFAUL
     return np.ascontiguousarray(array)
 
 
-def decode_image(data: bytes, channels: int = 3, *, label: str = "image",
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    data: bytes, channels: int = 3, *, label: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG, ...) → HxWxC uint8, as :func:`read_image` reads a file."""
     import io
 
@@ -121,15 +128,21 @@ def _decode(source, mode: str, label: str, max_pixels: int) -> np.ndarray:
     try:
         img = Image.open(source)
     except Image.DecompressionBombError:
-        raise ImageRejected(f"{label}: the image is too large to decode (over Pillow's own limit of "
-                            f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)", "too-large") from None
+        raise ImageRejected(
+            f"{label}: the image is too large to decode (over Pillow's own limit of "
+            f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)",
+            "too-large",
+        ) from None
     except Exception as exc:  # UnidentifiedImageError, or whatever a malformed header makes a plugin raise
         raise ImageRejected(f"{label}: not a readable image ({exc.__class__.__name__})", "unreadable") from None
     with img:
         width, height = img.size
         if width * height > max_pixels:
-            raise ImageRejected(f"{label}: the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
-                                f"the limit is {max_pixels / 1e6:g} megapixels", "too-large")
+            raise ImageRejected(
+                f"{label}: the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
+                f"the limit is {max_pixels / 1e6:g} megapixels",
+                "too-large",
+            )
         if min(width, height) < MIN_SIDE:
             raise ImageRejected(f"{label}: the image is too small: {width}x{height}", "too-small")
         try:
@@ -142,18 +155,23 @@ def _decode(source, mode: str, label: str, max_pixels: int) -> np.ndarray:
         except EdgekitError:  # the float rule's own message
             raise
         except Exception as exc:
-            raise ImageRejected(f"{label}: the image is truncated or corrupt ({exc.__class__.__name__})",
-                                "corrupt") from None
+            raise ImageRejected(
+                f"{label}: the image is truncated or corrupt ({exc.__class__.__name__})", "corrupt"
+            ) from None
 
 
-def _array_to_mode(array: np.ndarray, mode: str, label: str = "image", *,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def _array_to_mode(
+    array: np.ndarray, mode: str, label: str = "image", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     from PIL import Image
 
     if array.ndim >= 2 and array.shape[0] * array.shape[1] > max_pixels:  # a broadcast view holds any shape
         height, width = array.shape[:2]
-        raise ImageRejected(f"{label}: the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
-                            f"the limit is {max_pixels / 1e6:g} megapixels", "too-large")
+        raise ImageRejected(
+            f"{label}: the image is {width}x{height} ({width * height / 1e6:.1f} megapixels); "
+            f"the limit is {max_pixels / 1e6:g} megapixels",
+            "too-large",
+        )
     if array.dtype in (np.float32, np.float64):
         array = _float_to_uint8(array, label)
     if array.dtype != np.uint8:
@@ -177,8 +195,10 @@ def _float_to_uint8(array: np.ndarray, label: str) -> np.ndarray:
         raise ImageRejected(f"{label}: the image is empty: shape {array.shape}", "too-small")
     low, high = float(np.min(array)), float(np.max(array))
     if not (np.isfinite(low) and np.isfinite(high)) or low < 0.0 or high > 1.0:
-        raise EdgekitError(f"{label}: a float image must hold finite values in [0, 1] (it holds {low:g} to "
-                           f"{high:g}); pass 0-255 data as uint8")
+        raise EdgekitError(
+            f"{label}: a float image must hold finite values in [0, 1] (it holds {low:g} to "
+            f"{high:g}); pass 0-255 data as uint8"
+        )
     return np.rint(array * 255.0).astype(np.uint8)
 
 
@@ -197,8 +217,7 @@ def prepare(images: Iterable[ImageLike], spec: InputSpec, *, max_pixels: int = D
     """Images (paths, uint8 arrays or [0, 1] float arrays) → one float32 batch in the network's layout."""
     batch = []
     for source in images:
-        pixels = resize(read_image(source, spec.channels, max_pixels=max_pixels), spec.height, spec.width,
-                        spec.resize)
+        pixels = resize(read_image(source, spec.channels, max_pixels=max_pixels), spec.height, spec.width, spec.resize)
         batch.append(pixels)
     if not batch:
         raise EdgekitError("no images given")

@@ -1,4 +1,5 @@
 """Progress reporting: library code calls ``progress(stage, done, total)``; the CLI draws it."""
+
 from __future__ import annotations
 
 import sys

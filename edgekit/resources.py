@@ -3,6 +3,7 @@
 In a wheel they are packaged as ``edgekit/_data/<kind>``; in a source checkout (editable
 install) they are the top-level folders beside the package.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -8,6 +8,7 @@ the public key. Key files are one line of text, never pickle:
 ``edgekit-ed25519-public-key <base64 32-byte key>``. PyNaCl is imported only when a signature is
 made or checked, so a device that does not check signatures does not need it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,8 +22,18 @@ from typing import Iterable, Optional, Union
 
 from edgekit.errors import EdgekitError
 
-__all__ = ["PublicKey", "generate_keys", "read_public_key", "read_private_key", "public_keys",
-           "check_signature", "signature_text", "sign_bundle", "SECRET_TAG", "PUBLIC_TAG"]
+__all__ = [
+    "PublicKey",
+    "generate_keys",
+    "read_public_key",
+    "read_private_key",
+    "public_keys",
+    "check_signature",
+    "signature_text",
+    "sign_bundle",
+    "SECRET_TAG",
+    "PUBLIC_TAG",
+]
 
 SECRET_TAG = "edgekit-ed25519-secret-key"
 PUBLIC_TAG = "edgekit-ed25519-public-key"
@@ -39,8 +50,9 @@ def _nacl():
         import nacl.exceptions
         import nacl.signing
     except ImportError:
-        raise EdgekitError("signing and checking signatures needs PyNaCl: "
-                           "pip install 'edgekit-anomaly[sign]'") from None
+        raise EdgekitError(
+            "signing and checking signatures needs PyNaCl: pip install 'edgekit-anomaly[sign]'"
+        ) from None
     return nacl
 
 
@@ -70,8 +82,10 @@ def _read_key_file(path: Path, tag: str) -> bytes:
     if len(data) > _MAX_KEY_FILE or len(parts) != 2 or parts[0] != tag:
         other = SECRET_TAG if tag == PUBLIC_TAG else PUBLIC_TAG
         hint = f" (it is a {'private' if tag == PUBLIC_TAG else 'public'} key)" if parts[:1] == [other] else ""
-        raise EdgekitError(f"{path}: not an edgekit {'public' if tag == PUBLIC_TAG else 'private'} key file"
-                           f"{hint}; make one with `edgekit keygen`")
+        raise EdgekitError(
+            f"{path}: not an edgekit {'public' if tag == PUBLIC_TAG else 'private'} key file"
+            f"{hint}; make one with `edgekit keygen`"
+        )
     try:
         raw = base64.b64decode(parts[1], validate=True)
     except (binascii.Error, ValueError):
@@ -104,8 +118,9 @@ def public_keys(keys: Iterable[KeyLike]) -> list[PublicKey]:
         elif isinstance(key, (str, Path)):
             result.append(read_public_key(key))
         else:
-            raise EdgekitError(f"a trusted key is a public key file, 32 raw bytes or a PublicKey, "
-                               f"not {type(key).__name__}")
+            raise EdgekitError(
+                f"a trusted key is a public key file, 32 raw bytes or a PublicKey, not {type(key).__name__}"
+            )
     if not result:
         raise EdgekitError("no trusted keys given: every bundle would be refused")
     return result
@@ -157,8 +172,9 @@ def _lines(text: bytes, name: str) -> list[tuple[str, str]]:
     return result
 
 
-def check_signature(signatures: Optional[bytes], manifest_sha256: str, trusted: Iterable[KeyLike],
-                    name: str) -> PublicKey:
+def check_signature(
+    signatures: Optional[bytes], manifest_sha256: str, trusted: Iterable[KeyLike], name: str
+) -> PublicKey:
     """The trusted key that signed this manifest digest; an unsigned or wrongly signed bundle is refused."""
     keys = public_keys(trusted)
     if signatures is None:
@@ -173,12 +189,16 @@ def check_signature(signatures: Optional[bytes], manifest_sha256: str, trusted: 
         try:
             nacl.signing.VerifyKey(key.raw).verify(_message(manifest_sha256), base64.b64decode(signature))
         except nacl.exceptions.BadSignatureError:
-            raise EdgekitError(f"bundle {name} is wrongly signed: the signature by {key.label} does not match "
-                               "its manifest (tampered or damaged); refused") from None
+            raise EdgekitError(
+                f"bundle {name} is wrongly signed: the signature by {key.label} does not match "
+                "its manifest (tampered or damaged); refused"
+            ) from None
         return key
     signers = ", ".join(key_id for key_id, _ in lines) or "nobody"
-    raise EdgekitError(f"bundle {name} is not signed by a trusted key (signed by {signers}; trusted: "
-                       f"{', '.join(f'{k.key_id} ({k.label})' for k in keys)}); refused")
+    raise EdgekitError(
+        f"bundle {name} is not signed by a trusted key (signed by {signers}; trusted: "
+        f"{', '.join(f'{k.key_id} ({k.label})' for k in keys)}); refused"
+    )
 
 
 def sign_bundle(path: Union[str, Path], key: Union[str, Path]) -> str:

@@ -5,6 +5,7 @@ owner (host and PID), so a later run can remove staging left by a process that w
 (SIGKILL, power loss) without touching one that is still working. SIGTERM raises in the main
 thread (:func:`terminate_cleanly`), so ``finally`` blocks remove staging as they do on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +75,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def refuse_unowned(dest: Path, *, owned: Callable[[Path], bool], what: str,
-                   protect: Iterable[Path] = ()) -> None:
+def refuse_unowned(dest: Path, *, owned: Callable[[Path], bool], what: str, protect: Iterable[Path] = ()) -> None:
     """Refuse to replace ``dest`` unless it is edgekit's own ``what`` (``owned(dest)``) or an empty
     folder, and never the current folder, a parent of it, or a ``protect`` path or a parent of one
     (the dataset a run is trained on)."""
@@ -86,13 +86,16 @@ def refuse_unowned(dest: Path, *, owned: Callable[[Path], bool], what: str,
     for kept, why in [(Path.cwd(), "the current folder"), *((Path(p), "the data") for p in protect)]:
         kept = kept.resolve()
         if resolved == kept or resolved in kept.parents:
-            raise EdgekitError(f"refusing to replace {dest}: it is {why}" + ("" if resolved == kept else
-                                                                             f" or holds it ({kept})"))
+            raise EdgekitError(
+                f"refusing to replace {dest}: it is {why}" + ("" if resolved == kept else f" or holds it ({kept})")
+            )
     if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
         return
     if not owned(dest):
-        raise EdgekitError(f"refusing to replace {dest}: it is not an edgekit {what}; choose another --out "
-                           f"(--overwrite replaces only a {what})")
+        raise EdgekitError(
+            f"refusing to replace {dest}: it is not an edgekit {what}; choose another --out "
+            f"(--overwrite replaces only a {what})"
+        )
 
 
 class Terminated(SystemExit):
@@ -105,8 +108,10 @@ def terminate_cleanly() -> Iterator[None]:
 
     A no-op outside the main thread, or when someone else already handles SIGTERM.
     """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
         yield
         return
 
@@ -118,4 +123,3 @@ def terminate_cleanly() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-

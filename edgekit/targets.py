@@ -3,6 +3,7 @@
 A target offers one or more formats (a Raspberry Pi runs TFLite through LiteRT or ONNX through
 onnxruntime); each format names its runtime, precisions and input layout.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,11 +30,11 @@ class Target:
     threads: int
     formats: dict[str, FormatSpec]
     default_format: str
-    cpu: str = ""                 # what the device is, in words
+    cpu: str = ""  # what the device is, in words
     peak: Optional[dict[str, Any]] = None  # published peak throughput, for labelled estimates only
-    hosts: tuple[str, ...] = ()   # platform.machine() values of hosts that are this device
+    hosts: tuple[str, ...] = ()  # platform.machine() values of hosts that are this device
     cpu_parts: tuple[str, ...] = ()  # "CPU part" values of /proc/cpuinfo (Arm) that are this device
-    mode: str = "latency"         # how a Detector spends its threads by default (edgekit.runtime.threads)
+    mode: str = "latency"  # how a Detector spends its threads by default (edgekit.runtime.threads)
 
     def format_spec(self, name: Optional[str] = None) -> FormatSpec:
         chosen = name or self.default_format
@@ -63,8 +64,7 @@ class Target:
         return self.format_spec().layout
 
 
-def host_mismatch(target: Target, *, machine: Optional[str] = None,
-                  cpuinfo: Optional[str] = None) -> Optional[str]:
+def host_mismatch(target: Target, *, machine: Optional[str] = None, cpuinfo: Optional[str] = None) -> Optional[str]:
     """Why this host is not ``target``'s device, or None when it is (measurements may be taken)."""
     import platform
     from pathlib import Path
@@ -78,11 +78,16 @@ def host_mismatch(target: Target, *, machine: Optional[str] = None,
                 cpuinfo = Path("/proc/cpuinfo").read_text()
             except OSError:
                 cpuinfo = ""
-        parts = {line.partition(":")[2].strip().lower() for line in cpuinfo.splitlines()
-                 if line.lower().startswith("cpu part")}
+        parts = {
+            line.partition(":")[2].strip().lower()
+            for line in cpuinfo.splitlines()
+            if line.lower().startswith("cpu part")
+        }
         if parts and not parts & {p.lower() for p in target.cpu_parts}:
-            return (f"this machine's CPU part is {', '.join(sorted(parts))}, not {target.name}'s "
-                    f"{', '.join(target.cpu_parts)} ({target.cpu or target.description})")
+            return (
+                f"this machine's CPU part is {', '.join(sorted(parts))}, not {target.name}'s "
+                f"{', '.join(target.cpu_parts)} ({target.cpu or target.description})"
+            )
     return None
 
 
@@ -91,15 +96,28 @@ def get_target(name: str) -> Target:
     where = f"targets/{name}.toml"
     try:
         formats = {
-            fmt: FormatSpec(name=fmt, runtime=spec["runtime"], precisions=tuple(spec["precisions"]),
-                            default_precision=spec["default_precision"], layout=spec.get("layout", "NCHW"))
+            fmt: FormatSpec(
+                name=fmt,
+                runtime=spec["runtime"],
+                precisions=tuple(spec["precisions"]),
+                default_precision=spec["default_precision"],
+                layout=spec.get("layout", "NCHW"),
+            )
             for fmt, spec in raw["formats"].items()
         }
-        target = Target(name=raw["name"], description=raw["description"], device=raw["device"],
-                        threads=int(raw.get("threads", 0)), formats=formats, default_format=raw["default_format"],
-                        cpu=raw.get("cpu", ""), peak=raw.get("peak"),
-                        hosts=tuple(raw.get("hosts", ())), cpu_parts=tuple(raw.get("cpu_parts", ())),
-                        mode=raw.get("mode", "latency"))
+        target = Target(
+            name=raw["name"],
+            description=raw["description"],
+            device=raw["device"],
+            threads=int(raw.get("threads", 0)),
+            formats=formats,
+            default_format=raw["default_format"],
+            cpu=raw.get("cpu", ""),
+            peak=raw.get("peak"),
+            hosts=tuple(raw.get("hosts", ())),
+            cpu_parts=tuple(raw.get("cpu_parts", ())),
+            mode=raw.get("mode", "latency"),
+        )
     except (KeyError, TypeError, AttributeError) as exc:
         raise EdgekitError(f"{where}: field {exc.args[0]!r} is missing or malformed") from None
     from edgekit.runtime.threads import MODES

@@ -5,6 +5,7 @@ A variant is one format × precision × memory-bank setting. The sweep exports e
 ``<out>/bundles/<variant>`` with the ordinary export pipeline (thresholds re-fitted per variant),
 so what is measured is exactly what would be flashed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,14 @@ class Variant:
         return f"{self.format}-{self.precision}-bank-{self.bank}"
 
 
-def plan_variants(target, *, model: str, formats: Optional[Sequence[str]] = None,
-                  precisions: Optional[Sequence[str]] = None, banks: Optional[Sequence[str]] = None) -> list[Variant]:
+def plan_variants(
+    target,
+    *,
+    model: str,
+    formats: Optional[Sequence[str]] = None,
+    precisions: Optional[Sequence[str]] = None,
+    banks: Optional[Sequence[str]] = None,
+) -> list[Variant]:
     """Every format × precision × bank the target offers, narrowed by the given filters."""
     for bank in banks or ():
         if bank not in BANKS:
@@ -46,9 +53,13 @@ def plan_variants(target, *, model: str, formats: Optional[Sequence[str]] = None
     bank_names = list(banks) if banks else list(BANKS)
     if not takes_bank_options(model):
         bank_names = ["default"]
-    variants = [Variant(fmt, precision, bank) for fmt in chosen_formats
-                for precision in target.formats[fmt].precisions if not precisions or precision in precisions
-                for bank in bank_names]
+    variants = [
+        Variant(fmt, precision, bank)
+        for fmt in chosen_formats
+        for precision in target.formats[fmt].precisions
+        if not precisions or precision in precisions
+        for bank in bank_names
+    ]
     if not variants:
         raise EdgekitError(f"no variant of target {target.name} matches --precisions {','.join(precisions or [])}")
     return variants
@@ -69,8 +80,9 @@ def split_refused(model: str, variants: Sequence[Variant]) -> tuple[list[Variant
     return kept, refused
 
 
-def export_variants(run_dir: Path, target: str, out_dir: Path, variants: Sequence[Variant], *,
-                    progress: ProgressFn = noop) -> list[Path]:
+def export_variants(
+    run_dir: Path, target: str, out_dir: Path, variants: Sequence[Variant], *, progress: ProgressFn = noop
+) -> list[Path]:
     """Export each variant of a run; returns the bundle paths, in order."""
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run

@@ -9,6 +9,7 @@ This file is also the device-side script (``pyarm arm_helpers.py REQUEST_JSON``)
 imports only the standard library, so it proves what ``edgekit.load`` itself pulls in.
 Emulated timings mean nothing (150-400x slower than a Pi) and are never measured here.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -36,8 +37,24 @@ ALLOWED_MODULES = {
     "litert": {"edgekit", "numpy", "PIL", "ai_edge_litert"},
 }
 #: host-only packages that must never be imported by the device path
-HOST_ONLY = ("torch", "torchvision", "anomalib", "timm", "nncf", "onnx", "openvino", "click", "scipy",
-             "sklearn", "skimage", "safetensors", "tensorflow", "litert_torch", "ai_edge_quantizer", "cv2")
+HOST_ONLY = (
+    "torch",
+    "torchvision",
+    "anomalib",
+    "timm",
+    "nncf",
+    "onnx",
+    "openvino",
+    "click",
+    "scipy",
+    "sklearn",
+    "skimage",
+    "safetensors",
+    "tensorflow",
+    "litert_torch",
+    "ai_edge_quantizer",
+    "cv2",
+)
 GRID = 8  # anomaly maps are compared as GRID x GRID block means plus min / max / mean
 
 
@@ -168,10 +185,12 @@ def emulator_versions(pyarm: Path) -> dict[str, str] | None:
         return None
     probe = "; ".join(f"import {name}" for name in DEVICE_MODULES) + (
         "; import json; from importlib import metadata; "
-        f"print(json.dumps({{n: metadata.version(n) for n in {list(PINNED_DISTRIBUTIONS)!r}}}))")
+        f"print(json.dumps({{n: metadata.version(n) for n in {list(PINNED_DISTRIBUTIONS)!r}}}))"
+    )
     try:
-        done = subprocess.run([str(pyarm), "-c", probe], capture_output=True, text=True, timeout=300,
-                              env=_device_env("a72"))
+        done = subprocess.run(
+            [str(pyarm), "-c", probe], capture_output=True, text=True, timeout=300, env=_device_env("a72")
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:
@@ -184,8 +203,13 @@ def build_emulator(arm_root: Path, pins: dict[str, str], *, setup_script: Path, 
     extra = ["pillow", *(f"{name}=={version}" for name, version in sorted(pins.items()))]
     with open(log, "wb") as handle:
         try:
-            done = subprocess.run(["bash", str(setup_script), *extra], stdout=handle, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "ARM_ROOT": str(arm_root)}, timeout=1800)
+            done = subprocess.run(
+                ["bash", str(setup_script), *extra],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "ARM_ROOT": str(arm_root)},
+                timeout=1800,
+            )
             code = done.returncode
         except subprocess.TimeoutExpired:
             code = -1
@@ -228,17 +252,30 @@ def ensure_emulator(arm_root: Path, *, setup_script: Path, log_dir: Path) -> Pat
 
 def _device_env(cpu: str) -> dict[str, str]:
     # Only the repo on the path: the device side must find edgekit from source and nothing of the host.
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-            "ARM_CPU": cpu, "PYTHONPATH": str(REPO_ROOT), "PYTHONNOUSERSITE": "1",
-            "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8"}
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "ARM_CPU": cpu,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "LC_ALL": "C.UTF-8",
+    }
 
 
-def run_on_arm(pyarm: Path, *, cpu: str, bundles: Sequence[Path], images: Sequence[Path],
-               timeout: float = 600) -> dict[str, Any]:
+def run_on_arm(
+    pyarm: Path, *, cpu: str, bundles: Sequence[Path], images: Sequence[Path], timeout: float = 600
+) -> dict[str, Any]:
     """Score ``bundles`` under the emulated aarch64 Python (``cpu``: a72 = Pi 4, a76 = Pi 5)."""
     request = json.dumps({"bundles": [str(b) for b in bundles], "images": [str(p) for p in images]})
-    done = subprocess.run([str(pyarm), str(Path(__file__).resolve()), request], capture_output=True, text=True,
-                          env=_device_env(cpu), cwd=str(REPO_ROOT / "tests"), timeout=timeout)
+    done = subprocess.run(
+        [str(pyarm), str(Path(__file__).resolve()), request],
+        capture_output=True,
+        text=True,
+        env=_device_env(cpu),
+        cwd=str(REPO_ROOT / "tests"),
+        timeout=timeout,
+    )
     if done.returncode != 0:
         raise AssertionError(f"emulated aarch64 run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -276,11 +313,13 @@ def ensure_emulator_with_pip(arm_root: Path, *, setup_script: Path, log_dir: Pat
     with _emulator_lock(arm_root) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not has_pip():
-            _, tail = build_emulator(arm_root, {**host_versions(), **pip_pin}, setup_script=setup_script,
-                                     log=log_dir / "setup-pip.log")
+            _, tail = build_emulator(
+                arm_root, {**host_versions(), **pip_pin}, setup_script=setup_script, log=log_dir / "setup-pip.log"
+            )
             if emulator_versions(pyarm) is None or not has_pip():
-                _, tail = build_emulator(arm_root, pip_pin, setup_script=setup_script,
-                                         log=log_dir / "setup-pip-latest.log")
+                _, tail = build_emulator(
+                    arm_root, pip_pin, setup_script=setup_script, log=log_dir / "setup-pip-latest.log"
+                )
             if emulator_versions(pyarm) is None or not has_pip():
                 unavailable(f"{setup_script} gave no aarch64 pip in {arm_root / 'site-aarch64'}: {tail}")
     return pyarm
@@ -292,12 +331,23 @@ def venv_env(cpu: str = "a72", **extra: str) -> dict[str, str]:
     pip reads no configuration file, so it installs from PyPI alone, as on a fresh Pi; only the
     host's CA bundle is passed on (this network may inspect TLS with its own certificate).
     """
-    certificates = {name: os.environ[name] for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
-                    if os.environ.get(name)}
-    return {**certificates, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-            "ARM_CPU": cpu, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C.UTF-8",
-            "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
-            "PIP_DEFAULT_TIMEOUT": "180", **extra}
+    certificates = {
+        name: os.environ[name] for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE") if os.environ.get(name)
+    }
+    return {
+        **certificates,
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "ARM_CPU": cpu,
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "LC_ALL": "C.UTF-8",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+        "PIP_DEFAULT_TIMEOUT": "180",
+        **extra,
+    }
 
 
 def wheel_requirements(wheel: Path) -> list[str]:
@@ -323,8 +373,9 @@ def _run_logged(command: list[str], *, env: dict[str, str], log: Path, timeout: 
     return time.perf_counter() - started
 
 
-def ensure_device_venv(arm_root: Path, wheel: Path, *, extras: Sequence[str], mkvenv_script: Path = MKVENV_SCRIPT,
-                       timeout: float = 3600) -> tuple[Path, dict[str, Any]]:
+def ensure_device_venv(
+    arm_root: Path, wheel: Path, *, extras: Sequence[str], mkvenv_script: Path = MKVENV_SCRIPT, timeout: float = 3600
+) -> tuple[Path, dict[str, Any]]:
     """An emulated Pi venv with ``wheel[extras]`` installed by the venv's own pip from PyPI.
 
     Cached under ``arm_root/venvs``, keyed by the wheel's requirements and ``extras``, like the
@@ -345,22 +396,34 @@ def ensure_device_venv(arm_root: Path, wheel: Path, *, extras: Sequence[str], mk
             shutil.rmtree(venv, ignore_errors=True)
             venv.mkdir(parents=True)
             log = venv / "install.log"
-            made = _run_logged(["sh", str(mkvenv_script), str(venv)], env={**env, "ARM_ROOT": str(arm_root)},
-                               log=log, timeout=timeout)
+            made = _run_logged(
+                ["sh", str(mkvenv_script), str(venv)], env={**env, "ARM_ROOT": str(arm_root)}, log=log, timeout=timeout
+            )
             # no cache, as on a fresh Pi (the host's pip shares this HOME's cache)
-            seconds = _run_logged([str(venv / "bin" / "pip"), "install", "--no-cache-dir", requirement], env=env,
-                                  log=log, timeout=timeout)
-            frozen = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True,
-                                    env=env, timeout=timeout).stdout.splitlines()
-            info = {"mkvenv_s": round(made, 1), "pip_install_s": round(seconds, 1), "requirement": requirement,
-                    "wheel_bytes": wheel.stat().st_size, "installed": frozen}
+            seconds = _run_logged(
+                [str(venv / "bin" / "pip"), "install", "--no-cache-dir", requirement], env=env, log=log, timeout=timeout
+            )
+            frozen = subprocess.run(
+                [str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True, env=env, timeout=timeout
+            ).stdout.splitlines()
+            info = {
+                "mkvenv_s": round(made, 1),
+                "pip_install_s": round(seconds, 1),
+                "requirement": requirement,
+                "wheel_bytes": wheel.stat().st_size,
+                "installed": frozen,
+            }
             tmp = record.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=1))
             tmp.replace(record)
             return venv, {**info, "cached": False}
         info = json.loads(record.read_text())
-        seconds = _run_logged([str(venv / "bin" / "pip"), "install", "--no-deps", "--force-reinstall", str(wheel)],
-                              env=env, log=venv / "install.log", timeout=timeout)
+        seconds = _run_logged(
+            [str(venv / "bin" / "pip"), "install", "--no-deps", "--force-reinstall", str(wheel)],
+            env=env,
+            log=venv / "install.log",
+            timeout=timeout,
+        )
         return venv, {**info, "cached": True, "reinstall_s": round(seconds, 1)}
 
 

@@ -15,6 +15,7 @@ and the test drives the live page: evaluate JavaScript, wait for a condition, ta
 how CI (a clean machine, ``bash .ci/run`` as root with ``CI=true``) gets its browser. Without one, tests
 skip on a workstation and FAIL in CI, where a silent skip would hide a missing check.
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,7 +45,6 @@ SETTLE_QUIET_S = 0.3  # after the load event: wait until the page has been quiet
 SETTLE_MAX_S = 2.0  # ... but no longer than this
 
 
-
 class BrowserError(RuntimeError):
     """Chromium failed, answered a command with an error, or did not answer in time."""
 
@@ -63,8 +63,11 @@ class PageResult:
     def external_requests(self) -> list[str]:
         """Requested URLs whose scheme is not file:, data:, blob: or about: and whose origin is not
         allowed (would need a network)."""
-        return [url for url in self.requests
-                if urlsplit(url).scheme.lower() not in LOCAL_SCHEMES and _origin(url) not in self.allowed_origins]
+        return [
+            url
+            for url in self.requests
+            if urlsplit(url).scheme.lower() not in LOCAL_SCHEMES and _origin(url) not in self.allowed_origins
+        ]
 
 
 def _origin(url: str) -> str:
@@ -113,7 +116,9 @@ def _browser(width: int, height: int, timeout: float, what: str) -> Iterator["_C
         with open(stderr_log, "wb") as stderr:
             proc = subprocess.Popen(
                 command,
-                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
                 pass_fds=(to_child_r, from_child_w),
                 start_new_session=True,  # its own process group, so the finally can end all of it
             )
@@ -149,14 +154,24 @@ def is_blank(png: bytes) -> bool:
 
 def _flags(profile: Path, width: int, height: int) -> list[str]:
     return [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--mute-audio",
+        "--hide-scrollbars",
         # Belt and braces with BLOCKED_URLS: anything Chromium itself fetches goes to a closed
         # loopback port instead of out of the machine (loopback stays direct, as by default).
         "--proxy-server=http://127.0.0.1:9",
-        f"--user-data-dir={profile}", f"--window-size={width},{height}",
-        "--remote-debugging-pipe", "about:blank",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+        "--remote-debugging-pipe",
+        "about:blank",
     ]
 
 
@@ -207,8 +222,11 @@ def _load(cdp: "_Cdp", html_path: Path, width: int, height: int) -> PageResult:
     for domain in ("Runtime", "Log", "Page", "Network"):
         cdp.call(f"{domain}.enable", session=session)
     cdp.call("Network.setBlockedURLs", {"urls": list(BLOCKED_URLS)}, session=session)
-    cdp.call("Emulation.setDeviceMetricsOverride",
-             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        session=session,
+    )
     state["navigating"] = True
     navigated = cdp.call("Page.navigate", {"url": html_path.as_uri()}, session=session)
     if navigated.get("errorText"):
@@ -262,8 +280,11 @@ class ServedPage:
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (promises awaited); BrowserError if it throws."""
-        reply = self._cdp.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                    "awaitPromise": True}, session=self._session)
+        reply = self._cdp.call(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            session=self._session,
+        )
         if "exceptionDetails" in reply:
             raise BrowserError(f"{expression!r} threw: {_exception_text(reply['exceptionDetails'])}")
         return reply.get("result", {}).get("value")
@@ -317,16 +338,22 @@ def open_served_page(url: str, *, width: int = 1280, height: int = 900, timeout:
                 if _origin(request_url) == origin:
                     cdp.send("Fetch.continueRequest", {"requestId": params["requestId"]}, session=session)
                 else:
-                    cdp.send("Fetch.failRequest", {"requestId": params["requestId"], "errorReason": "BlockedByClient"},
-                             session=session)
+                    cdp.send(
+                        "Fetch.failRequest",
+                        {"requestId": params["requestId"], "errorReason": "BlockedByClient"},
+                        session=session,
+                    )
             record(method, params)
 
         cdp.on_event = on_event
         for domain in ("Runtime", "Log", "Page", "Network"):
             cdp.call(f"{domain}.enable", session=session)
         cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*", "requestStage": "Request"}]}, session=session)
-        cdp.call("Emulation.setDeviceMetricsOverride",
-                 {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        cdp.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         state["navigating"] = True
         navigated = cdp.call("Page.navigate", {"url": url}, session=session)
         if navigated.get("errorText"):
@@ -452,7 +479,7 @@ class _Cdp:
             if not writable:
                 raise BrowserError(f"headless Chromium stopped reading commands{self.timeout_note}")
             try:
-                view = view[os.write(self.write_fd, view):]
+                view = view[os.write(self.write_fd, view) :]
             except BrokenPipeError:
                 self.open = False
                 raise BrowserError(f"headless Chromium exited early{self._stderr_tail()}") from None

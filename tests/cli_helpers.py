@@ -1,4 +1,5 @@
 """Running edgekit commands in-process for tests, and the one-error-line rule for bad input."""
+
 from __future__ import annotations
 
 from click.testing import CliRunner

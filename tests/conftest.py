@@ -1,4 +1,5 @@
 """Fixtures that tests/unit and tests/e2e share; the training and export fixtures are in tests/e2e/conftest.py."""
+
 from __future__ import annotations
 
 import tempfile

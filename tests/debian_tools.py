@@ -5,6 +5,7 @@ we are root: that is how CI (a clean machine, ``bash .ci/run`` as root with ``CI
 Without one, the calling test skips on a workstation and FAILS in CI, where a silent skip would hide
 a missing check. The answer (or why there is none) is remembered per package.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,7 @@ def _install(package: str) -> str | None:
 
 def _run(command: list[str], env: dict[str, str]) -> str | None:
     try:
-        done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=900)
+        done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
         return f"`{' '.join(command)}` took over 15 minutes"
     if done.returncode != 0:

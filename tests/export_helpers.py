@@ -1,4 +1,5 @@
 """Export a run's bundles on demand, each once, for the e2e tests of a model family."""
+
 from __future__ import annotations
 
 from pathlib import Path

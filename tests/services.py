@@ -5,6 +5,7 @@ CI, a clean machine running as root with ``CI=true``, gets it). Without one, tes
 workstation and FAIL in CI, where a silent skip would hide a missing check. `mosquitto_broker`
 starts one broker and ends it by its PID, whatever the test did.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,10 @@ def mosquitto_broker(port: int | None = None) -> Iterator[tuple[str, int]]:
     host, port = "127.0.0.1", port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="edgekit-mosquitto-"))
     config = workdir / "mosquitto.conf"
-    config.write_text(f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
-                      "log_dest stderr\nlog_type error\nlog_type warning\n")
+    config.write_text(
+        f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
+        "log_dest stderr\nlog_type error\nlog_type warning\n"
+    )
     os.chmod(workdir, 0o755)  # mosquitto run as root drops to user mosquitto, which must read the config
     os.chmod(config, 0o644)
     log = workdir / "mosquitto.log"
@@ -60,8 +63,10 @@ def mosquitto_broker(port: int | None = None) -> Iterator[tuple[str, int]]:
     try:
         if not wait_for_port(host, port):
             proc.poll()
-            raise RuntimeError(f"mosquitto did not listen on {host}:{port} (exit {proc.returncode}): "
-                               f"{log.read_text(errors='replace').strip()[-500:]}")
+            raise RuntimeError(
+                f"mosquitto did not listen on {host}:{port} (exit {proc.returncode}): "
+                f"{log.read_text(errors='replace').strip()[-500:]}"
+            )
         yield host, port
     finally:
         with contextlib.suppress(ProcessLookupError):

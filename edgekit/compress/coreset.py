@@ -5,6 +5,7 @@ farthest from everything chosen so far. Distances are computed on a Johnson-Lind
 projection (as in the PatchCore paper) to cut the cost; memory stays O(N·d) — one running
 "distance to the nearest chosen centre" per patch, never an N×N matrix.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -14,9 +15,15 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 
-def coreset_indices(features: np.ndarray, count: int, *, projection_dims: Optional[int] = 128,
-                    seed: int = 0, progress: Optional[Callable[[int, int], None]] = None,
-                    covered_by: Optional[np.ndarray] = None) -> np.ndarray:
+def coreset_indices(
+    features: np.ndarray,
+    count: int,
+    *,
+    projection_dims: Optional[int] = 128,
+    seed: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+    covered_by: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """Indices of ``count`` rows of ``features`` chosen by greedy k-center, in selection order.
 
     ``projection_dims=None`` (or ≥ the feature width) uses the features themselves.
@@ -32,8 +39,9 @@ def coreset_indices(features: np.ndarray, count: int, *, projection_dims: Option
     if covered_by is not None:
         covered_by = np.asarray(covered_by, dtype=np.float32)
         if covered_by.ndim != 2 or covered_by.shape[1] != features.shape[1] or len(covered_by) == 0:
-            raise EdgekitError(f"rows already selected must be a non-empty (M, {features.shape[1]}) array, "
-                               f"not {covered_by.shape}")
+            raise EdgekitError(
+                f"rows already selected must be a non-empty (M, {features.shape[1]}) array, not {covered_by.shape}"
+            )
     rng = np.random.default_rng(seed)
     if projection_dims is not None and projection_dims < features.shape[1]:
         projection = rng.standard_normal((features.shape[1], projection_dims)).astype(np.float32)
@@ -52,7 +60,7 @@ def coreset_indices(features: np.ndarray, count: int, *, projection_dims: Option
         from edgekit.runtime.bank import nearest_neighbors
 
         distances, _ = nearest_neighbors(points, covered_points)
-        nearest_sq = (distances ** 2).astype(np.float32)
+        nearest_sq = (distances**2).astype(np.float32)
         chosen[0] = int(np.argmax(nearest_sq))
     step = max(1, count // 100)
     sq = np.empty(total, dtype=np.float32)

@@ -8,6 +8,7 @@ features; the bank is projected once, optionally thinned by re-running the cores
 on it (in the ``d``-dimensional space the device searches), then stored as float32, float16 or
 int8 (:func:`edgekit.runtime.bank.encode_bank`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,10 +35,10 @@ class BankSettings:
     full width in float32, anomalib's default), scales included.
     """
 
-    dims: str = "full"              # "full", "auto" or a number of PCA dimensions
-    dtype: str = "float32"          # float32 | float16 | int8
-    size: Optional[int] = None      # re-select the bank down to this many rows (None: keep all)
-    share: Optional[float] = None   # or: to this share of the uncompressed bank's bytes
+    dims: str = "full"  # "full", "auto" or a number of PCA dimensions
+    dtype: str = "float32"  # float32 | float16 | int8
+    size: Optional[int] = None  # re-select the bank down to this many rows (None: keep all)
+    share: Optional[float] = None  # or: to this share of the uncompressed bank's bytes
 
     def rows(self, coreset_rows: int, feature_dims: int, dims: int) -> Optional[int]:
         """Rows to keep of a ``coreset_rows``-row bank stored in ``dims`` dimensions; None: all."""
@@ -76,7 +77,7 @@ def feature_statistics(features: np.ndarray) -> FeatureStatistics:
     mean = features.mean(axis=0, dtype=np.float64)
     scatter = np.zeros((dims, dims))
     for start in range(0, total, _STATISTICS_ROWS):
-        centred = features[start:start + _STATISTICS_ROWS].astype(np.float64) - mean
+        centred = features[start : start + _STATISTICS_ROWS].astype(np.float64) - mean
         scatter += centred.T @ centred
     return FeatureStatistics(mean=mean, covariance=scatter / total, count=int(total))
 
@@ -85,10 +86,10 @@ def feature_statistics(features: np.ndarray) -> FeatureStatistics:
 class Pca:
     """The first ``dims`` principal axes of some features: ``project(x) = components @ (x − mean)``."""
 
-    mean: np.ndarray              # (D,) float64
-    components: np.ndarray        # (d, D) float64, orthonormal rows, by decreasing variance
-    variances: np.ndarray         # (D,) float64, every eigenvalue, decreasing
-    fitted_on: int                # feature rows the statistics came from
+    mean: np.ndarray  # (D,) float64
+    components: np.ndarray  # (d, D) float64, orthonormal rows, by decreasing variance
+    variances: np.ndarray  # (D,) float64, every eigenvalue, decreasing
+    fitted_on: int  # feature rows the statistics came from
 
     @property
     def dims(self) -> int:
@@ -102,7 +103,7 @@ class Pca:
     def explained_variance(self) -> float:
         """Share of the features' variance the kept axes explain."""
         total = float(self.variances.sum())
-        return float(self.variances[:self.dims].sum() / total) if total > 0 else 1.0
+        return float(self.variances[: self.dims].sum() / total) if total > 0 else 1.0
 
     def weight(self) -> np.ndarray:
         """(d, D) float32: the 1×1 convolution's weight."""
@@ -132,12 +133,17 @@ def fit_pca(statistics: FeatureStatistics, dims: int) -> Pca:
     variances, vectors = np.clip(variances[order], 0.0, None), vectors[:, order].T
     signs = np.sign(vectors[np.arange(width), np.argmax(np.abs(vectors), axis=1)])
     vectors *= np.where(signs == 0, 1.0, signs)[:, None]  # largest entry of every axis positive
-    return Pca(mean=np.asarray(statistics.mean, dtype=np.float64), components=vectors[:dims].copy(),
-               variances=variances, fitted_on=statistics.count)
+    return Pca(
+        mean=np.asarray(statistics.mean, dtype=np.float64),
+        components=vectors[:dims].copy(),
+        variances=variances,
+        fitted_on=statistics.count,
+    )
 
 
-def resolve_dims(spec: Optional[str | int], statistics: FeatureStatistics, *,
-                 auto_variance: float = AUTO_VARIANCE) -> Optional[int]:
+def resolve_dims(
+    spec: Optional[str | int], statistics: FeatureStatistics, *, auto_variance: float = AUTO_VARIANCE
+) -> Optional[int]:
     """``--bank-dims`` → a number of PCA dimensions, or None for "full" (no projection at all)."""
     width = statistics.covariance.shape[0]
     text = str(spec).strip().lower() if spec is not None else "full"
@@ -151,8 +157,9 @@ def resolve_dims(spec: Optional[str | int], statistics: FeatureStatistics, *,
     if not text.isdigit() or int(text) < 1:
         raise EdgekitError(f"--bank-dims must be full, auto or a positive integer, not {spec!r}")
     if int(text) > width:
-        raise EdgekitError(f"--bank-dims {text} is more than the features' {width} dimensions; "
-                           f"use full or at most {width}")
+        raise EdgekitError(
+            f"--bank-dims {text} is more than the features' {width} dimensions; use full or at most {width}"
+        )
     return None if int(text) == width else int(text)
 
 
@@ -160,8 +167,8 @@ def resolve_dims(spec: Optional[str | int], statistics: FeatureStatistics, *,
 class CompressedBank:
     """What the head stores: encoded arrays, the projection the network must apply, a description."""
 
-    arrays: dict[str, np.ndarray]       # head array name -> array (memory_bank, bank_scale, ...)
-    pca: Optional[Pca]                  # None: the network output is used as it is
+    arrays: dict[str, np.ndarray]  # head array name -> array (memory_bank, bank_scale, ...)
+    pca: Optional[Pca]  # None: the network output is used as it is
     description: dict[str, Any] = field(default_factory=dict)  # goes into the head params as "bank"
 
     @property
@@ -169,8 +176,15 @@ class CompressedBank:
         return int(sum(array.nbytes for array in self.arrays.values()))
 
 
-def compress_bank(bank: np.ndarray, *, pca: Optional[Pca] = None, dtype: str = "float32",
-                  size: Optional[int] = None, seed: int = 0, feature_dims: Optional[int] = None) -> CompressedBank:
+def compress_bank(
+    bank: np.ndarray,
+    *,
+    pca: Optional[Pca] = None,
+    dtype: str = "float32",
+    size: Optional[int] = None,
+    seed: int = 0,
+    feature_dims: Optional[int] = None,
+) -> CompressedBank:
     """Project (when ``pca``), thin to ``size`` rows by coreset re-selection, encode as ``dtype``.
 
     Re-selection runs in the projected space (the one the device searches) and before encoding,
@@ -194,8 +208,11 @@ def compress_bank(bank: np.ndarray, *, pca: Optional[Pca] = None, dtype: str = "
             bank = bank[np.sort(coreset_indices(bank, size, seed=seed))]
     arrays = encode_bank(bank, dtype)
     description: dict[str, Any] = {
-        "rows": int(bank.shape[0]), "dims": int(bank.shape[1]), "feature_dims": int(feature_dims or source_dims),
-        "dtype": dtype, "coreset_rows": int(source_rows),
+        "rows": int(bank.shape[0]),
+        "dims": int(bank.shape[1]),
+        "feature_dims": int(feature_dims or source_dims),
+        "dtype": dtype,
+        "coreset_rows": int(source_rows),
         "reselected_from": int(source_rows) if len(bank) < source_rows else None,
         "projection": "none" if pca is None else "pca (folded into the network as a 1x1 convolution)",
     }

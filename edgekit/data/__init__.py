@@ -1,4 +1,5 @@
 """Datasets: readers for MVTec AD, VisA and plain folders, and the embedded default data."""
+
 from __future__ import annotations
 
 from edgekit.data.datasets import Dataset, Sample, open_dataset, read_folder, read_mvtec, read_visa

@@ -5,6 +5,7 @@ defect names, mask paths). Nothing is decoded until :meth:`Dataset.read_mask` or
 pre-processing reads an image, so opening a dataset is cheap. Malformed trees raise
 :class:`EdgekitError` with one line naming the path at fault.
 """
+
 from __future__ import annotations
 
 import csv
@@ -129,9 +130,7 @@ def read_mvtec(category_dir: PathLike) -> Dataset:
     return Dataset(root.name, root, "mvtec", train, tuple(test))
 
 
-def read_visa(
-    root: PathLike, category: Optional[str] = None, split_csv: Optional[PathLike] = None
-) -> Dataset:
+def read_visa(root: PathLike, category: Optional[str] = None, split_csv: Optional[PathLike] = None) -> Dataset:
     """Read one VisA category through its split file (default ``<root>/split_csv/1cls.csv``).
 
     The CSV header is ``object,split,label,image,mask``; labels are ``normal``/``anomaly`` and
@@ -238,7 +237,8 @@ def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(
-        child for child in folder.iterdir()
+        child
+        for child in folder.iterdir()
         if child.is_file() and not _hidden(child) and child.suffix.lower() in IMAGE_EXTENSIONS
     )
 

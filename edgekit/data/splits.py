@@ -1,4 +1,5 @@
 """The seeded split of normal images into the ones a model learns from and the held-out ones."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -22,6 +22,7 @@ written mask (0/255) is exactly the set of changed pixels. A defect is kept only
 absolute change over the masked pixels and channels is at least ``MIN_CONTRAST`` (0-255 units)
 and the mask covers ``AREA_FRACTION`` of the image; otherwise the next random draw is used.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,9 @@ def synthesize(
             raise EdgekitError(f"{dest}: exists and is not a folder")
         if dest.is_dir() and any(dest.iterdir()) and not overwrite:
             raise EdgekitError(f"{dest}: already exists and is not empty (pass overwrite to replace it)")
-        refuse_unowned(dest, owned=lambda d: (d / "synth.json").is_file(),
-                       what="synthetic dataset (a folder with synth.json)")
+        refuse_unowned(
+            dest, owned=lambda d: (d / "synth.json").is_file(), what="synthetic dataset (a folder with synth.json)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     per_texture = n_train + n_test_good + len(DEFECT_KINDS) * n_per_defect
     counter = _Counter(progress, per_texture * len(textures))
@@ -103,8 +105,17 @@ def synthesize(
         for name in textures:
             tmp = make_staging(f".{name}.tmp-", out)
             built.append(tmp)
-            _write_category(tmp, name, size=size, seed=seed, grayscale=grayscale, n_train=n_train,
-                             n_test_good=n_test_good, n_per_defect=n_per_defect, counter=counter)
+            _write_category(
+                tmp,
+                name,
+                size=size,
+                seed=seed,
+                grayscale=grayscale,
+                n_train=n_train,
+                n_test_good=n_test_good,
+                n_per_defect=n_per_defect,
+                counter=counter,
+            )
     except BaseException:
         for tmp in built:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -179,9 +190,7 @@ class _Counter:
             self.progress(self.done, self.total)
 
 
-def _check_arguments(
-    texture: str, size: int, n_train: int, n_test_good: int, n_per_defect: int
-) -> tuple[str, ...]:
+def _check_arguments(texture: str, size: int, n_train: int, n_test_good: int, n_per_defect: int) -> tuple[str, ...]:
     if texture == "all":
         textures = TEXTURES
     elif texture in TEXTURES:
@@ -228,8 +237,18 @@ def _render(
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def _write_category(folder: Path, texture: str, *, size: int, seed: int, grayscale: bool, n_train: int,
-                    n_test_good: int, n_per_defect: int, counter: _Counter) -> None:
+def _write_category(
+    folder: Path,
+    texture: str,
+    *,
+    size: int,
+    seed: int,
+    grayscale: bool,
+    n_train: int,
+    n_test_good: int,
+    n_per_defect: int,
+    counter: _Counter,
+) -> None:
     photo = _load_photo(texture)
     gains = None if grayscale else _colour_gains(texture)
     filler_name = FILLER_TEXTURE[texture]
@@ -265,18 +284,30 @@ def _write_category(folder: Path, texture: str, *, size: int, seed: int, graysca
             filler = _render(filler_photo, filler_box, (False, False), size, filler_gains)
             defective, mask = apply_defect(image, kind, rng, filler=filler)
             contrast, area = defect_visibility(image, defective, mask)
-            record.update(mask=f"ground_truth/{kind}/{stem}_mask.png", defect=kind,
-                          contrast=round(contrast, 2), area_fraction=round(area, 5))
+            record.update(
+                mask=f"ground_truth/{kind}/{stem}_mask.png",
+                defect=kind,
+                contrast=round(contrast, 2),
+                area_fraction=round(area, 5),
+            )
             _save_png(folder / record["image"], defective)
             _save_png(folder / record["mask"], mask.astype(np.uint8) * 255)
             records.append(record)
             counter.step()
     manifest = {
-        "generator": "edgekit.data.synth", "schema": 1, "texture": texture, "size": size, "seed": seed,
-        "grayscale": grayscale, "photo": f"skimage.data.{texture}() 512x512 grey, CC0",
-        "crop_side": CROP_SIDE, "test_region": list(TEST_REGION),
+        "generator": "edgekit.data.synth",
+        "schema": 1,
+        "texture": texture,
+        "size": size,
+        "seed": seed,
+        "grayscale": grayscale,
+        "photo": f"skimage.data.{texture}() 512x512 grey, CC0",
+        "crop_side": CROP_SIDE,
+        "test_region": list(TEST_REGION),
         "colour_gains": None if gains is None else [round(float(g), 6) for g in gains],
-        "min_contrast": MIN_CONTRAST, "area_fraction": list(AREA_FRACTION), "images": records,
+        "min_contrast": MIN_CONTRAST,
+        "area_fraction": list(AREA_FRACTION),
+        "images": records,
     }
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
     (folder / "synth.json").write_text(text, encoding="utf-8")
@@ -358,8 +389,9 @@ def _ellipse(rng: np.random.Generator, centre: np.ndarray, radius: float):
     return [(float(centre[0] + x), float(centre[1] + y)) for x, y in zip(xs, ys)]
 
 
-def _change(kind: str, image: np.ndarray, region: np.ndarray, rng: np.random.Generator,
-            filler: Optional[np.ndarray]) -> np.ndarray:
+def _change(
+    kind: str, image: np.ndarray, region: np.ndarray, rng: np.random.Generator, filler: Optional[np.ndarray]
+) -> np.ndarray:
     """Apply the defect's pixel change inside ``region``; every region pixel ends up different."""
     original = image.astype(np.float64)
     colour = image.ndim == 3

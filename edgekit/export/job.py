@@ -3,6 +3,7 @@
 A converter is ``convert(job: ExportJob) -> Converted``, one file per format (openvino.py,
 onnx.py, ...), registered by name in ``FORMATS`` in pipeline.py. It writes into ``job.out_dir``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,13 +21,13 @@ from edgekit.targets import FormatSpec, Target
 class ExportOptions:
     """The user's export choices; None means "the target's / recipe's default"."""
 
-    format: Optional[str] = None               # one of the target's formats (default: its default_format)
+    format: Optional[str] = None  # one of the target's formats (default: its default_format)
     precision: Optional[str] = None
     calibration_images: Optional[int] = None  # how many training normals to calibrate on
-    max_drop: Optional[float] = None           # accuracy-controlled quantization: allowed metric drop
-    bank_dims: Optional[str] = None            # PatchCore: "full", "auto" or an integer as text
-    bank_dtype: Optional[str] = None           # PatchCore: float32 | float16 | int8
-    bank_size: Optional[int] = None            # PatchCore: re-select the bank down to this many rows
+    max_drop: Optional[float] = None  # accuracy-controlled quantization: allowed metric drop
+    bank_dims: Optional[str] = None  # PatchCore: "full", "auto" or an integer as text
+    bank_dtype: Optional[str] = None  # PatchCore: float32 | float16 | int8
+    bank_size: Optional[int] = None  # PatchCore: re-select the bank down to this many rows
 
 
 @dataclass
@@ -34,14 +35,14 @@ class ExportJob:
     target: Target
     format: FormatSpec
     precision: str
-    network: Any                  # the float torch.nn.Module, eval mode
-    example: Any                  # torch.Tensor (1, C, H, W)
-    onnx_path: Optional[Path]     # float ONNX of ``network`` (opset 17, dynamic batch); None for TFLite
+    network: Any  # the float torch.nn.Module, eval mode
+    example: Any  # torch.Tensor (1, C, H, W)
+    onnx_path: Optional[Path]  # float ONNX of ``network`` (opset 17, dynamic batch); None for TFLite
     input_name: str
     output_names: tuple[str, ...]
-    calibration: np.ndarray       # prepared batch of TRAINING normals (bank images), never test images
-    validation: np.ndarray        # prepared held-out normals (for accuracy-controlled quantization)
-    recipe: dict[str, Any]        # calibration/<family>.toml
+    calibration: np.ndarray  # prepared batch of TRAINING normals (bank images), never test images
+    validation: np.ndarray  # prepared held-out normals (for accuracy-controlled quantization)
+    recipe: dict[str, Any]  # calibration/<family>.toml
     options: ExportOptions
     out_dir: Path
     #: the bundle's numpy head as network outputs -> raw image scores (--max-drop validates with it)
@@ -51,14 +52,14 @@ class ExportJob:
 
 @dataclass
 class Converted:
-    files: list[Path]                              # main file first (what the runtime opens)
+    files: list[Path]  # main file first (what the runtime opens)
     notes: dict[str, Any] = field(default_factory=dict)  # goes into manifest.export
 
 
 @dataclass
 class FamilyParts:
-    network: Any                          # torch.nn.Module to export
+    network: Any  # torch.nn.Module to export
     head: HeadSpec
-    arrays: dict[str, np.ndarray]         # bundle-relative .npy path -> array
+    arrays: dict[str, np.ndarray]  # bundle-relative .npy path -> array
     notes: dict[str, Any] = field(default_factory=dict)
-    output_name: str = "embedding"        # what the graph outputs: "embedding" (a head reads it) or "anomaly_map"
+    output_name: str = "embedding"  # what the graph outputs: "embedding" (a head reads it) or "anomaly_map"

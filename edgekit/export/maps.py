@@ -5,6 +5,7 @@ The graph is image → (N, 1, h, w) map (reconstruction error, feature distance,
 (bilinear up-sampling to the input size, blur, the image-score rule) with the parameters the
 training run scored with. There are no head arrays.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -19,5 +20,4 @@ def map_parts(network: Any, head_params: Mapping[str, Any], split: str) -> Famil
     """``network`` (image → map) and a map head with ``head_params``; ``split`` says, for the
     manifest, what the graph computes and what the numpy head does."""
     head = HeadSpec(kind="map", params=dict(head_params), arrays={})
-    return FamilyParts(network=network.eval(), head=head, arrays={}, notes={"split": split},
-                       output_name=OUTPUT_NAME)
+    return FamilyParts(network=network.eval(), head=head, arrays={}, notes={"split": split}, output_name=OUTPUT_NAME)

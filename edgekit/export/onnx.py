@@ -1,4 +1,5 @@
 """PyTorch → ONNX, the first step of every export."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,9 @@ if TYPE_CHECKING:  # pragma: no cover
 OPSET = 17
 
 
-def torch_to_onnx(module, example, path: Path, *, input_name: str, output_names: Sequence[str],
-                  dynamic_batch: bool = True) -> Path:
+def torch_to_onnx(
+    module, example, path: Path, *, input_name: str, output_names: Sequence[str], dynamic_batch: bool = True
+) -> Path:
     """Trace ``module`` on ``example`` and write a single-file ONNX model (opset 17)."""
     import torch
 
@@ -23,8 +25,16 @@ def torch_to_onnx(module, example, path: Path, *, input_name: str, output_names:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its own deprecation
         try:
-            torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=OPSET,
-                              input_names=[input_name], output_names=list(output_names), dynamic_axes=axes)
+            torch.onnx.export(
+                module.eval(),
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[input_name],
+                output_names=list(output_names),
+                dynamic_axes=axes,
+            )
         except Exception as exc:  # torch raises many types here; name the op if it says one
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             named = re.search(r"operator '([\w:.]+)'", first)
@@ -53,8 +63,12 @@ def convert(job: "ExportJob") -> "Converted":
 
     quantized, quantization = quantize_onnx(onnx.load(str(job.onnx_path)), job)
     onnx.save(quantized, str(target))
-    return Converted(files=[target], notes={
-        "converter": f"torch.onnx (TorchScript) opset {OPSET}, then nncf.quantize (QuantizeLinear/DequantizeLinear)",
-        "quantization": quantization,
-        "compute_precision": "int8 where QuantizeLinear/DequantizeLinear pairs surround an op "
-                             "(onnxruntime fuses them into int8 kernels), float32 elsewhere"})
+    return Converted(
+        files=[target],
+        notes={
+            "converter": f"torch.onnx (TorchScript) opset {OPSET}, then nncf.quantize (QuantizeLinear/DequantizeLinear)",
+            "quantization": quantization,
+            "compute_precision": "int8 where QuantizeLinear/DequantizeLinear pairs surround an op "
+            "(onnxruntime fuses them into int8 kernels), float32 elsewhere",
+        },
+    )

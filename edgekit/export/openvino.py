@@ -1,4 +1,5 @@
 """ONNX → OpenVINO IR (``model.xml`` + ``model.bin``) at fp32, fp16 (weights) or int8 (NNCF)."""
+
 from __future__ import annotations
 
 import re
@@ -15,7 +16,7 @@ _COMPUTE = {
     "CPU": {
         "fp32": "f32 (INFERENCE_PRECISION_HINT f32)",
         "fp16": "f32: the CPU plugin expands the fp16 weights and computes with the f32 hint, so scores match "
-                "the host's to float32 rounding (an f16 hint would mean bf16 on many x86 CPUs and drift by ~4 %)",
+        "the host's to float32 rounding (an f16 hint would mean bf16 on many x86 CPUs and drift by ~4 %)",
         "int8": "int8 convolutions where NNCF placed quantizers, f32 (hint f32) everywhere else",
     },
     "GPU": {
@@ -96,11 +97,14 @@ def threshold_fit_stand_in(device: str) -> Optional[dict[str, str]]:
     available = ov.Core().available_devices
     if kind in ("CPU", "AUTO", "MULTI", "HETERO") or any(d.startswith(kind) for d in available):
         return None
-    return {"device": "CPU", "instead_of": device,
-            "why": f"no OpenVINO {kind} device on the exporting machine (it has {', '.join(available) or 'none'}); "
-                   f"the same IR ran on the CPU plugin with the f32 hint. The {kind} plugin computes in f16, so "
-                   f"its raw scores can differ slightly from those the thresholds were fitted on; export on a "
-                   f"machine with the {kind} to fit them there"}
+    return {
+        "device": "CPU",
+        "instead_of": device,
+        "why": f"no OpenVINO {kind} device on the exporting machine (it has {', '.join(available) or 'none'}); "
+        f"the same IR ran on the CPU plugin with the f32 hint. The {kind} plugin computes in f16, so "
+        f"its raw scores can differ slightly from those the thresholds were fitted on; export on a "
+        f"machine with the {kind} to fit them there",
+    }
 
 
 def convert(job: "ExportJob") -> "Converted":

@@ -11,6 +11,7 @@ The manifest holds no wall-clock values but its ``created`` time, which honours
 ``SOURCE_DATE_EPOCH`` (:mod:`edgekit.clock`), so exporting one run twice with the same versions
 gives byte-identical bundles wherever the converters themselves are deterministic.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,27 +58,41 @@ FORMATS: dict[str, Callable[[ExportJob], Converted]] = {
 #: only the ONNX exporter lacks does not stop a TFLite export).
 READS_ONNX = frozenset({"openvino", "onnx"})
 
+
 def family_parts(run: Run, options: ExportOptions) -> FamilyParts:
     """What the run's family puts into the network and into the head."""
     return export_parts(run.model)(run, options)
 
 
 INPUT_NAME = "image"
-_PLACEHOLDER = Decision(image_threshold=0.0, pixel_threshold=0.0, image_center=0.0, pixel_center=0.0,
-                        method="provisional, replaced before the bundle is written", fitted_on=0)
+_PLACEHOLDER = Decision(
+    image_threshold=0.0,
+    pixel_threshold=0.0,
+    image_center=0.0,
+    pixel_center=0.0,
+    method="provisional, replaced before the bundle is written",
+    fitted_on=0,
+)
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
-               options: ExportOptions = ExportOptions(), overwrite: bool = False,
-               progress: ProgressFn = noop) -> Bundle:
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    target: str = "x86",
+    options: ExportOptions = ExportOptions(),
+    overwrite: bool = False,
+    progress: ProgressFn = noop,
+) -> Bundle:
     """Export a training run for ``target``; returns the verified, loaded bundle."""
     run = open_run(run_dir)
     spec = get_target(target)
     fmt = spec.format_spec(options.format)
     precision = options.precision or fmt.default_precision
     if precision not in fmt.precisions:
-        raise EdgekitError(f"target {spec.name} ({fmt.name}) offers precisions {', '.join(fmt.precisions)}, "
-                           f"not {precision!r}")
+        raise EdgekitError(
+            f"target {spec.name} ({fmt.name}) offers precisions {', '.join(fmt.precisions)}, not {precision!r}"
+        )
     if fmt.name not in FORMATS:
         raise EdgekitError(f"target {spec.name}: format {fmt.name!r} cannot be exported by this edgekit")
     try:
@@ -96,8 +111,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, target: str = "x86",
     created = created_time()  # a bad SOURCE_DATE_EPOCH is refused before the minutes of work
     staging = make_staging(".edgekit-export-")
     try:
-        manifest, files, arrays = _build(run, spec, fmt, precision, options, staging, progress,
-                                         created=created)
+        manifest, files, arrays = _build(run, spec, fmt, precision, options, staging, progress, created=created)
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
         # a converter whose device is absent here names a stand-in (recorded in the manifest)
         fit_device = manifest.export.get("threshold_fit", {}).get("device")
@@ -130,8 +144,17 @@ def _input_spec(run: Run, fmt: FormatSpec) -> InputSpec:
     return replace(run.record.input, layout=fmt.layout, name=INPUT_NAME)
 
 
-def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: ExportOptions, staging: Path,
-           progress: ProgressFn, *, created: str):
+def _build(
+    run: Run,
+    spec: Target,
+    fmt: FormatSpec,
+    precision: str,
+    options: ExportOptions,
+    staging: Path,
+    progress: ProgressFn,
+    *,
+    created: str,
+):
     import torch
 
     from edgekit.export.onnx import OPSET, torch_to_onnx
@@ -145,8 +168,9 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
     onnx_path = None
     if fmt.name in READS_ONNX:
         with _naming_the_target(spec, fmt, run):
-            onnx_path = torch_to_onnx(parts.network, example, staging / "network.onnx", input_name=INPUT_NAME,
-                                      output_names=outputs)
+            onnx_path = torch_to_onnx(
+                parts.network, example, staging / "network.onnx", input_name=INPUT_NAME, output_names=outputs
+            )
     network_flops, output_shape = _count_flops(parts.network, example)
     progress("export network", 1, 2)
     format_dir = staging / "format"
@@ -157,34 +181,69 @@ def _build(run: Run, spec: Target, fmt: FormatSpec, precision: str, options: Exp
         wanted = options.calibration_images or int(recipe.get("subset_size", 300))
         calibration = prepare(_existing(run.record.trained_images, run, "calibration uses them")[:wanted], float_spec)
         validation = prepare(_existing(run.record.held_out_images, run, "validation uses them"), float_spec)
-    job = ExportJob(target=spec, format=fmt, precision=precision, network=parts.network, example=example, onnx_path=onnx_path,
-                    input_name=INPUT_NAME, output_names=outputs, calibration=calibration,
-                    validation=validation, recipe=recipe, options=options, out_dir=format_dir,
-                    input_spec=input_spec, head_score=_head_score(parts, input_spec))
+    job = ExportJob(
+        target=spec,
+        format=fmt,
+        precision=precision,
+        network=parts.network,
+        example=example,
+        onnx_path=onnx_path,
+        input_name=INPUT_NAME,
+        output_names=outputs,
+        calibration=calibration,
+        validation=validation,
+        recipe=recipe,
+        options=options,
+        out_dir=format_dir,
+        input_spec=input_spec,
+        head_score=_head_score(parts, input_spec),
+    )
     with _naming_the_target(spec, fmt, run):
         converted = FORMATS[fmt.name](job)
     progress("export network", 2, 2)
     files = {p.name: p for p in converted.files}
     record = run.record
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgekit_version=__version__, model=run.model,
-        backbone=record.backbone, target=spec.name, runtime=fmt.runtime, device=spec.device,
-        precision=precision, input=input_spec,
-        network=NetworkSpec(format=fmt.name, files=tuple(p.name for p in converted.files), input_name=INPUT_NAME,
-                            output_names=outputs),
-        head=parts.head, decision=_PLACEHOLDER,
-        source={"run": str(run.path.resolve()), "run_fingerprint": run.fingerprint(),
-                "dataset": dict(record.dataset), "layers": list(record.layers)},
-        export={"precision": precision, "recipe": f"calibration/{recipe_name(run.model)}.toml", "recipe_values": recipe,
-                **({"onnx_opset": OPSET} if onnx_path is not None else {}), "threads": spec.threads,
-                "mode": spec.mode, "calibration_images": int(len(calibration)),
-                "network_flops": network_flops, "output_shape": output_shape,
-                "network_flops_method": "torch FlopCounterMode on the float network, batch 1, 2 FLOPs per "
-                                        "multiply-add of convolutions and matrix products",
-                **parts.notes, **converted.notes,
-                "created": created},
+        schema_version=SCHEMA_VERSION,
+        edgekit_version=__version__,
+        model=run.model,
+        backbone=record.backbone,
+        target=spec.name,
+        runtime=fmt.runtime,
+        device=spec.device,
+        precision=precision,
+        input=input_spec,
+        network=NetworkSpec(
+            format=fmt.name, files=tuple(p.name for p in converted.files), input_name=INPUT_NAME, output_names=outputs
+        ),
+        head=parts.head,
+        decision=_PLACEHOLDER,
+        source={
+            "run": str(run.path.resolve()),
+            "run_fingerprint": run.fingerprint(),
+            "dataset": dict(record.dataset),
+            "layers": list(record.layers),
+        },
+        export={
+            "precision": precision,
+            "recipe": f"calibration/{recipe_name(run.model)}.toml",
+            "recipe_values": recipe,
+            **({"onnx_opset": OPSET} if onnx_path is not None else {}),
+            "threads": spec.threads,
+            "mode": spec.mode,
+            "calibration_images": int(len(calibration)),
+            "network_flops": network_flops,
+            "output_shape": output_shape,
+            "network_flops_method": "torch FlopCounterMode on the float network, batch 1, 2 FLOPs per "
+            "multiply-add of convolutions and matrix products",
+            **parts.notes,
+            **converted.notes,
+            "created": created,
+        },
     )
     return manifest, files, parts.arrays
+
+
 def _head_score(parts: FamilyParts, spec: InputSpec) -> Callable[[np.ndarray], np.ndarray]:
     """The head the bundle will hold, as network outputs -> raw image scores."""
     from edgekit.runtime.heads import build_head
@@ -201,7 +260,7 @@ def _naming_the_target(spec: Target, fmt: FormatSpec, run: Run) -> Iterator[None
         yield
     except UnsupportedOp as exc:
         others = [name for name in spec.formats if name != fmt.name]
-        way_out = (f"; try --format {' or '.join(others)}" if others else "")
+        way_out = f"; try --format {' or '.join(others)}" if others else ""
         raise EdgekitError(f"cannot export {run.model} for target {spec.name} ({fmt.name}): {exc}{way_out}") from None
 
 
@@ -215,15 +274,16 @@ def _count_flops(network, example) -> tuple[int, list[int]]:
     return int(counter.get_total_flops()), [int(d) for d in output.shape]
 
 
-def _fit_on_exported(provisional: Path, holdout: list[Path], progress: ProgressFn, *,
-                     device: Optional[str] = None) -> Decision:
+def _fit_on_exported(
+    provisional: Path, holdout: list[Path], progress: ProgressFn, *, device: Optional[str] = None
+) -> Decision:
     from edgekit.runtime.detector import load
 
     detector = load(provisional, device=device)
     progress("fit thresholds", 0, len(holdout))
     scores, maps = [], []
     for start in range(0, len(holdout), 8):
-        batch_scores, batch_maps = detector.raw(holdout[start:start + 8])
+        batch_scores, batch_maps = detector.raw(holdout[start : start + 8])
         scores.append(batch_scores)
         maps.append(batch_maps)
         progress("fit thresholds", min(start + 8, len(holdout)), len(holdout))

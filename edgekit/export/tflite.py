@@ -19,6 +19,7 @@ Precisions:
   calibration images' min/max is used and the manifest says so). ``"dynamic"`` keeps activations
   float (quantized per call at run time).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,9 @@ _FP16_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_2D_
 _INT8_SCHEMES = ("static", "dynamic")
 
 
-def torch_to_tflite(module, example, path: Path, *, input_name: str, output_names: Sequence[str],
-                    layout: str = "NCHW") -> Path:
+def torch_to_tflite(
+    module, example, path: Path, *, input_name: str, output_names: Sequence[str], layout: str = "NCHW"
+) -> Path:
     """Convert ``module`` (NCHW in, one tensor or a tuple out) to a float32 .tflite at ``path``.
 
     ``example`` is the NCHW example input; with ``layout="NHWC"`` the file takes NHWC input.
@@ -101,15 +103,24 @@ def float16_weights(float_model: Path, path: Path) -> dict[str, Any]:
         result = engine.quantize(enable_progress_report=False)
     Path(path).write_bytes(bytes(result.quantized_model))
     census = op_census(path)
-    return {"scheme": "float16 weights (ai-edge-quantizer float_casting)",
-            "quantized": "weights of " + _ops_phrase(census["float16_weights"]) + " stored as float16",
-            "float": "all activations and arithmetic: float32 (weights are widened when the model loads)",
-            "ops": census["ops"]}
+    return {
+        "scheme": "float16 weights (ai-edge-quantizer float_casting)",
+        "quantized": "weights of " + _ops_phrase(census["float16_weights"]) + " stored as float16",
+        "float": "all activations and arithmetic: float32 (weights are widened when the model loads)",
+        "ops": census["ops"],
+    }
 
 
-def int8_quantize(float_model: Path, path: Path, calibration: np.ndarray, *, input_name: str,
-                  input_range: tuple[float, float], scheme: str = "static",
-                  float_ops: Sequence[str] = ()) -> dict[str, Any]:
+def int8_quantize(
+    float_model: Path,
+    path: Path,
+    calibration: np.ndarray,
+    *,
+    input_name: str,
+    input_range: tuple[float, float],
+    scheme: str = "static",
+    float_ops: Sequence[str] = (),
+) -> dict[str, Any]:
     """Quantize ``float_model`` to int8 with ai-edge-quantizer; returns notes on what changed.
 
     ``calibration`` is a batch in the file's input layout, training normals only. ``input_range``
@@ -120,21 +131,26 @@ def int8_quantize(float_model: Path, path: Path, calibration: np.ndarray, *, inp
 
     unknown = sorted(set(float_ops) - {op.value for op in qtyping.TFLOperationName})
     if unknown:
-        raise EdgekitError(f"calibration recipe: [tflite] float_ops names {unknown[0]!r}, which is not a TFLite op "
-                           f"ai-edge-quantizer knows (e.g. DEPTHWISE_CONV_2D, RESIZE_BILINEAR)")
+        raise EdgekitError(
+            f"calibration recipe: [tflite] float_ops names {unknown[0]!r}, which is not a TFLite op "
+            f"ai-edge-quantizer knows (e.g. DEPTHWISE_CONV_2D, RESIZE_BILINEAR)"
+        )
     if scheme not in _INT8_SCHEMES:
-        raise EdgekitError(f"calibration recipe: [tflite] int8_scheme must be one of {', '.join(_INT8_SCHEMES)}, "
-                           f"not {scheme!r}")
-    engine = quantizer.Quantizer(str(float_model), recipe.static_wi8_ai8() if scheme == "static"
-                                 else recipe.dynamic_wi8_afp32())
+        raise EdgekitError(
+            f"calibration recipe: [tflite] int8_scheme must be one of {', '.join(_INT8_SCHEMES)}, not {scheme!r}"
+        )
+    engine = quantizer.Quantizer(
+        str(float_model), recipe.static_wi8_ai8() if scheme == "static" else recipe.dynamic_wi8_afp32()
+    )
     for op in float_ops:
         engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key="no_quantize")
     calibration_result = None
     if scheme == "static":
         if len(calibration) == 0:
             raise EdgekitError("int8 TFLite export needs calibration images (training normals); none were given")
-        samples = [{input_name: np.ascontiguousarray(calibration[i:i + 1], np.float32)}
-                   for i in range(len(calibration))]
+        samples = [
+            {input_name: np.ascontiguousarray(calibration[i : i + 1], np.float32)} for i in range(len(calibration))
+        ]
         with _quiet("ai-edge-quantizer calibration"):
             calibration_result = engine.calibrate({SIGNATURE: samples}, num_threads=max(1, os.cpu_count() or 1))
         tensor = _signature_tensor_name(float_model, input_name)
@@ -150,22 +166,30 @@ def int8_quantize(float_model: Path, path: Path, calibration: np.ndarray, *, inp
     census = op_census(path)
     notes: dict[str, Any] = {"ops": census["ops"], "float_ops_requested": list(float_ops)}
     if scheme == "static":
-        notes.update({
-            "scheme": "static int8 (ai-edge-quantizer static_wi8_ai8, running-average min/max ranges)",
-            "quantized": ("int8 per-channel weights and int8 per-tensor activations in "
-                          + _ops_phrase(census["int8"])),
-            "float": _ops_phrase(census["float"]) or "nothing inside the network",
-            "calibration_images": int(len(calibration)),
-            "input_range": [float(input_range[0]), float(input_range[1])],
-            "input_range_calibrated": [round(seen[0], 6), round(seen[1], 6)],  # what calibration alone gave
-            "io": census["io"]})
+        notes.update(
+            {
+                "scheme": "static int8 (ai-edge-quantizer static_wi8_ai8, running-average min/max ranges)",
+                "quantized": (
+                    "int8 per-channel weights and int8 per-tensor activations in " + _ops_phrase(census["int8"])
+                ),
+                "float": _ops_phrase(census["float"]) or "nothing inside the network",
+                "calibration_images": int(len(calibration)),
+                "input_range": [float(input_range[0]), float(input_range[1])],
+                "input_range_calibrated": [round(seen[0], 6), round(seen[1], 6)],  # what calibration alone gave
+                "io": census["io"],
+            }
+        )
     else:
-        notes.update({
-            "scheme": "dynamic range int8 (ai-edge-quantizer dynamic_wi8_afp32)",
-            "quantized": "int8 per-channel weights of " + _ops_phrase(census["int8_weights"])
-                         + "; their float32 inputs are quantized per call at run time",
-            "float": "activations between ops and " + (_ops_phrase(census["float"]) or "no op"),
-            "io": census["io"]})
+        notes.update(
+            {
+                "scheme": "dynamic range int8 (ai-edge-quantizer dynamic_wi8_afp32)",
+                "quantized": "int8 per-channel weights of "
+                + _ops_phrase(census["int8_weights"])
+                + "; their float32 inputs are quantized per call at run time",
+                "float": "activations between ops and " + (_ops_phrase(census["float"]) or "no op"),
+                "io": census["io"],
+            }
+        )
     return notes
 
 
@@ -177,8 +201,10 @@ def op_census(path: Path) -> dict[str, Any]:
         interpreter = Interpreter(model_path=str(path))
     except (ValueError, RuntimeError) as exc:  # e.g. an op or op version LiteRT's kernels lack
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekitError(f"LiteRT cannot run the converted {path.name}: {first} (keep that op float in "
-                           f"the calibration recipe's [tflite] float_ops, or choose another precision)") from None
+        raise EdgekitError(
+            f"LiteRT cannot run the converted {path.name}: {first} (keep that op float in "
+            f"the calibration recipe's [tflite] float_ops, or choose another precision)"
+        ) from None
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ops: Counter = Counter()
     int8_ops: Counter = Counter()
@@ -205,10 +231,18 @@ def op_census(path: Path) -> dict[str, Any]:
         if np.dtype(np.float16) in weight_types:
             float16_weights[name] += 1
     runner = interpreter.get_signature_runner(SIGNATURE)
-    io = {key: np.dtype(value["dtype"]).name
-          for key, value in {**runner.get_input_details(), **runner.get_output_details()}.items()}
-    return {"ops": dict(ops), "int8": dict(int8_ops), "float": dict(float_ops), "int8_weights": dict(int8_weights),
-            "float16_weights": dict(float16_weights), "io": io}
+    io = {
+        key: np.dtype(value["dtype"]).name
+        for key, value in {**runner.get_input_details(), **runner.get_output_details()}.items()
+    }
+    return {
+        "ops": dict(ops),
+        "int8": dict(int8_ops),
+        "float": dict(float_ops),
+        "int8_weights": dict(int8_weights),
+        "float16_weights": dict(float16_weights),
+        "io": io,
+    }
 
 
 def _ops_phrase(counts: dict[str, int]) -> str:
@@ -238,12 +272,16 @@ def convert(job: "ExportJob") -> "Converted":
     layout = job.format.layout
     target = Path(job.out_dir) / MODEL_FILE
     float_path = target if job.precision == "fp32" else Path(job.out_dir) / "float.tflite"
-    torch_to_tflite(job.network, job.example, float_path, input_name=job.input_name,
-                    output_names=job.output_names, layout=layout)
+    torch_to_tflite(
+        job.network, job.example, float_path, input_name=job.input_name, output_names=job.output_names, layout=layout
+    )
     from litert_torch import __version__ as converter_version
 
-    notes: dict[str, Any] = {"converter": f"litert-torch {converter_version} (torch.export, no TensorFlow)",
-                             "tflite_input_layout": layout, "tflite_signature": SIGNATURE}
+    notes: dict[str, Any] = {
+        "converter": f"litert-torch {converter_version} (torch.export, no TensorFlow)",
+        "tflite_input_layout": layout,
+        "tflite_signature": SIGNATURE,
+    }
     if job.precision == "fp32":
         notes["quantization"] = {"scheme": "none", "float": "everything (float32)"}
         return Converted(files=[target], notes=notes)
@@ -255,8 +293,14 @@ def convert(job: "ExportJob") -> "Converted":
             calibration = job.calibration.transpose(0, 2, 3, 1) if layout == "NHWC" else job.calibration
             bounds, source = _input_range(job, calibration)
             notes["quantization"] = int8_quantize(
-                float_path, target, calibration, input_name=job.input_name, input_range=bounds,
-                scheme=str(settings.get("int8_scheme", "static")), float_ops=tuple(settings.get("float_ops", ())))
+                float_path,
+                target,
+                calibration,
+                input_name=job.input_name,
+                input_range=bounds,
+                scheme=str(settings.get("int8_scheme", "static")),
+                float_ops=tuple(settings.get("float_ops", ())),
+            )
             notes["quantization"]["input_range_source"] = source
     finally:
         float_path.unlink(missing_ok=True)

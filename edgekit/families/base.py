@@ -3,6 +3,7 @@
 References are "module:function" text, so describing (or listing) a family imports nothing; the
 train engine, the export pipeline and the sweep ask the registry instead of naming a family.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,22 +16,30 @@ class Family:
     """One registered model name (a detector family, or a helper trainer such as pdn-teacher)."""
 
     name: str
-    trainer: str                         # "module:function": train(data, out, *, ..., **options) -> Run
-    export_parts: Optional[str] = None   # "module:function": parts(run, options) -> FamilyParts; None: not exported
-    head: Optional[str] = None           # runtime head kind the bundle uses ("knn", "mahalanobis", "map")
-    recipe: Optional[str] = None         # calibration/<recipe>.toml
-    bank_options: bool = False           # takes --bank-dims/--bank-dtype/--bank-size (a memory bank to compress)
-    own_data: bool = False               # trains on edgekit's own offline images when no --data is given
-    not_exported: Optional[str] = None   # "module:NAME": why a run of this model is not exported
-    options: Optional[str] = None        # "module:Class": the dataclass of its own training options
+    trainer: str  # "module:function": train(data, out, *, ..., **options) -> Run
+    export_parts: Optional[str] = None  # "module:function": parts(run, options) -> FamilyParts; None: not exported
+    head: Optional[str] = None  # runtime head kind the bundle uses ("knn", "mahalanobis", "map")
+    recipe: Optional[str] = None  # calibration/<recipe>.toml
+    bank_options: bool = False  # takes --bank-dims/--bank-dtype/--bank-size (a memory bank to compress)
+    own_data: bool = False  # trains on edgekit's own offline images when no --data is given
+    not_exported: Optional[str] = None  # "module:NAME": why a run of this model is not exported
+    options: Optional[str] = None  # "module:Class": the dataclass of its own training options
 
 
-def option(default: Any, help: str, *, low: Optional[float] = None, high: Optional[float] = None,
-           open_low: bool = False, open_high: bool = False) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    low: Optional[float] = None,
+    high: Optional[float] = None,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> Any:
     """A field of a family's options dataclass: its default (what the trainer uses when the option is
     not given), the help line of ``edgekit train --<name>`` and the allowed range the CLI checks."""
-    return field(default=default, metadata={"help": help, "low": low, "high": high, "open_low": open_low,
-                                            "open_high": open_high})
+    return field(
+        default=default, metadata={"help": help, "low": low, "high": high, "open_low": open_low, "open_high": open_high}
+    )
 
 
 def resolve(reference: str) -> Any:

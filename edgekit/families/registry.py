@@ -3,6 +3,7 @@
 A new family is one folder under ``edgekit/families/``, one line here and one
 ``calibration/<name>.toml``. Nothing here imports a family until a function below is called.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -11,37 +12,86 @@ from edgekit.errors import EdgekitError
 from edgekit.families.base import Family, resolve
 
 FAMILIES: dict[str, Family] = {
-    "patchcore": Family("patchcore", "edgekit.families.patchcore.train:train_patchcore",
-                        "edgekit.families.patchcore.export:patchcore_parts", head="knn", recipe="patchcore",
-                        bank_options=True, options="edgekit.families.patchcore.options:PatchcoreOptions"),
-    "padim": Family("padim", "edgekit.families.padim.train:train_padim",
-                    "edgekit.families.padim.export:padim_parts", head="mahalanobis", recipe="padim",
-                    options="edgekit.families.padim.options:PadimOptions"),
-    "sae": Family("sae", "edgekit.families.autoencoders.train:train_sae",
-                  "edgekit.families.autoencoders.export:sae_parts", head="map", recipe="sae",
-                  options="edgekit.families.autoencoders.options:SaeOptions"),
-    "dae": Family("dae", "edgekit.families.autoencoders.train:train_dae",
-                  "edgekit.families.autoencoders.export:dae_parts", head="map", recipe="dae",
-                  options="edgekit.families.autoencoders.options:DaeOptions"),
-    "stfpm": Family("stfpm", "edgekit.families.stfpm.train:train_stfpm",
-                    "edgekit.families.stfpm.export:stfpm_parts", head="map", recipe="stfpm",
-                    options="edgekit.families.stfpm.options:StfpmOptions"),
-    "fastflow": Family("fastflow", "edgekit.families.fastflow.train:train_fastflow",
-                       "edgekit.families.fastflow.export:fastflow_parts", head="map", recipe="fastflow",
-                       options="edgekit.families.fastflow.options:FastflowOptions"),
-    "reverse_distillation": Family("reverse_distillation",
-                                   "edgekit.families.reverse_distillation.train:train_reverse_distillation",
-                                   "edgekit.families.reverse_distillation.export:reverse_distillation_parts",
-                                   head="map", recipe="reverse_distillation",
-                                   options="edgekit.families.reverse_distillation.options:ReverseDistillationOptions"),
-    "efficient_ad": Family("efficient_ad", "edgekit.families.efficient_ad.train:train_efficient_ad",
-                           "edgekit.families.efficient_ad.export:efficient_ad_parts", head="map",
-                           recipe="efficient_ad", options="edgekit.families.efficient_ad.options:EfficientAdOptions"),
-    "dfm": Family("dfm", "edgekit.families.dfm.train:train_dfm", "edgekit.families.dfm.export:dfm_parts",
-                  head="map", recipe="dfm", options="edgekit.families.dfm.options:DfmOptions"),
-    "pdn-teacher": Family("pdn-teacher", "edgekit.families.efficient_ad.pdn_teacher:train_pdn_teacher",
-                          own_data=True, options="edgekit.families.efficient_ad.options:PdnTeacherOptions",
-                          not_exported="edgekit.families.efficient_ad.export:TEACHER_NOT_A_DETECTOR"),
+    "patchcore": Family(
+        "patchcore",
+        "edgekit.families.patchcore.train:train_patchcore",
+        "edgekit.families.patchcore.export:patchcore_parts",
+        head="knn",
+        recipe="patchcore",
+        bank_options=True,
+        options="edgekit.families.patchcore.options:PatchcoreOptions",
+    ),
+    "padim": Family(
+        "padim",
+        "edgekit.families.padim.train:train_padim",
+        "edgekit.families.padim.export:padim_parts",
+        head="mahalanobis",
+        recipe="padim",
+        options="edgekit.families.padim.options:PadimOptions",
+    ),
+    "sae": Family(
+        "sae",
+        "edgekit.families.autoencoders.train:train_sae",
+        "edgekit.families.autoencoders.export:sae_parts",
+        head="map",
+        recipe="sae",
+        options="edgekit.families.autoencoders.options:SaeOptions",
+    ),
+    "dae": Family(
+        "dae",
+        "edgekit.families.autoencoders.train:train_dae",
+        "edgekit.families.autoencoders.export:dae_parts",
+        head="map",
+        recipe="dae",
+        options="edgekit.families.autoencoders.options:DaeOptions",
+    ),
+    "stfpm": Family(
+        "stfpm",
+        "edgekit.families.stfpm.train:train_stfpm",
+        "edgekit.families.stfpm.export:stfpm_parts",
+        head="map",
+        recipe="stfpm",
+        options="edgekit.families.stfpm.options:StfpmOptions",
+    ),
+    "fastflow": Family(
+        "fastflow",
+        "edgekit.families.fastflow.train:train_fastflow",
+        "edgekit.families.fastflow.export:fastflow_parts",
+        head="map",
+        recipe="fastflow",
+        options="edgekit.families.fastflow.options:FastflowOptions",
+    ),
+    "reverse_distillation": Family(
+        "reverse_distillation",
+        "edgekit.families.reverse_distillation.train:train_reverse_distillation",
+        "edgekit.families.reverse_distillation.export:reverse_distillation_parts",
+        head="map",
+        recipe="reverse_distillation",
+        options="edgekit.families.reverse_distillation.options:ReverseDistillationOptions",
+    ),
+    "efficient_ad": Family(
+        "efficient_ad",
+        "edgekit.families.efficient_ad.train:train_efficient_ad",
+        "edgekit.families.efficient_ad.export:efficient_ad_parts",
+        head="map",
+        recipe="efficient_ad",
+        options="edgekit.families.efficient_ad.options:EfficientAdOptions",
+    ),
+    "dfm": Family(
+        "dfm",
+        "edgekit.families.dfm.train:train_dfm",
+        "edgekit.families.dfm.export:dfm_parts",
+        head="map",
+        recipe="dfm",
+        options="edgekit.families.dfm.options:DfmOptions",
+    ),
+    "pdn-teacher": Family(
+        "pdn-teacher",
+        "edgekit.families.efficient_ad.pdn_teacher:train_pdn_teacher",
+        own_data=True,
+        options="edgekit.families.efficient_ad.options:PdnTeacherOptions",
+        not_exported="edgekit.families.efficient_ad.export:TEACHER_NOT_A_DETECTOR",
+    ),
 }
 #: Models that train on edgekit's own offline images when no --data is given (not detectors).
 MODELS_WITH_OWN_DATA = frozenset(name for name, family in FAMILIES.items() if family.own_data)

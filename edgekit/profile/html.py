@@ -4,6 +4,7 @@ One file with no script, no font and no external URL: the chart is inline SVG (e
 example heat maps are ``data:`` URIs, so the report opens offline and can be attached to a mail or a CI run.
 Every string taken from a profile is escaped, because device names, paths and variant names come from users.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,10 @@ def pareto_front(points: list[tuple[Optional[float], Optional[float]]]) -> list[
         if x is None or y is None:
             flags.append(False)
             continue
-        dominated = any(j != i and ox is not None and oy is not None and ox <= x and oy >= y and (ox < x or oy > y)
-                        for j, (ox, oy) in enumerate(known))
+        dominated = any(
+            j != i and ox is not None and oy is not None and ox <= x and oy >= y and (ox < x or oy > y)
+            for j, (ox, oy) in enumerate(known)
+        )
         flags.append(not dominated)
     return flags
 
@@ -54,33 +57,41 @@ class _Variant:
     pareto: bool
 
 
-def render_html(profiles: list[dict], *, title: str = "edgekit trade-off report",
-                sources: Optional[list[str]] = None) -> str:
+def render_html(
+    profiles: list[dict], *, title: str = "edgekit trade-off report", sources: Optional[list[str]] = None
+) -> str:
     """One complete HTML5 document comparing every variant of every profile; ``sources`` name them in errors."""
     _validate(profiles, sources)
     devices = [_prepare(profile, index) for index, profile in enumerate(profiles)]
-    series = [ChartSeries(_device_name(p), PALETTE[i % len(PALETTE)], bool(p.get("estimate")))
-              for i, p in enumerate(profiles)]
+    series = [
+        ChartSeries(_device_name(p), PALETTE[i % len(PALETTE)], bool(p.get("estimate"))) for i, p in enumerate(profiles)
+    ]
     versions = sorted({str(p.get("edgekit_version", "?")) for p in profiles})
     generated = created_time()
-    body = [f"<header><h1>{escape(title)}</h1>",
-            f'<p class="meta">Generated {escape(generated)} by edgekit {escape(", ".join(versions))} from '
-            f"{len(profiles)} profile{'s' if len(profiles) != 1 else ''}.</p>",
-            '<p class="howto"><strong>How to read this.</strong> Latency is the median (p50) time to score one '
-            "image at batch 1 on the named device, from decoded image to score and heat map; figures marked "
-            "“estimate” are roofline lower bounds computed on another host, not measurements. Image AUROC is "
-            "measured on the data named in each device section (1.0 = every anomalous image scores above every "
-            "normal one). The Pareto front of a device holds the variants no other variant on that device beats "
-            "on both latency and AUROC: pick from the front, moving right only when the extra accuracy is worth "
-            "the time. Hover a point for its figures; labels (A1, B2, …) match the first column of the tables.</p>"
-            "</header>",
-            _chart_section(devices, series)]
-    body += [_device_section(profile, variants, series[i], i) for i, (profile, variants) in
-             enumerate(zip(profiles, devices))]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>"
-            + "\n".join(body) + "</main></body></html>\n")
+    body = [
+        f"<header><h1>{escape(title)}</h1>",
+        f'<p class="meta">Generated {escape(generated)} by edgekit {escape(", ".join(versions))} from '
+        f"{len(profiles)} profile{'s' if len(profiles) != 1 else ''}.</p>",
+        '<p class="howto"><strong>How to read this.</strong> Latency is the median (p50) time to score one '
+        "image at batch 1 on the named device, from decoded image to score and heat map; figures marked "
+        "“estimate” are roofline lower bounds computed on another host, not measurements. Image AUROC is "
+        "measured on the data named in each device section (1.0 = every anomalous image scores above every "
+        "normal one). The Pareto front of a device holds the variants no other variant on that device beats "
+        "on both latency and AUROC: pick from the front, moving right only when the extra accuracy is worth "
+        "the time. Hover a point for its figures; labels (A1, B2, …) match the first column of the tables.</p>"
+        "</header>",
+        _chart_section(devices, series),
+    ]
+    body += [
+        _device_section(profile, variants, series[i], i) for i, (profile, variants) in enumerate(zip(profiles, devices))
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>"
+        + "\n".join(body)
+        + "</main></body></html>\n"
+    )
 
 
 def _validate(profiles: Any, sources: Optional[list[str]]) -> None:
@@ -131,8 +142,10 @@ def _prepare(profile: dict, index: int) -> list[_Variant]:
             estimate = estimate or latency is not None
         raw.append((variant, latency, _num(_get(variant, "accuracy", "image_auroc")), estimate))
     front = pareto_front([(latency if latency and latency > 0 else None, auroc) for _, latency, auroc, _ in raw])
-    return [_Variant(f"{_letter(index)}{n}", v, lat, auc, est, on_front)
-            for n, ((v, lat, auc, est), on_front) in enumerate(zip(raw, front), 1)]
+    return [
+        _Variant(f"{_letter(index)}{n}", v, lat, auc, est, on_front)
+        for n, ((v, lat, auc, est), on_front) in enumerate(zip(raw, front), 1)
+    ]
 
 
 def _device_name(profile: dict) -> str:
@@ -173,66 +186,124 @@ def _chart_section(devices: list[list[_Variant]], series: list[ChartSeries]) -> 
                 missing.append(f"{v.vid} {_name(v)}")
                 continue
             kind = "≈ estimate (roofline lower bound)" if v.estimate else "measured"
-            tooltip = (f"{v.vid} · {_name(v)}\n{series[device].name}\nlatency p50: {_ms(v.latency_ms)} ms ({kind})"
-                       f"\nimage AUROC: {v.auroc:.4f}" + ("\n★ on the Pareto front" if v.pareto else ""))
+            tooltip = (
+                f"{v.vid} · {_name(v)}\n{series[device].name}\nlatency p50: {_ms(v.latency_ms)} ms ({kind})"
+                f"\nimage AUROC: {v.auroc:.4f}" + ("\n★ on the Pareto front" if v.pareto else "")
+            )
             precision = str(_get(v.data, "bundle", "precision") or "?")
             points.append(ChartPoint(v.latency_ms, v.auroc, device, v.vid, tooltip, precision, v.estimate, v.pareto))
     note = ""
     if missing:
-        note = ('<p class="note">Not on the chart (no latency, measured or estimated, or no image AUROC; see the '
-                f"tables): {escape('; '.join(missing))}.</p>")
-    return (f'<section class="chart"><h2>Latency against image AUROC</h2>'
-            f'<div class="chart-box">{scatter_svg(points, series)}</div>{note}</section>')
+        note = (
+            '<p class="note">Not on the chart (no latency, measured or estimated, or no image AUROC; see the '
+            f"tables): {escape('; '.join(missing))}.</p>"
+        )
+    return (
+        f'<section class="chart"><h2>Latency against image AUROC</h2>'
+        f'<div class="chart-box">{scatter_svg(points, series)}</div>{note}</section>'
+    )
 
 
 def _device_section(profile: dict, variants: list[_Variant], info: ChartSeries, index: int) -> str:
     device = profile.get("device") if isinstance(profile.get("device"), dict) else {}
-    runtimes = sorted({f"{_get(v.data, 'bundle', 'runtime')} {_get(v.data, 'bundle', 'runtime_version') or ''}".strip()
-                       for v in variants if _get(v.data, "bundle", "runtime")})
-    cores = (f"{device.get('usable_cores', '?')} of {device.get('logical_cores', '?')} cores usable"
-             if device.get("logical_cores") is not None else None)
+    runtimes = sorted(
+        {
+            f"{_get(v.data, 'bundle', 'runtime')} {_get(v.data, 'bundle', 'runtime_version') or ''}".strip()
+            for v in variants
+            if _get(v.data, "bundle", "runtime")
+        }
+    )
+    cores = (
+        f"{device.get('usable_cores', '?')} of {device.get('logical_cores', '?')} cores usable"
+        if device.get("logical_cores") is not None
+        else None
+    )
     memory = f"{_fmt(device.get('memory_gb'), '.1f')} GB RAM" if _num(device.get("memory_gb")) is not None else None
     hardware = [device.get("cpu"), device.get("machine"), cores, memory, device.get("os")]
-    software = [f"Python {device['python']}" if device.get("python") else None,
-                f"numpy {device['numpy']}" if device.get("numpy") else None, *runtimes]
+    software = [
+        f"Python {device['python']}" if device.get("python") else None,
+        f"numpy {device['numpy']}" if device.get("numpy") else None,
+        *runtimes,
+    ]
     if profile.get("host_is_target") is False or profile.get("estimate"):
         where = "profiled on another host: latencies are roofline estimates, not measurements"
     else:
         where = "measured on the target device itself"
-    facts = [("Device", " · ".join(str(x) for x in hardware if x) or _MISSING),
-             ("Software", " · ".join(str(x) for x in software if x) or _MISSING),
-             ("Target", f"{profile.get('target') or _MISSING} — {where}"),
-             ("Data", str(profile.get("data") or "none given: accuracy not measured")),
-             ("Profiled", f"{profile.get('created') or _MISSING} with edgekit {profile.get('edgekit_version') or '?'}")]
+    facts = [
+        ("Device", " · ".join(str(x) for x in hardware if x) or _MISSING),
+        ("Software", " · ".join(str(x) for x in software if x) or _MISSING),
+        ("Target", f"{profile.get('target') or _MISSING} — {where}"),
+        ("Data", str(profile.get("data") or "none given: accuracy not measured")),
+        ("Profiled", f"{profile.get('created') or _MISSING} with edgekit {profile.get('edgekit_version') or '?'}"),
+    ]
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts)
-    banner = ('<p class="banner">Every latency in this profile is a roofline <strong>estimate</strong> (a lower '
-              "bound), not a measurement.</p>" if profile.get("estimate") else "")
-    return (f'<section class="device" id="device-{index}"><h2><span class="swatch" style="background:{info.colour}">'
-            f'</span>{escape(_letter(index))} · {escape(info.name)}</h2>{banner}<table class="facts">{rows}</table>'
-            + _variant_table(variants) + _methods(variants) + _examples(variants) + "</section>")
+    banner = (
+        '<p class="banner">Every latency in this profile is a roofline <strong>estimate</strong> (a lower '
+        "bound), not a measurement.</p>"
+        if profile.get("estimate")
+        else ""
+    )
+    return (
+        f'<section class="device" id="device-{index}"><h2><span class="swatch" style="background:{info.colour}">'
+        f'</span>{escape(_letter(index))} · {escape(info.name)}</h2>{banner}<table class="facts">{rows}</table>'
+        + _variant_table(variants)
+        + _methods(variants)
+        + _examples(variants)
+        + "</section>"
+    )
 
 
-_COLUMNS = ("#", "Variant", "Precision", "Bank", "Size MB", "p50 ms", "p90 ms", "p99 ms", "Network ms", "Head ms",
-            "Cold start s", "Peak RSS MB", "Image AUROC", "Pixel AUROC", "PRO", "F1")
+_COLUMNS = (
+    "#",
+    "Variant",
+    "Precision",
+    "Bank",
+    "Size MB",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "Network ms",
+    "Head ms",
+    "Cold start s",
+    "Peak RSS MB",
+    "Image AUROC",
+    "Pixel AUROC",
+    "PRO",
+    "F1",
+)
 
 
 def _variant_table(variants: list[_Variant]) -> str:
     if not variants:
         return '<p class="note">This profile has no variants.</p>'
     head = "".join(f"<th>{escape(c)}</th>" for c in _COLUMNS)
-    return (f'<div class="table-wrap"><table class="variants"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(map(_row, variants))}</tbody></table></div>')
+    return (
+        f'<div class="table-wrap"><table class="variants"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(map(_row, variants))}</tbody></table></div>"
+    )
 
 
 def _row(v: _Variant) -> str:
     data, bundle, latency = v.data, _get(v.data, "bundle") or {}, _get(v.data, "latency") or {}
     bank = _get(bundle, "bank") or {}
-    bank_text = (f"{bank.get('rows', '?')}×{bank.get('dims', '?')} {bank.get('dtype', '')}".strip()
-                 + f", {_bytes(bank.get('bytes'))}") if bank else _MISSING
-    details = " · ".join(str(x) for x in (
-        "/".join(str(bundle[k]) for k in ("model", "backbone") if bundle.get(k)), bundle.get("format"),
-        f"{bundle['runtime']} {bundle.get('runtime_version') or ''}".strip() if bundle.get("runtime") else None,
-        f"input {bundle['input']}" if bundle.get("input") else None) if x)
+    bank_text = (
+        (
+            f"{bank.get('rows', '?')}×{bank.get('dims', '?')} {bank.get('dtype', '')}".strip()
+            + f", {_bytes(bank.get('bytes'))}"
+        )
+        if bank
+        else _MISSING
+    )
+    details = " · ".join(
+        str(x)
+        for x in (
+            "/".join(str(bundle[k]) for k in ("model", "backbone") if bundle.get(k)),
+            bundle.get("format"),
+            f"{bundle['runtime']} {bundle.get('runtime_version') or ''}".strip() if bundle.get("runtime") else None,
+            f"input {bundle['input']}" if bundle.get("input") else None,
+        )
+        if x
+    )
     badge = '<span class="badge">★ Pareto</span>' if v.pareto else ""
     name = f'<div class="vname">{escape(_name(v))}{badge}</div><div class="sub">{escape(details)}</div>'
     estimate = _get(data, "estimate") or {}
@@ -248,13 +319,23 @@ def _row(v: _Variant) -> str:
     else:
         times, stages = [_MISSING] * 3, [_MISSING] * 2
     cold, acc = _get(data, "cold_start") or {}, _get(data, "accuracy") or {}
-    cells = [escape(v.vid), name, escape(str(bundle.get("precision") or _MISSING)), escape(bank_text),
-             _fmt(bundle.get("size_bytes"), ".2f", 1e-6), *times, *stages, _fmt(cold.get("cold_start_s"), ".2f"),
-             _fmt(cold.get("peak_rss_mb"), ".0f")] + [_fmt(acc.get(k), ".4f")
-                                                      for k in ("image_auroc", "pixel_auroc", "pro", "f1_at_threshold")]
+    cells = [
+        escape(v.vid),
+        name,
+        escape(str(bundle.get("precision") or _MISSING)),
+        escape(bank_text),
+        _fmt(bundle.get("size_bytes"), ".2f", 1e-6),
+        *times,
+        *stages,
+        _fmt(cold.get("cold_start_s"), ".2f"),
+        _fmt(cold.get("peak_rss_mb"), ".0f"),
+    ] + [_fmt(acc.get(k), ".4f") for k in ("image_auroc", "pixel_auroc", "pro", "f1_at_threshold")]
     classes = " ".join(c for c in ("pareto" if v.pareto else "", "estimate" if v.estimate else "") if c)
-    return (f'<tr class="{classes}" data-pareto="{int(v.pareto)}" data-variant="{escape(v.vid)}">'
-            + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (
+        f'<tr class="{classes}" data-pareto="{int(v.pareto)}" data-variant="{escape(v.vid)}">'
+        + "".join(f"<td>{c}</td>" for c in cells)
+        + "</tr>"
+    )
 
 
 def _est(figure: str) -> str:
@@ -265,8 +346,12 @@ def _est(figure: str) -> str:
 def _methods(variants: list[_Variant]) -> str:
     seen: dict[tuple[str, str], None] = {}
     for v in variants:
-        for label, key in (("Latency", "latency"), ("Estimate", "estimate"), ("Cold start", "cold_start"),
-                           ("Accuracy", "accuracy")):
+        for label, key in (
+            ("Latency", "latency"),
+            ("Estimate", "estimate"),
+            ("Cold start", "cold_start"),
+            ("Accuracy", "accuracy"),
+        ):
             method = _get(v.data, key, "method")
             if isinstance(method, str) and method:
                 seen[(label, method)] = None
@@ -304,12 +389,16 @@ def _examples(variants: list[_Variant]) -> str:
         examples = [e for e in (_get(v.data, "examples") or []) if isinstance(e, dict)]
         if examples:
             figures = "".join(_figure(e) for e in examples)
-            rows.append(f'<div class="ex-row"><div class="ex-head">{escape(v.vid)} · {escape(_name(v))}</div>'
-                        f'<div class="ex-grid">{figures}</div></div>')
+            rows.append(
+                f'<div class="ex-row"><div class="ex-head">{escape(v.vid)} · {escape(_name(v))}</div>'
+                f'<div class="ex-grid">{figures}</div></div>'
+            )
     if not rows:
         return ""
-    return ('<div class="examples"><h3>Heat maps</h3><p class="note">Anomaly heat map over each example image; '
-            "a red frame marks a decision that disagrees with the truth.</p>" + "".join(rows) + "</div>")
+    return (
+        '<div class="examples"><h3>Heat maps</h3><p class="note">Anomaly heat map over each example image; '
+        "a red frame marks a decision that disagrees with the truth.</p>" + "".join(rows) + "</div>"
+    )
 
 
 def _figure(example: dict) -> str:
@@ -323,11 +412,16 @@ def _figure(example: dict) -> str:
     truth_text = f"truth: {label}" + ("" if truth is None else " (anomalous)" if truth else " (normal)")
     verdict = _MISSING if decided is None else "anomalous" if decided else "normal"
     wrong = truth is not None and decided is not None and bool(truth) != bool(decided)
-    mark = '<span class="wrong-mark">✗ disagrees with truth</span>' if wrong else (
-        '<span class="ok-mark">✓ agrees</span>' if decided is not None and truth is not None else "")
-    return (f'<figure class="{"wrong" if wrong else "ok"}">{picture}<figcaption>'
-            f'<div class="fname">{escape(str(example.get("image") or _MISSING))}</div><div>{escape(truth_text)}</div>'
-            f"<div>score {_fmt(example.get('score'), '.3f')} → {escape(verdict)}</div>{mark}</figcaption></figure>")
+    mark = (
+        '<span class="wrong-mark">✗ disagrees with truth</span>'
+        if wrong
+        else ('<span class="ok-mark">✓ agrees</span>' if decided is not None and truth is not None else "")
+    )
+    return (
+        f'<figure class="{"wrong" if wrong else "ok"}">{picture}<figcaption>'
+        f'<div class="fname">{escape(str(example.get("image") or _MISSING))}</div><div>{escape(truth_text)}</div>'
+        f"<div>score {_fmt(example.get('score'), '.3f')} → {escape(verdict)}</div>{mark}</figcaption></figure>"
+    )
 
 
 _CSS = """

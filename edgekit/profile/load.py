@@ -7,6 +7,7 @@ instead of guessing. ``busy_processes(n)`` runs n spinning processes around a me
 under contention; processes, not threads, because a spinning Python thread would hold this process's GIL
 and slow the measurement for a reason no device has.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,18 +31,20 @@ TOP = 5
 MAX_BACKGROUND = 64
 
 # Spins until the parent ends it, or until the parent is gone (re-parented: never an orphan spinning forever).
-_SPIN = ("import os, sys\nparent = os.getppid()\nsys.stdout.write('r')\nsys.stdout.flush()\n"
-         "while os.getppid() == parent:\n    for _ in range(200000):\n        pass\n")
+_SPIN = (
+    "import os, sys\nparent = os.getppid()\nsys.stdout.write('r')\nsys.stdout.flush()\n"
+    "while os.getppid() == parent:\n    for _ in range(200000):\n        pass\n"
+)
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """One reading of the machine; a None field was not available here."""
 
-    wall: float                                            # time.monotonic()
+    wall: float  # time.monotonic()
     loadavg: Optional[tuple[float, float, float]]
-    cpu: Optional[tuple[int, int, int]]                     # busy, steal, total jiffies over all cores
-    uptime_ticks: Optional[float]                           # /proc/uptime in clock ticks
+    cpu: Optional[tuple[int, int, int]]  # busy, steal, total jiffies over all cores
+    uptime_ticks: Optional[float]  # /proc/uptime in clock ticks
     processes: Optional[dict[tuple[int, int], tuple[str, int]]]  # (pid, start tick) -> (comm, utime+stime)
     why_not: tuple[str, ...] = ()
 
@@ -97,8 +100,14 @@ def _read_process(path: Path) -> Optional[tuple[str, int, int]]:
         return None
 
 
-def compare(start: Snapshot, end: Snapshot, *, background: Iterable[int] = (), busy_percent: float = BUSY_PERCENT,
-            top: int = TOP) -> dict:
+def compare(
+    start: Snapshot,
+    end: Snapshot,
+    *,
+    background: Iterable[int] = (),
+    busy_percent: float = BUSY_PERCENT,
+    top: int = TOP,
+) -> dict:
     """The ``load`` block of one measurement window: load average before and after, machine-wide CPU,
     this process's CPU, the other processes above ``busy_percent`` of one core, and the ``background``
     workers (listed apart, never among the others; their CPU is in the load and machine figures)."""
@@ -107,8 +116,12 @@ def compare(start: Snapshot, end: Snapshot, *, background: Iterable[int] = (), b
         "window_s": round(window, 3),
         "loadavg_before": [round(x, 2) for x in start.loadavg] if start.loadavg else None,
         "loadavg_after": [round(x, 2) for x in end.loadavg] if end.loadavg else None,
-        "cores": os.cpu_count(), "cpu_busy_percent": None, "cpu_steal_percent": None,
-        "this_process_cpu_percent": None, "busy_processes": None, "busy_threshold_percent": busy_percent,
+        "cores": os.cpu_count(),
+        "cpu_busy_percent": None,
+        "cpu_steal_percent": None,
+        "this_process_cpu_percent": None,
+        "busy_processes": None,
+        "busy_threshold_percent": busy_percent,
     }
     if start.cpu and end.cpu and end.cpu[2] > start.cpu[2]:
         total = end.cpu[2] - start.cpu[2]
@@ -119,14 +132,23 @@ def compare(start: Snapshot, end: Snapshot, *, background: Iterable[int] = (), b
     if used is not None:
         me = os.getpid()
         block["this_process_cpu_percent"] = next((p for (pid, _), p in used.items() if pid == me), None)
-        others = sorted(((p, pid, name) for (pid, name), p in used.items()
-                         if pid != me and pid not in background and p > busy_percent), reverse=True)
+        others = sorted(
+            (
+                (p, pid, name)
+                for (pid, name), p in used.items()
+                if pid != me and pid not in background and p > busy_percent
+            ),
+            reverse=True,
+        )
         block["busy_processes"] = [{"pid": pid, "name": name, "cpu_percent": p} for p, pid, name in others[:top]]
         block["busy_processes_more"] = max(len(others) - top, 0)
     if background:
         by_pid = {pid: p for (pid, _), p in (used or {}).items()}
-        block["background"] = {"processes": len(background), "pids": background,
-                               "cpu_percent": [by_pid.get(pid) for pid in background]}
+        block["background"] = {
+            "processes": len(background),
+            "pids": background,
+            "cpu_percent": [by_pid.get(pid) for pid in background],
+        }
     missing = sorted(set(start.why_not) | set(end.why_not))
     block["not_available"] = missing or None
     block["method"] = (
@@ -135,7 +157,8 @@ def compare(start: Snapshot, end: Snapshot, *, background: Iterable[int] = (), b
         "CPU busy share of all cores (user+nice+system+irq+softirq), and the processes other than this one and "
         f"its background workers that used more than {busy_percent:g} % of one core (utime+stime); a process that "
         "ended within the window (such as a cold start's) is in the CPU figures but not listed; load and CPU "
-        "figures include this process and its background workers")
+        "figures include this process and its background workers"
+    )
     return block
 
 
@@ -174,13 +197,20 @@ def busy_processes(count: int, *, ready_timeout_s: float = 30.0) -> Iterator[lis
     workers: list[subprocess.Popen] = []
     try:
         for _ in range(count):
-            workers.append(subprocess.Popen([sys.executable, "-S", "-c", _SPIN], stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-S", "-c", _SPIN],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         for worker in workers:  # each says it is spinning before the measurement starts
             readable, _, _ = select.select([worker.stdout], [], [], ready_timeout_s)
             if not readable or worker.stdout.read(1) != b"r":
-                raise EdgekitError(f"background process {worker.pid} did not start "
-                                   f"({sys.executable} -S -c <busy loop>)")
+                raise EdgekitError(
+                    f"background process {worker.pid} did not start ({sys.executable} -S -c <busy loop>)"
+                )
         yield [worker.pid for worker in workers]
     finally:
         for worker in workers:
@@ -199,10 +229,12 @@ def describe_load(block: Any) -> str:
     if not isinstance(block, dict):
         return "load not recorded"
     before, after = _one_minute(block.get("loadavg_before")), _one_minute(block.get("loadavg_after"))
-    parts = [f"load {before:.2f} → {after:.2f}" if before is not None and after is not None
-             else "load average not available"]
-    busy, steal, me = (_number(block.get(k)) for k in ("cpu_busy_percent", "cpu_steal_percent",
-                                                       "this_process_cpu_percent"))
+    parts = [
+        f"load {before:.2f} → {after:.2f}" if before is not None and after is not None else "load average not available"
+    ]
+    busy, steal, me = (
+        _number(block.get(k)) for k in ("cpu_busy_percent", "cpu_steal_percent", "this_process_cpu_percent")
+    )
     cores = _number(block.get("cores"))
     if busy is not None:
         machine = f"CPU {busy:.0f} % busy" + (f" ({cores:.0f} cores)" if cores else "")
@@ -214,13 +246,18 @@ def describe_load(block: Any) -> str:
     listed = block.get("busy_processes")
     if isinstance(listed, list):
         threshold = _number(block.get("busy_threshold_percent"))
-        names = [f"{p.get('name')} (pid {p.get('pid')}) {_number(p.get('cpu_percent')) or 0:.0f} %"
-                 for p in listed if isinstance(p, dict)]
+        names = [
+            f"{p.get('name')} (pid {p.get('pid')}) {_number(p.get('cpu_percent')) or 0:.0f} %"
+            for p in listed
+            if isinstance(p, dict)
+        ]
         more = _number(block.get("busy_processes_more"))
         if more:
             names.append(f"{more:.0f} more")
-        parts.append("busy: " + (", ".join(names) if names else
-                                 f"no other process above {threshold or BUSY_PERCENT:g} % of one core"))
+        parts.append(
+            "busy: "
+            + (", ".join(names) if names else f"no other process above {threshold or BUSY_PERCENT:g} % of one core")
+        )
     else:
         missing = block.get("not_available") if isinstance(block.get("not_available"), list) else []
         why = [str(x) for x in missing if x != "no load average"]
@@ -229,11 +266,14 @@ def describe_load(block: Any) -> str:
     if isinstance(background, dict):
         pids = background.get("pids") if isinstance(background.get("pids"), list) else []
         shares = background.get("cpu_percent") if isinstance(background.get("cpu_percent"), list) else []
-        each = ", ".join(f"pid {pid}" + (f" {_number(share):.0f} %" if _number(share) is not None else "")
-                         for pid, share in zip(pids, shares + [None] * len(pids)))
+        each = ", ".join(
+            f"pid {pid}" + (f" {_number(share):.0f} %" if _number(share) is not None else "")
+            for pid, share in zip(pids, shares + [None] * len(pids))
+        )
         count = _number(background.get("processes")) or len(pids)
-        parts.append(f"background: {count:.0f} busy process{'es' if count != 1 else ''}"
-                     + (f" ({each})" if each else ""))
+        parts.append(
+            f"background: {count:.0f} busy process{'es' if count != 1 else ''}" + (f" ({each})" if each else "")
+        )
     return "; ".join(parts)
 
 

@@ -4,6 +4,7 @@ One profile is one device: ``variants`` holds a record per bundle measured (one,
 of a sweep). On a host that is not the target's device nothing is timed: with ``estimate`` the
 latency is a roofline estimate, labelled as such, and accuracy is scored on this host.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,11 +26,22 @@ from edgekit.progress import ProgressFn, noop
 SCHEMA = "edgekit-profile/2"
 
 
-def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Path,
-                    data: Optional[str | Path] = None, runs: int = 100, warmup: int = 10, cold_starts: int = 3,
-                    estimate: bool = False, examples: int = 3, background: int = 0,
-                    threads: Optional[int] = None, mode: Optional[str] = None,
-                    progress: ProgressFn = noop) -> dict:
+def profile_bundles(
+    bundles: Sequence[str | Path],
+    *,
+    target: str,
+    out: str | Path,
+    data: Optional[str | Path] = None,
+    runs: int = 100,
+    warmup: int = 10,
+    cold_starts: int = 3,
+    estimate: bool = False,
+    examples: int = 3,
+    background: int = 0,
+    threads: Optional[int] = None,
+    mode: Optional[str] = None,
+    progress: ProgressFn = noop,
+) -> dict:
     """Measure (or, off the device, estimate) each bundle; returns the profile and writes the reports.
 
     ``threads`` and ``mode``: the Detector's thread budget (see ``edgekit.load``; None: the target's).
@@ -55,12 +67,25 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
         from edgekit.profile.measure import measure_latencies
 
         images = [_decoded_sample(dataset, detector.manifest) for detector in detectors]
-        latencies = measure_latencies(detectors, images, warmup=warmup, runs=runs, background=background,
-                                      progress=progress)
-    variants = [_profile_one(Path(b), detector, image, latency, spec, dataset, cold_starts=cold_starts,
-                             estimate=estimate, examples=examples,
-                             host=None if not mismatch else platform.machine(), progress=progress)
-                for b, detector, image, latency in zip(bundles, detectors, images, latencies)]
+        latencies = measure_latencies(
+            detectors, images, warmup=warmup, runs=runs, background=background, progress=progress
+        )
+    variants = [
+        _profile_one(
+            Path(b),
+            detector,
+            image,
+            latency,
+            spec,
+            dataset,
+            cold_starts=cold_starts,
+            estimate=estimate,
+            examples=examples,
+            host=None if not mismatch else platform.machine(),
+            progress=progress,
+        )
+        for b, detector, image, latency in zip(bundles, detectors, images, latencies)
+    ]
     if len({v["bundle"]["source_run"] for v in variants}) > 1:
         for v in variants:
             v["name"] = f"{Path(v['bundle']['source_run']).name}: {v['name']}"
@@ -69,11 +94,16 @@ def profile_bundles(bundles: Sequence[str | Path], *, target: str, out: str | Pa
         variant["pareto"] = bool(on_front)
     runtimes = sorted({f"{v['bundle']['runtime']} {v['bundle']['runtime_version']}" for v in variants})
     profile = {
-        "schema": SCHEMA, "edgekit_version": __version__,
+        "schema": SCHEMA,
+        "edgekit_version": __version__,
         "created": created,
-        "target": spec.name, "host_is_target": not mismatch, "estimate": bool(estimate),
-        "host_note": mismatch, "device": {**describe_device(", ".join(runtimes), ""), "target_cpu": spec.cpu},
-        "data": str(Path(data).resolve()) if data is not None else None, "variants": variants,
+        "target": spec.name,
+        "host_is_target": not mismatch,
+        "estimate": bool(estimate),
+        "host_note": mismatch,
+        "device": {**describe_device(", ".join(runtimes), ""), "target_cpu": spec.cpu},
+        "data": str(Path(data).resolve()) if data is not None else None,
+        "variants": variants,
     }
     write_reports(profile, Path(out))
     return profile
@@ -86,8 +116,10 @@ def check_host(spec, *, estimate: bool) -> Optional[str]:
 
     mismatch = host_mismatch(spec)
     if mismatch and not estimate:
-        raise EdgekitError(f"{mismatch}: run `edgekit profile` on the device itself, or pass --estimate for a "
-                           f"labelled roofline estimate")
+        raise EdgekitError(
+            f"{mismatch}: run `edgekit profile` on the device itself, or pass --estimate for a "
+            f"labelled roofline estimate"
+        )
     if not mismatch and estimate:
         raise EdgekitError(f"this machine can run target {spec.name!r}: measure it (drop --estimate)")
     return mismatch
@@ -110,8 +142,20 @@ def _load_for(path: Path, spec, *, threads: Optional[int] = None, mode: Optional
     return detector
 
 
-def _profile_one(path: Path, detector, image: Optional[np.ndarray], latency: Optional[dict], spec, dataset, *,
-                 cold_starts: int, estimate: bool, examples: int, host: Optional[str], progress: ProgressFn) -> dict:
+def _profile_one(
+    path: Path,
+    detector,
+    image: Optional[np.ndarray],
+    latency: Optional[dict],
+    spec,
+    dataset,
+    *,
+    cold_starts: int,
+    estimate: bool,
+    examples: int,
+    host: Optional[str],
+    progress: ProgressFn,
+) -> dict:
     """One variant's record; ``image`` (the decoded sample the latency was timed on) also feeds the
     cold start. Off the device (``estimate``) nothing is timed."""
     from edgekit.profile.estimate import roofline_estimate
@@ -129,28 +173,45 @@ def _profile_one(path: Path, detector, image: Optional[np.ndarray], latency: Opt
             sample_png = Path(tmp) / "sample.png"
             _write_png(image, sample_png)
             progress(f"{name}: cold start", 0, cold_starts)
-            cold = measure_cold_start(path, sample_png, repeats=cold_starts,
-                                      load_options={"threads": detector.budget.threads, "mode": detector.budget.mode})
+            cold = measure_cold_start(
+                path,
+                sample_png,
+                repeats=cold_starts,
+                load_options={"threads": detector.budget.threads, "mode": detector.budget.mode},
+            )
             progress(f"{name}: cold start", cold_starts, cold_starts)
     accuracy = None
     if dataset is not None:
         from edgekit.profile.measure import measure_accuracy
 
-        accuracy = measure_accuracy(detector, dataset,
-                                    progress=lambda stage, done, total: progress(f"{name}: {stage}", done, total))
+        accuracy = measure_accuracy(
+            detector, dataset, progress=lambda stage, done, total: progress(f"{name}: {stage}", done, total)
+        )
         if accuracy is not None and host:
-            accuracy["method"] += (f"; scored on this {host} host with the bundle's own runtime, not on "
-                                   f"{spec.name} (the emulated-ARM parity tests hold scores equal to 5e-3)")
+            accuracy["method"] += (
+                f"; scored on this {host} host with the bundle's own runtime, not on "
+                f"{spec.name} (the emulated-ARM parity tests hold scores equal to 5e-3)"
+            )
     return {
         "name": name,
-        "bundle": {"path": str(path.resolve()), "model": manifest.model, "backbone": manifest.backbone,
-                   "target": manifest.target, "format": manifest.network.format, "precision": manifest.precision,
-                   "runtime": manifest.runtime, "runtime_version": detector.backend.version,
-                   "size_bytes": detector.bundle.size_bytes(),
-                   "input": f"{manifest.input.width}x{manifest.input.height}x{manifest.input.channels}",
-                   "bank": ({k: bank[k] for k in ("rows", "dims", "dtype", "bytes") if k in bank} or None),
-                   "source_run": str(manifest.source.get("run", ""))},
-        "latency": latency, "estimate": estimated, "cold_start": cold, "accuracy": accuracy,
+        "bundle": {
+            "path": str(path.resolve()),
+            "model": manifest.model,
+            "backbone": manifest.backbone,
+            "target": manifest.target,
+            "format": manifest.network.format,
+            "precision": manifest.precision,
+            "runtime": manifest.runtime,
+            "runtime_version": detector.backend.version,
+            "size_bytes": detector.bundle.size_bytes(),
+            "input": f"{manifest.input.width}x{manifest.input.height}x{manifest.input.channels}",
+            "bank": ({k: bank[k] for k in ("rows", "dims", "dtype", "bytes") if k in bank} or None),
+            "source_run": str(manifest.source.get("run", "")),
+        },
+        "latency": latency,
+        "estimate": estimated,
+        "cold_start": cold,
+        "accuracy": accuracy,
         "examples": _examples(detector, dataset, examples) if dataset is not None else [],
     }
 
@@ -197,9 +258,17 @@ def _examples(detector, dataset, count: int) -> list[dict]:
         thumbnail = Image.fromarray(blend(pixels, prediction.anomaly_map)).resize((128, 128), Image.BILINEAR)
         buffer = io.BytesIO()
         thumbnail.save(buffer, format="JPEG", quality=85)
-        result.append({"image": f"{Path(sample.path).parent.name}/{Path(sample.path).name}", "label": sample.defect, "anomalous_truth": bool(sample.label),
-                       "score": round(float(prediction.score), 4), "decided_anomalous": bool(prediction.is_anomalous),
-                       "mime": "image/jpeg", "overlay_base64": base64.b64encode(buffer.getvalue()).decode("ascii")})
+        result.append(
+            {
+                "image": f"{Path(sample.path).parent.name}/{Path(sample.path).name}",
+                "label": sample.defect,
+                "anomalous_truth": bool(sample.label),
+                "score": round(float(prediction.score), 4),
+                "decided_anomalous": bool(prediction.is_anomalous),
+                "mime": "image/jpeg",
+                "overlay_base64": base64.b64encode(buffer.getvalue()).decode("ascii"),
+            }
+        )
     return result
 
 
@@ -219,8 +288,10 @@ def load_profile(path: Path) -> dict:
         raise EdgekitError(f"{path} is not a profile.json ({exc})") from None
     if not isinstance(profile, dict) or profile.get("schema") != SCHEMA:
         found = profile.get("schema") if isinstance(profile, dict) else type(profile).__name__
-        raise EdgekitError(f"{path} is not an edgekit profile of schema {SCHEMA} (found {found!r}); "
-                           f"profile the bundle again with this edgekit")
+        raise EdgekitError(
+            f"{path} is not an edgekit profile of schema {SCHEMA} (found {found!r}); "
+            f"profile the bundle again with this edgekit"
+        )
     return profile
 
 
@@ -237,8 +308,11 @@ def write_reports(profile: dict, out: Path) -> tuple[Path, Path, Path]:
     from edgekit.profile.html import render_html
 
     out.mkdir(parents=True, exist_ok=True)
-    texts = {"profile.json": json.dumps(profile, indent=2) + "\n", "profile.md": render_markdown(profile),
-             "report.html": render_html([profile])}
+    texts = {
+        "profile.json": json.dumps(profile, indent=2) + "\n",
+        "profile.md": render_markdown(profile),
+        "report.html": render_html([profile]),
+    }
     for name, text in texts.items():
         _atomic_write(out / name, text)
     return out / "profile.json", out / "profile.md", out / "report.html"
@@ -269,8 +343,11 @@ def render_markdown(profile: dict) -> str:
     if len(profile["variants"]) == 1:
         lines += _single_variant_rows(profile["variants"][0])
     else:
-        lines += ["| variant | size MB | p50 / p90 / p99 ms | network / head ms | cold start s | peak RSS MB | "
-                  "image AUROC | pixel AUROC | F1 at threshold | Pareto |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| variant | size MB | p50 / p90 / p99 ms | network / head ms | cold start s | peak RSS MB | "
+            "image AUROC | pixel AUROC | F1 at threshold | Pareto |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for v in profile["variants"]:
             lat, est, cold, acc = v["latency"], v["estimate"], v["cold_start"], v["accuracy"] or {}
             if lat:
@@ -281,19 +358,31 @@ def render_markdown(profile: dict) -> str:
                 split = f"≈{est['network_ms']:.1f} / ≈{est['head_ms']:.1f} (estimate)"
             else:
                 timing = split = "—"
-            lines.append(f"| {v['name']} | {v['bundle']['size_bytes'] / 1e6:.2f} | {timing} | {split} | "
-                         f"{_fmt(cold and cold['cold_start_s'], '.2f')} | {_fmt(cold and cold['peak_rss_mb'], '.0f')} | "
-                         f"{_fmt(acc.get('image_auroc'), '.4f')} | {_fmt(acc.get('pixel_auroc'), '.4f')} | "
-                         f"{_fmt(acc.get('f1_at_threshold'), '.4f')} | {'yes' if v['pareto'] else ''} |")
+            lines.append(
+                f"| {v['name']} | {v['bundle']['size_bytes'] / 1e6:.2f} | {timing} | {split} | "
+                f"{_fmt(cold and cold['cold_start_s'], '.2f')} | {_fmt(cold and cold['peak_rss_mb'], '.0f')} | "
+                f"{_fmt(acc.get('image_auroc'), '.4f')} | {_fmt(acc.get('pixel_auroc'), '.4f')} | "
+                f"{_fmt(acc.get('f1_at_threshold'), '.4f')} | {'yes' if v['pareto'] else ''} |"
+            )
         lines += ["", "Pareto: no other variant here is both faster and more accurate (image AUROC)."]
-    lines += ["", "## Device", "",
-              f"{d['cpu']}, {d['machine']}, {d['usable_cores']} usable of {d['logical_cores']} logical cores, "
-              f"{d['memory_gb']} GB; {d['os']}; Python {d['python']}, numpy {d['numpy']}, {d['runtime']}.", "",
-              "## Method", ""]
+    lines += [
+        "",
+        "## Device",
+        "",
+        f"{d['cpu']}, {d['machine']}, {d['usable_cores']} usable of {d['logical_cores']} logical cores, "
+        f"{d['memory_gb']} GB; {d['os']}; Python {d['python']}, numpy {d['numpy']}, {d['runtime']}.",
+        "",
+        "## Method",
+        "",
+    ]
     methods = []
     for v in profile["variants"]:
-        for key, label in (("latency", "latency"), ("estimate", "latency"), ("cold_start", "cold start"),
-                           ("accuracy", "accuracy")):
+        for key, label in (
+            ("latency", "latency"),
+            ("estimate", "latency"),
+            ("cold_start", "cold start"),
+            ("accuracy", "accuracy"),
+        ):
             if v.get(key) and f"- {label}: {v[key]['method']}" not in methods:
                 methods.append(f"- {label}: {v[key]['method']}")
     lines += methods
@@ -310,44 +399,64 @@ def _load_lines(variants: list[dict]) -> list[str]:
 
     lines: list[str] = []
     for v in variants:
-        latency = f"- load during latency: {describe_load(v['latency']['load'])}" \
-            if (v.get("latency") or {}).get("load") else None
+        latency = (
+            f"- load during latency: {describe_load(v['latency']['load'])}"
+            if (v.get("latency") or {}).get("load")
+            else None
+        )
         if latency and latency not in lines:
             lines.append(latency)
     for v in variants:
         if (v.get("cold_start") or {}).get("load"):
             where = f" of {v['name']}" if len(variants) > 1 else ""
             lines.append(f"- load during cold start{where}: {describe_load(v['cold_start']['load'])}")
-    methods = {(v.get(key) or {}).get("load", {}).get("method") for v in variants for key in ("latency", "cold_start")
-               if (v.get(key) or {}).get("load")}
+    methods = {
+        (v.get(key) or {}).get("load", {}).get("method")
+        for v in variants
+        for key in ("latency", "cold_start")
+        if (v.get(key) or {}).get("load")
+    }
     return lines + [f"- load: {method}" for method in sorted(m for m in methods if m)]
 
 
 def _single_variant_rows(v: dict) -> list[str]:
     """One bundle: a measure / value table, every figure on its own row."""
     b, lat, est, cold, acc = v["bundle"], v["latency"], v["estimate"], v["cold_start"], v["accuracy"]
-    rows = [("model / backbone", f"{b['model']} / {b['backbone']}"),
-            ("target / precision / runtime", f"{b['target']} / {b['precision']} / {b['runtime']} {b['runtime_version']}"),
-            ("input", b["input"]), ("bundle size", f"{b['size_bytes'] / 1e6:.2f} MB")]
+    rows = [
+        ("model / backbone", f"{b['model']} / {b['backbone']}"),
+        ("target / precision / runtime", f"{b['target']} / {b['precision']} / {b['runtime']} {b['runtime_version']}"),
+        ("input", b["input"]),
+        ("bundle size", f"{b['size_bytes'] / 1e6:.2f} MB"),
+    ]
     if b.get("bank"):
         bank = b["bank"]
         rows.append(("memory bank", f"{bank['rows']} x {bank['dims']} {bank['dtype']} ({bank['bytes'] / 1e3:.1f} kB)"))
     if lat:
-        rows += [("latency p50 / p90 / p99", f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f} ms"),
-                 ("  of which pre-process / network / head (p50)",
-                  " / ".join(f"{lat['stages_p50_ms'][k]:.1f}" for k in ("preprocess", "network", "head")) + " ms"),
-                 ("throughput (batch 1)", f"{lat['throughput_ips']:.1f} images/s")]
+        rows += [
+            ("latency p50 / p90 / p99", f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f} ms"),
+            (
+                "  of which pre-process / network / head (p50)",
+                " / ".join(f"{lat['stages_p50_ms'][k]:.1f}" for k in ("preprocess", "network", "head")) + " ms",
+            ),
+            ("throughput (batch 1)", f"{lat['throughput_ips']:.1f} images/s"),
+        ]
     if est:
-        rows += [("latency (estimate, roofline lower bound)", f"≈{est['latency_ms']:.1f} ms (estimate)"),
-                 ("  network / head (estimate)", f"≈{est['network_ms']:.1f} / ≈{est['head_ms']:.1f} ms (estimate)")]
+        rows += [
+            ("latency (estimate, roofline lower bound)", f"≈{est['latency_ms']:.1f} ms (estimate)"),
+            ("  network / head (estimate)", f"≈{est['network_ms']:.1f} / ≈{est['head_ms']:.1f} ms (estimate)"),
+        ]
     if cold:
-        rows += [("cold start (process → first prediction)", f"{cold['cold_start_s']:.2f} s"),
-                 ("peak RSS", f"{cold['peak_rss_mb']:.0f} MB"),
-                 ("torch imported on the device path", "yes" if cold["torch_imported"] else "no")]
+        rows += [
+            ("cold start (process → first prediction)", f"{cold['cold_start_s']:.2f} s"),
+            ("peak RSS", f"{cold['peak_rss_mb']:.0f} MB"),
+            ("torch imported on the device path", "yes" if cold["torch_imported"] else "no"),
+        ]
     if acc:
-        rows += [("image AUROC", f"{acc['image_auroc']:.4f}"),
-                 ("pixel AUROC", f"{acc['pixel_auroc']:.4f}" if "pixel_auroc" in acc else "n/a (no masks)"),
-                 ("PRO (FPR ≤ 0.3)", f"{acc['pro']:.4f}" if "pro" in acc else "n/a"),
-                 ("F1 at the bundle's threshold", f"{acc['f1_at_threshold']:.4f}"),
-                 ("test images (anomalous)", f"{acc['test_images']} ({acc['anomalous']})")]
+        rows += [
+            ("image AUROC", f"{acc['image_auroc']:.4f}"),
+            ("pixel AUROC", f"{acc['pixel_auroc']:.4f}" if "pixel_auroc" in acc else "n/a (no masks)"),
+            ("PRO (FPR ≤ 0.3)", f"{acc['pro']:.4f}" if "pro" in acc else "n/a"),
+            ("F1 at the bundle's threshold", f"{acc['f1_at_threshold']:.4f}"),
+            ("test images (anomalous)", f"{acc['test_images']} ({acc['anomalous']})"),
+        ]
     return ["| measure | value |", "|---|---|"] + [f"| {k} | {value} |" for k, value in rows]

@@ -3,6 +3,7 @@
 No plotting library, no script and no namespace URL (HTML5 does not need one for inline SVG): every mark is an SVG element with a ``<title>`` child, which browsers
 show as a hover tooltip, so the report stays one self-contained file that opens offline.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,8 @@ class ChartPoint:
     latency_ms: float
     auroc: float
     device: int
-    label: str      # short id drawn next to the mark, e.g. "A2"
-    tooltip: str    # plain text; escaped here
+    label: str  # short id drawn next to the mark, e.g. "A2"
+    tooltip: str  # plain text; escaped here
     precision: str
     estimate: bool
     pareto: bool
@@ -60,8 +61,12 @@ def _x_axis(values: list[float]) -> tuple[bool, float, float, list[float]]:
     low, high = min(values), max(values)
     if low > 0 and high / low > 10:
         low, high = low / 1.3, high * 1.3
-        ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-                 for m in (1, 2, 5) if low <= m * 10.0 ** k <= high]
+        ticks = [
+            m * 10.0**k
+            for k in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+            for m in (1, 2, 5)
+            if low <= m * 10.0**k <= high
+        ]
         return True, low, high, ticks
     pad = (high - low) * 0.08 or max(high * 0.1, 0.1)
     start, stop, ticks = _linear_ticks(max(low - pad, 0.0), high + pad)
@@ -107,9 +112,11 @@ def _style(colour: str, *, estimate: bool, pareto: bool) -> str:
 def scatter_svg(points: list[ChartPoint], series: list[ChartSeries]) -> str:
     """The combined chart as one ``<svg class="tradeoff-chart">`` element (well-formed XML)."""
     if not points:
-        return ('<svg class="tradeoff-chart" viewBox="0 0 1180 60" role="img">'
-                '<text x="20" y="35" font-size="15">Nothing to plot: no variant has both a latency and an image '
-                'AUROC.</text></svg>')
+        return (
+            '<svg class="tradeoff-chart" viewBox="0 0 1180 60" role="img">'
+            '<text x="20" y="35" font-size="15">Nothing to plot: no variant has both a latency and an image '
+            "AUROC.</text></svg>"
+        )
     log_x, x_low, x_high, x_ticks = _x_axis([p.latency_ms for p in points])
     y_low, y_high, y_ticks = _y_axis([p.auroc for p in points])
 
@@ -129,41 +136,55 @@ def scatter_svg(points: list[ChartPoint], series: list[ChartSeries]) -> str:
     out = [f'<rect x="{_LEFT}" y="{_TOP}" width="{_PLOT_W}" height="{_PLOT_H}" fill="#fbfbfd" stroke="#c8c8d0"/>']
     for tick in x_ticks:
         x = sx(tick)
-        out.append(f'<line class="grid" x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{bottom}"/>'
-                   f'<text x="{x:.1f}" y="{bottom + 18}" text-anchor="middle">{_tick_text(tick)}</text>')
+        out.append(
+            f'<line class="grid" x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{bottom}"/>'
+            f'<text x="{x:.1f}" y="{bottom + 18}" text-anchor="middle">{_tick_text(tick)}</text>'
+        )
     step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 0.01
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if round(step / 10 ** math.floor(
-        math.log10(step) + 1e-9), 6) == 2.5 else 0)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (
+        1 if round(step / 10 ** math.floor(math.log10(step) + 1e-9), 6) == 2.5 else 0
+    )
     for tick in y_ticks:
         y = sy(tick)
-        out.append(f'<line class="grid" x1="{_LEFT}" y1="{y:.1f}" x2="{_LEFT + _PLOT_W}" y2="{y:.1f}"/>'
-                   f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{tick:.{decimals}f}</text>')
+        out.append(
+            f'<line class="grid" x1="{_LEFT}" y1="{y:.1f}" x2="{_LEFT + _PLOT_W}" y2="{y:.1f}"/>'
+            f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{tick:.{decimals}f}</text>'
+        )
     scale = " (log scale)" if log_x else ""
-    out.append(f'<text class="axis-title" x="{_LEFT + _PLOT_W / 2}" y="{bottom + 44}" text-anchor="middle">'
-               f'latency, p50 ms per image at batch 1{scale} — left is faster</text>'
-               f'<text class="axis-title" transform="translate(20 {_TOP + _PLOT_H / 2}) rotate(-90)" '
-               f'text-anchor="middle">image AUROC — up is better</text>')
+    out.append(
+        f'<text class="axis-title" x="{_LEFT + _PLOT_W / 2}" y="{bottom + 44}" text-anchor="middle">'
+        f"latency, p50 ms per image at batch 1{scale} — left is faster</text>"
+        f'<text class="axis-title" transform="translate(20 {_TOP + _PLOT_H / 2}) rotate(-90)" '
+        f'text-anchor="middle">image AUROC — up is better</text>'
+    )
     for device, info in enumerate(series):
         front = sorted((p for p in points if p.device == device and p.pareto), key=lambda p: (p.latency_ms, p.auroc))
         if len(front) > 1:
             path = f"M{sx(front[0].latency_ms):.1f},{sy(front[0].auroc):.1f}" + "".join(
-                f"H{sx(p.latency_ms):.1f}V{sy(p.auroc):.1f}" for p in front[1:])
+                f"H{sx(p.latency_ms):.1f}V{sy(p.auroc):.1f}" for p in front[1:]
+            )
             dash = ' stroke-dasharray="6 4"' if info.estimate else ""
-            out.append(f'<path class="front" data-device="{device}" d="{path}" fill="none" stroke="{info.colour}" '
-                       f'stroke-width="2" stroke-opacity="0.8"{dash}/>')
+            out.append(
+                f'<path class="front" data-device="{device}" d="{path}" fill="none" stroke="{info.colour}" '
+                f'stroke-width="2" stroke-opacity="0.8"{dash}/>'
+            )
     for point in sorted(points, key=lambda p: p.pareto):
         colour = series[point.device].colour
         x, y = sx(point.latency_ms), sy(point.auroc)
         kind = "point estimate" if point.estimate else "point measured"
         attrs = _style(colour, estimate=point.estimate, pareto=point.pareto)
-        out.append(f'<g class="{kind}" data-device="{point.device}" data-pareto="{int(point.pareto)}" '
-                   f'data-variant="{escape(point.label)}"><title>{escape(point.tooltip)}</title>'
-                   f'{_mark(SHAPES.get(point.precision, "diamond"), x, y, 7.0 if point.pareto else 5.5, attrs)}</g>')
+        out.append(
+            f'<g class="{kind}" data-device="{point.device}" data-pareto="{int(point.pareto)}" '
+            f'data-variant="{escape(point.label)}"><title>{escape(point.tooltip)}</title>'
+            f"{_mark(SHAPES.get(point.precision, 'diamond'), x, y, 7.0 if point.pareto else 5.5, attrs)}</g>"
+        )
     out += _point_labels([(sx(p.latency_ms), sy(p.auroc), p.label) for p in points])
     legend, height = _legend(points, series)
     total = max(bottom + _BOTTOM, height)
-    return (f'<svg class="tradeoff-chart" viewBox="0 0 {_WIDTH} {total}" '
-            f'role="img" aria-label="latency against image AUROC">' + "".join(out) + legend + "</svg>")
+    return (
+        f'<svg class="tradeoff-chart" viewBox="0 0 {_WIDTH} {total}" '
+        f'role="img" aria-label="latency against image AUROC">' + "".join(out) + legend + "</svg>"
+    )
 
 
 def _point_labels(placed: list[tuple[float, float, str]]) -> list[str]:
@@ -188,12 +209,17 @@ def _legend(points: list[ChartPoint], series: list[ChartSeries]) -> tuple[str, i
     out, y = [f'<text class="legend-head" x="{_LEGEND_X}" y="{_TOP + 10}">Devices</text>'], _TOP + 32
     for device, info in enumerate(series):
         suffix = " (estimate)" if info.estimate else ""
-        short = info.name if len(info.name + suffix) <= 40 else info.name[:39 - len(suffix)] + "…"
-        swatch = (f'fill="#ffffff" stroke="{info.colour}" stroke-width="2" stroke-dasharray="3 2"' if info.estimate
-                  else f'fill="{info.colour}"')
-        out.append(f'<g class="legend-device"><title>{escape(info.name + suffix)}</title>'
-                   f'<rect x="{_LEGEND_X + 1}" y="{y - 9}" width="13" height="13" rx="3" {swatch}/>'
-                   f'<text x="{_LEGEND_X + 22}" y="{y + 2}">{escape(short + suffix)}</text></g>')
+        short = info.name if len(info.name + suffix) <= 40 else info.name[: 39 - len(suffix)] + "…"
+        swatch = (
+            f'fill="#ffffff" stroke="{info.colour}" stroke-width="2" stroke-dasharray="3 2"'
+            if info.estimate
+            else f'fill="{info.colour}"'
+        )
+        out.append(
+            f'<g class="legend-device"><title>{escape(info.name + suffix)}</title>'
+            f'<rect x="{_LEGEND_X + 1}" y="{y - 9}" width="13" height="13" rx="3" {swatch}/>'
+            f'<text x="{_LEGEND_X + 22}" y="{y + 2}">{escape(short + suffix)}</text></g>'
+        )
         y += 22
     y += 12
     out.append(f'<text class="legend-head" x="{_LEGEND_X}" y="{y}">Marks</text>')
@@ -205,7 +231,9 @@ def _legend(points: list[ChartPoint], series: list[ChartSeries]) -> tuple[str, i
     if any(p.estimate for p in points):
         entries.append(("circle", _style("#666666", estimate=True, pareto=False), "estimate (hollow, dashed)"))
     for shape, attrs, text in entries:
-        out.append(_mark(shape, _LEGEND_X + 7, y - 3, 6.0, attrs)
-                   + f'<text x="{_LEGEND_X + 22}" y="{y + 2}">{escape(text)}</text>')
+        out.append(
+            _mark(shape, _LEGEND_X + 7, y - 3, 6.0, attrs)
+            + f'<text x="{_LEGEND_X + 22}" y="{y + 2}">{escape(text)}</text>'
+        )
         y += 22
     return "".join(out), y + 10

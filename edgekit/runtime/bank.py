@@ -3,6 +3,7 @@
 numpy only (faiss optional). The runtime's kNN head reads banks with it; training, export and
 ``edgekit fit`` (through edgekit.compress) write banks and select coresets with the same code.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Optional
@@ -42,8 +43,7 @@ def encode_bank(bank: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
         scale[scale <= 0] = 1.0  # a constant dimension: every row decodes to ``low`` exactly
         offset = (low + 128.0 * scale.astype(np.float64)).astype(np.float32)
         levels = np.rint((bank - offset) / scale)
-        return {"memory_bank": np.clip(levels, -128, 127).astype(np.int8), "bank_scale": scale,
-                "bank_offset": offset}
+        return {"memory_bank": np.clip(levels, -128, 127).astype(np.int8), "bank_scale": scale, "bank_offset": offset}
     raise EdgekitError(f"bank dtype must be one of {', '.join(BANK_DTYPES)}, not {dtype!r}")
 
 
@@ -65,7 +65,9 @@ def decode_bank(arrays: Mapping[str, np.ndarray], dtype: str) -> np.ndarray:
         raise EdgekitError("an int8 memory bank needs its bank_scale and bank_offset arrays")
     if np.shape(scale) != (bank.shape[1],) or np.shape(offset) != (bank.shape[1],):
         raise EdgekitError(f"bank_scale/bank_offset must have one value per bank dimension ({bank.shape[1]})")
-    return np.ascontiguousarray(np.asarray(offset, np.float32) + np.asarray(scale, np.float32) * bank.astype(np.float32))
+    return np.ascontiguousarray(
+        np.asarray(offset, np.float32) + np.asarray(scale, np.float32) * bank.astype(np.float32)
+    )
 
 
 class FaissSearch:
@@ -95,9 +97,14 @@ def _numpy_candidates(chunk: np.ndarray, bank: np.ndarray, bank_sq_norms: np.nda
     return found
 
 
-def nearest_neighbors(queries: np.ndarray, bank: np.ndarray, *, bank_sq_norms: np.ndarray | None = None,
-                      search: "FaissSearch | None" = None,
-                      pool: Optional[HeadPool] = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbors(
+    queries: np.ndarray,
+    bank: np.ndarray,
+    *,
+    bank_sq_norms: np.ndarray | None = None,
+    search: "FaissSearch | None" = None,
+    pool: Optional[HeadPool] = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest bank row for each query: (euclidean distances float64, indices int64).
 
     The two best candidates are ranked in float32 by a chunked matrix product (|q|² − 2 q·b + |b|²,
@@ -117,8 +124,11 @@ def nearest_neighbors(queries: np.ndarray, bank: np.ndarray, *, bank_sq_norms: n
 
     def search_rows(part: slice) -> None:
         chunk = queries[part]
-        found = (search.candidates(chunk, count) if search is not None
-                 else _numpy_candidates(chunk, bank, bank_sq_norms, count))
+        found = (
+            search.candidates(chunk, count)
+            if search is not None
+            else _numpy_candidates(chunk, bank, bank_sq_norms, count)
+        )
         diff = chunk.astype(np.float64)[:, None, :] - bank[found].astype(np.float64)
         exact = np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))
         order = np.lexsort((found, exact), axis=-1)[:, 0]  # by distance, then by index

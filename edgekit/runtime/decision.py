@@ -8,6 +8,7 @@ one-sided tail of 3σ (0.135 %). Plain mean + 3·s treats the sample mean and st
 images as exact and so sits too low for small hold-outs: with 12 images the bound is 4.0·s above
 the mean, with 50 it is 3.2·s, and it tends to 3·s as the hold-out grows.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,12 +33,16 @@ def fit_decision(raw_scores: np.ndarray, raw_maps: np.ndarray) -> Decision:
     image_center = float(np.median(raw_scores))
     image_threshold = float(raw_scores.mean() + prediction_bound_factor(raw_scores.size) * raw_scores.std(ddof=1))
     values = np.asarray(raw_maps, dtype=np.float64).ravel()
-    return Decision(image_threshold=image_threshold, pixel_threshold=float(np.quantile(values, PIXEL_QUANTILE)),
-                    image_center=image_center, pixel_center=float(np.median(values)),
-                    method=f"image: mean + t(1-{IMAGE_ALPHA:.5f}, n-1)*std*sqrt(1+1/n) of held-out normal scores "
-                           f"(upper prediction bound, one-sided 3-sigma tail); pixel: quantile {PIXEL_QUANTILE} "
-                           f"of their map values; centers: medians",
-                    fitted_on=int(raw_scores.size))
+    return Decision(
+        image_threshold=image_threshold,
+        pixel_threshold=float(np.quantile(values, PIXEL_QUANTILE)),
+        image_center=image_center,
+        pixel_center=float(np.median(values)),
+        method=f"image: mean + t(1-{IMAGE_ALPHA:.5f}, n-1)*std*sqrt(1+1/n) of held-out normal scores "
+        f"(upper prediction bound, one-sided 3-sigma tail); pixel: quantile {PIXEL_QUANTILE} "
+        f"of their map values; centers: medians",
+        fitted_on=int(raw_scores.size),
+    )
 
 
 def prediction_bound_factor(n: int, alpha: float = IMAGE_ALPHA) -> float:
@@ -77,7 +82,7 @@ def _regularized_incomplete_beta(x: float, a: float, b: float) -> float:
         return 0.0
     if x >= 1.0:
         return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     if x > (a + 1.0) / (a + b + 2.0):
         return 1.0 - _regularized_incomplete_beta(1.0 - x, b, a)
     tiny = 1e-300
@@ -85,8 +90,10 @@ def _regularized_incomplete_beta(x: float, a: float, b: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     fraction = d
     for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c

@@ -1,4 +1,5 @@
 """The device-side detector: bundle in, predictions out. numpy + the bundle's one runtime."""
+
 from __future__ import annotations
 
 import hashlib
@@ -67,16 +68,28 @@ class Detector:
     oversubscribing them.
     """
 
-    def __init__(self, bundle: Bundle, backend: Backend, *, budget: Optional[Budget] = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_parallel: int = 0) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: Backend,
+        *,
+        budget: Optional[Budget] = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_parallel: int = 0,
+    ) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.backend = backend
         spec = self.manifest.input
         arrays = {name: bundle.array(name) for name in self.manifest.head.arrays}
         try:
-            self.head = build_head(self.manifest.head.kind, self.manifest.head.params, arrays,
-                                   output_height=spec.height, output_width=spec.width)
+            self.head = build_head(
+                self.manifest.head.kind,
+                self.manifest.head.params,
+                arrays,
+                output_height=spec.height,
+                output_width=spec.width,
+            )
         except EdgekitError as exc:
             raise EdgekitError(f"bundle {bundle.origin}: {exc}") from None
         self._output_name = self.manifest.network.output_names[0]
@@ -131,24 +144,27 @@ class Detector:
     def _network(self, batch: np.ndarray) -> np.ndarray:
         outputs = self.backend.infer({self.manifest.network.input_name: batch})
         if self._output_name not in outputs:
-            raise EdgekitError(f"the network did not produce output {self._output_name!r} "
-                               f"(it gave {sorted(outputs)})")
+            raise EdgekitError(f"the network did not produce output {self._output_name!r} (it gave {sorted(outputs)})")
         return outputs[self._output_name]
 
     def decide(self, raw_scores: np.ndarray, raw_maps: np.ndarray) -> list[Prediction]:
         decision: Decision = self.manifest.decision
         scores = normalise(raw_scores, decision.image_center, decision.image_threshold)
         maps = normalise(raw_maps, decision.pixel_center, decision.pixel_threshold).astype(np.float32)
-        return [Prediction(score=float(s), is_anomalous=bool(r > decision.image_threshold),
-                           anomaly_map=m, raw_score=float(r))
-                for s, r, m in zip(scores, raw_scores, maps)]
+        return [
+            Prediction(
+                score=float(s), is_anomalous=bool(r > decision.image_threshold), anomaly_map=m, raw_score=float(r)
+            )
+            for s, r, m in zip(scores, raw_scores, maps)
+        ]
 
     def predict(self, image: ImageLike, *, color: str = "rgb") -> Prediction:
         """Score one image: a file path, or an HxW / HxWxC array (RGB, or BGR with color="bgr")."""
         return self._lanes.run(lambda: self.decide(*self._raw([image], color))[0])
 
-    def predict_batch(self, images: Sequence[ImageLike], *, batch_size: int = 8,
-                      color: str = "rgb") -> list[Prediction]:
+    def predict_batch(
+        self, images: Sequence[ImageLike], *, batch_size: int = 8, color: str = "rgb"
+    ) -> list[Prediction]:
         """Score many images, ``batch_size`` per network call: one call at a time in latency mode,
         as many at once as the budget has lanes in throughput mode (batches shrink to fill them)."""
         if batch_size < 1:
@@ -156,7 +172,7 @@ class Detector:
         lanes = self.budget.lanes
         if lanes > 1:
             batch_size = max(1, min(batch_size, -(-len(images) // lanes)))
-        groups = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
+        groups = [images[start : start + batch_size] for start in range(0, len(images), batch_size)]
 
         def score(group: Sequence[ImageLike]) -> list[Prediction]:
             return self.decide(*self._raw(group, color))
@@ -173,9 +189,16 @@ def _to_rgb(image: ImageLike, color: str) -> ImageLike:
     return image
 
 
-def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[int] = None,
-         mode: Optional[str] = None, trusted_keys: Optional[Sequence[Any]] = None,
-         max_parallel: Optional[int] = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Detector:
+def load(
+    path: str | Path,
+    *,
+    device: Optional[str] = None,
+    threads: Optional[int] = None,
+    mode: Optional[str] = None,
+    trusted_keys: Optional[Sequence[Any]] = None,
+    max_parallel: Optional[int] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Detector:
     """Open and verify a bundle (folder or ``.edgekit``) and load its network with its runtime.
 
     ``threads``: all the threads this Detector computes with, shared by the runtime and the numpy
@@ -195,18 +218,24 @@ def load(path: str | Path, *, device: Optional[str] = None, threads: Optional[in
     try:
         manifest = bundle.manifest
         if threads is None:  # the target's, never more than this machine lets us run at once
-            threads = min(thread_count(manifest.export.get("threads", 0), f"bundle {path}: export.threads")
-                          or MAX_THREADS, usable_cores())
+            threads = min(
+                thread_count(manifest.export.get("threads", 0), f"bundle {path}: export.threads") or MAX_THREADS,
+                usable_cores(),
+            )
         if mode is None:
             mode = manifest.export.get("mode", "latency")
             if mode not in MODES:
                 raise EdgekitError(f"bundle {path}: export.mode must be one of {', '.join(MODES)}, not {mode!r}")
         budget = Budget.resolve(thread_count(threads, "threads"), mode)
         max_parallel = max_parallel or budget.lanes
-        options = BackendOptions(device=device or manifest.device, threads=budget.per_lane, lanes=budget.lanes,
-                                 precision=manifest.precision,
-                                 output_names=tuple(manifest.network.output_names),
-                                 max_parallel=max_parallel)
+        options = BackendOptions(
+            device=device or manifest.device,
+            threads=budget.per_lane,
+            lanes=budget.lanes,
+            precision=manifest.precision,
+            output_names=tuple(manifest.network.output_names),
+            max_parallel=max_parallel,
+        )
         backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
         return Detector(bundle, backend, budget=budget, max_pixels=max_pixels, max_parallel=max_parallel)
     except BaseException:

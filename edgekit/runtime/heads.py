@@ -3,6 +3,7 @@
 numpy only; the training path and the device run the same head code on their own network
 outputs, so the two can only differ by what the networks compute.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,16 @@ _REQUIRED = object()
 _KIND_WORDS = {int: "an integer", float: "a number", str: "a string", dict: "an object"}
 
 
-def head_param(params: Mapping[str, Any], name: str, kind: type, default: Any = _REQUIRED, *,
-               low: float | None = None, high: float | None = None, choices: tuple = ()) -> Any:
+def head_param(
+    params: Mapping[str, Any],
+    name: str,
+    kind: type,
+    default: Any = _REQUIRED,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple = (),
+) -> Any:
     """One head parameter from a manifest, its type and range checked: a bad one is one clear line."""
     if not isinstance(params, Mapping):
         raise EdgekitError(f"head params must be an object, not {type(params).__name__}")
@@ -107,16 +116,26 @@ class KnnHead:
         self._faiss = FaissSearch(self.memory_bank) if self.search == "faiss" else None
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
-                    output_height: int, output_width: int, search: str = "numpy") -> "KnnHead":
+    def from_params(
+        cls,
+        params: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray],
+        *,
+        output_height: int,
+        output_width: int,
+        search: str = "numpy",
+    ) -> "KnnHead":
         """The head a manifest describes; the bank is decoded (dequantized) to float32 once, here."""
         bank = head_param(params, "bank", dict, {})
         dtype = head_param(bank, "dtype", str, "float32", choices=BANK_DTYPES)
-        return cls(memory_bank=decode_bank(arrays, dtype),
-                   num_neighbors=head_param(params, "num_neighbors", int, low=1, high=MAX_NUM_NEIGHBORS),
-                   output_height=output_height, output_width=output_width,
-                   blur_sigma=head_param(params, "blur_sigma", float, 4.0, low=0.0, high=MAX_BLUR_SIGMA),
-                   search=search)
+        return cls(
+            memory_bank=decode_bank(arrays, dtype),
+            num_neighbors=head_param(params, "num_neighbors", int, low=1, high=MAX_NUM_NEIGHBORS),
+            output_height=output_height,
+            output_width=output_width,
+            blur_sigma=head_param(params, "blur_sigma", float, 4.0, low=0.0, high=MAX_BLUR_SIGMA),
+            search=search,
+        )
 
     def _map_operators(self, grid_h: int, grid_w: int) -> tuple[np.ndarray, np.ndarray]:
         key = (grid_h, grid_w)
@@ -130,12 +149,14 @@ class KnnHead:
         """(N, D, h, w) embeddings → raw image scores (N,) float64 and maps (N, H, W) float32.
         ``pool``: threads that share the search (results are identical with or without)."""
         if embeddings.ndim != 4 or embeddings.shape[1] != self.memory_bank.shape[1]:
-            raise EdgekitError(f"network output {embeddings.shape} does not match the memory bank "
-                               f"width {self.memory_bank.shape[1]}")
+            raise EdgekitError(
+                f"network output {embeddings.shape} does not match the memory bank width {self.memory_bank.shape[1]}"
+            )
         count, dims, grid_h, grid_w = embeddings.shape
         patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, dims)
-        distances, nearest = nearest_neighbors(patches, self.memory_bank, bank_sq_norms=self._bank_sq_norms,
-                                               search=self._faiss, pool=pool)
+        distances, nearest = nearest_neighbors(
+            patches, self.memory_bank, bank_sq_norms=self._bank_sq_norms, search=self._faiss, pool=pool
+        )
         distances = distances.reshape(count, grid_h * grid_w)
         nearest = nearest.reshape(count, grid_h * grid_w)
         rows, cols = self._map_operators(grid_h, grid_w)
@@ -143,8 +164,9 @@ class KnnHead:
         maps = np.empty((count, self.output_height, self.output_width), dtype=np.float32)
         for i in range(count):
             worst = int(np.argmax(distances[i]))
-            scores[i] = distances[i, worst] * self._isolation_weight(patches[i * grid_h * grid_w + worst],
-                                                                     int(nearest[i, worst]))
+            scores[i] = distances[i, worst] * self._isolation_weight(
+                patches[i * grid_h * grid_w + worst], int(nearest[i, worst])
+            )
             maps[i] = rows @ distances[i].reshape(grid_h, grid_w) @ cols
         return scores, maps
 
@@ -157,8 +179,14 @@ class KnnHead:
         rows, dims = self.memory_bank.shape
         patches = grid_h * grid_w
         height, width = self.output_height, self.output_width
-        flops = (2 * patches * rows * dims + 2 * patches * rows + 3 * patches * min(_CANDIDATES, rows) * dims
-                 + 2 * rows * dims + 2 * height * grid_h * grid_w + 2 * height * grid_w * width)
+        flops = (
+            2 * patches * rows * dims
+            + 2 * patches * rows
+            + 3 * patches * min(_CANDIDATES, rows) * dims
+            + 2 * rows * dims
+            + 2 * height * grid_h * grid_w
+            + 2 * height * grid_w * width
+        )
         touched = 4 * (rows * dims + rows + patches * dims + height * grid_h + grid_w * width + height * width)
         return int(flops), int(touched)
 
@@ -172,7 +200,7 @@ class KnnHead:
         support = np.argpartition(to_anchor, k - 1)[:k]
         support = support[np.argsort(to_anchor[support], kind="stable")]
         if support[0] != nearest_index:  # ties: the anchor itself comes first
-            support = np.concatenate([[nearest_index], support[support != nearest_index][:k - 1]])
+            support = np.concatenate([[nearest_index], support[support != nearest_index][: k - 1]])
         diff = self.memory_bank[support].astype(np.float64) - patch.astype(np.float64)
         dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
         softmax = np.exp(dist - dist.max())
@@ -216,13 +244,23 @@ class MapHead:
         self._map_ops: dict[tuple[int, int], "tuple[np.ndarray, np.ndarray] | None"] = {}
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
-                    output_height: int, output_width: int, **options: Any) -> "MapHead":
+    def from_params(
+        cls,
+        params: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray],
+        *,
+        output_height: int,
+        output_width: int,
+        **options: Any,
+    ) -> "MapHead":
         """The head a manifest describes (it has no arrays; device options such as ``search`` do not apply)."""
-        return cls(output_height=output_height, output_width=output_width,
-                   score=head_param(params, "score", str, "max", choices=MAP_SCORES),
-                   top_fraction=head_param(params, "top_fraction", float, 0.01, low=0.0, high=1.0),
-                   blur_sigma=head_param(params, "blur_sigma", float, 0.0, low=0.0, high=MAX_BLUR_SIGMA))
+        return cls(
+            output_height=output_height,
+            output_width=output_width,
+            score=head_param(params, "score", str, "max", choices=MAP_SCORES),
+            top_fraction=head_param(params, "top_fraction", float, 0.01, low=0.0, high=1.0),
+            blur_sigma=head_param(params, "blur_sigma", float, 0.0, low=0.0, high=MAX_BLUR_SIGMA),
+        )
 
     @property
     def params(self) -> dict[str, Any]:
@@ -237,8 +275,12 @@ class MapHead:
             if same and self.blur_sigma == 0:
                 self._map_ops[key] = None
             else:
-                rows = _gaussian_matrix(self.output_height, self.blur_sigma) @ _bilinear_matrix(self.output_height, grid_h)
-                cols = _gaussian_matrix(self.output_width, self.blur_sigma) @ _bilinear_matrix(self.output_width, grid_w)
+                rows = _gaussian_matrix(self.output_height, self.blur_sigma) @ _bilinear_matrix(
+                    self.output_height, grid_h
+                )
+                cols = _gaussian_matrix(self.output_width, self.blur_sigma) @ _bilinear_matrix(
+                    self.output_width, grid_w
+                )
                 self._map_ops[key] = (rows, cols.T.copy())
         return self._map_ops[key]
 
@@ -249,7 +291,7 @@ class MapHead:
         if self.score == "mean":
             return float(values.mean())
         count = max(1, int(round(self.top_fraction * values.size)))
-        return float(np.partition(values, values.size - count)[values.size - count:].mean())
+        return float(np.partition(values, values.size - count)[values.size - count :].mean())
 
     def __call__(self, outputs: np.ndarray, *, pool: Optional[HeadPool] = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, 1, h, w) or (N, h, w) network maps → raw image scores (N,) float64 and maps (N, H, W) float32.
@@ -287,7 +329,6 @@ class MapHead:
         return int(flops), int(touched)
 
 
-
 #: How Σ⁻¹ may be stored in a bundle (head param ``dtype``). float16 is safe: every entry of
 #: (Σ + εI)⁻¹ is at most 1/ε in magnitude (100 for PaDiM's ε = 0.01), far inside float16's range.
 MAHALANOBIS_DTYPES = ("float32", "float16")
@@ -314,16 +355,25 @@ class MahalanobisHead:
     def __post_init__(self) -> None:
         mean, inverse = np.asarray(self.mean), np.asarray(self.inv_covariance)
         if mean.ndim != 2 or inverse.shape != (*mean.shape, mean.shape[1]) or 0 in mean.shape:
-            raise EdgekitError(f"Mahalanobis head needs mean (P, d) and inv_covariance (P, d, d), "
-                               f"not {mean.shape} and {inverse.shape}")
+            raise EdgekitError(
+                f"Mahalanobis head needs mean (P, d) and inv_covariance (P, d, d), not {mean.shape} and {inverse.shape}"
+            )
         self.mean = np.ascontiguousarray(mean, dtype=np.float32)
         self.inv_covariance = np.ascontiguousarray(inverse, dtype=np.float32)
-        self._maps = MapHead(output_height=self.output_height, output_width=self.output_width, score="max",
-                             blur_sigma=self.blur_sigma)
+        self._maps = MapHead(
+            output_height=self.output_height, output_width=self.output_width, score="max", blur_sigma=self.blur_sigma
+        )
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
-                    output_height: int, output_width: int, **options: Any) -> "MahalanobisHead":
+    def from_params(
+        cls,
+        params: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray],
+        *,
+        output_height: int,
+        output_width: int,
+        **options: Any,
+    ) -> "MahalanobisHead":
         """The head a manifest describes; Σ⁻¹ stored as param ``dtype`` (float32 or float16) is
         widened to float32 once, here. Device options such as ``search`` do not apply."""
         missing = [name for name in ("mean", "inv_covariance") if name not in arrays]
@@ -331,11 +381,16 @@ class MahalanobisHead:
             raise EdgekitError(f"the Mahalanobis head has no {missing[0]} array")
         dtype = head_param(params, "dtype", str, "float32", choices=MAHALANOBIS_DTYPES)
         if np.asarray(arrays["inv_covariance"]).dtype != np.dtype(dtype):
-            raise EdgekitError(f"inv_covariance is stored as {np.asarray(arrays['inv_covariance']).dtype}, "
-                               f"the manifest says {dtype}")
-        return cls(mean=arrays["mean"], inv_covariance=arrays["inv_covariance"], output_height=output_height,
-                   output_width=output_width,
-                   blur_sigma=head_param(params, "blur_sigma", float, 4.0, low=0.0, high=MAX_BLUR_SIGMA))
+            raise EdgekitError(
+                f"inv_covariance is stored as {np.asarray(arrays['inv_covariance']).dtype}, the manifest says {dtype}"
+            )
+        return cls(
+            mean=arrays["mean"],
+            inv_covariance=arrays["inv_covariance"],
+            output_height=output_height,
+            output_width=output_width,
+            blur_sigma=head_param(params, "blur_sigma", float, 4.0, low=0.0, high=MAX_BLUR_SIGMA),
+        )
 
     def distances(self, embeddings: np.ndarray, *, pool: Optional[HeadPool] = None) -> np.ndarray:
         """(N, d, h, w) embeddings → (N, h, w) float32 Mahalanobis distances (``pool``: threads
@@ -343,8 +398,9 @@ class MahalanobisHead:
         positions, dims = self.mean.shape
         shape = np.shape(embeddings)
         if len(shape) != 4 or shape[1] != dims or shape[2] * shape[3] != positions:
-            raise EdgekitError(f"network output {shape} does not match the Gaussians "
-                               f"({positions} positions of {dims} dimensions)")
+            raise EdgekitError(
+                f"network output {shape} does not match the Gaussians ({positions} positions of {dims} dimensions)"
+            )
         count, _, grid_h, grid_w = shape
         vectors = np.asarray(embeddings, np.float32).reshape(count, dims, positions).transpose(2, 0, 1)
         squared = np.empty((positions, count), dtype=np.float32)
@@ -372,13 +428,20 @@ class MahalanobisHead:
         touched = 4 * positions * (dims * dims + 2 * dims)
         return int(flops + map_flops), int(touched + map_bytes)
 
+
 HEADS = {"knn": KnnHead, "map": MapHead, "mahalanobis": MahalanobisHead}
 
 
-def build_head(kind: str, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
-               output_height: int, output_width: int, **options: Any):
+def build_head(
+    kind: str,
+    params: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    *,
+    output_height: int,
+    output_width: int,
+    **options: Any,
+):
     """Construct the head a manifest names (``options``: device-side choices such as ``search``)."""
     if kind not in HEADS:
         raise EdgekitError(f"unknown head {kind!r}; this edgekit knows {sorted(HEADS)}")
-    return HEADS[kind].from_params(params, arrays, output_height=output_height, output_width=output_width,
-                                   **options)
+    return HEADS[kind].from_params(params, arrays, output_height=output_height, output_width=output_width, **options)

@@ -1,4 +1,5 @@
 """Heat-map overlays: an anomaly map blended over its image, as a PNG. numpy + Pillow."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,8 @@ def blend(image: np.ndarray, anomaly_map: np.ndarray, *, alpha: float = 0.45) ->
 
     rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
     heat = Image.fromarray((np.clip(anomaly_map, 0, 1) * 255).astype(np.uint8)).resize(
-        (rgb.shape[1], rgb.shape[0]), Image.BILINEAR)
+        (rgb.shape[1], rgb.shape[0]), Image.BILINEAR
+    )
     colours = colorize(np.asarray(heat) / 255.0)
     return (rgb * (1 - alpha) + colours * alpha).astype(np.uint8)
 

@@ -6,6 +6,7 @@ workers keep spinning after a product while the next network call needs those co
 never uses BLAS threads (one per product, held while any head runs); it splits its own work
 into row chunks on the Detector's pool of idle-blocking threads, the same number the runtime got.
 """
+
 from __future__ import annotations
 
 import os
@@ -301,4 +302,3 @@ def split(total: int, pieces: int) -> list[slice]:
     pieces = max(1, min(pieces, total)) if total else 1
     bounds = [total * k // pieces for k in range(pieces + 1)]
     return [slice(bounds[k], bounds[k + 1]) for k in range(pieces)]
-

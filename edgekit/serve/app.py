@@ -4,6 +4,7 @@ Every option is checked and every sink opened before the first frame, so a wrong
 unwritable folder is one error line at start, not a failure an hour later. SIGINT and SIGTERM set
 one stop flag: the current frame finishes, sinks flush, the process exits 0.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,17 @@ class RunConfig:
     trusted_keys: tuple[Path, ...] = ()  # --require-signature: public keys; empty = no signature needed
 
     def __post_init__(self) -> None:
-        for name in ("fps", "max_frames", "duration", "events_max_mb", "keep", "keep_mb", "save_every",
-                     "save_frames_keep", "heartbeat"):
+        for name in (
+            "fps",
+            "max_frames",
+            "duration",
+            "events_max_mb",
+            "keep",
+            "keep_mb",
+            "save_every",
+            "save_frames_keep",
+            "heartbeat",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise EdgekitError(f"--{name.replace('_', '-')} must be positive, not {value}")
@@ -97,15 +107,32 @@ def build_sinks(config: RunConfig, *, fingerprint: str) -> list:
     if config.save_frames is not None:
         from edgekit.serve.sinks import FrameStore
 
-        sinks.append(FrameStore(config.save_frames, keep=config.save_frames_keep, keep_bytes=2**62,
-                                every=config.save_every, option="--save-frames"))
+        sinks.append(
+            FrameStore(
+                config.save_frames,
+                keep=config.save_frames_keep,
+                keep_bytes=2**62,
+                every=config.save_every,
+                option="--save-frames",
+            )
+        )
     if config.mqtt is not None:
         from edgekit.serve.mqtt import MqttSink
 
         host, port = parse_address(config.mqtt, default_port=8883 if config.mqtt_tls else 1883, what="--mqtt")
         password = os.environ.get("EDGEKIT_MQTT_PASSWORD") if config.mqtt_user is not None else None
-        sinks.append(MqttSink(host, port, topic=config.mqtt_topic, heartbeat_s=config.heartbeat, bundle=fingerprint,
-                              username=config.mqtt_user, password=password, tls=config.mqtt_tls))
+        sinks.append(
+            MqttSink(
+                host,
+                port,
+                topic=config.mqtt_topic,
+                heartbeat_s=config.heartbeat,
+                bundle=fingerprint,
+                username=config.mqtt_user,
+                password=password,
+                tls=config.mqtt_tls,
+            )
+        )
     if config.webhook is not None:
         from edgekit.serve.webhook import WebhookSink
 
@@ -119,10 +146,14 @@ def run_service(config: RunConfig) -> int:
     from edgekit.serve.pipeline import Pipeline
     from edgekit.serve.sources import describe, open_source
 
-    detector = load(config.bundle, threads=config.threads, mode=config.mode,
-                    trusted_keys=list(config.trusted_keys) or None)
-    source = None if config.source is None else open_source(config.source, watch=config.watch,
-                                                            channels=detector.manifest.input.channels)
+    detector = load(
+        config.bundle, threads=config.threads, mode=config.mode, trusted_keys=list(config.trusted_keys) or None
+    )
+    source = (
+        None
+        if config.source is None
+        else open_source(config.source, watch=config.watch, channels=detector.manifest.input.channels)
+    )
     sinks = build_sinks(config, fingerprint=detector.fingerprint)
     monitor = server = None
     if config.serve is not None:
@@ -133,23 +164,36 @@ def run_service(config: RunConfig) -> int:
         monitor = Monitor(detector)
         server = HttpService(detector, monitor, host=host, port=port, token=config.token)
         server.start()
-        log(f"page and API on http://{host if ':' not in host else f'[{host}]'}:{server.port}/"
-            + (" (bearer token required)" if config.token else ""))
+        log(
+            f"page and API on http://{host if ':' not in host else f'[{host}]'}:{server.port}/"
+            + (" (bearer token required)" if config.token else "")
+        )
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     m = detector.manifest
-    log(f"{m.model} {m.target}/{m.precision} on {detector.backend.name} (bundle {detector.fingerprint})"
-        + (f", {describe(source)}" if source is not None else ", no source: API only"))
+    log(
+        f"{m.model} {m.target}/{m.precision} on {detector.backend.name} (bundle {detector.fingerprint})"
+        + (f", {describe(source)}" if source is not None else ", no source: API only")
+    )
     try:
         if source is None:
             stop.wait(config.duration)
             return 0
-        summary = Pipeline(detector, source, sinks, monitor=monitor, fps=config.fps, max_frames=config.max_frames,
-                           duration=config.duration).run(stop)
+        summary = Pipeline(
+            detector,
+            source,
+            sinks,
+            monitor=monitor,
+            fps=config.fps,
+            max_frames=config.max_frames,
+            duration=config.duration,
+        ).run(stop)
         dropped_sinks = ", ".join(f"{name} {n}" for name, n in summary.sink_dropped.items() if n)
-        log(f"{summary.reason}: {summary.frames} frames scored, {summary.anomalies} anomalous, "
+        log(
+            f"{summary.reason}: {summary.frames} frames scored, {summary.anomalies} anomalous, "
             f"{summary.dropped} dropped, {summary.failed} unreadable in {summary.seconds:.1f} s"
-            + (f"; sinks behind: {dropped_sinks}" if dropped_sinks else ""))
+            + (f"; sinks behind: {dropped_sinks}" if dropped_sinks else "")
+        )
         return 0
     finally:
         for sig, handler in previous.items():

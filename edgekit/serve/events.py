@@ -7,6 +7,7 @@ stays bounded by what is queued: a sink gets the frame's pixels and map only if 
 them (``pixels = True``), and then a short queue, and ``wants(event)`` lets it refuse an item
 before it is queued at all (a 1080p frame is 6 MB: 64 of them per lagging sink would sink a Pi).
 """
+
 from __future__ import annotations
 
 import queue
@@ -50,10 +51,17 @@ class Event:
     bundle: str  # the bundle's fingerprint (sha256 of its manifest, 16 hex digits)
 
     def to_json(self) -> dict[str, Any]:
-        row = {"time": self.time, "frame": self.frame, "source": self.source, "score": round(self.score, 6),
-               "raw_score": self.raw_score, "is_anomalous": self.is_anomalous,
-               "latency_ms": round(self.latency_ms, 3), "frame_to_event_ms": round(self.frame_to_event_ms, 3),
-               "bundle": self.bundle}
+        row = {
+            "time": self.time,
+            "frame": self.frame,
+            "source": self.source,
+            "score": round(self.score, 6),
+            "raw_score": self.raw_score,
+            "is_anomalous": self.is_anomalous,
+            "latency_ms": round(self.latency_ms, 3),
+            "frame_to_event_ms": round(self.frame_to_event_ms, 3),
+            "bundle": self.bundle,
+        }
         if self.name is not None:
             row["name"] = self.name
         return row
@@ -71,12 +79,18 @@ class Scored:
 
 def make_event(frame: Frame, prediction: Prediction, *, latency_s: float, bundle: str) -> Event:
     now = time.time()
-    return Event(time=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
-                 frame=frame.index, source=frame.source, name=frame.name, score=prediction.score,
-                 raw_score=prediction.raw_score, is_anomalous=prediction.is_anomalous,
-                 latency_ms=latency_s * 1e3,
-                 frame_to_event_ms=(time.perf_counter() - frame.captured_mono) * 1e3 if frame.captured_mono else 0.0,
-                 bundle=bundle)
+    return Event(
+        time=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
+        frame=frame.index,
+        source=frame.source,
+        name=frame.name,
+        score=prediction.score,
+        raw_score=prediction.raw_score,
+        is_anomalous=prediction.is_anomalous,
+        latency_ms=latency_s * 1e3,
+        frame_to_event_ms=(time.perf_counter() - frame.captured_mono) * 1e3 if frame.captured_mono else 0.0,
+        bundle=bundle,
+    )
 
 
 class Sink(Protocol):
@@ -101,8 +115,14 @@ def log(message: str) -> None:
 class SinkWorker:
     """Runs one sink on its own thread behind a bounded queue; ``submit`` never blocks."""
 
-    def __init__(self, sink: Sink, *, capacity: int = 64, pixel_capacity: int = 8,
-                 on_drop: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        capacity: int = 64,
+        pixel_capacity: int = 8,
+        on_drop: Optional[Callable[[str], None]] = None,
+    ) -> None:
         self.sink = sink
         self.dropped = 0
         self.failed = 0

@@ -14,6 +14,7 @@ routes also take ``?token=``, so that the page and its images work when opened a
   bundle, width, height}``; ``?overlay=1`` adds ``overlay_png_base64``
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /bundle`` (what is loaded)
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,9 +47,15 @@ from edgekit.serve.events import Frame, Scored, log, make_event
 from edgekit.serve.monitor import THRESHOLD, Monitor
 
 #: (method, path) → handler method name; /anomalies/<seq>.jpg is matched by _ANOMALY_PATH
-_ROUTES = {("GET", "/"): "_page", ("GET", "/state"): "_state", ("GET", "/frame.jpg"): "_frame",
-           ("GET", "/healthz"): "_healthz", ("GET", "/metrics"): "_metrics", ("GET", "/bundle"): "_bundle",
-           ("POST", "/predict"): "_predict"}
+_ROUTES = {
+    ("GET", "/"): "_page",
+    ("GET", "/state"): "_state",
+    ("GET", "/frame.jpg"): "_frame",
+    ("GET", "/healthz"): "_healthz",
+    ("GET", "/metrics"): "_metrics",
+    ("GET", "/bundle"): "_bundle",
+    ("POST", "/predict"): "_predict",
+}
 _ANOMALY_PATH = re.compile(r"/anomalies/(\d{1,18})\.jpg")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -69,10 +76,21 @@ class HttpService:
     ``on_scored``, if given, also receives every ``POST /predict`` result (e.g. to feed the sinks).
     """
 
-    def __init__(self, detector: Detector, monitor: Monitor, *, host: str = "127.0.0.1", port: int = 8080,
-                 token: Optional[str] = None, max_body_bytes: int = 20 * 2**20, max_pixels: int = 50_000_000,
-                 max_concurrent: int = 4, max_connections: int = 16, timeout_s: float = 30.0,
-                 on_scored: Optional[Callable[[Scored], None]] = None) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        monitor: Monitor,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        token: Optional[str] = None,
+        max_body_bytes: int = 20 * 2**20,
+        max_pixels: int = 50_000_000,
+        max_concurrent: int = 4,
+        max_connections: int = 16,
+        timeout_s: float = 30.0,
+        on_scored: Optional[Callable[[Scored], None]] = None,
+    ) -> None:
         if token is not None and not token.strip():
             raise EdgekitError("the token must not be empty")
         self.detector, self.monitor = detector, monitor
@@ -105,8 +123,9 @@ class HttpService:
             self._server = _Server((self.host, self._port), self)
         except OSError as exc:
             raise EdgekitError(f"cannot serve on {self.host}:{self._port}: {exc.strerror or exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="edgekit-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="edgekit-http", daemon=True
+        )
         self._thread.start()
 
     def stop(self, *, timeout: float = 5.0) -> None:
@@ -135,15 +154,22 @@ class HttpService:
             started = time.perf_counter()
             prediction = self.detector.predict(image)
             latency_s = time.perf_counter() - started
-        frame = Frame(index=next(self._frame_index), image=image, source="http", captured=received,
-                      captured_mono=received_mono)
+        frame = Frame(
+            index=next(self._frame_index), image=image, source="http", captured=received, captured_mono=received_mono
+        )
         item = Scored(frame, prediction, make_event(frame, prediction, latency_s=latency_s, bundle=self.fingerprint))
         self.monitor.record(item)
         if self.on_scored is not None:
             self.on_scored(item)
-        reply = {"score": prediction.score, "raw_score": prediction.raw_score, "is_anomalous": prediction.is_anomalous,
-                 "latency_ms": round(latency_s * 1e3, 3), "bundle": self.fingerprint,
-                 "width": int(image.shape[1]), "height": int(image.shape[0])}
+        reply = {
+            "score": prediction.score,
+            "raw_score": prediction.raw_score,
+            "is_anomalous": prediction.is_anomalous,
+            "latency_ms": round(latency_s * 1e3, 3),
+            "bundle": self.fingerprint,
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+        }
         if overlay:
             from PIL import Image
 
@@ -178,18 +204,39 @@ _IMAGE_STATUS = {"too-large": 413, "unreadable": 415, "too-small": 422, "corrupt
 def bundle_info(detector: Detector) -> dict[str, Any]:
     """What ``GET /bundle`` says about the loaded bundle: model, target, runtime, input, thresholds."""
     manifest, spec, decision = detector.manifest, detector.manifest.input, detector.manifest.decision
-    return {"fingerprint": detector.fingerprint, "schema_version": manifest.schema_version,
-            "edgekit_version": manifest.edgekit_version, "model": manifest.model, "backbone": manifest.backbone,
-            "target": manifest.target, "runtime": manifest.runtime,
-            "runtime_version": getattr(detector.backend, "version", None), "device": manifest.device,
-            "precision": manifest.precision, "format": manifest.network.format, "head": manifest.head.kind,
-            "input": {"width": spec.width, "height": spec.height, "channels": spec.channels,
-                      "color": "rgb" if spec.channels == 3 else "grey", "resize": spec.resize,
-                      "mean": list(spec.mean), "std": list(spec.std), "layout": spec.layout},
-            "thresholds": {"score_threshold": THRESHOLD, "image_threshold": decision.image_threshold,
-                           "image_center": decision.image_center, "pixel_threshold": decision.pixel_threshold,
-                           "pixel_center": decision.pixel_center, "method": decision.method,
-                           "fitted_on": decision.fitted_on}}
+    return {
+        "fingerprint": detector.fingerprint,
+        "schema_version": manifest.schema_version,
+        "edgekit_version": manifest.edgekit_version,
+        "model": manifest.model,
+        "backbone": manifest.backbone,
+        "target": manifest.target,
+        "runtime": manifest.runtime,
+        "runtime_version": getattr(detector.backend, "version", None),
+        "device": manifest.device,
+        "precision": manifest.precision,
+        "format": manifest.network.format,
+        "head": manifest.head.kind,
+        "input": {
+            "width": spec.width,
+            "height": spec.height,
+            "channels": spec.channels,
+            "color": "rgb" if spec.channels == 3 else "grey",
+            "resize": spec.resize,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "layout": spec.layout,
+        },
+        "thresholds": {
+            "score_threshold": THRESHOLD,
+            "image_threshold": decision.image_threshold,
+            "image_center": decision.image_center,
+            "pixel_threshold": decision.pixel_threshold,
+            "pixel_center": decision.pixel_center,
+            "method": decision.method,
+            "fitted_on": decision.fitted_on,
+        },
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -200,11 +247,14 @@ def page() -> tuple[bytes, str]:
 
     def hashes(tag: str) -> str:
         bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
-        return " ".join("'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
-                        for body in bodies)
+        return " ".join(
+            "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'" for body in bodies
+        )
 
-    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
-              "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
     return html.encode("utf-8"), policy
 
 
@@ -221,7 +271,7 @@ def _host_name(header: str) -> str:
     """The name part of a Host header: "127.0.0.1:8080" → "127.0.0.1", "[::1]:80" → "::1"."""
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
+        return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
@@ -321,8 +371,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HttpError(404, f"no such page: {url.path[:80]} (try /, /predict, /metrics, /bundle)")
             if handler is None:
                 allowed = ", ".join(sorted(m for m, p in _ROUTES if p == self._route)) or "GET"
-                raise HttpError(405, f"{method} is not allowed on {self._route}; use {allowed}",
-                                headers={"Allow": allowed})
+                raise HttpError(
+                    405, f"{method} is not allowed on {self._route}; use {allowed}", headers={"Allow": allowed}
+                )
             getattr(self, handler)(query, received)
         except HttpError as error:
             self._fail(error.status, error.message, error.headers)
@@ -332,8 +383,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         except Exception as exc:
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            log(f"http {method} {self._route}: {type(exc).__name__}: {exc} "
-                f"({Path(where.filename).name}:{where.lineno})")
+            log(
+                f"http {method} {self._route}: {type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+            )
             self._fail(500, f"internal error ({type(exc).__name__}); the service log has the details")
         finally:
             self._route = "other"
@@ -349,11 +401,15 @@ class _Handler(BaseHTTPRequestHandler):
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
             return
-        if self.command == "GET" and any(hmac.compare_digest(value.encode(), expected)
-                                         for value in query.get("token", [])[:1]):
+        if self.command == "GET" and any(
+            hmac.compare_digest(value.encode(), expected) for value in query.get("token", [])[:1]
+        ):
             return
-        raise HttpError(401, "a valid token is needed: send 'Authorization: Bearer <token>' (or open /?token=<token>)",
-                        headers={"WWW-Authenticate": 'Bearer realm="edgekit"'})
+        raise HttpError(
+            401,
+            "a valid token is needed: send 'Authorization: Bearer <token>' (or open /?token=<token>)",
+            headers={"WWW-Authenticate": 'Bearer realm="edgekit"'},
+        )
 
     def _body_length(self) -> int:
         """The request's Content-Length, refused (411/400/413) before a byte of the body is read."""
@@ -376,8 +432,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _page(self, query: dict, received: float) -> None:
         html, policy = page()
-        self._reply(200, html, "text/html; charset=utf-8",
-                    {"Content-Security-Policy": policy, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
+        self._reply(
+            200,
+            html,
+            "text/html; charset=utf-8",
+            {"Content-Security-Policy": policy, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"},
+        )
 
     def _state(self, query: dict, received: float) -> None:
         self._reply_json(200, self.server.service.monitor.snapshot())
@@ -481,8 +541,9 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             full = len(self._live) >= self.service.max_connections
             if not full:
-                thread = threading.Thread(target=self._serve, args=(request, client_address),
-                                          name="edgekit-http-connection", daemon=True)
+                thread = threading.Thread(
+                    target=self._serve, args=(request, client_address), name="edgekit-http-connection", daemon=True
+                )
                 self._live[request] = thread
         if full:
             self._refuse(request)
@@ -498,8 +559,10 @@ class _Server(ThreadingHTTPServer):
 
     def _refuse(self, request: socket.socket) -> None:
         body = _json_bytes({"error": f"too many connections (limit {self.service.max_connections}); retry later"})
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        head = (
+            f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        ).encode()
         self.service.monitor.count_request("other", 503)
         try:
             request.settimeout(1.0)

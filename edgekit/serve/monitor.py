@@ -6,6 +6,7 @@ JPEGs of the current frame and of the last anomalies are made when the page asks
 HTTP thread, and cached. Memory stays flat: the score history, the latency samples and the anomaly
 thumbnails are bounded deques, and only the newest full frame is kept.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,11 +44,25 @@ class _Anomaly:
 class Monitor:
     """Thread-safe live statistics of one running detector, for the page, /state and /metrics."""
 
-    def __init__(self, detector: Detector, *, history: int = 240, latency_samples: int = 1000,
-                 thumbnails: int = 8, thumbnail_px: int = 160, fps_window_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        history: int = 240,
+        latency_samples: int = 1000,
+        thumbnails: int = 8,
+        thumbnail_px: int = 160,
+        fps_window_s: float = 5.0,
+    ) -> None:
         manifest = detector.manifest
-        self.bundle = {"fingerprint": detector.fingerprint, "model": manifest.model, "backbone": manifest.backbone,
-                       "target": manifest.target, "precision": manifest.precision, "runtime": manifest.runtime}
+        self.bundle = {
+            "fingerprint": detector.fingerprint,
+            "model": manifest.model,
+            "backbone": manifest.backbone,
+            "target": manifest.target,
+            "precision": manifest.precision,
+            "runtime": manifest.runtime,
+        }
         self.started = time.time()
         self._started_mono = time.monotonic()
         self._thumbnail_px = thumbnail_px
@@ -76,13 +91,22 @@ class Monitor:
         event = item.event
         if event.source != self._source[0]:
             self._source = (event.source, public_source(event.source))
-        info = {"frame": event.frame, "source": self._source[1], "name": event.name,
-                "time": event.time, "score": event.score, "raw_score": event.raw_score,
-                "is_anomalous": event.is_anomalous, "latency_ms": event.latency_ms}
+        info = {
+            "frame": event.frame,
+            "source": self._source[1],
+            "name": event.name,
+            "time": event.time,
+            "score": event.score,
+            "raw_score": event.raw_score,
+            "is_anomalous": event.is_anomalous,
+            "latency_ms": event.latency_ms,
+        }
         thumb = None
         if event.is_anomalous:
-            thumb = (_shrink(item.frame.image, self._thumbnail_px),
-                     _shrink(item.prediction.anomaly_map, self._thumbnail_px))
+            thumb = (
+                _shrink(item.frame.image, self._thumbnail_px),
+                _shrink(item.prediction.anomaly_map, self._thumbnail_px),
+            )
         latency_s = event.latency_ms / 1e3
         bucket = next((i for i, bound in enumerate(LATENCY_BUCKETS_S) if latency_s <= bound), len(LATENCY_BUCKETS_S))
         with self._lock:
@@ -132,8 +156,11 @@ class Monitor:
             "dropped_total": sum(dropped.values()),
             "http_requests": requests,
             "fps": round(self._fps(times, now), 3),
-            "latency_ms": {"p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99),
-                           "samples": int(latencies.size)},
+            "latency_ms": {
+                "p50": _percentile(latencies, 50),
+                "p99": _percentile(latencies, 99),
+                "samples": int(latencies.size),
+            },
             "threshold": THRESHOLD,
             "last": last,
             "history": [[seq, round(score, 5), int(flag)] for seq, score, flag in history],
@@ -157,17 +184,22 @@ class Monitor:
         lines.append(f"edgekit_frames_total {frames}")
         family("edgekit_anomalies_total", "counter", "Scored frames judged anomalous.")
         lines.append(f"edgekit_anomalies_total {anomalies}")
-        family("edgekit_dropped_frames_total", "counter",
-               "Frames replaced before inference took them (capture) or items a slow sink could not take.")
+        family(
+            "edgekit_dropped_frames_total",
+            "counter",
+            "Frames replaced before inference took them (capture) or items a slow sink could not take.",
+        )
         lines.extend(f"edgekit_dropped_frames_total{{reason={_label(reason)}}} {count}" for reason, count in dropped)
         family("edgekit_http_requests_total", "counter", "HTTP requests answered, by route and status code.")
-        lines.extend(f"edgekit_http_requests_total{{path={_label(route)},code=\"{status}\"}} {count}"
-                     for (route, status), count in requests)
+        lines.extend(
+            f'edgekit_http_requests_total{{path={_label(route)},code="{status}"}} {count}'
+            for (route, status), count in requests
+        )
         family("edgekit_inference_latency_seconds", "histogram", "Detector.predict time per scored frame.")
         cumulative = 0
         for bound, count in zip((*LATENCY_BUCKETS_S, math.inf), buckets):
             cumulative += count
-            lines.append(f"edgekit_inference_latency_seconds_bucket{{le=\"{_number(bound)}\"}} {cumulative}")
+            lines.append(f'edgekit_inference_latency_seconds_bucket{{le="{_number(bound)}"}} {cumulative}')
         lines.append(f"edgekit_inference_latency_seconds_sum {_number(latency_sum)}")
         lines.append(f"edgekit_inference_latency_seconds_count {cumulative}")
         if last_score is not None:

@@ -6,6 +6,7 @@ Topics under ``topic`` (default ``edgekit``): ``anomaly`` (one event's JSON per 
 camera drops off). paho's own thread connects and reconnects with back-off; while the broker is
 away, messages wait in paho's bounded queue and the newest are dropped (and counted) beyond it.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,20 @@ class MqttSink:
 
     name = "mqtt"
 
-    def __init__(self, host: str, port: int = 1883, *, topic: str = "edgekit", heartbeat_s: float = 30.0,
-                 client_id: Optional[str] = None, username: Optional[str] = None,
-                 password: Optional[str] = None, qos: int = 1, tls: bool = False,
-                 bundle: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int = 1883,
+        *,
+        topic: str = "edgekit",
+        heartbeat_s: float = 30.0,
+        client_id: Optional[str] = None,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        qos: int = 1,
+        tls: bool = False,
+        bundle: Optional[str] = None,
+    ) -> None:
         topic = topic.strip("/")
         if not host:
             raise EdgekitError("MQTT needs a broker host")
@@ -130,8 +141,16 @@ class MqttSink:
                     self._pending.add(info.mid)
 
     def _heartbeat_json(self, state: str) -> str:
-        return json.dumps({"time": _now(), "state": state, "frames": self.frames, "anomalies": self.anomalies,
-                           "uptime_s": round(time.monotonic() - self._started, 1), "bundle": self.bundle})
+        return json.dumps(
+            {
+                "time": _now(),
+                "state": state,
+                "frames": self.frames,
+                "anomalies": self.anomalies,
+                "uptime_s": round(time.monotonic() - self._started, 1),
+                "bundle": self.bundle,
+            }
+        )
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
@@ -155,8 +174,10 @@ class MqttSink:
         if self._closing:
             log(f"MQTT disconnected from {self.host}:{self.port}")
         elif was_connected:
-            log(f"MQTT connection to {self.host}:{self.port} lost ({reason_code}); "
-                f"reconnecting with back-off up to {RECONNECT_MAX_S} s")
+            log(
+                f"MQTT connection to {self.host}:{self.port} lost ({reason_code}); "
+                f"reconnecting with back-off up to {RECONNECT_MAX_S} s"
+            )
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         if not self._unreachable_logged:

@@ -7,6 +7,7 @@ of a video or folder is scored. Each sink sits behind a :class:`SinkWorker`, so 
 broker or web server can never stall inference. ``stop`` (set by SIGINT/SIGTERM) ends the loop
 after the current frame; sinks are then flushed.
 """
+
 from __future__ import annotations
 
 import threading
@@ -83,9 +84,18 @@ class RunSummary:
 class Pipeline:
     """Scores a source's frames with one Detector and hands every verdict to the sinks."""
 
-    def __init__(self, detector: Detector, source: Source, sinks: Iterable[Sink], *,
-                 monitor=None, fps: Optional[float] = None, max_frames: Optional[int] = None,
-                 duration: Optional[float] = None, sink_capacity: int = 64) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        source: Source,
+        sinks: Iterable[Sink],
+        *,
+        monitor=None,
+        fps: Optional[float] = None,
+        max_frames: Optional[int] = None,
+        duration: Optional[float] = None,
+        sink_capacity: int = 64,
+    ) -> None:
         self.detector = detector
         self.source = source
         self.monitor = monitor
@@ -97,11 +107,13 @@ class Pipeline:
     def run(self, stop: threading.Event) -> RunSummary:
         summary = RunSummary()
         slot = FrameSlot(latest_only=self.source.live)
-        workers = [SinkWorker(sink, capacity=self._sink_capacity, on_drop=self._sink_drop_counter())
-                   for sink in self._sinks]
+        workers = [
+            SinkWorker(sink, capacity=self._sink_capacity, on_drop=self._sink_drop_counter()) for sink in self._sinks
+        ]
         capture_stop = threading.Event()
-        capture = threading.Thread(target=self._capture, args=(slot, capture_stop, summary), name="capture",
-                                   daemon=True)
+        capture = threading.Thread(
+            target=self._capture, args=(slot, capture_stop, summary), name="capture", daemon=True
+        )
         started = time.monotonic()
         capture.start()
         try:
@@ -121,6 +133,7 @@ class Pipeline:
         def count(name: str) -> None:
             if self.monitor is not None:
                 self.monitor.count_dropped(f"sink:{name}")
+
         return count
 
     def _capture(self, slot: FrameSlot, stop: threading.Event, summary: RunSummary) -> None:
@@ -139,8 +152,9 @@ class Pipeline:
         finally:
             slot.close()
 
-    def _infer_loop(self, slot: FrameSlot, stop: threading.Event, workers: list[SinkWorker],
-                    summary: RunSummary, started: float) -> str:
+    def _infer_loop(
+        self, slot: FrameSlot, stop: threading.Event, workers: list[SinkWorker], summary: RunSummary, started: float
+    ) -> str:
         """Score frames on as many threads as the Detector's budget has lanes (one in latency mode);
         verdicts reach the sinks in the order the frames were taken."""
         state = _LoopState(period=1.0 / self.fps if self.fps else 0.0, next_due=started)
@@ -148,9 +162,14 @@ class Pipeline:
         if lanes == 1:
             return self._lane(slot, stop, workers, summary, started, state)
         reasons: list[str] = []
-        threads = [threading.Thread(target=lambda: reasons.append(self._lane(slot, stop, workers, summary,
-                                                                            started, state)),
-                                    name=f"infer-{k}", daemon=True) for k in range(lanes)]
+        threads = [
+            threading.Thread(
+                target=lambda: reasons.append(self._lane(slot, stop, workers, summary, started, state)),
+                name=f"infer-{k}",
+                daemon=True,
+            )
+            for k in range(lanes)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -159,8 +178,15 @@ class Pipeline:
             raise state.error
         return reasons[0] if reasons else "stopped"
 
-    def _lane(self, slot: FrameSlot, stop: threading.Event, workers: list[SinkWorker], summary: RunSummary,
-              started: float, state: "_LoopState") -> str:
+    def _lane(
+        self,
+        slot: FrameSlot,
+        stop: threading.Event,
+        workers: list[SinkWorker],
+        summary: RunSummary,
+        started: float,
+        state: "_LoopState",
+    ) -> str:
         try:
             while True:
                 taken = self._next(slot, stop, started, state)
@@ -221,8 +247,9 @@ class Pipeline:
         event = make_event(frame, prediction, latency_s=time.perf_counter() - t0, bundle=self.detector.fingerprint)
         return Scored(frame=frame, prediction=prediction, event=event)
 
-    def _emit(self, order: int, item: Optional[Scored], workers: list[SinkWorker], summary: RunSummary,
-              state: "_LoopState") -> None:
+    def _emit(
+        self, order: int, item: Optional[Scored], workers: list[SinkWorker], summary: RunSummary, state: "_LoopState"
+    ) -> None:
         """Hand verdicts to the sinks in taking order (a lane that finished early waits its turn)."""
         with state.emit_lock:
             state.pending[order] = item

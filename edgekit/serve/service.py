@@ -6,6 +6,7 @@ command line. Every argument is written the way systemd.syntax(7) and systemd.se
 control characters as C escapes, ``%`` doubled (unit specifiers) and ``$`` doubled (environment
 variable expansion), so what systemd executes is exactly the list given here.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,10 @@ def _executable(path: str) -> str:
         raise EdgekitError(f"systemd needs the absolute path of the program to start, got {path!r}")
     bad = sorted({c for c in path if c in _EXECUTABLE_REFUSED or ord(c) < 0x20 or ord(c) == 0x7F})
     if bad:
-        raise EdgekitError(f"systemd cannot start a program whose path contains {''.join(bad)!r}: {path} "
-                           f"(install the venv under a plain path)")
+        raise EdgekitError(
+            f"systemd cannot start a program whose path contains {''.join(bad)!r}: {path} "
+            f"(install the venv under a plain path)"
+        )
     return '"' + path.replace("%", "%%") + '"'
 
 
@@ -63,9 +66,14 @@ def _plain_value(value: str, what: str) -> str:
     return value.replace("%", "%%")
 
 
-def systemd_unit(command: Sequence[str], *, user: str, working_directory: str,
-                 description: str = "edgekit anomaly inspection (edgekit run)",
-                 environment_file: Optional[str] = None) -> str:
+def systemd_unit(
+    command: Sequence[str],
+    *,
+    user: str,
+    working_directory: str,
+    description: str = "edgekit anomaly inspection (edgekit run)",
+    environment_file: Optional[str] = None,
+) -> str:
     """The text of a systemd service unit that runs ``command`` as ``user`` in ``working_directory``.
 
     ``command[0]`` must be an absolute path (the venv's ``edgekit`` script). The service starts
@@ -86,29 +94,31 @@ def systemd_unit(command: Sequence[str], *, user: str, working_directory: str,
     if environment_file is not None and not environment_file.startswith("/"):
         raise EdgekitError(f"the environment file must be an absolute path, got {environment_file!r}")
     exec_start = " ".join([_executable(command[0]), *(quote_argument(arg) for arg in command[1:])])
-    return "\n".join([
-        "[Unit]",
-        f"Description={_plain_value(description, 'description')}",
-        "Wants=network-online.target",
-        "After=network-online.target",
-        "",
-        "[Service]",
-        "Type=exec",
-        f"User={user}",
-        "# cameras (/dev/video*, /dev/media*) belong to group video",
-        "SupplementaryGroups=video",
-        f"WorkingDirectory={_plain_value(working_directory, 'working directory')}",
-        "Environment=PYTHONUNBUFFERED=1",
-        *([f"EnvironmentFile={_plain_value(environment_file, 'environment file')}"] if environment_file else []),
-        f"ExecStart={exec_start}",
-        "Restart=on-failure",
-        f"RestartSec={RESTART_SEC}",
-        "# SIGTERM: edgekit run finishes the current frame, flushes its outputs and exits 0",
-        "KillSignal=SIGTERM",
-        f"TimeoutStopSec={TIMEOUT_STOP_SEC}",
-        "NoNewPrivileges=yes",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
-    ])
+    return "\n".join(
+        [
+            "[Unit]",
+            f"Description={_plain_value(description, 'description')}",
+            "Wants=network-online.target",
+            "After=network-online.target",
+            "",
+            "[Service]",
+            "Type=exec",
+            f"User={user}",
+            "# cameras (/dev/video*, /dev/media*) belong to group video",
+            "SupplementaryGroups=video",
+            f"WorkingDirectory={_plain_value(working_directory, 'working directory')}",
+            "Environment=PYTHONUNBUFFERED=1",
+            *([f"EnvironmentFile={_plain_value(environment_file, 'environment file')}"] if environment_file else []),
+            f"ExecStart={exec_start}",
+            "Restart=on-failure",
+            f"RestartSec={RESTART_SEC}",
+            "# SIGTERM: edgekit run finishes the current frame, flushes its outputs and exits 0",
+            "KillSignal=SIGTERM",
+            f"TimeoutStopSec={TIMEOUT_STOP_SEC}",
+            "NoNewPrivileges=yes",
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+    )

@@ -6,6 +6,7 @@ cut) never leaves half a line or a half-written image. Both sinks cap what they 
 card never fills: the event file is rotated once it passes ``max_bytes`` (one previous file is
 kept), and saved anomalies are thinned to the newest ``keep`` items and ``keep_bytes``.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,15 @@ class FrameStore:
     delivers them, for ``edgekit fit`` to re-fit the bundle on (camera compression moves scores).
     """
 
-    def __init__(self, folder: str | Path, *, keep: int = 100, keep_bytes: int = 500 * 2**20,
-                 every: Optional[int] = None, option: str = "--save-anomalies") -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        keep: int = 100,
+        keep_bytes: int = 500 * 2**20,
+        every: Optional[int] = None,
+        option: str = "--save-anomalies",
+    ) -> None:
         if keep < 1 or keep_bytes < 1 or every is not None and every < 1:
             raise EdgekitError(f"{option}: the count and size caps must be positive")
         self.folder = Path(folder)
@@ -107,8 +115,12 @@ class FrameStore:
         stamp = item.event.time.replace("-", "").replace(":", "").replace("+0000", "Z")[:19] + "Z"
         stem = f"{stamp}_f{item.event.frame:08d}"
         image = item.frame.image if item.frame.image.ndim == 3 else item.frame.image[:, :, None]
-        self._write(f"{stem}.png", lambda f: Image.fromarray(np.squeeze(image, axis=2) if image.shape[2] == 1
-                                                            else image).save(f, format="PNG"))
+        self._write(
+            f"{stem}.png",
+            lambda f: Image.fromarray(np.squeeze(image, axis=2) if image.shape[2] == 1 else image).save(
+                f, format="PNG"
+            ),
+        )
         if self.every is None:
             overlay = blend(image, item.prediction.anomaly_map)
             self._write(f"{stem}_overlay.jpg", lambda f: Image.fromarray(overlay).save(f, format="JPEG", quality=85))

@@ -7,6 +7,7 @@ source (video file, folder, glob) is read at the pace of inference and no frame 
 Cameras and streams that fail mid-run are reopened with back-off; one that cannot be opened at
 start is an error, so a wrong address is said at once.
 """
+
 from __future__ import annotations
 
 import glob
@@ -39,8 +40,9 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise EdgekitError("cameras, video files and streams need OpenCV: "
-                           "pip install 'edgekit-anomaly[camera]'") from None
+        raise EdgekitError(
+            "cameras, video files and streams need OpenCV: pip install 'edgekit-anomaly[camera]'"
+        ) from None
     return cv2
 
 
@@ -77,9 +79,11 @@ class VideoSource:
     def _open(self):
         cv2 = _cv2()
         if self.kind == "stream":
-            capture = cv2.VideoCapture(self.target, cv2.CAP_FFMPEG,
-                                       [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
-                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+            capture = cv2.VideoCapture(
+                self.target,
+                cv2.CAP_FFMPEG,
+                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS],
+            )
         else:
             capture = cv2.VideoCapture(self.target)
         if self.kind == "camera":
@@ -105,8 +109,13 @@ class VideoSource:
                 ok, pixels = capture.read() if capture is not None else (False, None)
                 if ok and pixels is not None:
                     wait = self.reconnect_first_s
-                    yield Frame(index=index, image=_from_opencv(cv2, pixels), source=self.text,
-                                captured=time.time(), captured_mono=time.perf_counter())
+                    yield Frame(
+                        index=index,
+                        image=_from_opencv(cv2, pixels),
+                        source=self.text,
+                        captured=time.time(),
+                        captured_mono=time.perf_counter(),
+                    )
                     index += 1
                     continue
                 if not self.live:
@@ -121,7 +130,9 @@ class VideoSource:
                 if capture is not None:
                     log(f"{self.kind} {self.text} reconnected")
                 else:
-                    log(f"{self.kind} {self.text} still unavailable; next try in {min(wait * 2, self.reconnect_max_s):.1f} s")
+                    log(
+                        f"{self.kind} {self.text} still unavailable; next try in {min(wait * 2, self.reconnect_max_s):.1f} s"
+                    )
                 wait = min(wait * 2, self.reconnect_max_s)
         finally:
             if capture is not None:
@@ -147,8 +158,10 @@ class PiCameraSource:
         try:
             from picamera2 import Picamera2
         except ImportError:
-            raise EdgekitError(f"{self.text}: picamera2 is not importable here (on Raspberry Pi OS: "
-                               f"apt install python3-picamera2, and make the venv with --system-site-packages)") from None
+            raise EdgekitError(
+                f"{self.text}: picamera2 is not importable here (on Raspberry Pi OS: "
+                f"apt install python3-picamera2, and make the venv with --system-site-packages)"
+            ) from None
         try:
             picam = Picamera2(self.camera)
             picam.configure(picam.create_video_configuration(main={"format": "BGR888"}))
@@ -162,8 +175,13 @@ class PiCameraSource:
         try:
             while not stop.is_set():
                 pixels = np.asarray(picam.capture_array("main"))[:, :, :3]
-                yield Frame(index=index, image=np.ascontiguousarray(pixels), source=self.text,
-                            captured=time.time(), captured_mono=time.perf_counter())
+                yield Frame(
+                    index=index,
+                    image=np.ascontiguousarray(pixels),
+                    source=self.text,
+                    captured=time.time(),
+                    captured_mono=time.perf_counter(),
+                )
                 index += 1
         finally:
             picam.stop()
@@ -235,8 +253,14 @@ class FileSource:
                 except EdgekitError as exc:
                     log(f"skipped {exc}" + ("; it is read again if it changes" if self.watch else ""))
                     continue
-                yield Frame(index=index, image=image, source=self.text, name=name,
-                            captured=time.time(), captured_mono=time.perf_counter())
+                yield Frame(
+                    index=index,
+                    image=image,
+                    source=self.text,
+                    name=name,
+                    captured=time.time(),
+                    captured_mono=time.perf_counter(),
+                )
                 index += 1
             if not self.watch:
                 return
@@ -251,18 +275,27 @@ def _folder_lister(folder: Path) -> Callable[[], list[str]]:
     def list_files() -> list[str]:
         try:
             with os.scandir(folder) as entries:
-                return sorted(e.path for e in entries
-                              if e.is_file() and not e.name.startswith(".") and
-                              os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+                return sorted(
+                    e.path
+                    for e in entries
+                    if e.is_file()
+                    and not e.name.startswith(".")
+                    and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                )
         except OSError:
             return []
+
     return list_files
 
 
 def _glob_lister(pattern: str) -> Callable[[], list[str]]:
     def list_files() -> list[str]:
-        return sorted(p for p in glob.glob(pattern, recursive=True)
-                      if os.path.isfile(p) and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES)
+        return sorted(
+            p
+            for p in glob.glob(pattern, recursive=True)
+            if os.path.isfile(p) and os.path.splitext(p)[1].lower() in IMAGE_SUFFIXES
+        )
+
     return list_files
 
 
@@ -305,5 +338,14 @@ def describe(source: Source) -> str:
     return f"{'watched ' if source.watch else ''}images {source.text}"
 
 
-__all__ = ["Frame", "VideoSource", "FileSource", "PiCameraSource", "Source", "open_source", "describe", "public_source",
-           "IMAGE_SUFFIXES"]
+__all__ = [
+    "Frame",
+    "VideoSource",
+    "FileSource",
+    "PiCameraSource",
+    "Source",
+    "open_source",
+    "describe",
+    "public_source",
+    "IMAGE_SUFFIXES",
+]

@@ -5,6 +5,7 @@ exponential back-off; a 4xx answer is the receiver refusing this request, so it 
 Giving up raises an EdgekitError, which the SinkWorker logs as one line and counts. Logs name only
 the scheme, host and port: a hook's path often holds its secret.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -28,8 +29,16 @@ class WebhookSink:
 
     name = "webhook"
 
-    def __init__(self, url: str, *, retries: int = 3, timeout_s: float = 5.0, backoff_s: float = 0.5,
-                 token: Optional[str] = None, anomalies_only: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retries: int = 3,
+        timeout_s: float = 5.0,
+        backoff_s: float = 0.5,
+        token: Optional[str] = None,
+        anomalies_only: bool = True,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise EdgekitError(f"webhook URL must be http://HOST/... or https://HOST/..., got {url!r}")
@@ -64,12 +73,14 @@ class WebhookSink:
                 exc.close()
                 why = f"HTTP {exc.code} {exc.reason}"
                 if exc.code < 500:
-                    raise EdgekitError(f"{self.where} answered {why} to frame {item.event.frame}; "
-                                       "not retried") from None
+                    raise EdgekitError(
+                        f"{self.where} answered {why} to frame {item.event.frame}; not retried"
+                    ) from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, timed out, reset
                 why = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
-        raise EdgekitError(f"gave up POSTing frame {item.event.frame} to {self.where} after "
-                           f"{attempts} attempt(s): {why}")
+        raise EdgekitError(
+            f"gave up POSTing frame {item.event.frame} to {self.where} after {attempts} attempt(s): {why}"
+        )
 
     def close(self) -> None:
         """Nothing to flush: each POST finishes (or gives up) inside handle."""

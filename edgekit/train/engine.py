@@ -9,6 +9,7 @@ category, overwrite, progress) is the same for every family and goes to ``build_
 the data, the staging, the seed, the split, the provenance, the metrics and the commit are the
 engine's.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -110,11 +111,20 @@ def build_run(data: Any, out: Any, how: RunSettings, *, fit: FitFn, evaluate: Ev
         torch.manual_seed(how.seed)
         fitted = fit(writer, dataset, trained, held)
         found = fitted.config
-        record = RunRecord(model=found["model"], backbone=found["backbone"], layers=tuple(found["layers"]),
-                           input=fitted.input, seed=how.seed, dataset=dataset_block(dataset),
-                           trained_images=tuple(trained), held_out_images=tuple(held),
-                           settings={**{k: v for k, v in found.items() if k not in RunRecord.COMMON},
-                                     **made(time.perf_counter() - started)})
+        record = RunRecord(
+            model=found["model"],
+            backbone=found["backbone"],
+            layers=tuple(found["layers"]),
+            input=fitted.input,
+            seed=how.seed,
+            dataset=dataset_block(dataset),
+            trained_images=tuple(trained),
+            held_out_images=tuple(held),
+            settings={
+                **{k: v for k, v in found.items() if k not in RunRecord.COMMON},
+                **made(time.perf_counter() - started),
+            },
+        )
         config = record.to_config()
         run = Run(path=writer.tmp, config=config)
         metrics = {**evaluate(run, dataset, network=fitted.network, progress=how.progress), **fitted.metrics}

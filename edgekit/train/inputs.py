@@ -1,4 +1,5 @@
 """The input rule of an ImageNet backbone and the torch pass over images prepared by the one pre-processing."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,18 +15,24 @@ from edgekit.train.backbones import get_backbone_spec
 
 def input_spec_for(backbone: str, image_size: int) -> InputSpec:
     spec = get_backbone_spec(backbone)
-    return InputSpec(height=image_size, width=image_size, channels=3,
-                     mean=tuple(spec.mean), std=tuple(spec.std))
+    return InputSpec(height=image_size, width=image_size, channels=3, mean=tuple(spec.mean), std=tuple(spec.std))
 
 
-def embed(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec, *, batch_size: int = 8,
-          progress: ProgressFn = noop, stage: str = "embedding") -> np.ndarray:
+def embed(
+    network: nn.Module,
+    images: Sequence[ImageLike],
+    spec: InputSpec,
+    *,
+    batch_size: int = 8,
+    progress: ProgressFn = noop,
+    stage: str = "embedding",
+) -> np.ndarray:
     """Run the torch network on images prepared by the one pre-processing: (N, D, h, w) float32."""
     outputs = []
     progress(stage, 0, len(images))
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(prepare(images[start:start + batch_size], spec))
-            outputs.append(network(batch).numpy())
+            batch = torch.from_numpy(prepare(images[start : start + batch_size], spec))
+            outputs.append(network(batch).float().numpy())
             progress(stage, min(start + batch_size, len(images)), len(images))
     return np.concatenate(outputs)

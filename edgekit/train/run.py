@@ -3,6 +3,7 @@
 Nothing in a run is pickled: network weights are safetensors, arrays are ``.npy`` read with
 ``allow_pickle=False``. A run is written into a temporary folder and renamed into place.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,10 +34,10 @@ class RunRecord:
     model: str
     backbone: str
     layers: tuple[int, ...]
-    input: Any                         # edgekit.preprocess.InputSpec: the one pre-processing
+    input: Any  # edgekit.preprocess.InputSpec: the one pre-processing
     seed: int
-    dataset: Mapping[str, Any]         # path, layout, name
-    trained_images: tuple[Path, ...]   # what the model was built from (int8 calibrates on them)
+    dataset: Mapping[str, Any]  # path, layout, name
+    trained_images: tuple[Path, ...]  # what the model was built from (int8 calibrates on them)
     held_out_images: tuple[Path, ...]  # never trained on (thresholds are fitted on them)
     settings: Mapping[str, Any]
 
@@ -47,23 +48,46 @@ class RunRecord:
         from edgekit.preprocess import InputSpec
 
         block = config["input"]
-        spec = InputSpec(height=int(block["height"]), width=int(block["width"]), channels=int(block["channels"]),
-                         mean=tuple(block["mean"]), std=tuple(block["std"]), resize=block["resize"])
-        return cls(model=str(config["model"]), backbone=str(config["backbone"]),
-                   layers=tuple(int(level) for level in config["layers"]), input=spec, seed=int(config["seed"]),
-                   dataset=dict(config["dataset"]), trained_images=tuple(Path(p) for p in config["bank_images"]),
-                   held_out_images=tuple(Path(p) for p in config["holdout_images"]),
-                   settings={k: v for k, v in config.items() if k not in cls.COMMON})
+        spec = InputSpec(
+            height=int(block["height"]),
+            width=int(block["width"]),
+            channels=int(block["channels"]),
+            mean=tuple(block["mean"]),
+            std=tuple(block["std"]),
+            resize=block["resize"],
+        )
+        return cls(
+            model=str(config["model"]),
+            backbone=str(config["backbone"]),
+            layers=tuple(int(level) for level in config["layers"]),
+            input=spec,
+            seed=int(config["seed"]),
+            dataset=dict(config["dataset"]),
+            trained_images=tuple(Path(p) for p in config["bank_images"]),
+            held_out_images=tuple(Path(p) for p in config["holdout_images"]),
+            settings={k: v for k, v in config.items() if k not in cls.COMMON},
+        )
 
     def to_config(self) -> dict[str, Any]:
         spec = self.input
-        return {"model": self.model, "backbone": self.backbone, "layers": list(self.layers), "seed": self.seed,
-                **self.settings,
-                "input": {"height": spec.height, "width": spec.width, "channels": spec.channels,
-                          "mean": list(spec.mean), "std": list(spec.std), "resize": spec.resize},
-                "dataset": dict(self.dataset),
-                "bank_images": [str(Path(p).resolve()) for p in self.trained_images],
-                "holdout_images": [str(Path(p).resolve()) for p in self.held_out_images]}
+        return {
+            "model": self.model,
+            "backbone": self.backbone,
+            "layers": list(self.layers),
+            "seed": self.seed,
+            **self.settings,
+            "input": {
+                "height": spec.height,
+                "width": spec.width,
+                "channels": spec.channels,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "resize": spec.resize,
+            },
+            "dataset": dict(self.dataset),
+            "bank_images": [str(Path(p).resolve()) for p in self.trained_images],
+            "holdout_images": [str(Path(p).resolve()) for p in self.held_out_images],
+        }
 
 
 @dataclass(frozen=True)
@@ -83,8 +107,9 @@ class Run:
         try:
             return RunRecord.from_config(self.config)
         except (KeyError, TypeError, ValueError) as exc:
-            raise EdgekitError(f"run {self.path}: {RUN_FILE} is damaged or incomplete ({type(exc).__name__}: "
-                               f"{exc})") from None
+            raise EdgekitError(
+                f"run {self.path}: {RUN_FILE} is damaged or incomplete ({type(exc).__name__}: {exc})"
+            ) from None
 
     def input_spec(self):
         """The pre-processing the run trained with (its ``input`` block), as an InputSpec."""
@@ -261,8 +286,7 @@ def evaluate_on_test_split(run: "Run", dataset: Any, score: Any, path: str) -> d
     return metrics_on_test_split(dataset, scores, maps, run.input_spec().height, path)
 
 
-def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, size: int,
-                          path: str) -> dict[str, Any]:
+def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, size: int, path: str) -> dict[str, Any]:
     """Image and pixel AUROC of training-path ``scores`` / ``maps`` on the dataset's test split
     (in its order); AUROCs only where both labels, and masks, exist. ``path`` says what scored."""
     from edgekit.metrics import image_auroc, pixel_auroc

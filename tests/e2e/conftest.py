@@ -1,4 +1,5 @@
 """Session fixtures of tests/e2e: build the embedded default data, train and export ONCE per session."""
+
 from __future__ import annotations
 
 from pathlib import Path

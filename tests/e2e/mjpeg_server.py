@@ -4,6 +4,7 @@ Serves ``/stream.mjpg`` as multipart/x-mixed-replace JPEG frames (what many IP c
 given images in a loop at about 20 frames per second, on 127.0.0.1 only. Killing the process is how
 a test makes the stream die mid-run; starting it again on the same port brings it back.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,14 @@ def main() -> None:
             try:
                 while True:
                     jpeg = frames[index % len(frames)]
-                    self.wfile.write(b"--" + BOUNDARY + b"\r\nContent-Type: image/jpeg\r\n"
-                                     + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                    self.wfile.write(
+                        b"--"
+                        + BOUNDARY
+                        + b"\r\nContent-Type: image/jpeg\r\n"
+                        + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+                        + jpeg
+                        + b"\r\n"
+                    )
                     self.wfile.flush()
                     index += 1
                     time.sleep(0.05)

@@ -10,6 +10,7 @@ scored, each bundle is loaded once, and no timing is taken.
 The emulated Python comes from ``../shared/aarch64/setup.sh``; without it the tests skip on a
 workstation and FAIL in CI (``CI=true``), where a silent skip would hide a missing proof.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,13 @@ IMAGES = ("good/000.png", "scratch/000.png", "missing/000.png")  # one normal, t
 #   largest measurement (maps) and 10x the scores', and stays below what int8 itself moves the
 #   same bundles against fp32 (ONNX up to 1.3 % on scores and 1 % on maps, TFLite 2.5-6 %), so an
 #   ARM build that silently ran another graph or rounded systematically differently would fail.
-TOLERANCE = {("onnx", "fp32"): 1e-4, ("tflite", "fp32"): 1e-4, ("tflite", "fp16"): 1e-4,
-             ("onnx", "int8"): 5e-3, ("tflite", "int8"): 5e-3}
+TOLERANCE = {
+    ("onnx", "fp32"): 1e-4,
+    ("tflite", "fp32"): 1e-4,
+    ("tflite", "fp16"): 1e-4,
+    ("onnx", "int8"): 5e-3,
+    ("tflite", "int8"): 5e-3,
+}
 
 
 def _offered() -> tuple[list[tuple[str, str, str]], dict[tuple[str, str], str]]:
@@ -73,8 +79,9 @@ GROUPS = sorted(RUNTIMES)
 def pyarm(tmp_path_factory) -> Path:
     """The emulated aarch64 Python, built once by setup.sh (or reused), with the host's runtime versions."""
     arm_root = Path(os.environ.get("ARM_ROOT", arm_helpers.DEFAULT_ARM_ROOT))
-    return arm_helpers.ensure_emulator(arm_root, setup_script=arm_helpers.SETUP_SCRIPT,
-                                       log_dir=tmp_path_factory.mktemp("arm"))
+    return arm_helpers.ensure_emulator(
+        arm_root, setup_script=arm_helpers.SETUP_SCRIPT, log_dir=tmp_path_factory.mktemp("arm")
+    )
 
 
 class ParityRuns:
@@ -108,12 +115,22 @@ class ParityRuns:
         (the host has 2 cores; QEMU runs each process mostly on one). Targets run one after the
         other because pyarm swaps the emulated /proc/cpuinfo when the CPU changes.
         """
+
         def emulate() -> dict:
             groups = [group for group in GROUPS if group[0] == target]
             bundles = {group: [self.bundle(case) for case in CASES if case[:2] == group] for group in groups}
             with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-                futures = {group: pool.submit(run_on_arm, self.pyarm, cpu=CPUS[target][0], bundles=bundles[group],
-                                              images=self.images, timeout=1200) for group in groups}
+                futures = {
+                    group: pool.submit(
+                        run_on_arm,
+                        self.pyarm,
+                        cpu=CPUS[target][0],
+                        bundles=bundles[group],
+                        images=self.images,
+                        timeout=1200,
+                    )
+                    for group in groups
+                }
                 return {group: future.result() for group, future in futures.items()}
 
         return self._once(("device", target), emulate)[(target, fmt)]
@@ -132,8 +149,10 @@ def relative_differences(host: dict, arm: dict) -> dict[str, float]:
     """Largest relative difference of raw scores, and of map statistics relative to the map scale."""
     host_scores, arm_scores = np.array(host["raw_scores"]), np.array(arm["raw_scores"])
     scale = float(np.max(np.abs(host["map_max"])))
-    out = {"raw_scores": float(np.max(np.abs(arm_scores - host_scores) / np.abs(host_scores))),
-           "raw_scores_abs": float(np.max(np.abs(arm_scores - host_scores)))}
+    out = {
+        "raw_scores": float(np.max(np.abs(arm_scores - host_scores) / np.abs(host_scores))),
+        "raw_scores_abs": float(np.max(np.abs(arm_scores - host_scores))),
+    }
     for key in ("map_min", "map_max", "map_mean", "map_blocks"):
         out[key] = float(np.max(np.abs(np.array(arm[key]) - np.array(host[key]))) / scale)
     return out
@@ -178,7 +197,9 @@ def test_scores_on_arm_equal_x86_scores(parity, record_property, target, fmt, pr
     assert (fmt, precision) in TOLERANCE, f"state and justify a tolerance for {fmt} {precision} in TOLERANCE"
     tolerance = TOLERANCE[(fmt, precision)]
     worst = {key: value for key, value in differences.items() if key != "raw_scores_abs" and value > tolerance}
-    assert not worst, (f"{target} {fmt} {precision}: ARM differs from x86 beyond {tolerance:g} "
-                       f"(runtime {arm['runtime_version']} vs {host['runtime_version']}): {differences}; "
-                       f"x86 {host['raw_scores']} arm {arm['raw_scores']}")
+    assert not worst, (
+        f"{target} {fmt} {precision}: ARM differs from x86 beyond {tolerance:g} "
+        f"(runtime {arm['runtime_version']} vs {host['runtime_version']}): {differences}; "
+        f"x86 {host['raw_scores']} arm {arm['raw_scores']}"
+    )
     assert arm["labels"] == host["labels"]

@@ -11,6 +11,7 @@ re-install only the fresh wheel. Emulation is 150-400x slower than a Pi: a few f
 and no timing is asserted or reported. Without the emulator the tests skip on a workstation and
 FAIL in CI (``CI=true``).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,16 @@ ARM_ROOT = Path(os.environ.get("ARM_ROOT", arm_helpers.DEFAULT_ARM_ROOT))
 EXTRAS = ("litert", "camera")  # rpi4's default format is TFLite; the camera extra reads the video
 CPU = "a72"  # Raspberry Pi 4
 #: the video, frame by frame (brick test images); --max-frames stops before the last two
-VIDEO_FRAMES = ("good/000.png", "good/001.png", "scratch/000.png", "good/002.png", "missing/000.png",
-                "good/003.png", "stain/000.png", "good/004.png")
+VIDEO_FRAMES = (
+    "good/000.png",
+    "good/001.png",
+    "scratch/000.png",
+    "good/002.png",
+    "missing/000.png",
+    "good/003.png",
+    "stain/000.png",
+    "good/004.png",
+)
 MAX_FRAMES = 6
 DEFECT_FRAMES = [i for i, name in enumerate(VIDEO_FRAMES[:MAX_FRAMES]) if not name.startswith("good/")]
 #: the labelled subset `profile` scores under emulation: normals and one image of every defect kind
@@ -51,19 +60,30 @@ class PiVenv:
 
     def edgekit(self, *args: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
         """``DIR/bin/edgekit ARGS`` on the emulated Pi 4; fails the test with its stderr unless it exits 0."""
-        done = subprocess.run([str(self.path / "bin" / "edgekit"), *args], capture_output=True, text=True,
-                              env=arm_helpers.venv_env(CPU), cwd=str(cwd), timeout=timeout)
+        done = subprocess.run(
+            [str(self.path / "bin" / "edgekit"), *args],
+            capture_output=True,
+            text=True,
+            env=arm_helpers.venv_env(CPU),
+            cwd=str(cwd),
+            timeout=timeout,
+        )
         if done.returncode != 0:
-            raise AssertionError(f"edgekit {' '.join(args)} exited {done.returncode} on the emulated Pi:\n"
-                                 f"{done.stderr[-3000:]}")
+            raise AssertionError(
+                f"edgekit {' '.join(args)} exited {done.returncode} on the emulated Pi:\n{done.stderr[-3000:]}"
+            )
         return done
 
 
 def build_wheel(out: Path) -> Path:
     """The wheel of this tree, built with pip into ``out`` (nothing is written into the repository)."""
     out.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
-                           str(arm_helpers.REPO_ROOT)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(arm_helpers.REPO_ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wheels = sorted(out.glob("edgekit_anomaly-*.whl"))
     assert done.returncode == 0 and len(wheels) == 1, f"pip wheel failed:\n{done.stderr[-3000:]}"
     return wheels[0]
@@ -143,11 +163,19 @@ def test_wheel_installs_for_a_pi_user_and_its_console_script_runs(pi_venv, tmp_p
     record_property("install", {k: v for k, v in pi_venv.install.items() if k != "installed"})
     done = pi_venv.edgekit("--version", cwd=tmp_path, timeout=600)
     assert done.stdout.strip() == f"edgekit, version {edgekit.__version__}"
-    probe = ("import json, platform, importlib.util as u, cv2, ai_edge_litert.interpreter, edgekit; "
-             "print(json.dumps({'machine': platform.machine(), 'edgekit': edgekit.__file__, "
-             "'cv2': cv2.__version__, 'torch': u.find_spec('torch') is not None}))")
-    found = subprocess.run([str(pi_venv.path / "bin" / "python"), "-c", probe], capture_output=True, text=True,
-                           env=arm_helpers.venv_env(CPU), cwd=str(tmp_path), timeout=600)
+    probe = (
+        "import json, platform, importlib.util as u, cv2, ai_edge_litert.interpreter, edgekit; "
+        "print(json.dumps({'machine': platform.machine(), 'edgekit': edgekit.__file__, "
+        "'cv2': cv2.__version__, 'torch': u.find_spec('torch') is not None}))"
+    )
+    found = subprocess.run(
+        [str(pi_venv.path / "bin" / "python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        env=arm_helpers.venv_env(CPU),
+        cwd=str(tmp_path),
+        timeout=600,
+    )
     assert found.returncode == 0, found.stderr[-3000:]
     device = json.loads(found.stdout.strip().splitlines()[-1])
     assert device["machine"] == "aarch64"
@@ -167,10 +195,25 @@ def test_printed_systemd_unit_starts_this_venvs_edgekit(pi_venv, tmp_path):
     (decoy / "edgekit").chmod(0o755)
     bundle = tmp_path / "brick.rpi4"  # the unit is only printed: the bundle is not opened
     bundle.mkdir()
-    done = subprocess.run([str(pi_venv.path / "bin" / "edgekit"), "run", "brick.rpi4", "--source", "0",
-                           "--events", "events.jsonl", "--print-systemd-unit", "--user", "pi"],
-                          capture_output=True, text=True, cwd=str(tmp_path), timeout=600,
-                          env=arm_helpers.venv_env(CPU, PATH=f"{decoy}:{os.environ.get('PATH', '/usr/bin:/bin')}"))
+    done = subprocess.run(
+        [
+            str(pi_venv.path / "bin" / "edgekit"),
+            "run",
+            "brick.rpi4",
+            "--source",
+            "0",
+            "--events",
+            "events.jsonl",
+            "--print-systemd-unit",
+            "--user",
+            "pi",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=600,
+        env=arm_helpers.venv_env(CPU, PATH=f"{decoy}:{os.environ.get('PATH', '/usr/bin:/bin')}"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     service = parse_unit(done.stdout)["Service"]
     program, *arguments = systemd_words(service["ExecStart"])
@@ -180,14 +223,26 @@ def test_printed_systemd_unit_starts_this_venvs_edgekit(pi_venv, tmp_path):
     assert service["User"] == "pi"
 
 
-def test_run_on_a_video_flags_the_frames_that_predict_flags_on_the_host(pi_venv, rpi4_bundle, brick, tmp_path,
-                                                                       record_property):
+def test_run_on_a_video_flags_the_frames_that_predict_flags_on_the_host(
+    pi_venv, rpi4_bundle, brick, tmp_path, record_property
+):
     import edgekit
 
     video = write_video([brick / "test" / name for name in VIDEO_FRAMES], tmp_path / "line.avi")
     events, saved = tmp_path / "events.jsonl", tmp_path / "anomalies"
-    pi_venv.edgekit("run", str(rpi4_bundle), "--source", str(video), "--events", str(events),
-                    "--max-frames", str(MAX_FRAMES), "--save-anomalies", str(saved), cwd=tmp_path)
+    pi_venv.edgekit(
+        "run",
+        str(rpi4_bundle),
+        "--source",
+        str(video),
+        "--events",
+        str(events),
+        "--max-frames",
+        str(MAX_FRAMES),
+        "--save-anomalies",
+        str(saved),
+        cwd=tmp_path,
+    )
     rows = [json.loads(line) for line in events.read_text().splitlines()]
     assert [row["frame"] for row in rows] == list(range(MAX_FRAMES)), "every frame of a file, in order, then stop"
     assert {row["source"] for row in rows} == {str(video)}
@@ -202,8 +257,10 @@ def test_run_on_a_video_flags_the_frames_that_predict_flags_on_the_host(pi_venv,
     assert {row["bundle"] for row in rows} == {detector.fingerprint}
     arm_raw, host_raw = np.array([row["raw_score"] for row in rows]), np.array([p.raw_score for p in host])
     relative = np.abs(arm_raw - host_raw) / np.abs(host_raw)
-    record_property("arm_vs_x86_raw_scores", {"arm": arm_raw.tolist(), "x86": host_raw.tolist(),
-                                              "largest_relative": float(relative.max())})
+    record_property(
+        "arm_vs_x86_raw_scores",
+        {"arm": arm_raw.tolist(), "x86": host_raw.tolist(), "largest_relative": float(relative.max())},
+    )
     tolerance = TOLERANCE[("tflite", "fp32")]
     assert relative.max() <= tolerance, f"arm {arm_raw.tolist()} vs x86 {host_raw.tolist()}: {relative.max():.3g}"
     assert [row["is_anomalous"] for row in rows] == [p.is_anomalous for p in host]
@@ -225,8 +282,23 @@ def test_profile_rpi4_through_the_console_script_gives_the_host_auroc(pi_venv, r
 
     data = profile_subset(brick, tmp_path / "brick")
     out = tmp_path / "profile"
-    pi_venv.edgekit("profile", str(rpi4_bundle), "--target", "rpi4", "--data", str(data), "--runs", "2",
-                    "--warmup", "1", "--cold-starts", "1", "--out", str(out), cwd=tmp_path)
+    pi_venv.edgekit(
+        "profile",
+        str(rpi4_bundle),
+        "--target",
+        "rpi4",
+        "--data",
+        str(data),
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--cold-starts",
+        "1",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     profile = json.loads((out / "profile.json").read_text())
     # the host check passed: the emulated /proc/cpuinfo is a Cortex-A72 (CPU part 0xd08), i.e. rpi4
     assert profile["host_is_target"] is True and not profile["estimate"]

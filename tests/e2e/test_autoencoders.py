@@ -1,4 +1,5 @@
 """The two autoencoders (SAE, DAE): architecture, the map head, and train → export → device runtime."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,9 @@ def test_map_head_resizes_like_torch_bilinear_then_blurs():
     torch = pytest.importorskip("torch")
     grid = np.random.default_rng(0).random((3, 8, 12)).astype(np.float32)
     _, resized = MapHead(32, 48)(grid)
-    expected = torch.nn.functional.interpolate(torch.from_numpy(grid)[:, None], size=(32, 48), mode="bilinear",
-                                               align_corners=False)[:, 0].numpy()
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(grid)[:, None], size=(32, 48), mode="bilinear", align_corners=False
+    )[:, 0].numpy()
     np.testing.assert_allclose(resized, expected, atol=1e-6)
     scores, blurred = MapHead(32, 48, blur_sigma=2.0, score="max")(grid)
     assert blurred.shape == (3, 32, 48) and blurred.dtype == np.float32
@@ -39,6 +41,7 @@ def test_map_head_resizes_like_torch_bilinear_then_blurs():
 
 # -- the networks -----------------------------------------------------------------------------------
 
+
 def test_sae_has_the_specified_layers_and_parameter_count():
     torch = pytest.importorskip("torch")
     from edgekit.families.autoencoders.train import SparseAutoencoder
@@ -46,7 +49,9 @@ def test_sae_has_the_specified_layers_and_parameter_count():
     model = SparseAutoencoder().eval()
     convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
-        (1, 32, (4, 4), (2, 2), (1, 1)), (32, 64, (4, 4), (2, 2), (1, 1))]
+        (1, 32, (4, 4), (2, 2), (1, 1)),
+        (32, 64, (4, 4), (2, 2), (1, 1)),
+    ]
     assert (model.bottleneck.in_features, model.bottleneck.out_features) == (65536, 64)
     assert (model.expand.in_features, model.expand.out_features) == (64, 65536)
     transposed = [m for m in model.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
@@ -98,6 +103,7 @@ def test_ssim_is_one_for_identical_images_and_lower_for_noisy_ones():
 
 # -- train → export → device (e2e) ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def grey_brick(tmp_path_factory) -> Path:
     from edgekit.data.synth import synthesize
@@ -111,8 +117,10 @@ def runs(grey_brick, tmp_path_factory) -> dict:
     from edgekit.families.autoencoders.train import train_dae, train_sae
 
     out = tmp_path_factory.mktemp("ae-runs")
-    return {"sae": train_sae(grey_brick, out / "sae", epochs=TEST_EPOCHS["sae"]),
-            "dae": train_dae(grey_brick, out / "dae", epochs=TEST_EPOCHS["dae"])}
+    return {
+        "sae": train_sae(grey_brick, out / "sae", epochs=TEST_EPOCHS["sae"]),
+        "dae": train_dae(grey_brick, out / "dae", epochs=TEST_EPOCHS["dae"]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +140,14 @@ def test_run_records_what_the_export_pipeline_reads(runs):
     for model, run in runs.items():
         config = run.config
         assert config["model"] == model and config["backbone"] == "none" and config["layers"] == []
-        assert config["input"] == {"height": 128, "width": 128, "channels": 1, "mean": [0.0], "std": [1.0],
-                                   "resize": "pil-bilinear"}
+        assert config["input"] == {
+            "height": 128,
+            "width": 128,
+            "channels": 1,
+            "mean": [0.0],
+            "std": [1.0],
+            "resize": "pil-bilinear",
+        }
         assert len(config["bank_images"]) == 48 and len(config["holdout_images"]) == 12
         assert not set(config["bank_images"]) & set(config["holdout_images"])
         metrics = json.loads((run.path / "metrics.json").read_text())
@@ -147,8 +161,9 @@ def test_training_is_deterministic_given_the_seed(runs, grey_brick, tmp_path):
     from edgekit.families.autoencoders.train import train_sae
 
     again = train_sae(grey_brick, tmp_path / "again", epochs=TEST_EPOCHS["sae"])
-    digest = [hashlib.sha256((run.path / "network.safetensors").read_bytes()).hexdigest()
-              for run in (runs["sae"], again)]
+    digest = [
+        hashlib.sha256((run.path / "network.safetensors").read_bytes()).hexdigest() for run in (runs["sae"], again)
+    ]
     assert digest[0] == digest[1]
 
 
@@ -174,10 +189,13 @@ def test_x86_bundle_scores_equal_the_training_path_to_1e4_relative(model, runs, 
 @pytest.mark.e2e
 def test_predicting_with_an_autoencoder_bundle_leaves_torch_out(x86_bundles, grey_brick):
     image = _test_images(grey_brick)[0]
-    code = ("import sys, edgekit; p = edgekit.load(sys.argv[1]).predict(sys.argv[2]); "
-            "print(p.raw_score, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(x86_bundles["sae"]), str(image)], capture_output=True,
-                         text=True, check=True).stdout.split()
+    code = (
+        "import sys, edgekit; p = edgekit.load(sys.argv[1]).predict(sys.argv[2]); "
+        "print(p.raw_score, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(x86_bundles["sae"]), str(image)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert float(out[0]) > 0 and out[1] == "False"
 
 
@@ -202,8 +220,12 @@ def int8_sae(runs, x86_bundles, grey_brick, tmp_path_factory) -> dict:
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
 
-    bundle = export_run(runs["sae"].path, tmp_path_factory.mktemp("ae-int8") / "sae-int8", target="x86",
-                        options=ExportOptions(precision="int8"))
+    bundle = export_run(
+        runs["sae"].path,
+        tmp_path_factory.mktemp("ae-int8") / "sae-int8",
+        target="x86",
+        options=ExportOptions(precision="int8"),
+    )
     samples = open_dataset(grey_brick).test[::6]
     images = [s.path for s in samples]
     normal = np.array([s.label == 0 for s in samples])
@@ -237,28 +259,43 @@ def test_max_drop_validates_with_the_bundles_own_map_head(runs, x86_bundles, tmp
     from edgekit.export.pipeline import export_run
     from edgekit.export.quantize import score_agreement
 
-    bundle = export_run(runs["sae"].path, tmp_path / "sae-int8", target="x86",
-                        options=ExportOptions(precision="int8", max_drop=0.01))
+    bundle = export_run(
+        runs["sae"].path, tmp_path / "sae-int8", target="x86", options=ExportOptions(precision="int8", max_drop=0.01)
+    )
     validation = bundle.manifest.export["quantization"]["validation"]
     assert "the bundle's own numpy head" in validation["metric"] and validation["held_out_images"] == 12
     holdout = runs["sae"].config["holdout_images"]
-    measured, _ = score_agreement(edgekit.load(x86_bundles["sae"]).raw(holdout)[0],
-                                  edgekit.load(bundle.root).raw(holdout)[0])
+    measured, _ = score_agreement(
+        edgekit.load(x86_bundles["sae"]).raw(holdout)[0], edgekit.load(bundle.root).raw(holdout)[0]
+    )
     assert measured >= 0.99 and validation["agreement"] == pytest.approx(measured, abs=2e-3)
 
 
 @pytest.mark.e2e
 def test_training_an_autoencoder_with_a_patchcore_option_is_one_error_line(grey_brick, tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--model", "sae", "--data", str(grey_brick), "--out",
-                                      str(tmp_path / "run"), "--coreset-ratio", "0.1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--model",
+            "sae",
+            "--data",
+            str(grey_brick),
+            "--out",
+            str(tmp_path / "run"),
+            "--coreset-ratio",
+            "0.1",
+        ],
+    )
     assert_one_error_line(result, "--coreset-ratio", "'sae'")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.e2e
 def test_exporting_an_autoencoder_with_a_bank_option_is_one_error_line(runs, tmp_path):
-    result = CliRunner().invoke(cli, ["export", str(runs["dae"].path), "--out", str(tmp_path / "bundle"),
-                                      "--bank-dims", "32"])
+    result = CliRunner().invoke(
+        cli, ["export", str(runs["dae"].path), "--out", str(tmp_path / "bundle"), "--bank-dims", "32"]
+    )
     assert_one_error_line(result, "--bank-* options apply to models with a memory bank (patchcore), not dae")
     assert not (tmp_path / "bundle").exists()
 

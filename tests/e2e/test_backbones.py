@@ -1,4 +1,5 @@
 """The offline backbone registry: real pretrained weights, truncated extractors, clear errors."""
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,11 @@ CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, E
 ESPRESSO = 967
 LITE_NAMES = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
 # timm's eval transform per model: bicubic resize of the short side to size / crop_pct, centre crop.
-LITE_EVAL_SIZES = {"tf_efficientnet_lite0": (224, 256), "tf_efficientnet_lite1": (240, 272),
-                   "tf_efficientnet_lite2": (260, 292)}
+LITE_EVAL_SIZES = {
+    "tf_efficientnet_lite0": (224, 256),
+    "tf_efficientnet_lite1": (240, 272),
+    "tf_efficientnet_lite2": (260, 292),
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +59,14 @@ def imagenet_input(image: np.ndarray, *, size: int, resize: int, mean, std) -> t
 
 
 def test_registry_lists_six_backbones_with_lite0_as_default():
-    assert list(BACKBONES) == ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
-                               "mobilenet_v2", "resnet18", "wide_resnet50_2"]
+    assert list(BACKBONES) == [
+        "tf_efficientnet_lite0",
+        "tf_efficientnet_lite1",
+        "tf_efficientnet_lite2",
+        "mobilenet_v2",
+        "resnet18",
+        "wide_resnet50_2",
+    ]
     assert DEFAULT_BACKBONE == "tf_efficientnet_lite0"
     assert set(backbones._PYRAMIDS) == set(BACKBONES)
     assert all(spec.name == name for name, spec in BACKBONES.items())
@@ -94,8 +104,12 @@ def test_offline_lite_weights_are_imagenet_pretrained(name):
     spec = get_backbone_spec(name)
     classifier = build_classifier(name)
     size, resize = LITE_EVAL_SIZES[name]
-    images = torch.cat([imagenet_input(image, size=size, resize=resize, mean=spec.mean, std=spec.std)
-                        for image in (data.chelsea(), data.coffee())])
+    images = torch.cat(
+        [
+            imagenet_input(image, size=size, resize=resize, mean=spec.mean, std=spec.std)
+            for image in (data.chelsea(), data.coffee())
+        ]
+    )
     with torch.no_grad():
         cat, coffee = classifier(images).softmax(dim=1)
     assert int(cat.argmax()) in CAT_CLASSES
@@ -106,8 +120,12 @@ def test_offline_lite_weights_are_imagenet_pretrained(name):
 
 def test_lite0_extractor_returns_blocks_2_and_4_of_the_classifier(lite0_classifier, lite0_extractor):
     captured = {}
-    hooks = [lite0_classifier.blocks[index].register_forward_hook(
-        lambda module, inputs, output, index=index: captured.__setitem__(index, output)) for index in (2, 4)]
+    hooks = [
+        lite0_classifier.blocks[index].register_forward_hook(
+            lambda module, inputs, output, index=index: captured.__setitem__(index, output)
+        )
+        for index in (2, 4)
+    ]
     image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         lite0_classifier(image)
@@ -122,8 +140,12 @@ def test_lite0_extractor_returns_blocks_2_and_4_of_the_classifier(lite0_classifi
 def test_lite0_extractor_keeps_nothing_past_blocks_4_and_is_frozen(lite0_extractor):
     keys = lite0_extractor.state_dict().keys()
     assert any(key.startswith("network.blocks.4.") for key in keys)
-    assert not any(key.startswith(("network.blocks.5.", "network.blocks.6.", "network.conv_head",
-                                   "network.bn2", "network.classifier")) for key in keys)
+    assert not any(
+        key.startswith(
+            ("network.blocks.5.", "network.blocks.6.", "network.conv_head", "network.bn2", "network.classifier")
+        )
+        for key in keys
+    )
     assert (lite0_extractor.layers, lite0_extractor.channels, lite0_extractor.strides) == ((2, 3), (40, 112), (8, 16))
     assert not any(parameter.requires_grad for parameter in lite0_extractor.parameters())
     lite0_extractor.train()
@@ -135,8 +157,15 @@ def test_lite0_extractor_exports_to_onnx_and_onnxruntime_reproduces_it(lite0_ext
 
     image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     path = tmp_path / "lite0.onnx"
-    torch.onnx.export(lite0_extractor, image, str(path), dynamo=False, opset_version=17,
-                      input_names=["image"], output_names=["level2", "level3"])
+    torch.onnx.export(
+        lite0_extractor,
+        image,
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["level2", "level3"],
+    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     exported = session.run(None, {"image": image.numpy()})
     with torch.no_grad():
@@ -154,8 +183,10 @@ def test_torchvision_pyramid_levels_have_the_spec_channels_and_strides(name):
         features = extractor(torch.zeros(1, 3, 64, 64))
     assert [level.shape[1] for level in features] == list(spec.channels)
     assert [64 // level.shape[-1] for level in features] == list(spec.strides)
-    assert build_feature_extractor(name, pretrained=False).steps[-1] == {
-        "mobilenet_v2": "features.13", "resnet18": "layer3", "wide_resnet50_2": "layer3"}[name]
+    assert (
+        build_feature_extractor(name, pretrained=False).steps[-1]
+        == {"mobilenet_v2": "features.13", "resnet18": "layer3", "wide_resnet50_2": "layer3"}[name]
+    )
 
 
 def test_unknown_backbone_suggests_the_closest_name_and_lists_all():

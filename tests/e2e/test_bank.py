@@ -1,4 +1,5 @@
 """Bank storage (float32/float16/int8) and the compressed bank of an exported PatchCore bundle."""
+
 import numpy as np
 import pytest
 
@@ -7,6 +8,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.heads import KnnHead
 
 # --- the exported bundle (session fixtures: default export; one more export, uncompressed) -----------------
+
 
 def _export(run, out, **bank_options):
     from edgekit.export.job import ExportOptions
@@ -46,8 +48,9 @@ def _stored(bundle_path):
     import edgekit
 
     manifest = edgekit.load(bundle_path).manifest
-    return manifest, {name: np.load(bundle_path / path, allow_pickle=False)
-                      for name, path in manifest.head.arrays.items()}
+    return manifest, {
+        name: np.load(bundle_path / path, allow_pickle=False) for name, path in manifest.head.arrays.items()
+    }
 
 
 def test_default_bank_is_int8_thinned_to_a_twentieth_of_anomalib_s(x86_bundle, patchcore_run):
@@ -65,8 +68,9 @@ def test_default_bank_is_int8_thinned_to_a_twentieth_of_anomalib_s(x86_bundle, p
     assert manifest.export["bank"] == bank
 
 
-def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundle, patchcore_run, torch_embeddings,
-                                                                       sample_images):
+def test_pca_bank_is_described_and_the_network_computes_the_projection(
+    pca_bundle, patchcore_run, torch_embeddings, sample_images
+):
     import edgekit
     from edgekit.compress.pca import BankSettings
     from edgekit.families.patchcore.train import compressed_bank
@@ -74,8 +78,12 @@ def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundl
 
     manifest, stored = _stored(pca_bundle)
     bank = manifest.head.params["bank"]
-    assert (bank["dims"], bank["dtype"], bank["feature_dims"], bank["rows"]) == (32, "int8", 152,
-                                                                                 patchcore_run.config["bank_rows"])
+    assert (bank["dims"], bank["dtype"], bank["feature_dims"], bank["rows"]) == (
+        32,
+        "int8",
+        152,
+        patchcore_run.config["bank_rows"],
+    )
     assert bank["pca_fitted_on"] == f"all {patchcore_run.config['patches_seen']} training patches"
     assert 0.5 < bank["explained_variance"] < 1 and bank["bytes"] == bank["rows"] * 32 + 2 * 32 * 4
     assert sorted(stored) == ["bank_offset", "bank_scale", "memory_bank"]
@@ -86,17 +94,23 @@ def test_pca_bank_is_described_and_the_network_computes_the_projection(pca_bundl
 
 
 def test_full_float32_bank_is_the_run_bank_and_scores_equal_the_uncompressed_computation(
-        uncompressed_bundle, patchcore_run, torch_embeddings, sample_images):
+    uncompressed_bundle, patchcore_run, torch_embeddings, sample_images
+):
     import edgekit
     from edgekit.families.patchcore.train import head_for
 
     detector = edgekit.load(uncompressed_bundle)
     bank = detector.manifest.head.params["bank"]
-    assert (bank["dims"], bank["dtype"], bank["projection"], bank["smaller_than_uncompressed"]) == \
-        (152, "float32", "none", 1.0)
+    assert (bank["dims"], bank["dtype"], bank["projection"], bank["smaller_than_uncompressed"]) == (
+        152,
+        "float32",
+        "none",
+        1.0,
+    )
     np.testing.assert_array_equal(detector.bundle.array("memory_bank"), patchcore_run.array("memory_bank"))
-    exact = KnnHead(memory_bank=patchcore_run.array("memory_bank"), num_neighbors=9, output_height=256,
-                    output_width=256)(torch_embeddings)
+    exact = KnnHead(
+        memory_bank=patchcore_run.array("memory_bank"), num_neighbors=9, output_height=256, output_width=256
+    )(torch_embeddings)
     np.testing.assert_array_equal(head_for(patchcore_run)(torch_embeddings)[0], exact[0])
     scores, _ = detector.raw(sample_images)
     np.testing.assert_allclose(scores, exact[0], rtol=1e-4)

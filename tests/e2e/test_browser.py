@@ -3,6 +3,7 @@
 Each browser test writes a tiny page into tmp_path and loads it in a fresh Chromium (about 1 s each).
 Without Chromium these skip on a workstation and fail in CI (see browser.chromium_path).
 """
+
 from __future__ import annotations
 
 import io
@@ -62,7 +63,10 @@ def test_console_error_and_failed_assert_are_errors_but_console_log_is_not(tmp_p
     result = render_page(page)
     assert [error.split(" (")[0] for error in result.console_errors] == ["boom", "Assertion failed: bad"]
     assert [message.split(" (")[0] for message in result.console_messages] == [
-        "log: fine", "error: boom", "assert: Assertion failed: bad"]
+        "log: fine",
+        "error: boom",
+        "assert: Assertion failed: bad",
+    ]
 
 
 def test_outside_image_is_recorded_as_external_request_and_blocked_so_the_load_still_finishes(tmp_path):

@@ -1,5 +1,6 @@
 """One thread budget per Detector: the runtime and the numpy head together never keep more threads
 busy than ``threads``, both modes give the serial scores, and bad budgets are one clear line."""
+
 from __future__ import annotations
 
 import os
@@ -129,11 +130,14 @@ def test_default_budget_is_every_usable_core(bundles):
     assert pi.budget.threads == min(4, usable_cores())
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"threads": -1}, "threads must be an integer from 0 to 256"),
-    ({"threads": 1.5}, "threads must be an integer"),
-    ({"mode": "fast"}, "mode must be one of latency, throughput"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"threads": -1}, "threads must be an integer from 0 to 256"),
+        ({"threads": 1.5}, "threads must be an integer"),
+        ({"mode": "fast"}, "mode must be one of latency, throughput"),
+    ],
+)
 def test_bad_budgets_are_one_clear_line(bundles, options, message):
     import edgekit
 

@@ -1,5 +1,6 @@
 """Each runtime keeps predicting after a loaded archive's extracted copy is removed (networks made with onnx,
 OpenVINO's converter and torch; the rest of the archive checks are tests/unit/test_bundle_caps.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,9 +25,12 @@ def _onnx_network(path: Path) -> Path:
 
     node = helper.make_node("Conv", ["image", "weights"], ["embedding"], kernel_shape=[4, 4], strides=[4, 4])
     graph = helper.make_graph(
-        [node], "pool", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [node],
+        "pool",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3, 4, 4])],
-        initializer=[numpy_helper.from_array(_conv_pool_weights(), "weights")])
+        initializer=[numpy_helper.from_array(_conv_pool_weights(), "weights")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     save(model, str(path))
@@ -50,14 +54,21 @@ def _network_files(runtime: str, work: Path) -> tuple[str, dict, str]:
     conv = torch.nn.Conv2d(3, 3, 4, stride=4, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(_conv_pool_weights()))
-    path = torch_to_tflite(conv.eval(), torch.zeros(1, 3, 16, 16), work / "model.tflite", input_name="image",
-                           output_names=("embedding",), layout="NHWC")
+    path = torch_to_tflite(
+        conv.eval(),
+        torch.zeros(1, 3, 16, 16),
+        work / "model.tflite",
+        input_name="image",
+        output_names=("embedding",),
+        layout="NHWC",
+    )
     return "tflite", {"model.tflite": path}, "NHWC"
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "litert"])
 def test_each_runtime_keeps_predicting_after_the_extracted_copy_is_removed(
-        runtime: str, tmp_path: Path, private_temp: Path) -> None:
+    runtime: str, tmp_path: Path, private_temp: Path
+) -> None:
     """The runtimes read (or map) their network at load, so closing early is safe on Linux."""
     work = tmp_path / "work"
     work.mkdir()

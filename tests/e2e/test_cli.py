@@ -1,4 +1,5 @@
 """Every command through click's CliRunner; bad input gets one error line and exit code 1."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ def _first(brick: Path, kind: str) -> Path:
 
 
 # -- predict --------------------------------------------------------------------------------------
+
 
 @pytest.mark.e2e
 def test_predict_prints_json_and_writes_overlays(x86_bundle, brick, tmp_path):
@@ -78,6 +80,7 @@ def test_a_bundle_with_a_missing_file_is_refused(bundle_copy, brick):
 
 # -- train / export / data ---------------------------------------------------------------------------
 
+
 def test_training_on_an_empty_folder_is_one_error_line_and_writes_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run("train", "--data", tmp_path / "empty", "--out", tmp_path / "run")
@@ -97,8 +100,9 @@ def test_training_from_a_plain_folder_pair(brick, tmp_path):
     normal, abnormal = tmp_path / "ok", tmp_path / "bad"
     shutil.copytree(brick / "train" / "good", normal)
     shutil.copytree(brick / "test" / "stain", abnormal)
-    result = run("train", "--normal-dir", normal, "--abnormal-dir", abnormal, "--out", tmp_path / "run",
-                 "--image-size", "128")
+    result = run(
+        "train", "--normal-dir", normal, "--abnormal-dir", abnormal, "--out", tmp_path / "run", "--image-size", "128"
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_images"] == 10 + 12  # the anomalies + the 20 % of normals moved to test
@@ -122,8 +126,9 @@ def test_exporting_a_folder_that_is_not_a_run_is_refused(tmp_path):
 
 @pytest.mark.e2e
 def test_an_unknown_target_gets_did_you_mean(patchcore_run, tmp_path):
-    assert_one_error_line(run("export", patchcore_run.path, "--target", "x68", "--out", tmp_path / "b"),
-                          "did you mean 'x86'")
+    assert_one_error_line(
+        run("export", patchcore_run.path, "--target", "x68", "--out", tmp_path / "b"), "did you mean 'x86'"
+    )
 
 
 @pytest.mark.e2e
@@ -142,6 +147,7 @@ def test_data_synth_writes_a_readable_dataset(tmp_path):
 
 
 # -- profile / demo -----------------------------------------------------------------------------------
+
 
 @pytest.mark.e2e
 def test_profile_for_the_wrong_target_is_refused(x86_bundle, tmp_path, monkeypatch):

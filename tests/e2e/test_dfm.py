@@ -1,4 +1,5 @@
 """DFM, the ninth family: its PCA error against anomalib's PCA, and train → export → device on brick."""
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,9 @@ def test_the_graphs_error_map_equals_anomalibs_pca_reconstruction_error():
     torch.testing.assert_close(order, flat)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.max()))
     # a feature on the normal subspace has no error; one off it, its squared distance to the subspace
-    on = torch.from_numpy((mean + components @ np.array([3.0] + [0.0] * (components.shape[1] - 1)))
-                          .astype(np.float32)).reshape(1, 12, 1, 1)
+    on = torch.from_numpy(
+        (mean + components @ np.array([3.0] + [0.0] * (components.shape[1] - 1))).astype(np.float32)
+    ).reshape(1, 12, 1, 1)
     assert float((network.error(on) ** 2).sum()) < 1e-6
 
 

@@ -1,4 +1,5 @@
 """The first complete path on the embedded default data: train → export → device runtime."""
+
 from __future__ import annotations
 
 import json
@@ -63,10 +64,13 @@ def test_predictions_apply_the_manifest_decision(x86_bundle, brick):
 
 def test_loading_and_predicting_leaves_torch_out_of_sys_modules(x86_bundle, brick):
     image = next((brick / "test" / "good").iterdir())
-    code = ("import sys, edgekit; d = edgekit.load(sys.argv[1]); p = d.predict(sys.argv[2]); "
-            "print(p.raw_score, 'torch' in sys.modules, 'timm' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(x86_bundle), str(image)], capture_output=True,
-                         text=True, check=True).stdout.split()
+    code = (
+        "import sys, edgekit; d = edgekit.load(sys.argv[1]); p = d.predict(sys.argv[2]); "
+        "print(p.raw_score, 'torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(x86_bundle), str(image)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert float(out[0]) > 0
     assert out[1:] == ["False", "False"]
 
@@ -88,8 +92,9 @@ def test_onnxruntime_backend_reproduces_the_torch_network(patchcore_run, brick, 
     from edgekit.runtime.backends import BackendOptions, load_backend
 
     network = load_network(patchcore_run)
-    onnx_path = torch_to_onnx(network, torch.zeros(1, 3, 256, 256), tmp_path / "n.onnx", input_name="image",
-                              output_names=("embedding",))
+    onnx_path = torch_to_onnx(
+        network, torch.zeros(1, 3, 256, 256), tmp_path / "n.onnx", input_name="image", output_names=("embedding",)
+    )
     backend = load_backend("onnxruntime", onnx_path, BackendOptions())
     spec = InputSpec(height=256, width=256, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
     batch = prepare(sorted((brick / "test" / "stain").iterdir())[:2], spec)

@@ -3,6 +3,7 @@
 Kept fast: the teacher is distilled for 16 steps on 64² views, EfficientAD trains on 6 of the
 brick training images for one epoch (6 steps) and is scored on 10 of the 60 test images.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,13 @@ def small_brick(brick):
 def ead_run(small_brick, teacher_run, tmp_path_factory):
     from edgekit.families.efficient_ad.train import train_efficient_ad
 
-    return train_efficient_ad(small_brick, tmp_path_factory.mktemp("ead") / "run", teacher_weights=teacher_run.path,
-                              image_size=TEST_SIZE, epochs=1)
+    return train_efficient_ad(
+        small_brick,
+        tmp_path_factory.mktemp("ead") / "run",
+        teacher_weights=teacher_run.path,
+        image_size=TEST_SIZE,
+        epochs=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +66,7 @@ def training_scores(ead_run, small_brick):
 
 
 # -- the teacher ------------------------------------------------------------------------------------
+
 
 def test_distilled_teacher_reproduces_its_backbone_targets_better_than_a_random_pdn(teacher_run):
     from edgekit.families.efficient_ad.pdn_teacher import (
@@ -105,8 +112,17 @@ def test_an_anomalib_format_teacher_file_loads_and_a_mismatching_one_is_one_erro
     torch.save(SmallPatchDescriptionNetwork(out_channels=128).state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(EdgekitError, match="not a PDN-small teacher with 384 channels.*shape mismatches"):
         load_teacher(tmp_path / "wrong.pth")
-    result = run_cli("train", "--model", "efficient_ad", "--data", brick, "--out", tmp_path / "run",
-                     "--teacher-weights", tmp_path / "wrong.pth")
+    result = run_cli(
+        "train",
+        "--model",
+        "efficient_ad",
+        "--data",
+        brick,
+        "--out",
+        tmp_path / "run",
+        "--teacher-weights",
+        tmp_path / "wrong.pth",
+    )
     assert_one_error_line(result, "wrong.pth", "2 shape mismatches (first: conv4.bias)")
     assert not (tmp_path / "run").exists()
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
@@ -116,13 +132,20 @@ def test_an_anomalib_format_teacher_file_loads_and_a_mismatching_one_is_one_erro
 
 # -- train → export → device ------------------------------------------------------------------------
 
+
 @pytest.mark.e2e
 def test_run_records_what_the_export_pipeline_reads(ead_run, teacher_run):
     config = ead_run.config
     assert config["model"] == "efficient_ad" and config["image_size"] == TEST_SIZE
     assert "distilled by edgekit" in config["backbone"] and str(teacher_run.path.resolve()) in config["teacher"]
-    assert config["input"] == {"height": TEST_SIZE, "width": TEST_SIZE, "channels": 3, "mean": [0.0] * 3,
-                               "std": [1.0] * 3, "resize": "pil-bilinear"}
+    assert config["input"] == {
+        "height": TEST_SIZE,
+        "width": TEST_SIZE,
+        "channels": 3,
+        "mean": [0.0] * 3,
+        "std": [1.0] * 3,
+        "resize": "pil-bilinear",
+    }
     assert len(config["bank_images"]) == 6 and len(config["holdout_images"]) == 2
     assert config["steps"] == 6 and config["quantiles_fitted_on"] == "held-out normals"
     qa_st, qb_st, qa_ae, qb_ae = config["quantiles"]
@@ -131,7 +154,11 @@ def test_run_records_what_the_export_pipeline_reads(ead_run, teacher_run):
     assert config["parameters"] == 8_057_856
     metrics = json.loads((ead_run.path / "metrics.json").read_text())
     assert len(metrics["loss"]) == 1 and set(metrics["final_loss_terms"]) == {
-        "student_teacher", "penalty", "autoencoder", "student_autoencoder"}
+        "student_teacher",
+        "penalty",
+        "autoencoder",
+        "student_autoencoder",
+    }
     # measured on these 10 test images (3 normal) after 6 steps: image 0.905, pixel 0.978
     assert metrics["image_auroc"] > 0.8 and metrics["pixel_auroc"] > 0.9
 

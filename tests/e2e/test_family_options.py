@@ -1,5 +1,6 @@
 """Each family's options dataclass is what its trainer takes: same names, same defaults, so
 ``edgekit train --help`` (built from the dataclasses) tells the truth."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,13 @@ def test_another_familys_option_is_one_error_line_naming_the_model(model, brick,
     from cli_helpers import run as run_cli
 
     own = {field.name for field in dataclasses.fields(options_of(model))}
-    foreign = next(field.name for other in FAMILIES if options_of(other)
-                   for field in dataclasses.fields(options_of(other)) if field.name not in own)
+    foreign = next(
+        field.name
+        for other in FAMILIES
+        if options_of(other)
+        for field in dataclasses.fields(options_of(other))
+        if field.name not in own
+    )
     flag = "--" + foreign.replace("_", "-")
     value = "1" if flag != "--variance" else "0.5"
     result = run_cli("train", "--model", model, flag, value, "--data", brick, "--out", tmp_path / "run")

@@ -1,4 +1,5 @@
 """FastFlow: the flows' likelihood and anomaly map against anomalib, and train → export → device runtime."""
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ def _tiny_network(normalise: str = "none"):
 
 
 # -- the flows and the map against anomalib's definitions -----------------------------------------------
+
 
 def test_flow_log_jacobian_is_the_log_determinant_of_its_jacobian():
     """The likelihood the flows maximise is right only if log|det J| is: checked against autograd."""
@@ -67,8 +69,9 @@ def test_training_loss_is_anomalibs_gaussian_negative_log_likelihood():
 
     network = _tiny_network()
     hidden, log_jacobians = network.hidden_variables(torch.rand(2, 3, 64, 64))
-    expected = sum(float((0.5 * (z.double() ** 2).sum(dim=(1, 2, 3)) - j.double()).mean())
-                   for z, j in zip(hidden, log_jacobians))
+    expected = sum(
+        float((0.5 * (z.double() ** 2).sum(dim=(1, 2, 3)) - j.double()).mean()) for z, j in zip(hidden, log_jacobians)
+    )
     assert float(FastflowLoss()(hidden, log_jacobians)) == pytest.approx(expected, rel=1e-5)
 
 
@@ -82,9 +85,12 @@ def test_graph_map_is_anomalibs_anomaly_map_at_the_finest_grid():
         graph_map = network(image)
         # the definition written out: -mean over levels of exp(-0.5 mean_c z^2), each level up-sampled
         probabilities = [torch.exp(-0.5 * (z.double() ** 2).mean(dim=1, keepdim=True)) for z in hidden]
-        written_out = -torch.stack([torch.nn.functional.interpolate(p, size=(16, 16), mode="bilinear",
-                                                                    align_corners=False)
-                                    for p in probabilities]).mean(dim=0)
+        written_out = -torch.stack(
+            [
+                torch.nn.functional.interpolate(p, size=(16, 16), mode="bilinear", align_corners=False)
+                for p in probabilities
+            ]
+        ).mean(dim=0)
         anomalib_full = AnomalyMapGenerator(input_size=(64, 64))(hidden)
         anomalib_grid = AnomalyMapGenerator(input_size=(16, 16))(hidden)
     assert graph_map.shape == (2, 1, 16, 16) and network.grid == (16, 16)
@@ -101,13 +107,18 @@ def test_graph_map_is_anomalibs_anomaly_map_at_the_finest_grid():
 
 # -- train → export → device (e2e) ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fastflow_run(brick, tmp_path_factory):
     from edgekit.families.fastflow.train import train_fastflow
 
     stages = []
-    run = train_fastflow(brick, tmp_path_factory.mktemp("fastflow-run") / "run", epochs=TEST_EPOCHS,
-                         progress=lambda stage, done, total: stages.append((stage, done, total)))
+    run = train_fastflow(
+        brick,
+        tmp_path_factory.mktemp("fastflow-run") / "run",
+        epochs=TEST_EPOCHS,
+        progress=lambda stage, done, total: stages.append((stage, done, total)),
+    )
     return run, stages
 
 
@@ -169,8 +180,7 @@ def test_brick_image_auroc_at_least_099_and_pixel_auroc_097(fastflow_run):
 @pytest.mark.e2e
 def test_x86_int8_is_refused_in_one_line_and_writes_nothing(fastflow_run, tmp_path):
     # NNCF int8 collapsed every score to -1.0 (calibration/fastflow.toml): refused, not shipped
-    result = run_cli("export", fastflow_run[0].path, "--target", "x86", "--precision", "int8", "--out",
-                     tmp_path / "b")
+    result = run_cli("export", fastflow_run[0].path, "--target", "x86", "--precision", "int8", "--out", tmp_path / "b")
     assert_one_error_line(result, "int8 is not offered for fastflow with NNCF", "calibration/fastflow.toml")
     assert list(tmp_path.iterdir()) == []
 
@@ -179,8 +189,9 @@ def test_x86_int8_is_refused_in_one_line_and_writes_nothing(fastflow_run, tmp_pa
 def test_training_fastflow_with_a_bad_option_is_one_error_line(brick, tmp_path):
     teacher = tmp_path / "teacher.pth"  # exists, so the refusal is fastflow's, not the path check's
     teacher.write_bytes(b"")
-    result = run_cli("train", "--model", "fastflow", "--data", brick, "--out", tmp_path / "a", "--teacher-weights",
-                     teacher)
+    result = run_cli(
+        "train", "--model", "fastflow", "--data", brick, "--out", tmp_path / "a", "--teacher-weights", teacher
+    )
     assert_one_error_line(result, "--teacher-weights", "'fastflow'")
     result = run_cli("train", "--model", "fastflow", "--data", brick, "--out", tmp_path / "b", "--image-size", 100)
     assert_one_error_line(result, "--image-size must be a multiple of 32")

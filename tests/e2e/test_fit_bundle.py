@@ -1,4 +1,5 @@
 """edgekit fit on a real exported bundle: torch absent, and the bank equals the training path's."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,12 +24,15 @@ def device_fit(x86_bundle, brick, tmp_path_factory):
     for path in sorted((brick / "train" / "good").iterdir())[:12]:
         shutil.copyfile(path, folder / path.name)
     out = tmp_path_factory.mktemp("device_fit") / "bundle"
-    code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
-            "from edgekit.fit import fit_bundle\n"
-            "fit_bundle(sys.argv[1], sys.argv[2], out=sys.argv[3])\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'anomalib')))")
-    done = subprocess.run([sys.executable, "-c", code, str(x86_bundle), str(folder), str(out)],
-                          capture_output=True, text=True)
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
+        "from edgekit.fit import fit_bundle\n"
+        "fit_bundle(sys.argv[1], sys.argv[2], out=sys.argv[3])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'anomalib')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(x86_bundle), str(folder), str(out)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return folder, out, done.stdout.strip()
 
@@ -47,8 +51,11 @@ def test_device_bank_equals_the_training_path_on_the_same_images(device_fit, pat
     images = list_normals(folder)
     bank_idx, _ = split_normals(len(images), 0.2, patchcore_run.config["seed"])
     config = patchcore_run.config
-    torch_features = embed(load_network(patchcore_run), [images[i] for i in bank_idx],
-                           input_spec_for(config["backbone"], config["image_size"]))
+    torch_features = embed(
+        load_network(patchcore_run),
+        [images[i] for i in bank_idx],
+        input_spec_for(config["backbone"], config["image_size"]),
+    )
     pca = compressed_bank(patchcore_run, DEFAULT_BANK).pca
     patches = _patches(torch_features if pca is None else pca.project_maps(torch_features))
     count = coreset_count(len(patches), config["coreset_ratio"])

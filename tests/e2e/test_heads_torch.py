@@ -1,4 +1,5 @@
 """Numpy heads against torch and anomalib as oracles (the numpy-only head tests are tests/unit/test_heads.py)."""
+
 import numpy as np
 import pytest
 
@@ -10,8 +11,9 @@ def test_bilinear_matrix_matches_torch_interpolate():
     grid = np.random.default_rng(2).standard_normal((5, 7))
     rows, cols = _bilinear_matrix(40, 5), _bilinear_matrix(56, 7)
     ours = rows @ grid @ cols.T
-    ref = torch.nn.functional.interpolate(torch.from_numpy(grid)[None, None], size=(40, 56), mode="bilinear",
-                                          align_corners=False)[0, 0].numpy()
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(grid)[None, None], size=(40, 56), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-12)
 
 

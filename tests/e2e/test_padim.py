@@ -1,4 +1,5 @@
 """PaDiM: the numpy Mahalanobis head against anomalib's, and train → export → device on brick."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ def _gaussians(dims: int = 24, grid: int = 8, images: int = 40, seed: int = 0):
     """Correlated random training embeddings, their fitted Gaussians, and 3 test embeddings."""
     rng = np.random.default_rng(seed)
     mixing = rng.normal(size=(dims, dims)) / np.sqrt(dims)
+
     def draw(count):
         return np.einsum("de,nehw->ndhw", mixing, rng.normal(size=(count, dims, grid, grid))).astype(np.float32) + 1.5
+
     train = draw(images)
     fit = GaussianFit()
     fit.add(train[:17])  # two batches of different sizes: the accumulation must not depend on them
@@ -34,6 +37,7 @@ def _gaussians(dims: int = 24, grid: int = 8, images: int = 40, seed: int = 0):
 
 
 # -- the head ------------------------------------------------------------------------------------------
+
 
 def test_gaussian_fit_equals_numpy_cov_plus_001_identity_per_position():
     train, mean, inverse, _ = _gaussians()
@@ -50,8 +54,12 @@ def test_head_equals_anomalibs_padim_anomaly_map_to_1e5_relative():
     _, mean, inverse, test = _gaussians()
     scores, maps = MahalanobisHead(mean=mean, inv_covariance=inverse, output_height=64, output_width=48)(test)
     with torch.no_grad():  # anomalib holds the mean as (d, P)
-        expected = AnomalyMapGenerator(sigma=4)(embedding=torch.from_numpy(test), mean=torch.from_numpy(mean.T.copy()),
-                                                inv_covariance=torch.from_numpy(inverse), image_size=(64, 48))
+        expected = AnomalyMapGenerator(sigma=4)(
+            embedding=torch.from_numpy(test),
+            mean=torch.from_numpy(mean.T.copy()),
+            inv_covariance=torch.from_numpy(inverse),
+            image_size=(64, 48),
+        )
     expected = expected[:, 0].numpy()
     np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-5 * float(expected.max()))
     np.testing.assert_allclose(scores, expected.reshape(3, -1).max(axis=1), rtol=1e-5)
@@ -61,12 +69,14 @@ def test_head_equals_anomalibs_padim_anomaly_map_to_1e5_relative():
 def test_head_is_registered_and_refuses_arrays_that_do_not_match():
     _, mean, inverse, test = _gaussians()
     params = {"blur_sigma": 4.0, "dtype": "float16"}
-    head = HEADS["mahalanobis"].from_params(params, {"mean": mean, "inv_covariance": inverse.astype(np.float16)},
-                                            output_height=16, output_width=16)
+    head = HEADS["mahalanobis"].from_params(
+        params, {"mean": mean, "inv_covariance": inverse.astype(np.float16)}, output_height=16, output_width=16
+    )
     assert head.inv_covariance.dtype == np.float32
     with pytest.raises(EdgekitError, match="stored as float32, the manifest says float16"):
-        HEADS["mahalanobis"].from_params(params, {"mean": mean, "inv_covariance": inverse},
-                                         output_height=16, output_width=16)
+        HEADS["mahalanobis"].from_params(
+            params, {"mean": mean, "inv_covariance": inverse}, output_height=16, output_width=16
+        )
     with pytest.raises(EdgekitError, match="does not match the Gaussians"):
         head(test[:, :10])
     flops, touched = head.cost(8, 8)
@@ -89,6 +99,7 @@ def test_subset_taken_per_level_before_the_resize_equals_anomalibs_concatenate_t
 
 
 # -- train → export → device on brick -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def padim_run(brick, tmp_path_factory):
@@ -136,8 +147,9 @@ def test_brick_image_auroc_at_least_099_and_pixel_auroc_097(padim_run):
 
 
 @pytest.mark.e2e
-def test_x86_fp32_bundle_scores_equal_the_training_path_to_1e5_relative(padim_run, bundles, some_test_images,
-                                                                         x86_scores):
+def test_x86_fp32_bundle_scores_equal_the_training_path_to_1e5_relative(
+    padim_run, bundles, some_test_images, x86_scores
+):
     from edgekit.bundle import load_bundle
     from edgekit.families.padim.train import score_run
 
@@ -183,11 +195,14 @@ def test_x86_int8_loses_at_most_001_image_auroc_and_refits_its_thresholds(padim_
 @pytest.mark.e2e
 def test_predicting_with_a_padim_bundle_leaves_torch_out_of_sys_modules(bundles, brick):
     image = sorted((brick / "test" / "stain").iterdir())[0]
-    code = ("import sys, edgekit; p = edgekit.load(sys.argv[1]).predict(sys.argv[2]); "
-            "print(p.raw_score, p.anomaly_map.shape, 'torch' in sys.modules)")
+    code = (
+        "import sys, edgekit; p = edgekit.load(sys.argv[1]).predict(sys.argv[2]); "
+        "print(p.raw_score, p.anomaly_map.shape, 'torch' in sys.modules)"
+    )
     bundle = bundles("x86", "openvino", "fp32")
-    out = subprocess.run([sys.executable, "-c", code, str(bundle), str(image)], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(bundle), str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     score, rest = out.split(" ", 1)
     assert float(score) > 0 and rest == "(256, 256) False"
 
@@ -197,8 +212,11 @@ def test_bank_options_are_refused_for_padim_before_any_work(padim_run, tmp_path)
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
 
-    with pytest.raises(EdgekitError, match=r"^--bank-\* options apply to models with a memory bank \(patchcore\), "
-                                           r"not padim$"):
+    with pytest.raises(
+        EdgekitError,
+        match=r"^--bank-\* options apply to models with a memory bank \(patchcore\), "
+        r"not padim$",
+    ):
         export_run(padim_run.path, tmp_path / "bundle", options=ExportOptions(bank_dtype="int8"))
     assert not (tmp_path / "bundle").exists()
 
@@ -214,8 +232,10 @@ def test_dims_beyond_the_layers_channels_is_one_error_and_writes_nothing(brick, 
 def test_cli_refuses_a_patchcore_option_for_padim_in_one_line(brick, tmp_path):
     from edgekit.cli import cli
 
-    result = CliRunner().invoke(cli, ["train", "--model", "padim", "--coreset-ratio", "0.1", "--data", str(brick),
-                                      "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--model", "padim", "--coreset-ratio", "0.1", "--data", str(brick), "--out", str(tmp_path / "run")],
+    )
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert lines == ["error: --coreset-ratio does not apply to model 'padim'"]

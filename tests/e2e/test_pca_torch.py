@@ -1,4 +1,5 @@
 """The PCA projection folded into a torch network (the numpy PCA tests are tests/unit/test_pca.py)."""
+
 import numpy as np
 import pytest
 

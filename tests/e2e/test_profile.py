@@ -1,4 +1,5 @@
 """`edgekit profile --sweep`, `--estimate` and `edgekit report`: variants, Pareto front, labelled estimates."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,29 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def x86_sweep(patchcore_run, brick, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep-x86")
-    result = run("profile", patchcore_run.path, "--target", "x86", "--sweep", "--formats", "openvino", "--precisions", "fp32",
-                 "--banks", "full,default", "--runs", 3, "--warmup", 1, "--cold-starts", 1, "--data", brick,
-                 "--out", out)
+    result = run(
+        "profile",
+        patchcore_run.path,
+        "--target",
+        "x86",
+        "--sweep",
+        "--formats",
+        "openvino",
+        "--precisions",
+        "fp32",
+        "--banks",
+        "full,default",
+        "--runs",
+        3,
+        "--warmup",
+        1,
+        "--cold-starts",
+        1,
+        "--data",
+        brick,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -27,8 +48,24 @@ def x86_sweep(patchcore_run, brick, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def rpi4_estimate(patchcore_run, brick, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("estimate-rpi4")
-    result = run("profile", patchcore_run.path, "--target", "rpi4", "--sweep", "--formats", "onnx",
-                 "--precisions", "fp32", "--banks", "default,small", "--estimate", "--data", brick, "--out", out)
+    result = run(
+        "profile",
+        patchcore_run.path,
+        "--target",
+        "rpi4",
+        "--sweep",
+        "--formats",
+        "onnx",
+        "--precisions",
+        "fp32",
+        "--banks",
+        "default,small",
+        "--estimate",
+        "--data",
+        brick,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -70,16 +107,21 @@ def test_estimate_off_the_device_is_labelled_and_never_timed(rpi4_estimate):
 
 
 def test_profile_of_another_device_without_estimate_stops_before_exporting(patchcore_run, tmp_path):
-    one_error_line(run("profile", patchcore_run.path, "--target", "rpi5", "--sweep", "--out", tmp_path),
-                   "this machine is x86_64, not rpi5's aarch64", "--estimate")
+    one_error_line(
+        run("profile", patchcore_run.path, "--target", "rpi5", "--sweep", "--out", tmp_path),
+        "this machine is x86_64, not rpi5's aarch64",
+        "--estimate",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_without_sweep_and_sweep_filters_without_sweep_are_refused(patchcore_run, x86_bundle, tmp_path):
     one_error_line(run("profile", patchcore_run.path, "--target", "x86", "--out", tmp_path), "--sweep")
     one_error_line(run("profile", x86_bundle, "--precisions", "int8", "--out", tmp_path), "add --sweep")
-    one_error_line(run("profile", patchcore_run.path, "--sweep", "--banks", "tiny", "--out", tmp_path),
-                   "unknown bank setting 'tiny'")
+    one_error_line(
+        run("profile", patchcore_run.path, "--sweep", "--banks", "tiny", "--out", tmp_path),
+        "unknown bank setting 'tiny'",
+    )
     one_error_line(run("profile", x86_bundle, "--estimate", "--out", tmp_path), "drop --estimate")
     assert not (tmp_path / "profile.json").exists()
 
@@ -134,8 +176,10 @@ def test_report_merges_device_profiles_into_one_page(x86_sweep, rpi4_estimate, t
 def test_report_refuses_what_is_not_a_profile(x86_sweep, tmp_path):
     (tmp_path / "other.json").write_text('{"schema": "something-else"}')
     out = tmp_path / "report.html"
-    one_error_line(run("report", x86_sweep / "profile.json", tmp_path / "other.json", "--out", out),
-                   "other.json is not an edgekit profile")
+    one_error_line(
+        run("report", x86_sweep / "profile.json", tmp_path / "other.json", "--out", out),
+        "other.json is not an edgekit profile",
+    )
     one_error_line(run("report", tmp_path / "missing.json", "--out", out), "missing.json: no such file")
     assert not out.exists()
 

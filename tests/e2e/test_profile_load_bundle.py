@@ -1,4 +1,5 @@
 """Profiling with --background on a real exported bundle: the load is recorded and no worker is left running."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from edgekit.profile.load import describe_load
 
 @pytest.mark.e2e
 def test_profile_with_background_records_the_load_and_leaves_no_worker_running(x86_bundle, tmp_path):
-    result = run("profile", x86_bundle, "--runs", 5, "--warmup", 1, "--cold-starts", 1, "--background", 1,
-                 "--out", tmp_path)
+    result = run(
+        "profile", x86_bundle, "--runs", 5, "--warmup", 1, "--cold-starts", 1, "--background", 1, "--out", tmp_path
+    )
     assert result.exit_code == 0, result.output
     (variant,) = json.loads((tmp_path / "profile.json").read_text())["variants"]
     latency = variant["latency"]

@@ -4,6 +4,7 @@ Three layers: the score-agreement metric and the recipe (pure numpy); the conver
 conv network (seconds); and one real x86 int8 and one igpu fp16 export of the session's PatchCore
 run, shared by the module.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ from edgekit.targets import FormatSpec, get_target
 
 # ---- the score agreement and the recipe ---------------------------------------------------------------
 
+
 def test_score_agreement_is_one_minus_the_relative_score_error_clipped_at_zero():
     mean, per_image = score_agreement(np.array([10.0, 20.0, 4.0]), np.array([10.0, 18.0, 12.0]))
     assert per_image == pytest.approx([1.0, 0.9, 0.0])  # exact; 10 % off; 200 % off clips at 0
@@ -40,9 +42,10 @@ def test_score_agreement_is_one_minus_the_relative_score_error_clipped_at_zero()
 def test_validation_function_scores_the_float_network_1_and_a_shifted_one_lower():
     images = np.random.default_rng(1).uniform(1, 2, (3, 4, 2, 2)).astype(np.float32)
     float_scores = _largest_output(images)
-    validate = ScoreAgreementValidation(_largest_output, float_scores,
-                                        embed_with=lambda scale: (lambda batch: batch * scale))
-    items = [(i, images[i:i + 1]) for i in range(3)]
+    validate = ScoreAgreementValidation(
+        _largest_output, float_scores, embed_with=lambda scale: lambda batch: batch * scale
+    )
+    items = [(i, images[i : i + 1]) for i in range(3)]
     assert validate(1.0, items) == (1.0, [1.0, 1.0, 1.0])
     shifted, per_image = validate(np.float32(50.0), items[1:])  # 50x: every score is off by >100 %
     assert shifted == 0.0 and per_image == [0.0, 0.0]
@@ -54,16 +57,20 @@ def test_the_shipped_recipe_keeps_the_embedding_tail_depthwise_and_stem_float():
     assert recipe.preset == "performance" and recipe.subset_size == 300
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"preset": "fast"}, "nncf.preset must be 'performance' or 'mixed'"),
-    ({"stay_float": ["head"]}, "unknown parts ['head']"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"preset": "fast"}, "nncf.preset must be 'performance' or 'mixed'"),
+        ({"stay_float": ["head"]}, "unknown parts ['head']"),
+    ],
+)
 def test_a_bad_recipe_is_one_clear_error(section, message):
     with pytest.raises(EdgekitError, match=message.replace("[", r"\[").replace("]", r"\]")):
         recipe_for({"nncf": section})
 
 
 # ---- the converters on a tiny network ------------------------------------------------------------------
+
 
 def _largest_output(outputs: np.ndarray) -> np.ndarray:
     """The tiny network's "head": each image's largest output value."""
@@ -118,12 +125,22 @@ def tiny(tmp_path_factory):
 
     def job(precision: str, *, fmt: str = "openvino", max_drop=None) -> ExportJob:
         out_dir = Path(tempfile.mkdtemp(prefix=f"{fmt}-{precision}-", dir=folder))
-        return ExportJob(target=x86, format=x86.format_spec() if fmt == "openvino" else onnx_spec,
-                         precision=precision, network=network, example=example, onnx_path=onnx_path,
-                         input_name="image", output_names=("embedding",), calibration=calibration,
-                         validation=validation, recipe=read_toml("calibration", "patchcore"),
-                         options=ExportOptions(precision=precision, max_drop=max_drop), out_dir=out_dir,
-                         head_score=_largest_output)
+        return ExportJob(
+            target=x86,
+            format=x86.format_spec() if fmt == "openvino" else onnx_spec,
+            precision=precision,
+            network=network,
+            example=example,
+            onnx_path=onnx_path,
+            input_name="image",
+            output_names=("embedding",),
+            calibration=calibration,
+            validation=validation,
+            recipe=read_toml("calibration", "patchcore"),
+            options=ExportOptions(precision=precision, max_drop=max_drop),
+            out_dir=out_dir,
+            head_score=_largest_output,
+        )
 
     return {"job": job, "validation": validation, "float": float_out}
 
@@ -172,8 +189,12 @@ def test_onnx_int8_is_qdq_with_depthwise_float_and_runs_in_onnxruntime(tiny):
     model = onnx.load(str(converted.files[0]))
     kinds = [node.op_type for node in model.graph.node]
     assert kinds.count("QuantizeLinear") >= 1 and kinds.count("DequantizeLinear") >= 2
-    assert converted.notes["quantization"]["ops"]["float"] == {"AveragePool": 2, "Conv": 1, "Conv (depthwise)": 1,
-                                                               "Resize": 1}
+    assert converted.notes["quantization"]["ops"]["float"] == {
+        "AveragePool": 2,
+        "Conv": 1,
+        "Conv (depthwise)": 1,
+        "Resize": 1,
+    }
     assert converted.notes["quantization"]["ops"]["int8"] == {"Conv": 1}
     session = ort.InferenceSession(str(converted.files[0]), providers=["CPUExecutionProvider"])
     output = session.run(None, {"image": tiny["validation"]})[0]
@@ -202,6 +223,7 @@ def test_the_threshold_fit_stand_in_is_the_cpu_only_when_the_device_is_absent():
 
 
 # ---- the real PatchCore bundles (issue 3's numbers) ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def x86_int8(exported) -> Path:
@@ -290,34 +312,62 @@ def _damaged_copy(bundle: Path, out: Path, keep_every: int = 4) -> Path:
     dtype = params.get("bank", {}).get("dtype", "float32")
     bank = decode_bank({name: source.array(name) for name in manifest.head.arrays}, dtype)[::keep_every]
     head = dataclasses.replace(manifest.head, params={**params, "bank": {**params.get("bank", {}), "rows": len(bank)}})
-    return save_bundle(out, dataclasses.replace(manifest, head=head),
-                       files={name: source.path(name) for name in manifest.network.files},
-                       arrays={manifest.head.arrays[name]: array for name, array in encode_bank(bank, dtype).items()})
+    return save_bundle(
+        out,
+        dataclasses.replace(manifest, head=head),
+        files={name: source.path(name) for name in manifest.network.files},
+        arrays={manifest.head.arrays[name]: array for name, array in encode_bank(bank, dtype).items()},
+    )
 
 
 @pytest.mark.e2e
 def test_check_passes_int8_and_fails_a_damaged_bundle(x86_bundle, x86_int8, brick, tmp_path):
     runner = CliRunner()
-    passed = runner.invoke(cli, ["check", "--reference", str(x86_bundle), "--candidate", str(x86_int8),
-                                 "--data", str(brick), "--junit", str(tmp_path / "int8.xml")])
+    passed = runner.invoke(
+        cli,
+        [
+            "check",
+            "--reference",
+            str(x86_bundle),
+            "--candidate",
+            str(x86_int8),
+            "--data",
+            str(brick),
+            "--junit",
+            str(tmp_path / "int8.xml"),
+        ],
+    )
     assert passed.exit_code == 0, passed.output
     assert "x86 / int8" in passed.output and "result: PASS" in passed.output
     damaged = _damaged_copy(x86_int8, tmp_path / "damaged")
-    failed = runner.invoke(cli, ["check", "--reference", str(x86_bundle), "--candidate", str(damaged),
-                                 "--data", str(brick), "--junit", str(tmp_path / "damaged.xml")])
+    failed = runner.invoke(
+        cli,
+        [
+            "check",
+            "--reference",
+            str(x86_bundle),
+            "--candidate",
+            str(damaged),
+            "--data",
+            str(brick),
+            "--junit",
+            str(tmp_path / "damaged.xml"),
+        ],
+    )
     assert failed.exit_code == 1, failed.output
     assert "result: FAIL - decisions agree on" in failed.output
     assert ET.parse(tmp_path / "damaged.xml").getroot().get("failures") != "0"
 
 
 @pytest.mark.e2e
-def test_igpu_bundle_exports_here_records_its_cpu_fit_and_refuses_to_load_without_a_gpu(igpu_fp16, x86_bundle,
-                                                                                         brick):
+def test_igpu_bundle_exports_here_records_its_cpu_fit_and_refuses_to_load_without_a_gpu(igpu_fp16, x86_bundle, brick):
     import edgekit
 
     manifest = load_bundle(igpu_fp16).manifest
     assert (manifest.target, manifest.device, manifest.precision) == ("igpu", "GPU", "fp16")
-    assert manifest.export["threshold_fit"]["device"] == "CPU" and manifest.export["threshold_fit"]["instead_of"] == "GPU"
+    assert (
+        manifest.export["threshold_fit"]["device"] == "CPU" and manifest.export["threshold_fit"]["instead_of"] == "GPU"
+    )
     image = str(next((brick / "test" / "good").glob("*.png")))
     result = CliRunner().invoke(cli, ["predict", str(igpu_fp16), image])
     assert result.exit_code == 1

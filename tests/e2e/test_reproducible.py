@@ -1,5 +1,6 @@
 """Reproducible artefacts: a run's fingerprint names its content, and exporting one run twice with
 SOURCE_DATE_EPOCH set gives byte-identical bundles (the network files included)."""
+
 from __future__ import annotations
 
 import json
@@ -69,20 +70,26 @@ def test_the_same_data_in_another_folder_gives_the_same_fingerprint(twin_runs, t
     copy = _copy_run(twin_runs[0], tmp_path / "run")
     old = copy.config["dataset"]["path"]
     new = str(tmp_path / "elsewhere" / "brick")
-    config = json.loads((copy.path / RUN_FILE).read_text().replace(old + "/", new + "/").replace(f'"{old}"', f'"{new}"'))
+    config = json.loads(
+        (copy.path / RUN_FILE).read_text().replace(old + "/", new + "/").replace(f'"{old}"', f'"{new}"')
+    )
     assert config["dataset"]["path"] == new and config["bank_images"][0].startswith(new + "/")
     (copy.path / RUN_FILE).write_text(json.dumps(config))
     assert open_run(copy.path).fingerprint() == twin_runs[0].fingerprint()
 
 
-@pytest.mark.parametrize("target, fmt, precision", [
-    ("x86", "openvino", "fp32"), ("x86", "openvino", "int8"), ("rpi4", "tflite", "fp32"), ("rpi4", "onnx", "fp32")])
+@pytest.mark.parametrize(
+    "target, fmt, precision",
+    [("x86", "openvino", "fp32"), ("x86", "openvino", "int8"), ("rpi4", "tflite", "fp32"), ("rpi4", "onnx", "fp32")],
+)
 def test_two_exports_of_one_run_are_byte_identical(twin_runs, tmp_path, monkeypatch, target, fmt, precision):
     """In one process, so OpenVINO's node counter has moved on between them (its names used to leak)."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
     options = ExportOptions(format=fmt, precision=precision, calibration_images=8)
-    bundles = [export_run(twin_runs[0].path, tmp_path / f"{name}.edgekit", target=target, options=options)
-               for name in ("first", "second")]
+    bundles = [
+        export_run(twin_runs[0].path, tmp_path / f"{name}.edgekit", target=target, options=options)
+        for name in ("first", "second")
+    ]
     first, second = (tmp_path / "first.edgekit", tmp_path / "second.edgekit")
     assert first.read_bytes() == second.read_bytes()
     assert bundles[0].manifest_sha256 == bundles[1].manifest_sha256
@@ -94,8 +101,10 @@ def test_two_exports_of_one_run_are_byte_identical(twin_runs, tmp_path, monkeypa
 
 def test_exports_of_twin_trainings_differ_only_in_the_run_they_name(twin_runs, tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    bundles = [export_run(run.path, tmp_path / run.path.name, target="rpi4", options=ExportOptions(format="onnx"))
-               for run in twin_runs]
+    bundles = [
+        export_run(run.path, tmp_path / run.path.name, target="rpi4", options=ExportOptions(format="onnx"))
+        for run in twin_runs
+    ]
     first, second = (b.root for b in bundles)
     assert sorted(p.name for p in first.rglob("*")) == sorted(p.name for p in second.rglob("*"))
     for path in first.rglob("*"):
@@ -130,4 +139,3 @@ def test_export_and_train_refuse_a_bad_source_date_epoch_before_any_work(twin_ru
     trained = run("train", "--data", brick, "--out", tmp_path / "run", "--image-size", 64)
     assert_one_error_line(trained, "SOURCE_DATE_EPOCH='tomorrow'")
     assert sorted(tmp_path.iterdir()) == []  # nothing written, not even staging
-

@@ -1,4 +1,5 @@
 """Reverse Distillation: its pieces against anomalib's, and train → export → device runtime on brick."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ TEST_EPOCHS = 3
 
 
 # -- the pieces against anomalib's ------------------------------------------------------------------
+
 
 def test_with_resnet18_channels_bottleneck_and_decoder_are_anomalibs():
     from anomalib.models.components.backbone.resnet_decoder import de_resnet18
@@ -75,14 +77,19 @@ def test_cosine_distance_is_one_minus_torchs_cosine_similarity():
 
 # -- train → export → device on the embedded default (brick) ----------------------------------------
 
+
 @pytest.fixture(scope="module")
 def rd_training(brick, tmp_path_factory):
     """The test run, trained once, and the progress calls it made."""
     from edgekit.families.reverse_distillation.train import train_reverse_distillation
 
     calls = []
-    run = train_reverse_distillation(brick, tmp_path_factory.mktemp("rd") / "run", epochs=TEST_EPOCHS,
-                                     progress=lambda stage, done, total: calls.append((stage, done, total)))
+    run = train_reverse_distillation(
+        brick,
+        tmp_path_factory.mktemp("rd") / "run",
+        epochs=TEST_EPOCHS,
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
+    )
     return run, calls
 
 
@@ -125,17 +132,28 @@ def test_run_records_what_the_export_pipeline_reads(rd_training):
     assert config["model"] == "reverse_distillation" and config["backbone"] == "tf_efficientnet_lite0"
     assert config["layers"] == [1, 2, 3] and config["map_mode"] == "add" and config["map_grid"] == [64, 64]
     assert (config["epochs"], config["batch_size"], config["learning_rate"], config["betas"]) == (
-        TEST_EPOCHS, 8, 0.005, [0.5, 0.99])
+        TEST_EPOCHS,
+        8,
+        0.005,
+        [0.5, 0.99],
+    )
     assert config["head"] == {"score": "top_mean", "top_fraction": 0.01, "blur_sigma": 4.0}
-    assert config["input"] == {"height": 256, "width": 256, "channels": 3, "mean": [0.5, 0.5, 0.5],
-                               "std": [0.5, 0.5, 0.5], "resize": "pil-bilinear"}
+    assert config["input"] == {
+        "height": 256,
+        "width": 256,
+        "channels": 3,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "resize": "pil-bilinear",
+    }
     # trainable: bottleneck 2 199 440 + decoder 658 320; the frozen Lite0 levels 0..3 the rest
     assert config["trainable_parameters"] == 2_857_760 and config["parameters"] > config["trainable_parameters"]
     assert len(config["bank_images"]) == 48 and len(config["holdout_images"]) == 12
     assert not set(config["bank_images"]) & set(config["holdout_images"])
     assert config["train_seconds"] > 0 and config["seed"] == 0
     assert [call for call in progress_calls if call[0] == "train"] == [
-        ("train", epoch, TEST_EPOCHS) for epoch in range(TEST_EPOCHS + 1)]
+        ("train", epoch, TEST_EPOCHS) for epoch in range(TEST_EPOCHS + 1)
+    ]
     metrics = json.loads((rd_run.path / "metrics.json").read_text())
     assert len(metrics["loss"]) == TEST_EPOCHS == metrics["epochs"]
     assert metrics["loss"][-1] < metrics["loss"][0]
@@ -201,7 +219,10 @@ def test_x86_int8_keeps_brick_separated_and_fits_its_own_thresholds(bundles, tes
     assert relative[labels == 0].max() < 0.10 and relative.max() < 0.35
     assert image_auroc(labels, scores) >= 0.95
     assert detector.manifest.export["quantization"]["stay_float"] == [
-        "feature_distance", "depthwise", "first_convolution"]
+        "feature_distance",
+        "depthwise",
+        "first_convolution",
+    ]
     decision = detector.manifest.decision
     assert detector.manifest.precision == "int8" and decision.fitted_on == 12
     fp32 = edgekit.load(bundles("x86", "openvino", "fp32")).manifest.decision
@@ -210,15 +231,17 @@ def test_x86_int8_keeps_brick_separated_and_fits_its_own_thresholds(bundles, tes
 
 @pytest.mark.e2e
 def test_training_with_a_patchcore_option_is_one_error_line(brick, tmp_path):
-    result = run_cli("train", "--model", "reverse_distillation", "--data", brick, "--out", tmp_path / "run",
-                     "--coreset-ratio", "0.1")
+    result = run_cli(
+        "train", "--model", "reverse_distillation", "--data", brick, "--out", tmp_path / "run", "--coreset-ratio", "0.1"
+    )
     assert_one_error_line(result, "--coreset-ratio", "'reverse_distillation'")
     assert not (tmp_path / "run").exists()
 
 
 def test_an_image_size_off_the_stride_32_grid_is_one_error_and_writes_nothing(brick, tmp_path):
-    result = run_cli("train", "--model", "reverse_distillation", "--data", brick, "--out", tmp_path / "run",
-                     "--image-size", "100")
+    result = run_cli(
+        "train", "--model", "reverse_distillation", "--data", brick, "--out", tmp_path / "run", "--image-size", "100"
+    )
     assert_one_error_line(result, "--image-size must be a multiple of 32")
     assert list(tmp_path.iterdir()) == []
 

@@ -1,4 +1,5 @@
 """Runtime load errors on a real exported bundle: OpenVINO's reason is named."""
+
 from __future__ import annotations
 
 import shutil

@@ -6,6 +6,7 @@ Recorded on 2026-12-06 from the code before and after the one-skeleton refactor 
 eight families' runs were byte-identical between the two (weights, arrays, run.json settings,
 metrics). A change here is a behaviour change: say so, re-measure, and record the new values.
 """
+
 from __future__ import annotations
 
 import importlib

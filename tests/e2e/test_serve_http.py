@@ -1,6 +1,7 @@
 """`edgekit run`'s page and HTTP API, all real: the x86 OpenVINO bundle, the stdlib server on a free
 loopback port, http.client / raw sockets as clients, and headless Chromium for the page.
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,8 +50,9 @@ def images(brick: Path, folder: str) -> list[Path]:
     return sorted((brick / "test" / folder).glob("*.png"))
 
 
-def call(service: HttpService, method: str, path: str, body: bytes | None = None,
-         headers: dict | None = None) -> tuple[int, http.client.HTTPResponse, bytes]:
+def call(
+    service: HttpService, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+) -> tuple[int, http.client.HTTPResponse, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
     try:
         connection.request(method, path, body=body, headers=headers or {})
@@ -90,13 +92,20 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height but which holds no pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 # -- POST /predict ---------------------------------------------------------------------------------
+
 
 def test_good_image_scores_as_detector_predict_to_1e6_and_is_recorded_as_http(server, detector, brick):
     path = images(brick, "good")[0]
@@ -130,8 +139,9 @@ def test_grey_image_is_scored_as_its_three_channel_copy(server, detector, brick)
     grey = np.asarray(Image.open(images(brick, "good")[1]).convert("L"))
     status, _, body = call(server, "POST", "/predict", png_bytes(grey))
     assert status == 200
-    assert json.loads(body)["score"] == pytest.approx(detector.predict(np.repeat(grey[:, :, None], 3, 2)).score,
-                                                      abs=1e-6)
+    assert json.loads(body)["score"] == pytest.approx(
+        detector.predict(np.repeat(grey[:, :, None], 3, 2)).score, abs=1e-6
+    )
 
 
 def test_jpeg_exif_orientation_is_applied_before_scoring(server):
@@ -144,14 +154,17 @@ def test_jpeg_exif_orientation_is_applied_before_scoring(server):
     assert status == 200 and (json.loads(body)["width"], json.loads(body)["height"]) == (100, 200)
 
 
-@pytest.mark.parametrize("name, body, status", [
-    ("garbage bytes", b"this is not an image \x00\x01\x02" * 50, 415),
-    ("truncated PNG", None, 422),
-    ("header claims 64 megapixels", png_header_only(8000, 8000), 413),
-    ("header claims 400 megapixels (Pillow's bomb check)", png_header_only(20000, 20000), 413),
-    ("one pixel", png_bytes(np.zeros((1, 1, 3), np.uint8)), 422),
-    ("empty body", b"", 400),
-])
+@pytest.mark.parametrize(
+    "name, body, status",
+    [
+        ("garbage bytes", b"this is not an image \x00\x01\x02" * 50, 415),
+        ("truncated PNG", None, 422),
+        ("header claims 64 megapixels", png_header_only(8000, 8000), 413),
+        ("header claims 400 megapixels (Pillow's bomb check)", png_header_only(20000, 20000), 413),
+        ("one pixel", png_bytes(np.zeros((1, 1, 3), np.uint8)), 422),
+        ("empty body", b"", 400),
+    ],
+)
 def test_bad_body_is_a_4xx_with_one_line_json_and_the_server_keeps_serving(server, brick, name, body, status):
     if body is None:
         body = images(brick, "good")[0].read_bytes()[:3000]
@@ -165,8 +178,10 @@ def test_bad_body_is_a_4xx_with_one_line_json_and_the_server_keeps_serving(serve
 def test_oversize_body_is_413_before_the_server_reads_it(detector):
     with HttpService(detector, Monitor(detector), port=0, max_body_bytes=2**20) as service:
         # 1. Only headers and 64 KiB of a 50 MB body are sent: the answer comes without the rest.
-        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                f"Content-Length: {50 * 2**20}\r\n\r\n").encode()
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {50 * 2**20}\r\n\r\n"
+        ).encode()
         started = time.monotonic()
         status, headers, body = raw_exchange(service, head + b"\0" * 65536)
         assert status == 413 and headers["connection"] == "close"
@@ -183,13 +198,16 @@ def test_oversize_body_is_413_before_the_server_reads_it(detector):
         assert call(service, "GET", "/healthz")[0] == 200
 
 
-@pytest.mark.parametrize("length_headers, status", [
-    ("", 411),
-    ("Content-Length: abc\r\n", 400),
-    ("Content-Length: -5\r\n", 400),
-    ("Content-Length: 10\r\nContent-Length: 12\r\n", 400),
-    ("Transfer-Encoding: chunked\r\n", 411),
-])
+@pytest.mark.parametrize(
+    "length_headers, status",
+    [
+        ("", 411),
+        ("Content-Length: abc\r\n", 400),
+        ("Content-Length: -5\r\n", 400),
+        ("Content-Length: 10\r\nContent-Length: 12\r\n", 400),
+        ("Transfer-Encoding: chunked\r\n", 411),
+    ],
+)
 def test_missing_invalid_or_chunked_length_is_refused(server, length_headers, status):
     request = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n{length_headers}\r\n".encode()
     got, _, body = raw_exchange(server, request)
@@ -211,6 +229,7 @@ def test_unexpected_failure_is_500_with_one_json_line_and_one_log_line(detector,
 
 
 # -- token, routes, hosts, connections --------------------------------------------------------------
+
 
 def test_token_is_needed_everywhere_but_healthz_and_the_page_may_pass_it_in_the_url(detector, brick):
     good = images(brick, "good")[0].read_bytes()
@@ -275,6 +294,7 @@ def test_connections_over_the_cap_get_503_and_stop_ends_idle_keepalive_connectio
 
 
 # -- concurrency -----------------------------------------------------------------------------------
+
 
 def test_eight_concurrent_predictions_each_get_their_own_images_score(detector, brick):
     paths = images(brick, "good")[:4] + images(brick, "scratch")[:2] + images(brick, "stain")[:2]
@@ -376,7 +396,11 @@ def test_bundle_says_what_is_loaded_and_healthz_is_ok(server, detector):
     manifest = detector.manifest
     assert status == 200 and info["fingerprint"] == detector.fingerprint
     assert (info["model"], info["target"], info["runtime"], info["precision"]) == (
-        "patchcore", "x86", "openvino", manifest.precision)
+        "patchcore",
+        "x86",
+        "openvino",
+        manifest.precision,
+    )
     assert info["schema_version"] == manifest.schema_version and info["runtime_version"]
     assert info["input"]["width"] == info["input"]["height"] == 256 and info["input"]["color"] == "rgb"
     assert info["thresholds"]["score_threshold"] == 0.5
@@ -391,6 +415,7 @@ def test_page_and_api_modules_do_not_import_torch():
 
 # -- the monitor -----------------------------------------------------------------------------------
 
+
 def test_monitor_keeps_bounded_buffers_small_thumbnails_and_encodes_only_on_request(detector, brick):
     normal = np.asarray(Image.open(images(brick, "good")[0]).convert("RGB"))
     defect = np.asarray(Image.open(images(brick, "scratch")[0]).convert("RGB"))
@@ -402,8 +427,13 @@ def test_monitor_keeps_bounded_buffers_small_thumbnails_and_encodes_only_on_requ
         anomalous = index % 10 == 0
         frame = Frame(index=index, image=big if anomalous else normal, source="rtsp://user:pw@cam/1")
         prediction = predictions[anomalous]
-        monitor.record(Scored(frame, prediction, make_event(frame, prediction, latency_s=0.002 * (1 + index % 5),
-                                                            bundle=detector.fingerprint)))
+        monitor.record(
+            Scored(
+                frame,
+                prediction,
+                make_event(frame, prediction, latency_s=0.002 * (1 + index % 5), bundle=detector.fingerprint),
+            )
+        )
     assert len(monitor._history) == 50 and len(monitor._latencies_ms) == 100 and len(monitor._recent) == 3
     assert all(max(a.image.shape[:2]) <= 96 for a in monitor._recent)
     assert all(a.jpeg is None for a in monitor._recent) and not monitor._frame_cache  # nothing encoded yet
@@ -425,6 +455,7 @@ def test_monitor_keeps_bounded_buffers_small_thumbnails_and_encodes_only_on_requ
 
 # -- the page in headless Chromium -----------------------------------------------------------------
 
+
 def test_live_page_shows_scores_that_change_with_no_errors_and_no_outside_request(detector, brick, tmp_path):
     good, scratch = images(brick, "good")[0], images(brick, "scratch")[0]
     good_score, scratch_score = detector.predict(good).score, detector.predict(scratch).score
@@ -438,14 +469,20 @@ def test_live_page_shows_scores_that_change_with_no_errors_and_no_outside_reques
             page.wait_until("document.getElementById('frame').naturalWidth > 0")
             assert call(service, "POST", "/predict", scratch.read_bytes(), auth)[0] == 200
             second = page.wait_until(f"{score} !== {json.dumps(first)} && {score}")
-            page.wait_until("document.querySelectorAll('#thumbs img').length === 1 && "
-                            "[...document.querySelectorAll('#thumbs img')].every(i => i.naturalWidth > 0)")
-            page.wait_until("document.getElementById('frame').src.includes('seq=2') && "
-                            "document.getElementById('frame').naturalWidth > 0")
-            shown = page.evaluate("({verdict: document.getElementById('verdict').textContent, "
-                                  "frames: document.getElementById('frames').textContent, "
-                                  "status: document.getElementById('status').textContent, "
-                                  "points: document.getElementById('series').getAttribute('d')})")
+            page.wait_until(
+                "document.querySelectorAll('#thumbs img').length === 1 && "
+                "[...document.querySelectorAll('#thumbs img')].every(i => i.naturalWidth > 0)"
+            )
+            page.wait_until(
+                "document.getElementById('frame').src.includes('seq=2') && "
+                "document.getElementById('frame').naturalWidth > 0"
+            )
+            shown = page.evaluate(
+                "({verdict: document.getElementById('verdict').textContent, "
+                "frames: document.getElementById('frames').textContent, "
+                "status: document.getElementById('status').textContent, "
+                "points: document.getElementById('series').getAttribute('d')})"
+            )
             screenshot = page.screenshot()
         result = page.result
     (tmp_path / "page.png").write_bytes(screenshot)
@@ -456,7 +493,7 @@ def test_live_page_shows_scores_that_change_with_no_errors_and_no_outside_reques
     assert result.console_errors == []
     assert result.external_requests == []
     assert all(url.startswith(origin + "/") or url.startswith("data:") for url in result.requests)
-    paths = {re.sub(r"\?.*", "", url[len(origin):]) for url in result.requests if url.startswith(origin)}
+    paths = {re.sub(r"\?.*", "", url[len(origin) :]) for url in result.requests if url.startswith(origin)}
     assert {"/", "/state", "/frame.jpg"} <= paths and any(p.startswith("/anomalies/") for p in paths)
     assert not is_blank(screenshot)
 

@@ -3,6 +3,7 @@
 Each test starts its own broker on a free loopback port and ends it by PID. The e2e test scores real
 brick images with the session's PatchCore bundle; the others use hand-made predictions to stay fast.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,8 @@ class Subscriber:
         self._client.on_connect = lambda client, *_: client.subscribe(f"{topic}/#", qos=1)
         self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.on_message = lambda _c, _u, msg: self.messages.append(
-            (msg.topic, msg.payload.decode(), bool(msg.retain)))
+            (msg.topic, msg.payload.decode(), bool(msg.retain))
+        )
         self._client.connect(host, port)
         self._client.loop_start()
         assert self._subscribed.wait(5), "the test subscriber could not subscribe"
@@ -61,15 +63,21 @@ class Subscriber:
 
 
 def scored(index: int, prediction: Prediction, *, source: str = "test") -> Scored:
-    frame = Frame(index=index, image=np.zeros((4, 4, 3), np.uint8), source=source, captured=time.time(),
-                  captured_mono=time.perf_counter())
+    frame = Frame(
+        index=index,
+        image=np.zeros((4, 4, 3), np.uint8),
+        source=source,
+        captured=time.time(),
+        captured_mono=time.perf_counter(),
+    )
     return Scored(frame, prediction, make_event(frame, prediction, latency_s=0.01, bundle=BUNDLE))
 
 
 def fake(anomalous: bool) -> Prediction:
     score = 0.9 if anomalous else 0.1
-    return Prediction(score=score, is_anomalous=anomalous, anomaly_map=np.zeros((4, 4), np.float32),
-                      raw_score=score * 10)
+    return Prediction(
+        score=score, is_anomalous=anomalous, anomaly_map=np.zeros((4, 4), np.float32), raw_score=score * 10
+    )
 
 
 @pytest.mark.e2e
@@ -145,8 +153,9 @@ def test_a_broker_lost_mid_run_is_reconnected_and_submit_never_blocks(capsys):
         subscriber = Subscriber(host, port, topic="line1")
         subscriber.wait_for(lambda: "online" in subscriber.payloads("status"), "the sink to reconnect", timeout=15)
         worker.submit(scored(151, fake(True)))
-        subscriber.wait_for(lambda: 151 in [event["frame"] for event in subscriber.json("anomaly")],
-                            "an anomaly after the reconnect")
+        subscriber.wait_for(
+            lambda: 151 in [event["frame"] for event in subscriber.json("anomaly")], "an anomaly after the reconnect"
+        )
         subscriber.wait_for(lambda: len(subscriber.payloads("heartbeat")) >= 1, "a heartbeat after the reconnect")
         worker.close()
         subscriber.wait_for(lambda: "offline" in subscriber.payloads("status"), '"offline" status')
@@ -164,8 +173,7 @@ def test_a_broker_lost_mid_run_is_reconnected_and_submit_never_blocks(capsys):
 def test_the_last_will_says_offline_when_the_camera_process_dies():
     with mosquitto_broker() as (host, port):
         subscriber = Subscriber(host, port)
-        code = (f"import time; from edgekit.serve.mqtt import MqttSink; MqttSink({host!r}, {port}); "
-                "time.sleep(60)")
+        code = f"import time; from edgekit.serve.mqtt import MqttSink; MqttSink({host!r}, {port}); time.sleep(60)"
         camera = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
         try:
             subscriber.wait_for(lambda: "online" in subscriber.payloads("status"), '"online" status', timeout=30)
@@ -217,8 +225,18 @@ def test_edgekit_run_with_mqtt_publishes_the_anomalies_of_its_source(x86_bundle,
     with mosquitto_broker() as (host, port):
         subscriber = Subscriber(host, port, topic="line7")
         try:
-            result = run("run", x86_bundle, "--source", inbox, "--events", "none", "--mqtt", f"{host}:{port}",
-                         "--mqtt-topic", "line7")
+            result = run(
+                "run",
+                x86_bundle,
+                "--source",
+                inbox,
+                "--events",
+                "none",
+                "--mqtt",
+                f"{host}:{port}",
+                "--mqtt-topic",
+                "line7",
+            )
             assert result.exit_code == 0, result.output
             subscriber.wait_for(lambda: subscriber.payloads("status")[-1:] == ["offline"], "offline status")
         finally:

@@ -4,6 +4,7 @@ watched, an MJPEG-over-HTTP stream killed and restarted mid-run, and SIGTERM.
 Every check compares what the service says with what ``Detector.predict`` says about the same
 frames, so a pipeline that skipped, reordered or mis-coloured frames fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,9 @@ def _events(path: Path) -> list[dict]:
 
 
 def _edgekit(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edgekit", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgekit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:
@@ -100,22 +102,37 @@ def test_video_events_flag_exactly_the_frames_predict_flags(detector, x86_bundle
 def test_throughput_mode_scores_every_frame_and_keeps_their_order(detector, x86_bundle, video, tmp_path):
     """Two lanes score frames at once; events still come out in frame order with predict's scores."""
     events_file = tmp_path / "events.jsonl"
-    result = run("run", x86_bundle, "--source", video, "--events", events_file, "--mode", "throughput",
-                 "--threads", "2")
+    result = run(
+        "run", x86_bundle, "--source", video, "--events", events_file, "--mode", "throughput", "--threads", "2"
+    )
     assert result.exit_code == 0, result.output
     events = _events(events_file)
     assert [e["frame"] for e in events] == list(range(FRAMES))
     expected = [detector.predict(frame, color="bgr") for frame in _decoded(video)]
     np.testing.assert_allclose([e["raw_score"] for e in events], [p.raw_score for p in expected], rtol=1e-5)
-    result = run("run", x86_bundle, "--source", video, "--events", tmp_path / "five.jsonl", "--mode",
-                 "throughput", "--threads", "2", "--max-frames", "5")
+    result = run(
+        "run",
+        x86_bundle,
+        "--source",
+        video,
+        "--events",
+        tmp_path / "five.jsonl",
+        "--mode",
+        "throughput",
+        "--threads",
+        "2",
+        "--max-frames",
+        "5",
+    )
     assert result.exit_code == 0 and [e["frame"] for e in _events(tmp_path / "five.jsonl")] == list(range(5))
 
 
 def test_predict_gives_the_same_verdicts_in_both_modes(x86_bundle, brick):
     folder = brick / "test" / "scratch"
-    outputs = [json.loads(run("predict", x86_bundle, folder, "--json", "--threads", "2", "--mode", mode).output)
-               for mode in ("latency", "throughput")]
+    outputs = [
+        json.loads(run("predict", x86_bundle, folder, "--json", "--threads", "2", "--mode", mode).output)
+        for mode in ("latency", "throughput")
+    ]
     assert [r["image"] for r in outputs[0]] == [r["image"] for r in outputs[1]]
     np.testing.assert_allclose([r["raw_score"] for r in outputs[1]], [r["raw_score"] for r in outputs[0]], rtol=1e-5)
 
@@ -169,7 +186,7 @@ def test_watched_folder_scores_each_file_once_even_while_it_is_written(detector,
                 handle.write(data[: len(data) // 2])
                 handle.flush()
                 time.sleep(0.6)
-                handle.write(data[len(data) // 2:])
+                handle.write(data[len(data) // 2 :])
             time.sleep(0.2)
         (inbox / "notes.txt").write_text("not an image")
         _wait_for(lambda: len(_events(events_file)) == 4, 60, "the files written while watched")
@@ -181,8 +198,9 @@ def test_watched_folder_scores_each_file_once_even_while_it_is_written(detector,
     assert process.returncode == 0, stderr
     events = _events(events_file)
     assert [Path(e["name"]).name for e in events] == ["early.png", "late0.png", "late1.png", "late2.png"]
-    expected = [detector.predict(brick / "test" / "good" / "000.png")] + \
-               [detector.predict(brick / name) for name in sources]
+    expected = [detector.predict(brick / "test" / "good" / "000.png")] + [
+        detector.predict(brick / name) for name in sources
+    ]
     np.testing.assert_allclose([e["raw_score"] for e in events], [p.raw_score for p in expected], rtol=1e-6)
     assert [e["is_anomalous"] for e in events] == [False, True, False, True]
     assert "stopped by signal: 4 frames scored" in stderr
@@ -195,8 +213,9 @@ def _free_port() -> int:
 
 
 def _camera(port: int, *images: Path) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, str(HERE / "mjpeg_server.py"), str(port), *map(str, images)],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "mjpeg_server.py"), str(port), *map(str, images)], stdout=subprocess.PIPE, text=True
+    )
     assert server.stdout.readline().strip() == "ready"
     return server
 
@@ -206,8 +225,18 @@ def test_stream_that_dies_is_reconnected_and_sigterm_leaves_whole_files(x86_bund
     images = [brick / "test" / "good" / "000.png", brick / "test" / "scratch" / "000.png"]
     events_file, saved = tmp_path / "events.jsonl", tmp_path / "anomalies"
     camera = _camera(port, *images)
-    process = _edgekit("run", str(x86_bundle), "--source", f"http://127.0.0.1:{port}/stream.mjpg",
-                       "--events", str(events_file), "--save-anomalies", str(saved), "--keep", "5")
+    process = _edgekit(
+        "run",
+        str(x86_bundle),
+        "--source",
+        f"http://127.0.0.1:{port}/stream.mjpg",
+        "--events",
+        str(events_file),
+        "--save-anomalies",
+        str(saved),
+        "--keep",
+        "5",
+    )
     try:
         _wait_for(lambda: events_file.exists() and len(_events(events_file)) >= 5, 60, "frames from the stream")
         camera.kill()  # the camera dies mid-run ...
@@ -233,7 +262,11 @@ def test_stream_that_dies_is_reconnected_and_sigterm_leaves_whole_files(x86_bund
     assert not [p for p in saved.iterdir() if p.name.startswith(".")], "a half-written file was left"
     assert 0 < len(stems) <= 5  # --keep 5
     for stem in stems:
-        assert {p.name for p in saved.iterdir() if p.name.startswith(stem)} == {f"{stem}.png", f"{stem}_overlay.jpg", f"{stem}.json"}
+        assert {p.name for p in saved.iterdir() if p.name.startswith(stem)} == {
+            f"{stem}.png",
+            f"{stem}_overlay.jpg",
+            f"{stem}.json",
+        }
         assert json.loads((saved / f"{stem}.json").read_text())["is_anomalous"] is True
         assert Image.open(saved / f"{stem}.png").size == (256, 256)
 
@@ -244,8 +277,20 @@ def test_run_options_limit_frames_and_time(x86_bundle, video, tmp_path):
     assert result.exit_code == 0, result.output
     assert [e["frame"] for e in _events(events_file)] == [0, 1, 2]
     started = time.monotonic()
-    result = run("run", x86_bundle, "--source", video, "--events", "none", "--fps", 4,
-                 "--save-frames", tmp_path / "frames", "--save-every", 3)
+    result = run(
+        "run",
+        x86_bundle,
+        "--source",
+        video,
+        "--events",
+        "none",
+        "--fps",
+        4,
+        "--save-frames",
+        tmp_path / "frames",
+        "--save-every",
+        3,
+    )
     assert result.exit_code == 0 and "source ended: 10 frames scored" in result.stderr
     assert time.monotonic() - started >= 9 / 4 - 0.05  # --fps paces a file source
     saved = sorted((tmp_path / "frames").iterdir())
@@ -256,15 +301,18 @@ def test_run_options_limit_frames_and_time(x86_bundle, video, tmp_path):
         np.testing.assert_array_equal(_rgb(path), cv2.cvtColor(decoded[index], cv2.COLOR_BGR2RGB))
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "give --source SRC, --serve [HOST:PORT], or both"),
-    (["--source", "nowhere/at/all.mp4"], "no such camera, video file, image folder, glob or stream URL"),
-    (["--source", "VIDEO", "--watch"], "--watch takes an image folder or a glob"),
-    (["--source", "VIDEO", "--fps", "0"], "--fps must be positive"),
-    (["--source", "EMPTY"], "no image files"),
-    (["--source", "VIDEO", "--events", "EMPTY"], "is a folder; give a file name"),
-    (["--source", "VIDEO", "--user", "pi"], "--user goes with --print-systemd-unit"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give --source SRC, --serve [HOST:PORT], or both"),
+        (["--source", "nowhere/at/all.mp4"], "no such camera, video file, image folder, glob or stream URL"),
+        (["--source", "VIDEO", "--watch"], "--watch takes an image folder or a glob"),
+        (["--source", "VIDEO", "--fps", "0"], "--fps must be positive"),
+        (["--source", "EMPTY"], "no image files"),
+        (["--source", "VIDEO", "--events", "EMPTY"], "is a folder; give a file name"),
+        (["--source", "VIDEO", "--user", "pi"], "--user goes with --print-systemd-unit"),
+    ],
+)
 def test_run_refuses_bad_options_in_one_line(x86_bundle, video, tmp_path, args, message):
     (tmp_path / "empty").mkdir()
     args = [{"VIDEO": str(video), "EMPTY": str(tmp_path / "empty")}.get(a, a) for a in args]
@@ -278,8 +326,11 @@ def test_predict_takes_folders_globs_and_stdin_and_can_fail_on_anomaly(x86_bundl
     assert len(json.loads(result.output)) == len(list(good.glob("*.png")))
     result = run("predict", x86_bundle, scratch / "00[0-2].png", "--fail-on-anomaly")
     assert result.exit_code == 3 and result.output.count("ANOMALOUS") == 3
-    piped = subprocess.run([sys.executable, "-m", "edgekit", "predict", str(x86_bundle), "-", "--json"],
-                           input=(scratch / "000.png").read_bytes(), capture_output=True)
+    piped = subprocess.run(
+        [sys.executable, "-m", "edgekit", "predict", str(x86_bundle), "-", "--json"],
+        input=(scratch / "000.png").read_bytes(),
+        capture_output=True,
+    )
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout)[0]["is_anomalous"] is True
     assert_one_error_line(run("predict", x86_bundle, good / "*.nothing"), "no file matches this pattern")
@@ -287,8 +338,20 @@ def test_predict_takes_folders_globs_and_stdin_and_can_fail_on_anomaly(x86_bundl
 
 def test_systemd_unit_runs_the_same_command_with_absolute_paths(x86_bundle, video, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["run", str(x86_bundle), "--source", str(video), "--events", "ev.jsonl", "--serve", "--token", "s3cret",
-            "--print-systemd-unit", "--user", "pi"]
+    args = [
+        "run",
+        str(x86_bundle),
+        "--source",
+        str(video),
+        "--events",
+        "ev.jsonl",
+        "--serve",
+        "--token",
+        "s3cret",
+        "--print-systemd-unit",
+        "--user",
+        "pi",
+    ]
     monkeypatch.setattr(sys, "argv", [str(Path(sys.executable).with_name("edgekit")), *args])
     result = run(*args)
     assert result.exit_code == 0, result.output

@@ -1,4 +1,5 @@
 """--overwrite replaces only edgekit's own folders; SIGTERM and SIGKILL leave no staging behind."""
+
 from __future__ import annotations
 
 import json
@@ -43,6 +44,7 @@ def dataset(tmp_path) -> Path:
 
 # -- --overwrite ---------------------------------------------------------------------------------------
 
+
 def test_train_overwrite_refuses_an_unrelated_folder(dataset, unrelated):
     before = _tree(unrelated)
     result = run("train", "--model", "sae", "--data", dataset, "--out", unrelated, "--overwrite")
@@ -52,17 +54,24 @@ def test_train_overwrite_refuses_an_unrelated_folder(dataset, unrelated):
 
 def test_train_overwrite_refuses_the_dataset_and_the_folder_holding_it(dataset):
     before = _tree(dataset.parent)
-    assert_one_error_line(run("train", "--model", "sae", "--data", dataset, "--out", dataset, "--overwrite"),
-                          "refusing to replace", "the data")
-    assert_one_error_line(run("train", "--model", "sae", "--data", dataset, "--out", dataset.parent,
-                              "--overwrite"), "refusing to replace", "holds it")
+    assert_one_error_line(
+        run("train", "--model", "sae", "--data", dataset, "--out", dataset, "--overwrite"),
+        "refusing to replace",
+        "the data",
+    )
+    assert_one_error_line(
+        run("train", "--model", "sae", "--data", dataset, "--out", dataset.parent, "--overwrite"),
+        "refusing to replace",
+        "holds it",
+    )
     assert _tree(dataset.parent) == before
 
 
 def test_train_overwrite_refuses_the_data_even_inside_an_old_run(tmp_path, dataset):
     (tmp_path / "data" / "run.json").write_text("{}")  # the data sits in a folder that looks like a run
-    assert_one_error_line(run("train", "--model", "sae", "--data", dataset, "--out", tmp_path / "data",
-                              "--overwrite"), "the data")
+    assert_one_error_line(
+        run("train", "--model", "sae", "--data", dataset, "--out", tmp_path / "data", "--overwrite"), "the data"
+    )
     assert (dataset / "train" / "good" / "000.png").is_file()
 
 
@@ -72,8 +81,9 @@ def test_train_overwrite_refuses_the_current_folder_and_its_parents(dataset, tmp
     (work / "run.json").write_text("{}")
     monkeypatch.chdir(work)
     for out in (".", "..", str(work)):
-        assert_one_error_line(run("train", "--model", "sae", "--data", dataset, "--out", out, "--overwrite"),
-                              "the current folder")
+        assert_one_error_line(
+            run("train", "--model", "sae", "--data", dataset, "--out", out, "--overwrite"), "the current folder"
+        )
     assert (work / "run.json").is_file()
 
 
@@ -118,8 +128,9 @@ def test_synth_overwrite_replaces_only_its_own_dataset(tmp_path):
 def test_export_overwrite_refuses_a_non_bundle_before_any_work(tmp_path, unrelated):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "run.json").write_text(json.dumps({"format": 1, "model": "patchcore",
-                                                  "holdout_images": [str(tmp_path / "gone.png")]}))
+    (run_dir / "run.json").write_text(
+        json.dumps({"format": 1, "model": "patchcore", "holdout_images": [str(tmp_path / "gone.png")]})
+    )
     before = _tree(unrelated)
     assert_one_error_line(run("export", run_dir, "--out", unrelated, "--overwrite"), "not an edgekit bundle")
     assert_one_error_line(run("export", run_dir, "--out", run_dir, "--overwrite"), "the data")
@@ -127,6 +138,7 @@ def test_export_overwrite_refuses_a_non_bundle_before_any_work(tmp_path, unrelat
 
 
 # -- stale staging -------------------------------------------------------------------------------------
+
 
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -137,9 +149,14 @@ def _dead_pid() -> int:
 def test_sweep_removes_only_this_hosts_staging_whose_process_is_gone(tmp_path):
     host = owner_tag().split(".")[0]
     dead, alive = _dead_pid(), os.getppid()
-    names = {f".edgekit-export-{host}.{dead}-abc": True, f".edgekit-export-{host}.{alive}-def": False,
-             f".edgekit-export-{host}.{os.getpid()}-ghi": False, f".edgekit-export-otherhost.{dead}-jkl": False,
-             f".edgekit-export-{host}x.{dead}-mno": False, "edgekit-export-unrelated": False}
+    names = {
+        f".edgekit-export-{host}.{dead}-abc": True,
+        f".edgekit-export-{host}.{alive}-def": False,
+        f".edgekit-export-{host}.{os.getpid()}-ghi": False,
+        f".edgekit-export-otherhost.{dead}-jkl": False,
+        f".edgekit-export-{host}x.{dead}-mno": False,
+        "edgekit-export-unrelated": False,
+    }
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "network.onnx").write_bytes(b"x")
@@ -150,10 +167,17 @@ def test_sweep_removes_only_this_hosts_staging_whose_process_is_gone(tmp_path):
 
 # -- real processes, signalled mid-work ------------------------------------------------------------------
 
+
 def _edgekit(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": WORKTREE, **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "edgekit", *args], env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgekit", *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def _wait_for(pattern: str, folder: Path, process: subprocess.Popen, timeout: float = 120) -> Path:

@@ -1,4 +1,5 @@
 """STFPM: the map and loss against anomalib's, and train → export → device on brick."""
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,16 @@ def _pyramid_features(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Ten
 
 # -- the map and the loss ----------------------------------------------------------------------------
 
+
 def test_anomaly_map_at_the_input_size_equals_anomalibs_generator():
     from anomalib.models.image.stfpm.anomaly_map import AnomalyMapGenerator
 
     from edgekit.families.stfpm.train import anomaly_map
 
     teacher, student = _pyramid_features()
-    expected = AnomalyMapGenerator()(teacher_features=dict(enumerate(teacher)),
-                                     student_features=dict(enumerate(student)), image_size=(64, 64))
+    expected = AnomalyMapGenerator()(
+        teacher_features=dict(enumerate(teacher)), student_features=dict(enumerate(student)), image_size=(64, 64)
+    )
     ours = anomaly_map(teacher, student, (64, 64))
     assert ours.shape == (2, 1, 64, 64)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))  # measured: 3.8e-7
@@ -46,8 +49,10 @@ def test_the_map_at_the_first_grid_multiplies_the_levels_without_resizing_the_fi
 
     teacher, student = _pyramid_features(1)
     grid = anomaly_map(teacher, student, (16, 16))
-    deeper = [torch.nn.functional.interpolate(layer_map(t, s), size=(16, 16), mode="bilinear", align_corners=False)
-              for t, s in zip(teacher[1:], student[1:])]
+    deeper = [
+        torch.nn.functional.interpolate(layer_map(t, s), size=(16, 16), mode="bilinear", align_corners=False)
+        for t, s in zip(teacher[1:], student[1:])
+    ]
     torch.testing.assert_close(grid, layer_map(teacher[0], student[0]) * deeper[0] * deeper[1])
     assert float(layer_map(teacher[0], teacher[0]).abs().max()) == 0.0  # a perfect student maps to zero
 
@@ -80,6 +85,7 @@ def test_student_trains_and_teacher_stays_frozen_in_eval_mode():
 
 
 # -- train → export → device on brick ----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def stfpm_run(brick, tmp_path_factory):
@@ -132,8 +138,11 @@ def test_teacher_keeps_the_registrys_imagenet_weights_and_student_moved(stfpm_ru
         torch.testing.assert_close(trained[f"teacher.{key}"], value, rtol=0, atol=0)
     torch.manual_seed(0)
     initial = build_network(dict(stfpm_run.config)).student.state_dict()
-    moved = [key for key, value in initial.items() if value.is_floating_point() and key.endswith("weight")
-             and not torch.equal(value, trained[f"student.{key}"])]
+    moved = [
+        key
+        for key, value in initial.items()
+        if value.is_floating_point() and key.endswith("weight") and not torch.equal(value, trained[f"student.{key}"])
+    ]
     assert len(moved) == sum(key.endswith("weight") for key in initial)
 
 

@@ -1,4 +1,5 @@
 """The embedded default data generator: layout, determinism, disjoint crops, exact visible defects."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ def test_another_seed_gives_other_images(tmp_path):
 
 
 def test_grayscale_128_is_single_channel_and_matches_colour_luma(tmp_path):
-    synth.synthesize(tmp_path / "grey", texture="brick", size=128, grayscale=True, n_train=2, n_test_good=1, n_per_defect=0)
+    synth.synthesize(
+        tmp_path / "grey", texture="brick", size=128, grayscale=True, n_train=2, n_test_good=1, n_per_defect=0
+    )
     synth.synthesize(tmp_path / "rgb", texture="brick", size=128, n_train=2, n_test_good=1, n_per_defect=0)
     grey_image = Image.open(tmp_path / "grey" / "brick" / "train" / "good" / "001.png")
     assert (grey_image.mode, grey_image.size) == ("L", (128, 128))
@@ -154,7 +157,9 @@ def test_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
 
 def test_all_writes_three_categories_and_reports_progress(tmp_path):
     reports = []
-    folders = synth.synthesize(tmp_path, texture="all", progress=lambda done, total: reports.append((done, total)), **SMALL)
+    folders = synth.synthesize(
+        tmp_path, texture="all", progress=lambda done, total: reports.append((done, total)), **SMALL
+    )
     assert [f.name for f in folders] == list(synth.TEXTURES)
     per_texture = 3 + 2 + 4 * 2
     assert reports == [(i, 3 * per_texture) for i in range(1, 3 * per_texture + 1)]

@@ -3,6 +3,7 @@
 Every bundle is exported once per module from the session's ``patchcore_run`` and scored once
 on the 60 test images of the default brick data; the tests compare those numbers.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -44,8 +45,10 @@ def training_scores(patchcore_run, test_split):
 @pytest.fixture(scope="module")
 def bundles(patchcore_run, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("rpi4")
-    return {name: _export(patchcore_run, root / name, *name.split("-"))
-            for name in ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32")}
+    return {
+        name: _export(patchcore_run, root / name, *name.split("-"))
+        for name in ("tflite-fp32", "tflite-fp16", "tflite-int8", "onnx-fp32")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +67,22 @@ def test_rpi_targets_offer_tflite_by_default_and_onnx(bundles):
         assert target.formats["tflite"].runtime == "litert" and target.formats["tflite"].layout == "NHWC"
         assert target.formats["onnx"].precisions == ("fp32", "int8") and target.formats["onnx"].runtime == "onnxruntime"
         peak = target.peak
-        assert peak["fp32_gflops"] == pytest.approx(peak["fp32_flop_per_cycle_per_core"] * peak["clock_ghz"] * peak["cores"])
-        assert peak["int8_gops"] == pytest.approx(peak["int8_ops_per_cycle_per_core"] * peak["clock_ghz"] * peak["cores"])
+        assert peak["fp32_gflops"] == pytest.approx(
+            peak["fp32_flop_per_cycle_per_core"] * peak["clock_ghz"] * peak["cores"]
+        )
+        assert peak["int8_gops"] == pytest.approx(
+            peak["int8_ops_per_cycle_per_core"] * peak["clock_ghz"] * peak["cores"]
+        )
     # the A72 has no int8 dot product (int8 multiplies no faster than fp32); the A76 does (4x)
     assert get_target("rpi4").peak["int8_gops"] == get_target("rpi4").peak["fp32_gflops"]
     assert get_target("rpi5").peak["int8_gops"] == 4 * get_target("rpi5").peak["fp32_gflops"]
     manifest = edgekit.load(bundles["tflite-fp32"]).manifest
-    assert (manifest.target, manifest.runtime, manifest.network.format, manifest.input.layout) == \
-        ("rpi4", "litert", "tflite", "NHWC")
+    assert (manifest.target, manifest.runtime, manifest.network.format, manifest.input.layout) == (
+        "rpi4",
+        "litert",
+        "tflite",
+        "NHWC",
+    )
     assert manifest.network.files == ("model.tflite",) and manifest.export["threads"] == 4
 
 
@@ -123,7 +134,9 @@ def test_int8_manifest_says_what_was_quantized_and_what_stayed_float(bundles, pa
     manifest = edgekit.load(bundles["tflite-int8"]).manifest
     notes = manifest.export["quantization"]
     assert manifest.precision == "int8" and notes["scheme"].startswith("static int8")
-    assert notes["calibration_images"] == manifest.export["calibration_images"] == len(patchcore_run.config["bank_images"])
+    assert (
+        notes["calibration_images"] == manifest.export["calibration_images"] == len(patchcore_run.config["bank_images"])
+    )
     assert notes["io"] == {"image": "int8", "embedding": "int8"}
     assert f"{float_graph['CONV_2D']} CONV_2D" in notes["quantized"] and "DEPTHWISE" not in notes["quantized"]
     assert notes["float"] == f"{float_graph['DEPTHWISE_CONV_2D']} DEPTHWISE_CONV_2D"  # the kNN head is numpy, outside
@@ -131,10 +144,14 @@ def test_int8_manifest_says_what_was_quantized_and_what_stayed_float(bundles, pa
     seen_low, seen_high = notes["input_range_calibrated"]
     assert low <= seen_low < seen_high <= high
     fp16 = edgekit.load(bundles["tflite-fp16"]).manifest.export["quantization"]
-    assert (f"{float_graph['CONV_2D']} CONV_2D, {float_graph['DEPTHWISE_CONV_2D']} DEPTHWISE_CONV_2D stored as float16"
-            in fp16["quantized"])
+    assert (
+        f"{float_graph['CONV_2D']} CONV_2D, {float_graph['DEPTHWISE_CONV_2D']} DEPTHWISE_CONV_2D stored as float16"
+        in fp16["quantized"]
+    )
     assert "float32" in fp16["float"]
-    sizes = {name: (path / "model.tflite").stat().st_size for name, path in bundles.items() if name.startswith("tflite")}
+    sizes = {
+        name: (path / "model.tflite").stat().st_size for name, path in bundles.items() if name.startswith("tflite")
+    }
     # int8: 0.40 of fp32 (the depthwise weights stay float32); fp16: 0.53
     assert sizes["tflite-int8"] < 0.45 * sizes["tflite-fp32"] and sizes["tflite-fp16"] < 0.6 * sizes["tflite-fp32"]
 
@@ -150,8 +167,9 @@ def test_int8_input_is_quantized_over_the_whole_preprocessing_range(bundles, pat
     calibration = prepare(patchcore_run.config["bank_images"][:4], spec)
     assert calibration.min() > -0.9 and calibration.max() < 0.99  # brick never reaches black or white
     out = tmp_path / "int8.tflite"
-    notes = int8_quantize(bundles["tflite-fp32"] / "model.tflite", out, calibration, input_name="image",
-                          input_range=(-1.0, 1.0))
+    notes = int8_quantize(
+        bundles["tflite-fp32"] / "model.tflite", out, calibration, input_name="image", input_range=(-1.0, 1.0)
+    )
     assert notes["input_range"] == [-1.0, 1.0]
     from ai_edge_litert.interpreter import Interpreter
 
@@ -170,8 +188,14 @@ def test_int8_refuses_a_recipe_naming_an_unknown_op_or_no_calibration_images(bun
     model = bundles["tflite-fp32"] / "model.tflite"
     images = np.zeros((1, 256, 256, 3), np.float32)
     with pytest.raises(EdgekitError, match="'DEPTHWISE_CONV', which is not a TFLite op"):
-        int8_quantize(model, tmp_path / "q.tflite", images, input_name="image", input_range=(-1.0, 1.0),
-                      float_ops=["DEPTHWISE_CONV"])
+        int8_quantize(
+            model,
+            tmp_path / "q.tflite",
+            images,
+            input_name="image",
+            input_range=(-1.0, 1.0),
+            float_ops=["DEPTHWISE_CONV"],
+        )
     with pytest.raises(EdgekitError, match="needs calibration images"):
         int8_quantize(model, tmp_path / "q.tflite", images[:0], input_name="image", input_range=(-1.0, 1.0))
     assert not (tmp_path / "q.tflite").exists()
@@ -183,16 +207,19 @@ def test_litert_backend_resizes_the_batch_and_matches_single_images(bundles, bri
 
     detector = edgekit.load(bundles["tflite-fp32"])
     batch = prepare(sorted((brick / "test" / "scratch").iterdir())[:3], detector.manifest.input)
-    backend = load_backend("litert", bundles["tflite-fp32"] / "model.tflite",
-                           BackendOptions(threads=2, output_names=("embedding",)))
+    backend = load_backend(
+        "litert", bundles["tflite-fp32"] / "model.tflite", BackendOptions(threads=2, output_names=("embedding",))
+    )
     together = backend.infer({"image": batch})["embedding"]
-    alone = np.concatenate([backend.infer({"image": batch[i:i + 1]})["embedding"] for i in range(3)])
+    alone = np.concatenate([backend.infer({"image": batch[i : i + 1]})["embedding"] for i in range(3)])
     assert together.shape[0] == 3 and together.shape[2:] == (32, 32)  # stride-8 grid of a 256² input
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
     with pytest.raises(EdgekitError, match=r"must be \(N, 256, 256, 3\)"):
         backend.infer({"image": batch.transpose(0, 3, 1, 2)})
     # a manifest name the file does not know still maps onto its only output
-    renamed = load_backend("litert", bundles["tflite-fp32"] / "model.tflite", BackendOptions(output_names=("features",)))
+    renamed = load_backend(
+        "litert", bundles["tflite-fp32"] / "model.tflite", BackendOptions(output_names=("features",))
+    )
     np.testing.assert_array_equal(renamed.infer({"picture": batch[:1]})["features"], alone[:1])
 
 
@@ -207,12 +234,15 @@ def test_litert_backend_refuses_a_file_that_is_not_tflite(tmp_path):
 
 def test_rpi4_tflite_bundle_runs_with_numpy_and_litert_only(bundles, brick):
     image = next((brick / "test" / "stain").iterdir())
-    code = ("import sys, edgekit; d = edgekit.load(sys.argv[1]); p = d.predict(sys.argv[2]); "
-            "host = ('torch', 'timm', 'litert_torch', 'ai_edge_quantizer', 'tensorflow', 'onnxruntime', 'openvino'); "
-            "print(p.raw_score, p.is_anomalous, d.backend.name, [m for m in host if m in sys.modules])")
+    code = (
+        "import sys, edgekit; d = edgekit.load(sys.argv[1]); p = d.predict(sys.argv[2]); "
+        "host = ('torch', 'timm', 'litert_torch', 'ai_edge_quantizer', 'tensorflow', 'onnxruntime', 'openvino'); "
+        "print(p.raw_score, p.is_anomalous, d.backend.name, [m for m in host if m in sys.modules])"
+    )
     for name in ("tflite-fp32", "tflite-int8"):
-        out = subprocess.run([sys.executable, "-c", code, str(bundles[name]), str(image)], capture_output=True,
-                             text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(bundles[name]), str(image)], capture_output=True, text=True, check=True
+        ).stdout.split()
         expected = edgekit.load(bundles[name]).predict(image).raw_score
         assert float(out[0]) == pytest.approx(expected, rel=1e-6)
         assert out[1:] == ["True", "litert", "[]"]
@@ -240,8 +270,14 @@ def test_litert_backend_runs_image_by_image_when_a_graph_pins_its_batch_to_1(tmp
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             return torch.stack([image[:, :1], image[:, 1:2]], dim=1).mean(dim=1)
 
-    path = torch_to_tflite(StackedMean().eval(), torch.zeros(1, 3, 8, 8), tmp_path / "m.tflite", input_name="image",
-                           output_names=("anomaly_map",), layout="NHWC")
+    path = torch_to_tflite(
+        StackedMean().eval(),
+        torch.zeros(1, 3, 8, 8),
+        tmp_path / "m.tflite",
+        input_name="image",
+        output_names=("anomaly_map",),
+        layout="NHWC",
+    )
     batch = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
     out = load_backend("litert", path, BackendOptions(output_names=("anomaly_map",))).infer({"image": batch})
     np.testing.assert_allclose(out["anomaly_map"], batch[..., :2].mean(axis=3)[:, None], rtol=1e-6)

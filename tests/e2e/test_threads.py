@@ -1,6 +1,7 @@
 """One Detector shared by many threads, on every backend and format the targets offer: each result
 equals the serial one, the work runs on the Detector's own lane threads, and the OpenVINO request
 pool stays within ``max_parallel``."""
+
 from __future__ import annotations
 
 import threading
@@ -13,8 +14,7 @@ from PIL import Image
 
 THREADS, IMAGES_PER_THREAD = 4, 6
 #: (target, format, precision): x86 OpenVINO in both precisions and the Pi targets' ONNX and TFLite
-CASES = [("x86", "openvino", "fp32"), ("x86", "openvino", "int8"), ("rpi4", "onnx", "fp32"),
-         ("rpi4", "tflite", "fp32")]
+CASES = [("x86", "openvino", "fp32"), ("x86", "openvino", "int8"), ("rpi4", "onnx", "fp32"), ("rpi4", "tflite", "fp32")]
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,9 @@ def test_callers_queue_for_the_detectors_own_lane_threads(bundles, images, mode,
     assert len(callers) <= lanes and all(name.startswith("edgekit-lane") for name in callers)
     # a call made from a lane thread runs there instead of waiting for a lane (which would deadlock)
     nested: list = []
-    caller = threading.Thread(target=lambda: nested.append(detector._lanes.run(lambda: detector.predict(images[0]))),
-                              daemon=True)
+    caller = threading.Thread(
+        target=lambda: nested.append(detector._lanes.run(lambda: detector.predict(images[0]))), daemon=True
+    )
     caller.start()
     caller.join(60)
     assert nested and nested[0].raw_score == pytest.approx(serial[0], rel=1e-5)

@@ -1,4 +1,5 @@
 """The map head of the autoencoders (and the other map families), in numpy: score rules, registry, cost."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ from edgekit.runtime.heads import HEADS, MapHead, build_head
 
 def test_map_head_score_rules_read_the_map_as_documented():
     maps = np.zeros((2, 1, 10, 10), np.float32)
-    maps[0, 0, 0, :5] = [5, 4, 3, 2, 1]          # 100 pixels: top 1 % is the single largest
+    maps[0, 0, 0, :5] = [5, 4, 3, 2, 1]  # 100 pixels: top 1 % is the single largest
     maps[1, 0] = 0.5
     for rule, expected in (("max", [5.0, 0.5]), ("mean", [0.15, 0.5]), ("top_mean", [5.0, 0.5])):
         scores, out = MapHead(10, 10, score=rule)(maps)
@@ -37,4 +38,4 @@ def test_map_head_is_registered_and_refuses_bad_params_and_outputs():
 def test_map_head_cost_counts_the_map_products_only_when_there_are_any():
     assert MapHead(128, 128).cost(128, 128) == (128 * 128, 4 * 2 * 128 * 128)
     flops, touched = MapHead(128, 128, blur_sigma=4.0).cost(128, 128)
-    assert flops == 128 * 128 + 2 * 2 * 128 ** 3 and touched == 4 * (2 * 128 * 128 + 2 * 128 * 128)
+    assert flops == 128 * 128 + 2 * 2 * 128**3 and touched == 4 * (2 * 128 * 128 + 2 * 128 * 128)

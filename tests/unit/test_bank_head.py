@@ -1,5 +1,6 @@
 """PatchCore's bank storage (float32/float16/int8) and bank budget, in numpy
 (the exported bundle's bank: tests/e2e/test_bank.py)."""
+
 import numpy as np
 import pytest
 
@@ -37,7 +38,7 @@ def test_float16_round_trip_and_overflow():
     bank = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32) * 3
     arrays = encode_bank(bank, "float16")
     assert arrays["memory_bank"].dtype == np.float16
-    np.testing.assert_allclose(decode_bank(arrays, "float16"), bank, rtol=2 ** -11, atol=1e-7)
+    np.testing.assert_allclose(decode_bank(arrays, "float16"), bank, rtol=2**-11, atol=1e-7)
     with pytest.raises(EdgekitError, match="do not fit float16"):
         encode_bank(bank * 1e5, "float16")
 

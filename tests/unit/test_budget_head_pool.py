@@ -1,4 +1,5 @@
 """The head pool of the thread budget: serial results for every head, work spread and errors re-raised."""
+
 from __future__ import annotations
 
 import threading
@@ -14,15 +15,23 @@ def test_head_pool_gives_the_serial_results_for_every_head():
 
     rng = np.random.default_rng(0)
     pool = HeadPool(3)
-    knn = KnnHead(memory_bank=rng.normal(size=(300, 16)).astype(np.float32), num_neighbors=3,
-                  output_height=32, output_width=32)
+    knn = KnnHead(
+        memory_bank=rng.normal(size=(300, 16)).astype(np.float32), num_neighbors=3, output_height=32, output_width=32
+    )
     embeddings = rng.normal(size=(2, 16, 16, 16)).astype(np.float32)
-    for head, inputs in ((knn, embeddings),
-                         (MahalanobisHead(mean=rng.normal(size=(256, 16)),
-                                          inv_covariance=np.tile(np.eye(16), (256, 1, 1)),
-                                          output_height=32, output_width=32), embeddings),
-                         (MapHead(output_height=32, output_width=32, blur_sigma=2.0),
-                          rng.random((3, 1, 16, 16)).astype(np.float32))):
+    for head, inputs in (
+        (knn, embeddings),
+        (
+            MahalanobisHead(
+                mean=rng.normal(size=(256, 16)),
+                inv_covariance=np.tile(np.eye(16), (256, 1, 1)),
+                output_height=32,
+                output_width=32,
+            ),
+            embeddings,
+        ),
+        (MapHead(output_height=32, output_width=32, blur_sigma=2.0), rng.random((3, 1, 16, 16)).astype(np.float32)),
+    ):
         serial, parallel = head(inputs), head(inputs, pool=pool)
         np.testing.assert_array_equal(parallel[0], serial[0])
         np.testing.assert_array_equal(parallel[1], serial[1])

@@ -1,4 +1,5 @@
 """The bundle contract: strict manifest, checksums, atomic save, safe archive extraction."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,14 +48,21 @@ def make_manifest(**overrides: Any) -> Manifest:
         runtime="fake",
         device="CPU",
         precision="fp32",
-        input=InputSpec(height=32, width=32, channels=3, mean=(0.485, 0.456, 0.406),
-                        std=(0.229, 0.224, 0.225)),
-        network=NetworkSpec(format="openvino", files=("model.xml", "model.bin"),
-                            input_name="image", output_names=("features",)),
-        head=HeadSpec(kind="knn", params={"k": 1, "feature_shape": [4, 4]},
-                      arrays={"memory_bank": "head/memory_bank.npy"}),
-        decision=Decision(image_threshold=0.1 + 0.2, pixel_threshold=1 / 3, image_center=0.125,
-                          pixel_center=-2.5e-7, method="max of 20 held-out normals", fitted_on=20),
+        input=InputSpec(height=32, width=32, channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        network=NetworkSpec(
+            format="openvino", files=("model.xml", "model.bin"), input_name="image", output_names=("features",)
+        ),
+        head=HeadSpec(
+            kind="knn", params={"k": 1, "feature_shape": [4, 4]}, arrays={"memory_bank": "head/memory_bank.npy"}
+        ),
+        decision=Decision(
+            image_threshold=0.1 + 0.2,
+            pixel_threshold=1 / 3,
+            image_center=0.125,
+            pixel_center=-2.5e-7,
+            method="max of 20 held-out normals",
+            fitted_on=20,
+        ),
         source={"run": "abc123", "dataset": "synthetic"},
         export={"precision": "fp32", "ops_kept_float": []},
     )
@@ -66,9 +74,13 @@ MEMORY_BANK = np.arange(24, dtype=np.float32).reshape(6, 4) / 7
 
 
 def save_tiny(dest: Path, manifest: Manifest | None = None, **options: Any) -> Path:
-    return save_bundle(dest, manifest or make_manifest(),
-                       files={"model.xml": NETWORK_BYTES, "model.bin": WEIGHT_BYTES},
-                       arrays={"head/memory_bank.npy": MEMORY_BANK}, **options)
+    return save_bundle(
+        dest,
+        manifest or make_manifest(),
+        files={"model.xml": NETWORK_BYTES, "model.bin": WEIGHT_BYTES},
+        arrays={"head/memory_bank.npy": MEMORY_BANK},
+        **options,
+    )
 
 
 def rewrite_manifest(folder: Path, data: dict[str, Any]) -> None:
@@ -95,25 +107,29 @@ def test_manifest_json_round_trip_keeps_tuples_and_exact_floats() -> None:
 
 
 def test_manifest_normalises_lists_and_numpy_scalars_on_construction() -> None:
-    manifest = make_manifest(network=NetworkSpec("onnx", ["model.onnx"], "image", ["a", "b"]),
-                             source={"count": np.int64(3), "shape": (2, 2)})
+    manifest = make_manifest(
+        network=NetworkSpec("onnx", ["model.onnx"], "image", ["a", "b"]), source={"count": np.int64(3), "shape": (2, 2)}
+    )
     assert manifest.network.files == ("model.onnx",)
     assert manifest.source == {"count": 3, "shape": [2, 2]}
     assert Manifest.from_json(manifest.to_json()) == manifest
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["decision"].pop("image_threshold"), "field 'decision.image_threshold' is missing"),
-    (lambda d: d.update(colour="red"), "field 'colour' is unknown"),
-    (lambda d: d["input"].update(gamma=2.2), "field 'input.gamma' is unknown"),
-    (lambda d: d["decision"].update(fitted_on="20"), "field 'decision.fitted_on' must be an integer"),
-    (lambda d: d["decision"].update(fitted_on=True), "field 'decision.fitted_on' must be an integer"),
-    (lambda d: d["network"].update(files="model.xml"), "field 'network.files' must be a list"),
-    (lambda d: d["input"].update(channels=2), "field 'input' is invalid: input channels"),
-    (lambda d: d["network"].update(files=["../model.xml"]), "not a plain relative path"),
-    (lambda d: d["files"].update({"/etc/passwd": "0" * 64}), "not a plain relative path"),
-    (lambda d: d["files"].update({"model.xml": "beef"}), "not a sha256 hex digest"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["decision"].pop("image_threshold"), "field 'decision.image_threshold' is missing"),
+        (lambda d: d.update(colour="red"), "field 'colour' is unknown"),
+        (lambda d: d["input"].update(gamma=2.2), "field 'input.gamma' is unknown"),
+        (lambda d: d["decision"].update(fitted_on="20"), "field 'decision.fitted_on' must be an integer"),
+        (lambda d: d["decision"].update(fitted_on=True), "field 'decision.fitted_on' must be an integer"),
+        (lambda d: d["network"].update(files="model.xml"), "field 'network.files' must be a list"),
+        (lambda d: d["input"].update(channels=2), "field 'input' is invalid: input channels"),
+        (lambda d: d["network"].update(files=["../model.xml"]), "not a plain relative path"),
+        (lambda d: d["files"].update({"/etc/passwd": "0" * 64}), "not a plain relative path"),
+        (lambda d: d["files"].update({"model.xml": "beef"}), "not a sha256 hex digest"),
+    ],
+)
 def test_manifest_from_json_names_the_bad_field(mutate: Any, message: str) -> None:
     data = manifest_dict()
     mutate(data)
@@ -128,7 +144,7 @@ def test_manifest_from_json_refuses_future_and_unknown_schema_and_bad_json() -> 
     with pytest.raises(EdgekitError, match="unknown schema_version 0"):
         Manifest.from_json(json.dumps(manifest_dict(schema_version=0)))
     with pytest.raises(EdgekitError, match="not valid JSON"):
-        Manifest.from_json("{\"schema_version\": 1,")
+        Manifest.from_json('{"schema_version": 1,')
     with pytest.raises(EdgekitError, match="NaN is not valid JSON"):
         Manifest.from_json(make_manifest().to_json().replace("0.125", "NaN"))
     with pytest.raises(EdgekitError, match="key 'model' appears twice"):
@@ -138,8 +154,9 @@ def test_manifest_from_json_refuses_future_and_unknown_schema_and_bad_json() -> 
 def test_round_trip_folder_bundle(tmp_path: Path) -> None:
     dest = save_tiny(tmp_path / "bundle")
     loaded = load_bundle(dest)
-    assert loaded.manifest == dataclasses.replace(make_manifest(), files=loaded.manifest.files,
-                                                  sizes=loaded.manifest.sizes)
+    assert loaded.manifest == dataclasses.replace(
+        make_manifest(), files=loaded.manifest.files, sizes=loaded.manifest.sizes
+    )
     assert loaded.manifest.sizes == {"head/memory_bank.npy": 224, "model.bin": 1024, "model.xml": 28}
     assert sorted(loaded.manifest.files) == ["head/memory_bank.npy", "model.bin", "model.xml"]
     assert loaded.manifest.files["model.xml"] == sha256_file(dest / "model.xml")
@@ -198,24 +215,36 @@ def test_changed_threshold_in_the_manifest_is_refused_as_damage(tmp_path: Path) 
     dest = save_tiny(tmp_path / "bundle")
     text = (dest / "manifest.json").read_text()
     assert '"image_threshold": 0.30000000000000004' in text
-    (dest / "manifest.json").write_text(text.replace('"image_threshold": 0.30000000000000004',
-                                                     '"image_threshold": 90.30000000000000004'))
+    (dest / "manifest.json").write_text(
+        text.replace('"image_threshold": 0.30000000000000004', '"image_threshold": 90.30000000000000004')
+    )
     with pytest.raises(EdgekitError) as info:
         load_bundle(dest)
-    assert str(info.value) == (f"bundle {dest} is tampered or damaged: manifest.json does not match its "
-                               "digest in manifest.sha256")
+    assert str(info.value) == (
+        f"bundle {dest} is tampered or damaged: manifest.json does not match its digest in manifest.sha256"
+    )
 
 
 def test_changed_manifest_inside_an_archive_is_refused_as_damage(tmp_path: Path) -> None:
     archive = save_tiny(tmp_path / "tiny.edgekit")
     with zipfile.ZipFile(archive) as zf:
         members = [(info, zf.read(info)) for info in zf.infolist()]
-    assert [info.filename for info, _ in members] == ["head/memory_bank.npy", "manifest.json",
-                                                      "manifest.sha256", "model.bin", "model.xml"]
-    changed = [(info, data.replace(b'"fitted_on": 20', b'"fitted_on": 21') if info.filename == "manifest.json"
-                else data) for info, data in members]
-    with pytest.raises(EdgekitError, match=f"bundle {archive.parent / 'changed.edgekit'} is tampered or "
-                                           "damaged: manifest.json does not match its digest"):
+    assert [info.filename for info, _ in members] == [
+        "head/memory_bank.npy",
+        "manifest.json",
+        "manifest.sha256",
+        "model.bin",
+        "model.xml",
+    ]
+    changed = [
+        (info, data.replace(b'"fitted_on": 20', b'"fitted_on": 21') if info.filename == "manifest.json" else data)
+        for info, data in members
+    ]
+    with pytest.raises(
+        EdgekitError,
+        match=f"bundle {archive.parent / 'changed.edgekit'} is tampered or "
+        "damaged: manifest.json does not match its digest",
+    ):
         load_bundle(_zip(tmp_path / "changed.edgekit", changed))
 
 
@@ -248,9 +277,12 @@ def test_manifest_with_bad_field_on_disk_names_bundle_and_field(tmp_path: Path) 
 
 def test_object_array_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises(EdgekitError, match="object arrays would need pickle"):
-        save_bundle(tmp_path / "bundle", make_manifest(),
-                    files={"model.xml": NETWORK_BYTES, "model.bin": WEIGHT_BYTES},
-                    arrays={"head/memory_bank.npy": np.array([{"a": 1}], dtype=object)})
+        save_bundle(
+            tmp_path / "bundle",
+            make_manifest(),
+            files={"model.xml": NETWORK_BYTES, "model.bin": WEIGHT_BYTES},
+            arrays={"head/memory_bank.npy": np.array([{"a": 1}], dtype=object)},
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -288,8 +320,7 @@ def test_saved_bundles_get_the_ordinary_mode_for_the_umask(tmp_path: Path, umask
         assert stat.S_IMODE(made.stat().st_mode) == file_mode  # mkstemp would have given 0o600
 
 
-def test_errors_from_a_loaded_archive_name_the_archive_not_its_temp_copy(
-        tmp_path: Path, private_temp: Path) -> None:
+def test_errors_from_a_loaded_archive_name_the_archive_not_its_temp_copy(tmp_path: Path, private_temp: Path) -> None:
     archive = save_tiny(tmp_path / "tiny.edgekit")
     loaded = load_bundle(archive)
     assert loaded.origin == archive and loaded.root.parent == private_temp
@@ -310,14 +341,17 @@ def test_bundle_origin_is_the_folder_given_and_defaults_to_root(tmp_path: Path) 
     assert load_bundle(folder).origin == folder
     direct = Bundle(tmp_path / "bundle", make_manifest())  # the two-argument form still works
     assert direct.origin == direct.root == tmp_path / "bundle"
-    assert Bundle(folder, make_manifest(), origin=str(tmp_path / "b.edgekit")).origin == \
-        tmp_path / "b.edgekit"
+    assert Bundle(folder, make_manifest(), origin=str(tmp_path / "b.edgekit")).origin == tmp_path / "b.edgekit"
 
 
 def test_save_refuses_incomplete_bundles_and_unsafe_paths(tmp_path: Path) -> None:
     with pytest.raises(EdgekitError, match="incomplete: model.bin is not among its files"):
-        save_bundle(tmp_path / "a", make_manifest(), files={"model.xml": NETWORK_BYTES},
-                    arrays={"head/memory_bank.npy": MEMORY_BANK})
+        save_bundle(
+            tmp_path / "a",
+            make_manifest(),
+            files={"model.xml": NETWORK_BYTES},
+            arrays={"head/memory_bank.npy": MEMORY_BANK},
+        )
     for bad in ("../model.bin", "/tmp/model.bin", "sub\\model.bin", "./model.bin"):
         with pytest.raises(EdgekitError, match="not a plain relative path"):
             save_bundle(tmp_path / "b", make_manifest(), files={bad: b"x"})
@@ -387,17 +421,21 @@ def _symlink_member(name: str, target: str) -> zipfile.ZipInfo:
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate name")
-@pytest.mark.parametrize("members, limits, message", [
-    ([("../evil", b"x")], {}, "not a plain relative path"),
-    ([("head/../../evil", b"x")], {}, "not a plain relative path"),
-    ([("/tmp/edgekit-test-evil-absolute", b"x")], {}, "not a plain relative path"),
-    ([(_symlink_member("model.bin", "/etc/passwd"), b"/etc/passwd")], {}, "link or special file"),
-    ([("manifest.json", b"{}"), ("manifest.json", b"{}")], {}, "names a member twice"),
-    ([(f"f{i}", b"") for i in range(6)], {"max_members": 5}, "has 6 members; the limit is 5"),
-    ([("big", b"0" * 2000)], {"max_bytes": 1000}, "more than 1000 bytes"),
-])
+@pytest.mark.parametrize(
+    "members, limits, message",
+    [
+        ([("../evil", b"x")], {}, "not a plain relative path"),
+        ([("head/../../evil", b"x")], {}, "not a plain relative path"),
+        ([("/tmp/edgekit-test-evil-absolute", b"x")], {}, "not a plain relative path"),
+        ([(_symlink_member("model.bin", "/etc/passwd"), b"/etc/passwd")], {}, "link or special file"),
+        ([("manifest.json", b"{}"), ("manifest.json", b"{}")], {}, "names a member twice"),
+        ([(f"f{i}", b"") for i in range(6)], {"max_members": 5}, "has 6 members; the limit is 5"),
+        ([("big", b"0" * 2000)], {"max_bytes": 1000}, "more than 1000 bytes"),
+    ],
+)
 def test_unsafe_archives_are_refused_with_nothing_written(
-        tmp_path: Path, private_temp: Path, members: list, limits: dict, message: str) -> None:
+    tmp_path: Path, private_temp: Path, members: list, limits: dict, message: str
+) -> None:
     archive = _zip(tmp_path / "bad.edgekit", members)
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(EdgekitError, match=message):
@@ -414,25 +452,29 @@ def test_member_larger_than_its_header_is_refused(tmp_path: Path, private_temp: 
     archive = _zip(tmp_path / "liar.edgekit", [("manifest.json", b"A" * 5000)])
     raw = bytearray(archive.read_bytes())
     central = raw.rfind(b"PK\x01\x02")
-    raw[central + 24:central + 28] = (100).to_bytes(4, "little")  # declared size 100, real 5000
+    raw[central + 24 : central + 28] = (100).to_bytes(4, "little")  # declared size 100, real 5000
     archive.write_bytes(bytes(raw))
     with pytest.raises(EdgekitError, match="damaged|larger than declared"):
         load_bundle(archive)
     assert list(private_temp.iterdir()) == []
 
 
-def test_loaded_archive_is_extracted_into_a_private_temp_dir(tmp_path: Path,
-                                                              private_temp: Path) -> None:
+def test_loaded_archive_is_extracted_into_a_private_temp_dir(tmp_path: Path, private_temp: Path) -> None:
     loaded = load_bundle(save_tiny(tmp_path / "tiny.edgekit"))
     assert loaded.root.parent == private_temp
-    assert sorted(p.relative_to(loaded.root).as_posix() for p in loaded.root.rglob("*")
-                  if p.is_file()) == ["head/memory_bank.npy", "manifest.json", "manifest.sha256", "model.bin",
-                                      "model.xml"]
+    assert sorted(p.relative_to(loaded.root).as_posix() for p in loaded.root.rglob("*") if p.is_file()) == [
+        "head/memory_bank.npy",
+        "manifest.json",
+        "manifest.sha256",
+        "model.bin",
+        "model.xml",
+    ]
     assert loaded.path("model.xml").read_bytes() == NETWORK_BYTES
 
 
-def test_extraction_counts_bytes_instead_of_trusting_the_reader(tmp_path: Path, private_temp: Path,
-                                                                monkeypatch) -> None:
+def test_extraction_counts_bytes_instead_of_trusting_the_reader(
+    tmp_path: Path, private_temp: Path, monkeypatch
+) -> None:
     archive = _zip(tmp_path / "grows.edgekit", [("manifest.json", b"{}")])
     # A reader that yields more than the header declares (CPython's truncates; others may not).
     monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, info, *a, **k: io.BytesIO(b"x" * 5000))

@@ -1,5 +1,6 @@
 """Caps before work for .edgekit archives: the manifest first, only listed members, each capped at
 its manifest size and hashed while streaming; no extracted copies left behind."""
+
 from __future__ import annotations
 
 import gc
@@ -58,7 +59,8 @@ def _rezip(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Pa
 
 
 def test_an_unlisted_bomb_is_refused_before_any_member_but_the_manifest_is_read(
-        tmp_path: Path, private_temp: Path, opened: list[str]) -> None:
+    tmp_path: Path, private_temp: Path, opened: list[str]
+) -> None:
     good = _members(save_tiny(tmp_path / "tiny.edgekit"))
     bomb = _rezip(tmp_path / "bomb.edgekit", [*good, ("zeros.bin", bytes(64 << 20))])
     assert bomb.stat().st_size < 200_000  # 64 MiB of zeros in well under 1 MB
@@ -70,10 +72,15 @@ def test_an_unlisted_bomb_is_refused_before_any_member_but_the_manifest_is_read(
 
 
 def test_a_listed_member_of_another_size_is_refused_before_it_is_read(
-        tmp_path: Path, private_temp: Path, opened: list[str]) -> None:
-    members = [(info if info.filename != "model.bin" else "model.bin",
-                data if info.filename != "model.bin" else bytes(32 << 20))
-               for info, data in _members(save_tiny(tmp_path / "tiny.edgekit"))]
+    tmp_path: Path, private_temp: Path, opened: list[str]
+) -> None:
+    members = [
+        (
+            info if info.filename != "model.bin" else "model.bin",
+            data if info.filename != "model.bin" else bytes(32 << 20),
+        )
+        for info, data in _members(save_tiny(tmp_path / "tiny.edgekit"))
+    ]
     swapped = _rezip(tmp_path / "swapped.edgekit", members)
     opened.clear()
     with pytest.raises(EdgekitError, match="tampered or damaged: model.bin is 33554432 bytes, its manifest says 1024"):
@@ -82,8 +89,7 @@ def test_a_listed_member_of_another_size_is_refused_before_it_is_read(
     assert list(private_temp.iterdir()) == []
 
 
-def test_a_member_is_read_no_further_than_its_manifest_size(tmp_path: Path, private_temp: Path,
-                                                            monkeypatch) -> None:
+def test_a_member_is_read_no_further_than_its_manifest_size(tmp_path: Path, private_temp: Path, monkeypatch) -> None:
     archive = save_tiny(tmp_path / "tiny.edgekit")
     served: list[int] = []
     real_open = zipfile.ZipFile.open
@@ -107,9 +113,12 @@ def test_a_member_is_read_no_further_than_its_manifest_size(tmp_path: Path, priv
 
 
 def test_a_member_with_the_right_size_and_other_bytes_fails_its_streamed_checksum(
-        tmp_path: Path, private_temp: Path) -> None:
-    members = [(info, data if info.filename != "model.bin" else bytes(len(data)))
-               for info, data in _members(save_tiny(tmp_path / "tiny.edgekit"))]
+    tmp_path: Path, private_temp: Path
+) -> None:
+    members = [
+        (info, data if info.filename != "model.bin" else bytes(len(data)))
+        for info, data in _members(save_tiny(tmp_path / "tiny.edgekit"))
+    ]
     with pytest.raises(EdgekitError, match="tampered or damaged: model.bin checksum mismatch"):
         load_bundle(_rezip(tmp_path / "zeroed.edgekit", members))
     assert list(private_temp.iterdir()) == []
@@ -120,8 +129,10 @@ def test_an_oversized_manifest_is_refused_unread(tmp_path: Path, private_temp: P
 
     archive = _rezip(tmp_path / "fat.edgekit", [("manifest.json", b" " * (MAX_MANIFEST_BYTES + 1))])
     opened.clear()
-    with pytest.raises(EdgekitError, match=f"member 'manifest.json' is {MAX_MANIFEST_BYTES + 1} bytes, more than "
-                                           f"the {MAX_MANIFEST_BYTES} allowed"):
+    with pytest.raises(
+        EdgekitError,
+        match=f"member 'manifest.json' is {MAX_MANIFEST_BYTES + 1} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
+    ):
         load_bundle(archive)
     assert opened == []
     folder = save_tiny(tmp_path / "bundle")
@@ -151,21 +162,30 @@ def test_a_changed_size_in_a_folder_bundle_is_named(tmp_path: Path) -> None:
 
 def _fake_archive(dest: Path) -> Path:
     bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    return _save(dest, "fake", "fake", {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()},
-                 bank)
+    return _save(dest, "fake", "fake", {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()}, bank)
 
 
 def _save(dest: Path, runtime: str, fmt: str, files: dict, bank: np.ndarray, layout: str = "NCHW") -> Path:
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgekit_version=edgekit.__version__, model="patchcore", backbone="test",
-        target="x86", runtime=runtime, device="CPU", precision="fp32",
+        schema_version=SCHEMA_VERSION,
+        edgekit_version=edgekit.__version__,
+        model="patchcore",
+        backbone="test",
+        target="x86",
+        runtime=runtime,
+        device="CPU",
+        precision="fp32",
         input=InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3, layout=layout),
         network=NetworkSpec(format=fmt, files=tuple(files), input_name="image", output_names=("embedding",)),
-        head=HeadSpec(kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0},
-                      arrays={"memory_bank": "head/memory_bank.npy"}),
-        decision=Decision(image_threshold=1.5, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0,
-                          method="test", fitted_on=2),
-        source={}, export={})
+        head=HeadSpec(
+            kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0}, arrays={"memory_bank": "head/memory_bank.npy"}
+        ),
+        decision=Decision(
+            image_threshold=1.5, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0, method="test", fitted_on=2
+        ),
+        source={},
+        export={},
+    )
     return save_bundle(dest, manifest, files=files, arrays={"head/memory_bank.npy": bank})
 
 
@@ -195,6 +215,7 @@ def test_twenty_loads_of_an_archive_leave_no_copies_behind(tmp_path: Path, priva
 
 # A bounded manifest: every field the runtime uses is type- and range-checked, one line each.
 
+
 def _rewritten(folder: Path, change) -> Path:
     from edgekit.bundle import digest_line
 
@@ -215,37 +236,46 @@ def _set(section: str, key: str, value):
             del target[key]
         else:
             target[key] = value
+
     return change
 
 
 _DELETE = object()
 
 
-@pytest.mark.parametrize("change, message", [
-    (_set("input", "height", 60000), "input height must be an integer from 8 to 4096, not 60000"),
-    (_set("input", "width", 4), "input width must be an integer from 8 to 4096, not 4"),
-    (_set("input", "width", "16"), "field 'input.width' must be an integer, not a string"),
-    (_set("input", "channels", 2), "input channels must be 1 or 3, not 2"),
-    (_set("input", "std", [0.25, 0.0, 0.25]), "input std must be positive"),
-    (_set("input", "std", [0.25, -1, 0.25]), "input std must be positive"),
-    (_set("head.params", "blur_sigma", 1e9), "head param 'blur_sigma' must be from 0.0 to 64.0, not 1000000000.0"),
-    (_set("head.params", "blur_sigma", "4"), "head param 'blur_sigma' must be a number, not '4'"),
-    (_set("head.params", "num_neighbors", _DELETE), "head param 'num_neighbors' is missing"),
-    (_set("head.params", "num_neighbors", "9"), "head param 'num_neighbors' must be an integer, not '9'"),
-    (_set("head.params", "num_neighbors", 9.0), "head param 'num_neighbors' must be an integer, not 9.0"),
-    (_set("head.params", "num_neighbors", 0), "head param 'num_neighbors' must be from 1 to 1024, not 0"),
-    (_set("head.params", "num_neighbors", 10**9), "head param 'num_neighbors' must be from 1 to 1024"),
-    (_set("head.params", "bank", "int8"), "head param 'bank' must be an object, not 'int8'"),
-    (_set("head.params", "bank", {"dtype": "float64"}), "head param 'dtype' must be one of float32, float16, int8"),
-    (_set("export", "threads", -1), "export.threads must be an integer from 0 to 256, not -1"),
-    (_set("export", "threads", "4"), "export.threads must be an integer from 0 to 256, not '4'"),
-    (_set("export", "threads", 10**6), "export.threads must be an integer from 0 to 256, not 1000000"),
-    (_set("source", "nested", "<2000 levels>"), "nested deeper than 32 levels"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_set("input", "height", 60000), "input height must be an integer from 8 to 4096, not 60000"),
+        (_set("input", "width", 4), "input width must be an integer from 8 to 4096, not 4"),
+        (_set("input", "width", "16"), "field 'input.width' must be an integer, not a string"),
+        (_set("input", "channels", 2), "input channels must be 1 or 3, not 2"),
+        (_set("input", "std", [0.25, 0.0, 0.25]), "input std must be positive"),
+        (_set("input", "std", [0.25, -1, 0.25]), "input std must be positive"),
+        (_set("head.params", "blur_sigma", 1e9), "head param 'blur_sigma' must be from 0.0 to 64.0, not 1000000000.0"),
+        (_set("head.params", "blur_sigma", "4"), "head param 'blur_sigma' must be a number, not '4'"),
+        (_set("head.params", "num_neighbors", _DELETE), "head param 'num_neighbors' is missing"),
+        (_set("head.params", "num_neighbors", "9"), "head param 'num_neighbors' must be an integer, not '9'"),
+        (_set("head.params", "num_neighbors", 9.0), "head param 'num_neighbors' must be an integer, not 9.0"),
+        (_set("head.params", "num_neighbors", 0), "head param 'num_neighbors' must be from 1 to 1024, not 0"),
+        (_set("head.params", "num_neighbors", 10**9), "head param 'num_neighbors' must be from 1 to 1024"),
+        (_set("head.params", "bank", "int8"), "head param 'bank' must be an object, not 'int8'"),
+        (_set("head.params", "bank", {"dtype": "float64"}), "head param 'dtype' must be one of float32, float16, int8"),
+        (_set("export", "threads", -1), "export.threads must be an integer from 0 to 256, not -1"),
+        (_set("export", "threads", "4"), "export.threads must be an integer from 0 to 256, not '4'"),
+        (_set("export", "threads", 10**6), "export.threads must be an integer from 0 to 256, not 1000000"),
+        (_set("source", "nested", "<2000 levels>"), "nested deeper than 32 levels"),
+    ],
+)
 def test_a_manifest_out_of_bounds_is_one_line_naming_the_bundle(tmp_path: Path, change, message: str) -> None:
     bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    folder = _save(tmp_path / "bundle", "fake", "fake",
-                   {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()}, bank)
+    folder = _save(
+        tmp_path / "bundle",
+        "fake",
+        "fake",
+        {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()},
+        bank,
+    )
     edgekit.load(folder).predict(IMAGE)  # the bundle as saved is fine
     _rewritten(folder, change)
     with pytest.raises(EdgekitError) as caught:
@@ -269,18 +299,27 @@ def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path: Path) -> None
     assert load_bundle(folder).manifest.source["note"].startswith("[[[")
 
 
-@pytest.mark.parametrize("kind, params, arrays, message", [
-    ("map", {"score": "median"}, {}, "head param 'score' must be one of max, mean, top_mean"),
-    ("map", {"top_fraction": 2.0}, {}, "head param 'top_fraction' must be from 0.0 to 1.0"),
-    ("map", {"blur_sigma": 1e9}, {}, "head param 'blur_sigma' must be from 0.0 to 64.0"),
-    ("map", ["not", "an", "object"], {}, "head params must be an object"),
-    ("mahalanobis", {"dtype": "float64"}, {"mean": np.zeros((16, 2), np.float32),
-                                           "inv_covariance": np.zeros((16, 2, 2), np.float32)},
-     "head param 'dtype' must be one of float32, float16"),
-    ("mahalanobis", {"blur_sigma": -1}, {"mean": np.zeros((16, 2), np.float32),
-                                         "inv_covariance": np.zeros((16, 2, 2), np.float32)},
-     "head param 'blur_sigma' must be from 0.0 to 64.0, not -1.0"),
-])
+@pytest.mark.parametrize(
+    "kind, params, arrays, message",
+    [
+        ("map", {"score": "median"}, {}, "head param 'score' must be one of max, mean, top_mean"),
+        ("map", {"top_fraction": 2.0}, {}, "head param 'top_fraction' must be from 0.0 to 1.0"),
+        ("map", {"blur_sigma": 1e9}, {}, "head param 'blur_sigma' must be from 0.0 to 64.0"),
+        ("map", ["not", "an", "object"], {}, "head params must be an object"),
+        (
+            "mahalanobis",
+            {"dtype": "float64"},
+            {"mean": np.zeros((16, 2), np.float32), "inv_covariance": np.zeros((16, 2, 2), np.float32)},
+            "head param 'dtype' must be one of float32, float16",
+        ),
+        (
+            "mahalanobis",
+            {"blur_sigma": -1},
+            {"mean": np.zeros((16, 2), np.float32), "inv_covariance": np.zeros((16, 2, 2), np.float32)},
+            "head param 'blur_sigma' must be from 0.0 to 64.0, not -1.0",
+        ),
+    ],
+)
 def test_every_head_checks_its_params(kind: str, params, arrays, message: str) -> None:
     from edgekit.runtime.heads import build_head
 

@@ -4,6 +4,7 @@ Fast tests on the fake runtime (no OpenVINO): a tiny MVTec-layout dataset of smo
 and anomalies with a saturated red square; the gate against the real fp32/int8 bundles is in
 test_quantize.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,17 +67,35 @@ def _features(paths) -> np.ndarray:
 
 def _save(dest: Path, bank: np.ndarray, decision: Decision | None = None, *, precision: str = "fp32") -> Path:
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgekit_version=edgekit.__version__, model="patchcore", backbone="fake",
-        target="x86", runtime="fake", device="CPU", precision=precision, input=SPEC,
+        schema_version=SCHEMA_VERSION,
+        edgekit_version=edgekit.__version__,
+        model="patchcore",
+        backbone="fake",
+        target="x86",
+        runtime="fake",
+        device="CPU",
+        precision=precision,
+        input=SPEC,
         network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
-        head=HeadSpec(kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0},
-                      arrays={"memory_bank": "head/memory_bank.npy"}),
-        decision=decision or Decision(image_threshold=1.0, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0,
-                                      method="provisional", fitted_on=2),
-        source={}, export={})
+        head=HeadSpec(
+            kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0}, arrays={"memory_bank": "head/memory_bank.npy"}
+        ),
+        decision=decision
+        or Decision(
+            image_threshold=1.0,
+            pixel_threshold=1.0,
+            image_center=0.0,
+            pixel_center=0.0,
+            method="provisional",
+            fitted_on=2,
+        ),
+        source={},
+        export={},
+    )
     network = json.dumps({"pool": POOL, "outputs": ["embedding"]}).encode()
-    return save_bundle(dest, manifest, files={"net.json": network}, arrays={"head/memory_bank.npy": bank},
-                       overwrite=True)
+    return save_bundle(
+        dest, manifest, files={"net.json": network}, arrays={"head/memory_bank.npy": bank}, overwrite=True
+    )
 
 
 def _fitted(dest: Path, bank: np.ndarray, holdout: list[Path], *, precision: str = "fp32") -> Path:
@@ -96,7 +115,9 @@ def bundles(dataset, tmp_path_factory) -> dict[str, Path]:
     reference = _fitted(folder / "reference", bank, holdout)
     equal = _fitted(folder / "equal", bank, holdout, precision="int8")
     decision = load_bundle(reference).manifest.decision
-    low_threshold = _save(folder / "low-threshold", bank, dataclasses.replace(decision, image_threshold=decision.image_center))
+    low_threshold = _save(
+        folder / "low-threshold", bank, dataclasses.replace(decision, image_threshold=decision.image_center)
+    )
     red = _features(sorted((dataset / "test" / "red").glob("*.png"))[:1]).transpose(0, 2, 3, 1).reshape(-1, 3)
     learnt_defect = _fitted(folder / "learnt-defect", np.concatenate([bank, red]).astype(np.float32), holdout)
     return {"reference": reference, "equal": equal, "low-threshold": low_threshold, "learnt-defect": learnt_defect}
@@ -128,21 +149,43 @@ def test_a_bank_that_learnt_the_defect_breaks_the_auroc_limit(bundles, dataset):
     assert result.auroc_drop == pytest.approx(1.0 - result.candidate.auroc)
     assert any("image AUROC dropped by" in failure for failure in result.failures)
     # a limit loose enough lets the same candidate through
-    loose = check_bundles(bundles["reference"], bundles["learnt-defect"], dataset, max_auroc_drop=1.0,
-                          min_agreement=0.0)
+    loose = check_bundles(
+        bundles["reference"], bundles["learnt-defect"], dataset, max_auroc_drop=1.0, min_agreement=0.0
+    )
     assert loose.passed
 
 
 def test_cli_exits_0_when_the_limits_hold_and_1_when_one_breaks(bundles, dataset, tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(cli, ["check", "--reference", str(bundles["reference"]), "--candidate", str(bundles["equal"]),
-                             "--data", str(dataset)])
+    ok = runner.invoke(
+        cli,
+        [
+            "check",
+            "--reference",
+            str(bundles["reference"]),
+            "--candidate",
+            str(bundles["equal"]),
+            "--data",
+            str(dataset),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "decision agreement" in ok.output and "result: PASS" in ok.output
     junit = tmp_path / "reports" / "check.xml"
-    failed = runner.invoke(cli, ["check", "--reference", str(bundles["reference"]),
-                                 "--candidate", str(bundles["learnt-defect"]), "--data", str(dataset),
-                                 "--junit", str(junit)])
+    failed = runner.invoke(
+        cli,
+        [
+            "check",
+            "--reference",
+            str(bundles["reference"]),
+            "--candidate",
+            str(bundles["learnt-defect"]),
+            "--data",
+            str(dataset),
+            "--junit",
+            str(junit),
+        ],
+    )
     assert failed.exit_code == 1
     assert "result: FAIL - image AUROC dropped by" in failed.output
     suite = ET.parse(junit).getroot()
@@ -161,11 +204,14 @@ def test_junit_marks_only_the_broken_limit_as_failure(bundles, dataset):
     assert failure is not None and f"{result.disagreements} of 12 decisions differ" in failure.get("message")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--candidate", "missing-bundle"], "missing-bundle"),
-    (["--max-auroc-drop", "-0.1"], "--max-auroc-drop must be between 0 and 1"),
-    (["--min-agreement", "98"], "--min-agreement must be between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--candidate", "missing-bundle"], "missing-bundle"),
+        (["--max-auroc-drop", "-0.1"], "--max-auroc-drop must be between 0 and 1"),
+        (["--min-agreement", "98"], "--min-agreement must be between 0 and 1"),
+    ],
+)
 def test_bad_input_is_one_error_line_and_exit_2(bundles, dataset, tmp_path, args, message):
     base = {"--reference": str(bundles["reference"]), "--candidate": str(bundles["equal"]), "--data": str(dataset)}
     for flag, value in zip(args[::2], args[1::2]):

@@ -1,4 +1,5 @@
 """CLI commands that need no model: a path that is not a bundle, the target list."""
+
 from __future__ import annotations
 
 from cli_helpers import assert_one_error_line, run

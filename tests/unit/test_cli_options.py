@@ -1,4 +1,5 @@
 """Every option value is checked by its click type: one `error:` line and exit 2, never a traceback."""
+
 from __future__ import annotations
 
 import pytest
@@ -68,8 +69,9 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("args, option", BAD_VALUES, ids=[" ".join(a[:1] + [o]) + f"-{i}"
-                                                           for i, (a, o) in enumerate(BAD_VALUES)])
+@pytest.mark.parametrize(
+    "args, option", BAD_VALUES, ids=[" ".join(a[:1] + [o]) + f"-{i}" for i, (a, o) in enumerate(BAD_VALUES)]
+)
 def test_bad_option_value_is_one_error_line_exit_2_and_writes_nothing(tmp_path, args, option):
     (tmp_path / "dir").mkdir()
     (tmp_path / "file").write_text("x")

@@ -1,4 +1,5 @@
 """Greedy k-center coreset selection."""
+
 import numpy as np
 import pytest
 
@@ -43,8 +44,12 @@ def test_impossible_sizes_are_refused(count):
 def test_selection_continues_from_rows_already_covered():
     rng = np.random.default_rng(3)
     existing = rng.standard_normal((50, 8)).astype(np.float32)
-    features = np.concatenate([existing + rng.standard_normal((50, 8)).astype(np.float32) * 0.01,
-                               rng.standard_normal((20, 8)).astype(np.float32) + 30])  # 20 new, far away
+    features = np.concatenate(
+        [
+            existing + rng.standard_normal((50, 8)).astype(np.float32) * 0.01,
+            rng.standard_normal((20, 8)).astype(np.float32) + 30,
+        ]
+    )  # 20 new, far away
     chosen = coreset_indices(features, 20, projection_dims=None, covered_by=existing)
     assert set(chosen.tolist()) == set(range(50, 70))  # near-copies of covered rows are never picked
     to_existing = np.linalg.norm(features[:, None] - existing[None], axis=-1).min(1)

@@ -1,4 +1,5 @@
 """Dataset readers: MVTec, VisA and folder layouts, auto-detection, masks, and one-line errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,7 +55,9 @@ def visa(tmp_path) -> Path:
             rows.append(f"{category},{split},normal,{category}/Data/Images/Normal/{stem}.JPG,")
         _png(images / "Anomaly" / "000.JPG", 20)
         _png(root / category / "Data" / "Masks" / "Anomaly" / "000.png", _left_half_mask(1))
-        rows.append(f"{category},test,anomaly,{category}/Data/Images/Anomaly/000.JPG,{category}/Data/Masks/Anomaly/000.png")
+        rows.append(
+            f"{category},test,anomaly,{category}/Data/Images/Anomaly/000.JPG,{category}/Data/Masks/Anomaly/000.png"
+        )
     (root / "split_csv").mkdir(parents=True)
     (root / "split_csv" / "1cls.csv").write_text(VISA_HEADER + "\n".join(rows) + "\n")
     return root
@@ -66,7 +69,11 @@ def test_read_mvtec_lists_sorted_samples_with_labels_and_masks(mvtec):
     assert [s.path.name for s in dataset.train] == ["000.png", "001.png"]
     assert {(s.label, s.defect, s.mask_path) for s in dataset.train} == {(0, "good", None)}
     assert [(s.defect, s.path.name, s.label) for s in dataset.test] == [
-        ("crack", "000.png", 1), ("crack", "001.png", 1), ("good", "000.png", 0), ("hole", "000.png", 1)]
+        ("crack", "000.png", 1),
+        ("crack", "001.png", 1),
+        ("good", "000.png", 0),
+        ("hole", "000.png", 1),
+    ]
     assert dataset.test[1].mask_path == mvtec / "ground_truth" / "crack" / "001_mask.png"
     assert dataset.test[2].mask_path is None
 
@@ -102,7 +109,10 @@ def test_read_mask_counts_label_values_as_anomalous_and_thresholds_0_255_masks_a
     [
         (lambda c: [p.unlink() for p in (c / "train" / "good").iterdir()], "train/good: no training images"),
         (lambda c: (c / "test" / "scratch").mkdir(), "test/scratch: no test images"),
-        (lambda c: (c / "ground_truth" / "hole" / "000_mask.png").unlink(), "hole/000_mask.png: missing ground-truth mask"),
+        (
+            lambda c: (c / "ground_truth" / "hole" / "000_mask.png").unlink(),
+            "hole/000_mask.png: missing ground-truth mask",
+        ),
     ],
 )
 def test_read_mvtec_rejects_malformed_trees_naming_the_path(mvtec, breakage, message):
@@ -122,7 +132,10 @@ def test_read_visa_follows_the_split_file(visa):
     dataset = read_visa(visa, category="pcb1")
     assert (dataset.name, dataset.layout) == ("pcb1", "visa")
     assert [s.path.name for s in dataset.train] == ["0001.JPG", "0002.JPG"]
-    assert [(s.path.name, s.label, s.defect) for s in dataset.test] == [("000.JPG", 1, "anomaly"), ("0003.JPG", 0, "good")]
+    assert [(s.path.name, s.label, s.defect) for s in dataset.test] == [
+        ("000.JPG", 1, "anomaly"),
+        ("0003.JPG", 0, "good"),
+    ]
     anomaly = dataset.test[0]
     assert anomaly.mask_path == visa / "pcb1" / "Data" / "Masks" / "Anomaly" / "000.png"
     assert dataset.read_mask(anomaly, 8, 8).sum() == 32
@@ -140,10 +153,15 @@ def test_open_dataset_detects_visa_and_asks_for_a_category(visa):
     "csv_text, message",
     [
         ("object,split,label,image\ncandle,train,normal,a.JPG\n", "header must be object,split,label,image,mask"),
-        (VISA_HEADER + "candle,train,normal,candle/Data/Images/Normal/9999.JPG,\n", r"1cls.csv:2: image file not found"),
+        (
+            VISA_HEADER + "candle,train,normal,candle/Data/Images/Normal/9999.JPG,\n",
+            r"1cls.csv:2: image file not found",
+        ),
         (VISA_HEADER + "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,\n", r"1cls.csv:2: empty mask path"),
-        (VISA_HEADER + "candle,train,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png\n",
-         "anomalous image in the train split"),
+        (
+            VISA_HEADER + "candle,train,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png\n",
+            "anomalous image in the train split",
+        ),
         (VISA_HEADER + "candle,val,normal,candle/Data/Images/Normal/0001.JPG,\n", "split must be train or test"),
         (VISA_HEADER + "candle,train,normal\n", "expected 5 fields, found 3"),
     ],
@@ -172,8 +190,14 @@ def test_read_folder_moves_a_seeded_share_of_normals_to_test_and_matches_masks(t
     assert [s.mask_path.name if s.mask_path else None for s in anomalies] == ["a.png", "b_mask.png", None]
     again = read_folder(tmp_path / "parts" / "good", tmp_path / "parts" / "bad", seed=0)
     assert [s.path for s in again.train] == [s.path for s in dataset.train]
-    picks = {tuple(s.path.name for s in read_folder(tmp_path / "parts" / "good", tmp_path / "parts" / "bad",
-                                                    seed=seed).test if s.label == 0) for seed in range(5)}
+    picks = {
+        tuple(
+            s.path.name
+            for s in read_folder(tmp_path / "parts" / "good", tmp_path / "parts" / "bad", seed=seed).test
+            if s.label == 0
+        )
+        for seed in range(5)
+    }
     assert len(picks) > 1
 
 

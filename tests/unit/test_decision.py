@@ -1,4 +1,5 @@
 """The threshold rule: an upper prediction bound for a new normal image's score."""
+
 from __future__ import annotations
 
 import math

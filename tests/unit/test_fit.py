@@ -1,4 +1,5 @@
 """`edgekit fit`: a bank built on the device from normal images, torch-free, written atomically."""
+
 from __future__ import annotations
 
 import json
@@ -60,20 +61,45 @@ def _fake_bundle(out: Path, **params) -> Path:
 
     bank = np.random.default_rng(1).standard_normal((40, 3)).astype(np.float32)
     arrays = encode_bank(bank, "int8")
-    head = HeadSpec(kind="knn", params={**params, "num_neighbors": 3, "blur_sigma": 1.0, "coreset_ratio": 0.25, "seed": 0,
-                                        "bank": {"rows": 40, "dims": 3, "dtype": "int8",
-                                                 "settings": {"dims": "full", "dtype": "int8", "size": None}}},
-                    arrays={name: f"head/{name}.npy" for name in arrays})
+    head = HeadSpec(
+        kind="knn",
+        params={
+            **params,
+            "num_neighbors": 3,
+            "blur_sigma": 1.0,
+            "coreset_ratio": 0.25,
+            "seed": 0,
+            "bank": {
+                "rows": 40,
+                "dims": 3,
+                "dtype": "int8",
+                "settings": {"dims": "full", "dtype": "int8", "size": None},
+            },
+        },
+        arrays={name: f"head/{name}.npy" for name in arrays},
+    )
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgekit_version=edgekit.__version__, model="patchcore", backbone="fake",
-        target="x86", runtime="fake", device="CPU", precision="fp32", input=SPEC,
+        schema_version=SCHEMA_VERSION,
+        edgekit_version=edgekit.__version__,
+        model="patchcore",
+        backbone="fake",
+        target="x86",
+        runtime="fake",
+        device="CPU",
+        precision="fp32",
+        input=SPEC,
         network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
-        head=head, decision=Decision(image_threshold=1.0, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0,
-                                     method="test", fitted_on=2),
-        source={}, export={})
+        head=head,
+        decision=Decision(
+            image_threshold=1.0, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0, method="test", fitted_on=2
+        ),
+        source={},
+        export={},
+    )
     network = json.dumps({"pool": POOL, "outputs": ["embedding"]}).encode()
-    return save_bundle(out, manifest, files={"net.json": network},
-                       arrays={f"head/{name}.npy": array for name, array in arrays.items()})
+    return save_bundle(
+        out, manifest, files={"net.json": network}, arrays={f"head/{name}.npy": array for name, array in arrays.items()}
+    )
 
 
 def test_fit_builds_the_bank_training_would_and_refits_thresholds(fake_bundle, normals, tmp_path):
@@ -109,8 +135,9 @@ def test_fit_records_source_date_epoch_as_its_created_time(fake_bundle, normals,
 
 
 def test_add_keeps_the_old_bank_and_adds_the_patches_farthest_from_it(fake_bundle, normals, tmp_path):
-    old = decode_bank({name: load_bundle(fake_bundle).array(name) for name in ("memory_bank", "bank_scale",
-                                                                                "bank_offset")}, "int8")
+    old = decode_bank(
+        {name: load_bundle(fake_bundle).array(name) for name in ("memory_bank", "bank_scale", "bank_offset")}, "int8"
+    )
     added = fit_bundle(fake_bundle, normals, out=tmp_path / "added", add=True)
     images = list_normals(normals)
     bank_idx, _ = split_normals(10, 0.2, 0)
@@ -141,8 +168,9 @@ def test_fit_command_prints_one_line_and_errors_are_one_line(fake_bundle, normal
     result = runner.invoke(cli, ["fit", str(fake_bundle), "--normals", str(normals), "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     assert "fitted patchcore bank" in result.output and "fitted on 2 held-out normals" in result.output
-    result = runner.invoke(cli, ["fit", str(fake_bundle), "--normals", str(tmp_path / "none"), "--out",
-                                 str(tmp_path / "c")])
+    result = runner.invoke(
+        cli, ["fit", str(fake_bundle), "--normals", str(tmp_path / "none"), "--out", str(tmp_path / "c")]
+    )
     assert result.exit_code == 1 and result.output.strip().startswith("error:") and "no such folder" in result.output
     assert len(result.output.strip().splitlines()) == 1
 

@@ -5,6 +5,7 @@ either give a correct result or raise one ``EdgekitError`` with a one-line messa
 and address-space cap (a huge allocation is a ``MemoryError``, which fails the property).
 Reproducible in CI: a fixed number of examples, derandomized, no per-example deadline.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,9 +38,14 @@ from edgekit.preprocess import MIN_SIDE, decode_image, read_image
 from edgekit.runtime.detector import Prediction
 from edgekit.serve import http
 
-settings.register_profile("edgekit-fuzz", max_examples=250, derandomize=True, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                 HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "edgekit-fuzz",
+    max_examples=250,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 FUZZ = settings.get_profile("edgekit-fuzz")  # applied per test: other modules keep Hypothesis's defaults
 
 #: address space a fuzzed call may add to the process before it counts as a huge allocation
@@ -104,6 +110,7 @@ def check_prediction(result: Any) -> None:
 
 # --- a tiny bundle on the fake runtime ---------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def area(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
@@ -132,6 +139,7 @@ def detector(folder: Path):
 
 # --- 1. manifests --------------------------------------------------------------------------------
 
+
 def _deep(depth: int) -> Any:
     value: Any = 0
     for level in range(depth):
@@ -139,13 +147,40 @@ def _deep(depth: int) -> Any:
     return value
 
 
-WEIRD_NUMBERS = st.sampled_from([0, -1, 1, 2, 3, 7, 2**31, 2**63, -2**63, 10**400, 1e308, -1e308, 1e-320, 0.5,
-                                 float("nan"), float("inf"), float("-inf"), True, False])
+WEIRD_NUMBERS = st.sampled_from(
+    [
+        0,
+        -1,
+        1,
+        2,
+        3,
+        7,
+        2**31,
+        2**63,
+        -(2**63),
+        10**400,
+        1e308,
+        -1e308,
+        1e-320,
+        0.5,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        True,
+        False,
+    ]
+)
 WEIRD_VALUES = st.one_of(
-    WEIRD_NUMBERS, st.none(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=20), st.sampled_from(["", "../x", "/etc/passwd", "x" * 200_000, "fake", "NCHW", "knn"]),
-    st.lists(WEIRD_NUMBERS, max_size=4), st.dictionaries(st.text(max_size=5), WEIRD_NUMBERS, max_size=3),
-    st.integers(min_value=30, max_value=900).map(_deep))
+    WEIRD_NUMBERS,
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(["", "../x", "/etc/passwd", "x" * 200_000, "fake", "NCHW", "knn"]),
+    st.lists(WEIRD_NUMBERS, max_size=4),
+    st.dictionaries(st.text(max_size=5), WEIRD_NUMBERS, max_size=3),
+    st.integers(min_value=30, max_value=900).map(_deep),
+)
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -236,6 +271,7 @@ def test_a_mutated_manifest_loads_and_predicts_or_is_refused_in_one_line(folder:
 
 # --- 2. archives ---------------------------------------------------------------------------------
 
+
 def _write_temp(area: Path, data: bytes, suffix: str = ".edgekit") -> Path:
     handle, name = tempfile.mkstemp(suffix=suffix, dir=area)
     with open(handle, "wb") as out:
@@ -269,15 +305,18 @@ def _load_and_unpack(path: Path, area: Path, expected: tuple[Prediction, dict[st
 
 
 @FUZZ
-@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), max_size=6),
-       keep=st.one_of(st.none(), st.floats(0, 1)))
-def test_a_damaged_archive_loads_or_is_refused_in_one_line(archive_bytes: bytes, area: Path, expected,
-                                                            flips, keep) -> None:
+@given(
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), max_size=6),
+    keep=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_a_damaged_archive_loads_or_is_refused_in_one_line(
+    archive_bytes: bytes, area: Path, expected, flips, keep
+) -> None:
     damaged = bytearray(archive_bytes)
     for where, mask in flips:
         damaged[int(where * len(damaged))] ^= mask
     if keep is not None:
-        damaged = damaged[:int(keep * len(damaged))]
+        damaged = damaged[: int(keep * len(damaged))]
     path = _write_temp(area, bytes(damaged))
     try:
         _load_and_unpack(path, area, expected)
@@ -286,10 +325,28 @@ def test_a_damaged_archive_loads_or_is_refused_in_one_line(archive_bytes: bytes,
 
 
 MEMBER_NAMES = st.one_of(
-    st.sampled_from(["../evil", "/etc/passwd", "head/../../x", "a/./b", "C:\\x", "\\\\server\\x", "head/",
-                     "manifest.json", "net.json", "head/memory_bank.npy", "manifest.sig", "..", ".", "x" * 300,
-                     "dir/", "nul\x00byte"]),
-    st.text(alphabet="ab./\\:-_", min_size=1, max_size=12))
+    st.sampled_from(
+        [
+            "../evil",
+            "/etc/passwd",
+            "head/../../x",
+            "a/./b",
+            "C:\\x",
+            "\\\\server\\x",
+            "head/",
+            "manifest.json",
+            "net.json",
+            "head/memory_bank.npy",
+            "manifest.sig",
+            "..",
+            ".",
+            "x" * 300,
+            "dir/",
+            "nul\x00byte",
+        ]
+    ),
+    st.text(alphabet="ab./\\:-_", min_size=1, max_size=12),
+)
 
 
 def _patch_sizes(data: bytes, name: str, size: int) -> bytes:
@@ -298,26 +355,28 @@ def _patch_sizes(data: bytes, name: str, size: int) -> bytes:
     raw = name.encode()
     start = 0
     while (at := out.find(b"PK\x03\x04", start)) >= 0:
-        if out[at + 30:at + 30 + len(raw)] == raw:
-            out[at + 22:at + 26] = struct.pack("<I", size)
+        if out[at + 30 : at + 30 + len(raw)] == raw:
+            out[at + 22 : at + 26] = struct.pack("<I", size)
         start = at + 4
     start = 0
     while (at := out.find(b"PK\x01\x02", start)) >= 0:
-        if out[at + 46:at + 46 + len(raw)] == raw:
-            out[at + 24:at + 28] = struct.pack("<I", size)
+        if out[at + 46 : at + 46 + len(raw)] == raw:
+            out[at + 24 : at + 28] = struct.pack("<I", size)
         start = at + 4
     return bytes(out)
 
 
 @FUZZ
-@given(extra=st.lists(st.tuples(MEMBER_NAMES, st.binary(max_size=64)), max_size=3),
-       drop=st.sets(st.integers(0, 5), max_size=2),
-       sizes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0, 1, 2**20, 2**31, 2**32 - 1])), max_size=2),
-       stored=st.booleans(),
-       tamper=st.one_of(st.none(), st.tuples(st.integers(0, 5), st.integers(0, 2**20), st.integers(1, 255))))
-def test_an_archive_with_odd_members_loads_or_is_refused_in_one_line(archive_bytes: bytes, area: Path, expected,
-                                                                     extra, drop, sizes, stored: bool,
-                                                                     tamper) -> None:
+@given(
+    extra=st.lists(st.tuples(MEMBER_NAMES, st.binary(max_size=64)), max_size=3),
+    drop=st.sets(st.integers(0, 5), max_size=2),
+    sizes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0, 1, 2**20, 2**31, 2**32 - 1])), max_size=2),
+    stored=st.booleans(),
+    tamper=st.one_of(st.none(), st.tuples(st.integers(0, 5), st.integers(0, 2**20), st.integers(1, 255))),
+)
+def test_an_archive_with_odd_members_loads_or_is_refused_in_one_line(
+    archive_bytes: bytes, area: Path, expected, extra, drop, sizes, stored: bool, tamper
+) -> None:
     with zipfile.ZipFile(io.BytesIO(archive_bytes)) as zf:
         members = [(info.filename, zf.read(info)) for info in zf.infolist()]
     if tamper:  # one byte of a member changed, its size and CRC consistent: only the sha256 list can tell
@@ -328,8 +387,10 @@ def test_an_archive_with_odd_members_loads_or_is_refused_in_one_line(archive_byt
         members[index % len(members)] = (name, bytes(changed))
     members = [member for index, member in enumerate(members) if index not in drop] + extra
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED if stored
-                                                    else zipfile.ZIP_DEFLATED) as zf:
+    with (
+        warnings.catch_warnings(),
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED) as zf,
+    ):
         warnings.simplefilter("ignore")  # duplicate names are part of the fuzz
         for name, content in members:
             zf.writestr(name, content)
@@ -346,8 +407,20 @@ def test_an_archive_with_odd_members_loads_or_is_refused_in_one_line(archive_byt
 
 # --- 3. arrays to predict ------------------------------------------------------------------------
 
-DTYPES = [np.uint8, np.int8, np.uint16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_,
-          np.complex64, np.dtype("U1"), np.dtype(object)]
+DTYPES = [
+    np.uint8,
+    np.int8,
+    np.uint16,
+    np.int32,
+    np.int64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.bool_,
+    np.complex64,
+    np.dtype("U1"),
+    np.dtype(object),
+]
 
 
 @st.composite
@@ -384,8 +457,9 @@ def small_arrays(draw) -> np.ndarray:
     else:
         array = np.full(shape, "1" if dtype.kind == "U" else None, dtype=dtype)
     if kind == "view" and ndim >= 2:
-        array = draw(st.sampled_from([lambda a: a[::2], lambda a: a[:, ::-1], lambda a: np.swapaxes(a, 0, 1),
-                                      np.asfortranarray]))(array)
+        array = draw(
+            st.sampled_from([lambda a: a[::2], lambda a: a[:, ::-1], lambda a: np.swapaxes(a, 0, 1), np.asfortranarray])
+        )(array)
     return array
 
 
@@ -398,12 +472,20 @@ def arrays() -> st.SearchStrategy[np.ndarray]:
 def test_an_array_is_scored_or_refused_in_one_line(detector, array: np.ndarray, color: str) -> None:
     result = outcome(lambda: detector.predict(array, color=color))
     check_prediction(result)
-    well_formed = (array.dtype == np.uint8 and array.ndim in (2, 3) and min(array.shape[:2]) >= MIN_SIDE
-                   and (array.ndim == 2 or array.shape[2] in (1, 3, 4))
-                   and array.shape[0] * array.shape[1] <= detector.max_pixels)
+    well_formed = (
+        array.dtype == np.uint8
+        and array.ndim in (2, 3)
+        and min(array.shape[:2]) >= MIN_SIDE
+        and (array.ndim == 2 or array.shape[2] in (1, 3, 4))
+        and array.shape[0] * array.shape[1] <= detector.max_pixels
+    )
     if well_formed:
         assert isinstance(result, Prediction), result
-    if array.dtype.kind == "f" and 0 < array.nbytes < 2**26 and not (np.isfinite(array).all() and 0 <= array.min() <= array.max() <= 1):
+    if (
+        array.dtype.kind == "f"
+        and 0 < array.nbytes < 2**26
+        and not (np.isfinite(array).all() and 0 <= array.min() <= array.max() <= 1)
+    ):
         assert isinstance(result, EdgekitError), "a float image outside [0, 1] (or NaN/inf) was scored"
     if isinstance(result, Prediction) and array.nbytes < 2**26:  # a view scores as its contiguous copy
         again = detector.predict(np.ascontiguousarray(array), color=color)
@@ -411,6 +493,7 @@ def test_an_array_is_scored_or_refused_in_one_line(detector, array: np.ndarray, 
 
 
 # --- 4. image bytes ------------------------------------------------------------------------------
+
 
 def _encode(fmt: str, width: int, height: int, mode: str) -> bytes:
     from PIL import Image
@@ -434,16 +517,16 @@ def _claim_size(data: bytes, fmt: str, width: int, height: int) -> bytes:
     elif fmt == "JPEG":
         at = out.find(b"\xff\xc0")
         if at >= 0:
-            out[at + 5:at + 9] = struct.pack(">HH", height & 0xFFFF, width & 0xFFFF)
+            out[at + 5 : at + 9] = struct.pack(">HH", height & 0xFFFF, width & 0xFFFF)
     elif fmt == "TIFF":  # little-endian TIFF, first IFD: tags 256 (width) and 257 (height)
         offset = struct.unpack("<I", out[4:8])[0]
-        count = struct.unpack("<H", out[offset:offset + 2])[0]
+        count = struct.unpack("<H", out[offset : offset + 2])[0]
         for entry in range(count):
             at = offset + 2 + 12 * entry
-            tag, kind = struct.unpack("<HH", out[at:at + 4])
+            tag, kind = struct.unpack("<HH", out[at : at + 4])
             if tag in (256, 257):
                 value = width if tag == 256 else height
-                out[at + 8:at + 12] = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value & 0xFFFF, 0)
+                out[at + 8 : at + 12] = struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value & 0xFFFF, 0)
     return bytes(out)
 
 
@@ -464,7 +547,7 @@ def image_bytes(draw) -> bytes:
     for where, mask in draw(st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), max_size=3)):
         damaged[int(where * len(damaged))] ^= mask
     if draw(st.booleans()):
-        damaged = damaged[:draw(st.integers(0, len(damaged)))]
+        damaged = damaged[: draw(st.integers(0, len(damaged)))]
     return bytes(damaged)
 
 

@@ -1,4 +1,5 @@
 """The numpy kNN head against brute force and against anomalib's own PatchCore scoring."""
+
 import numpy as np
 import pytest
 
@@ -45,8 +46,12 @@ def test_the_winner_among_float32_candidates_is_picked_in_float64():
     distances, indices = nearest_neighbors(queries, bank)
     expected_d, expected_i = _brute_force(queries, bank)
     np.testing.assert_allclose(distances, expected_d, rtol=1e-12)
-    exact_ties = np.isclose(expected_d, np.sort(np.sqrt(((queries[:, None].astype(np.float64) - bank) ** 2).sum(-1)),
-                                                axis=1)[:, 1], rtol=0, atol=0)
+    exact_ties = np.isclose(
+        expected_d,
+        np.sort(np.sqrt(((queries[:, None].astype(np.float64) - bank) ** 2).sum(-1)), axis=1)[:, 1],
+        rtol=0,
+        atol=0,
+    )
     np.testing.assert_array_equal(indices[~exact_ties], expected_i[~exact_ties])
 
 
@@ -59,7 +64,7 @@ def test_faiss_search_gives_identical_neighbors_and_scores():
     theirs = nearest_neighbors(queries, bank, search=FaissSearch(bank))
     np.testing.assert_array_equal(theirs[1], ours[1])
     np.testing.assert_array_equal(theirs[0], ours[0])
-    embeddings = queries[:4 * 49].reshape(4, 7, 7, 32).transpose(0, 3, 1, 2).copy()
+    embeddings = queries[: 4 * 49].reshape(4, 7, 7, 32).transpose(0, 3, 1, 2).copy()
     numpy_head = KnnHead(memory_bank=bank, num_neighbors=9, output_height=28, output_width=28)
     faiss_head = KnnHead(memory_bank=bank, num_neighbors=9, output_height=28, output_width=28, search="faiss")
     (s1, m1), (s2, m2) = numpy_head(embeddings), faiss_head(embeddings)
@@ -71,5 +76,6 @@ def test_unknown_search_is_refused():
     from edgekit.errors import EdgekitError
 
     with pytest.raises(EdgekitError, match="kNN search must be"):
-        KnnHead(memory_bank=np.ones((3, 2), np.float32), num_neighbors=1, output_height=4, output_width=4,
-                search="annoy")
+        KnnHead(
+            memory_bank=np.ones((3, 2), np.float32), num_neighbors=1, output_height=4, output_width=4, search="annoy"
+        )

@@ -1,4 +1,5 @@
 """Images the runtime refuses or converts by rule: empty, degenerate, float, oversized."""
+
 from __future__ import annotations
 
 import io
@@ -17,16 +18,30 @@ SPEC = InputSpec(height=8, width=8, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25,
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height but which holds no pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("array", [
-    np.zeros((0, 0), np.uint8), np.zeros((0, 5, 3), np.uint8), np.zeros((1, 1), np.uint8),
-    np.full((1, 1, 3), 128, np.uint8), np.zeros((1, 40), np.uint8), np.zeros((0, 0), np.float32),
-], ids=["empty-2d", "empty-rgb", "1x1-grey", "1x1-rgb", "1x40", "empty-float"])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((0, 0), np.uint8),
+        np.zeros((0, 5, 3), np.uint8),
+        np.zeros((1, 1), np.uint8),
+        np.full((1, 1, 3), 128, np.uint8),
+        np.zeros((1, 40), np.uint8),
+        np.zeros((0, 0), np.float32),
+    ],
+    ids=["empty-2d", "empty-rgb", "1x1-grey", "1x1-rgb", "1x40", "empty-float"],
+)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_empty_and_degenerate_arrays_are_refused_as_too_small(array, channels):
     with pytest.raises(ImageRejected, match="too small|empty") as caught:
@@ -52,8 +67,9 @@ def test_float_arrays_in_unit_range_score_as_their_uint8_image(dtype):
     np.testing.assert_array_equal(prepare([as_float], SPEC), prepare([pixels], SPEC))
 
 
-@pytest.mark.parametrize("values", [[0.0, 255.0], [-0.1, 0.5], [0.0, np.nan], [0.0, np.inf]],
-                         ids=["0-255", "negative", "nan", "inf"])
+@pytest.mark.parametrize(
+    "values", [[0.0, 255.0], [-0.1, 0.5], [0.0, np.nan], [0.0, np.inf]], ids=["0-255", "negative", "nan", "inf"]
+)
 def test_float_arrays_outside_unit_range_are_refused(values):
     array = np.full((8, 8), values[0], np.float32)
     array[0, 0] = values[1]

@@ -1,5 +1,6 @@
 """The package's layers, read from its source with ``ast``: generic layers never name a family, and
 no import runs back up (module-level and function-level imports alike)."""
+
 from __future__ import annotations
 
 import ast
@@ -10,16 +11,39 @@ import edgekit
 
 PACKAGE = Path(edgekit.__file__).resolve().parent
 #: The layers that serve every family; only edgekit/families/registry.py names the families.
-GENERIC = ("edgekit.train", "edgekit.export", "edgekit.runtime", "edgekit.profile", "edgekit.serve",
-           "edgekit.compress", "edgekit.data")
+GENERIC = (
+    "edgekit.train",
+    "edgekit.export",
+    "edgekit.runtime",
+    "edgekit.profile",
+    "edgekit.serve",
+    "edgekit.compress",
+    "edgekit.data",
+)
 #: The modules of edgekit/families that are not a family: the description and the registry.
 FAMILY_INDEX = ("base", "registry")
 #: What the device runtime must never import (host-only layers, or layers above it).
-ABOVE_RUNTIME = ("edgekit.train", "edgekit.export", "edgekit.compress", "edgekit.families", "edgekit.profile",
-                 "edgekit.serve", "edgekit.cli", "edgekit.fit", "edgekit.check")
+ABOVE_RUNTIME = (
+    "edgekit.train",
+    "edgekit.export",
+    "edgekit.compress",
+    "edgekit.families",
+    "edgekit.profile",
+    "edgekit.serve",
+    "edgekit.cli",
+    "edgekit.fit",
+    "edgekit.check",
+)
 #: What compress (bank selection and compression, numpy) must not import.
-ABOVE_COMPRESS = ("edgekit.train", "edgekit.export", "edgekit.families", "edgekit.profile", "edgekit.serve",
-                  "edgekit.cli", "edgekit.fit")
+ABOVE_COMPRESS = (
+    "edgekit.train",
+    "edgekit.export",
+    "edgekit.families",
+    "edgekit.profile",
+    "edgekit.serve",
+    "edgekit.cli",
+    "edgekit.fit",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -31,8 +55,10 @@ def _module_name(path: Path) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _modules() -> dict[str, ast.Module]:
-    return {_module_name(path): ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-            for path in sorted(PACKAGE.rglob("*.py"))}
+    return {
+        _module_name(path): ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,7 +76,7 @@ def _imports(name: str, tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: resolve against this module's package
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
@@ -87,8 +113,13 @@ def _is_family_module(module: str) -> bool:
 
 
 def test_no_generic_layer_imports_a_family():
-    offending = sorted(f"{name} imports {imported}" for name, tree in _modules().items() if _within(name, GENERIC)
-                       for imported in _imports(name, tree) if _is_family_module(imported))
+    offending = sorted(
+        f"{name} imports {imported}"
+        for name, tree in _modules().items()
+        if _within(name, GENERIC)
+        for imported in _imports(name, tree)
+        if _is_family_module(imported)
+    )
     assert offending == []
 
 
@@ -114,25 +145,34 @@ def test_only_the_registry_names_a_family():
 
 
 def test_the_runtime_imports_nothing_above_it():
-    offending = sorted(f"{name} imports {imported}" for name, tree in _modules().items()
-                       if _within(name, ("edgekit.runtime",))
-                       for imported in _imports(name, tree) if _within(imported, ABOVE_RUNTIME))
+    offending = sorted(
+        f"{name} imports {imported}"
+        for name, tree in _modules().items()
+        if _within(name, ("edgekit.runtime",))
+        for imported in _imports(name, tree)
+        if _within(imported, ABOVE_RUNTIME)
+    )
     assert offending == []
 
 
 def test_compress_imports_no_host_layer_or_family_and_of_the_runtime_only_the_bank_codec():
-    offending = sorted(f"{name} imports {imported}" for name, tree in _modules().items()
-                       if _within(name, ("edgekit.compress",)) for imported in _imports(name, tree)
-                       if _within(imported, ABOVE_COMPRESS)
-                       or (_within(imported, ("edgekit.runtime",)) and not _within(imported, ("edgekit.runtime.bank",))))
+    offending = sorted(
+        f"{name} imports {imported}"
+        for name, tree in _modules().items()
+        if _within(name, ("edgekit.compress",))
+        for imported in _imports(name, tree)
+        if _within(imported, ABOVE_COMPRESS)
+        or (_within(imported, ("edgekit.runtime",)) and not _within(imported, ("edgekit.runtime.bank",)))
+    )
     assert offending == []
 
 
 def test_the_registry_lists_every_family_folder_and_imports_no_family():
     from edgekit.families.registry import FAMILIES
 
-    folders = {path.name for path in (PACKAGE / "families").iterdir()
-               if path.is_dir() and (path / "__init__.py").is_file()}
+    folders = {
+        path.name for path in (PACKAGE / "families").iterdir() if path.is_dir() and (path / "__init__.py").is_file()
+    }
     named = {family.trainer.split(":")[0].split(".")[2] for family in FAMILIES.values()}
     assert named == folders
     tree = _modules()["edgekit.families.registry"]
@@ -142,7 +182,11 @@ def test_the_registry_lists_every_family_folder_and_imports_no_family():
 def test_profile_reads_targets_and_bundles_but_imports_no_export_training_or_family():
     """Targets (edgekit/targets.py) are shared by export and profile; the sweep's variants
     (edgekit/variants.py) sit above both, as the CLI does."""
-    offending = sorted(f"{name} imports {imported}" for name, tree in _modules().items()
-                       if _within(name, ("edgekit.profile",)) for imported in _imports(name, tree)
-                       if _within(imported, ("edgekit.export", "edgekit.train", "edgekit.families")))
+    offending = sorted(
+        f"{name} imports {imported}"
+        for name, tree in _modules().items()
+        if _within(name, ("edgekit.profile",))
+        for imported in _imports(name, tree)
+        if _within(imported, ("edgekit.export", "edgekit.train", "edgekit.families"))
+    )
     assert offending == []

@@ -1,4 +1,5 @@
 """Metrics agree with sklearn (AUROC, F1) and with hand-computed PRO values."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -86,21 +87,15 @@ def test_connected_components_match_scipy_8_connectivity(density: float) -> None
 
 
 def test_connected_components_join_diagonal_neighbours_only_with_8_connectivity() -> None:
-    mask = np.array([[1, 0, 0, 0],
-                     [0, 1, 0, 1],
-                     [0, 0, 0, 1]], dtype=bool)
+    mask = np.array([[1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 1]], dtype=bool)
     labels, count = connected_components(mask)
     assert count == 2
     np.testing.assert_array_equal(labels, [[1, 0, 0, 0], [0, 1, 0, 2], [0, 0, 0, 2]])
 
 
 # One 3x4 image: region A = two pixels top left, region B = one pixel, nine normal pixels.
-PRO_MASK = np.array([[1, 1, 0, 0],
-                     [0, 0, 0, 1],
-                     [0, 0, 0, 0]], dtype=bool)
-PRO_MAP = np.array([[0.9, 0.5, 0.8, 0.1],
-                    [0.6, 0.1, 0.1, 0.7],
-                    [0.1, 0.1, 0.1, 0.1]])
+PRO_MASK = np.array([[1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=bool)
+PRO_MAP = np.array([[0.9, 0.5, 0.8, 0.1], [0.6, 0.1, 0.1, 0.7], [0.1, 0.1, 0.1, 0.1]])
 # Curve (FPR, PRO): (0, 0) (0, .25) (1/9, .25) (1/9, .75) (2/9, .75) (2/9, 1) (1, 1).
 
 
@@ -113,10 +108,10 @@ def test_pro_score_matches_hand_computed_curve() -> None:
 
 def test_pro_score_averages_regions_not_pixels() -> None:
     mask = np.zeros((1, 8, 8), dtype=bool)
-    mask[0, :4, :4] = True    # big region, 16 pixels, found
-    mask[0, 7, 7] = True      # small region, 1 pixel, missed
+    mask[0, :4, :4] = True  # big region, 16 pixels, found
+    mask[0, 7, 7] = True  # small region, 1 pixel, missed
     scores = np.where(mask, 1.0, 0.5)
-    scores[0, 7, 7] = 0.0     # below every normal pixel: found only when FPR reaches 1
+    scores[0, 7, 7] = 0.0  # below every normal pixel: found only when FPR reaches 1
     # Curve (0, 0) (0, 0.5) (1, 0.5) (1, 1): PRO is 0.5 all the way to the 0.3 limit.
     assert pro_score(mask, scores) == pytest.approx(0.5, abs=1e-12)
     # Per pixel, 16 of the 17 anomalous pixels rank above every normal one.

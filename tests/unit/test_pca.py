@@ -1,4 +1,5 @@
 """PCA bank compression: statistics, axes, dimension choice and the folded 1×1 convolution."""
+
 import numpy as np
 import pytest
 
@@ -10,8 +11,9 @@ def test_statistics_equal_numpy_mean_and_covariance_across_chunks(features, monk
     monkeypatch.setattr("edgekit.compress.pca._STATISTICS_ROWS", 700)  # five uneven chunks
     stats = feature_statistics(features)
     np.testing.assert_allclose(stats.mean, features.astype(np.float64).mean(0), rtol=1e-12)
-    np.testing.assert_allclose(stats.covariance, np.cov(features.astype(np.float64), rowvar=False, bias=True),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        stats.covariance, np.cov(features.astype(np.float64), rowvar=False, bias=True), rtol=1e-9, atol=1e-12
+    )
     assert stats.count == 3000
 
 
@@ -49,7 +51,7 @@ def test_dims_spec_full_auto_and_numbers(features):
 
 def test_map_projection_equals_row_projection(features):
     pca = fit_pca(feature_statistics(features), 6)
-    maps = features[:2 * 5 * 7].reshape(2, 5, 7, 24).transpose(0, 3, 1, 2)
+    maps = features[: 2 * 5 * 7].reshape(2, 5, 7, 24).transpose(0, 3, 1, 2)
     projected = pca.project_maps(maps)
     rows = pca.project_rows(maps.transpose(0, 2, 3, 1).reshape(-1, 24)).reshape(2, 5, 7, 6).transpose(0, 3, 1, 2)
     assert projected.shape == (2, 6, 5, 7) and projected.dtype == np.float32
@@ -62,10 +64,17 @@ def test_compress_bank_projects_reselects_in_the_projected_space_and_encodes(fea
     compressed = compress_bank(bank, pca=pca, dtype="int8", size=150, seed=1)
     assert compressed.arrays["memory_bank"].shape == (150, 8) and compressed.arrays["memory_bank"].dtype == np.int8
     assert compressed.description == {
-        "rows": 150, "dims": 8, "feature_dims": 24, "dtype": "int8", "coreset_rows": 600, "reselected_from": 600,
+        "rows": 150,
+        "dims": 8,
+        "feature_dims": 24,
+        "dtype": "int8",
+        "coreset_rows": 600,
+        "reselected_from": 600,
         "projection": "pca (folded into the network as a 1x1 convolution)",
         "quantization": "affine per dimension: value = bank_offset + bank_scale * q",
-        "explained_variance": round(pca.explained_variance, 6), "pca_fitted_on": 3000}
+        "explained_variance": round(pca.explained_variance, 6),
+        "pca_fitted_on": 3000,
+    }
     assert compressed.nbytes == 150 * 8 + 2 * 8 * 4
     uncompressed = compress_bank(bank)
     np.testing.assert_array_equal(uncompressed.arrays["memory_bank"], bank)  # full + float32: the bank itself

@@ -1,4 +1,5 @@
 """What the device was doing during a profile: the load block, and `--background N` busy processes."""
+
 from __future__ import annotations
 
 import os
@@ -91,8 +92,12 @@ def test_busy_processes_are_stopped_however_the_measurement_ends(interruption):
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_busy_processes_end_with_the_profiling_process_whatever_signal_ends_it(signal_number):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
     try:
         pids = [int(pid) for pid in holder.stdout.readline().split()]
         assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
@@ -111,11 +116,16 @@ def test_without_proc_the_block_says_not_available_instead_of_guessing(tmp_path)
     assert block["loadavg_before"] is None and block["busy_processes"] is None and block["cpu_busy_percent"] is None
     assert describe_load(block) == f"load average not available; busy processes not available (no {tmp_path}/stat)"
     assert describe_load(None) == "load not recorded"
-    assert describe_load({"busy_processes": [{"name": "<x>", "pid": "?", "cpu_percent": "NaN"}]}) == \
-        "load average not available; busy: <x> (pid ?) 0 %"
+    assert (
+        describe_load({"busy_processes": [{"name": "<x>", "pid": "?", "cpu_percent": "NaN"}]})
+        == "load average not available; busy: <x> (pid ?) 0 %"
+    )
 
 
 def test_background_with_estimate_is_refused(tmp_path):
-    assert_one_error_line(run("profile", tmp_path, "--target", "rpi4", "--estimate", "--background", 1,
-                              "--out", tmp_path / "out"), "--background", "nothing is timed")
+    assert_one_error_line(
+        run("profile", tmp_path, "--target", "rpi4", "--estimate", "--background", 1, "--out", tmp_path / "out"),
+        "--background",
+        "nothing is timed",
+    )
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
 """Profile parts that need no model: the head cost, the host check, the recipe filter of a sweep."""
+
 from __future__ import annotations
 
 import numpy as np

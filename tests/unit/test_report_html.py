@@ -3,6 +3,7 @@
 Fast, no browser: two synthetic profiles (a measured x86 with four variants, a roofline-estimate rpi4 with
 two) rendered to a string and parsed with html.parser / xml.etree.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,60 +36,157 @@ def _jpeg_base64(seed: int, size: int = 64) -> str:
 
 
 def _example(name: str, label: str, truth: bool, score: float, decided: bool, seed: int) -> dict:
-    return {"image": name, "label": label, "anomalous_truth": truth, "score": score, "decided_anomalous": decided,
-            "mime": "image/jpeg", "overlay_base64": _jpeg_base64(seed)}
+    return {
+        "image": name,
+        "label": label,
+        "anomalous_truth": truth,
+        "score": score,
+        "decided_anomalous": decided,
+        "mime": "image/jpeg",
+        "overlay_base64": _jpeg_base64(seed),
+    }
 
 
-def _variant(name: str, precision: str, rows: int, dims: int, *, p50: float | None, auroc: float | None,
-             estimate_ms: float | None = None, examples: list | None = None) -> dict:
+def _variant(
+    name: str,
+    precision: str,
+    rows: int,
+    dims: int,
+    *,
+    p50: float | None,
+    auroc: float | None,
+    estimate_ms: float | None = None,
+    examples: list | None = None,
+) -> dict:
     bank_dtype = "int8" if precision == "int8" else "float32"
-    latency = None if p50 is None else {
-        "p50_ms": p50, "p90_ms": p50 * 1.05, "p99_ms": p50 * 1.6, "mean_ms": p50 * 1.04, "min_ms": p50 * 0.9,
-        "max_ms": p50 * 2.5, "throughput_ips": 1000 / p50,
-        "stages_p50_ms": {"preprocess": 0.6, "network": p50 * 0.45, "head": p50 * 0.5},
-        "method": "p50 of 100 runs after 10 warm-up runs, batch 1"}
-    estimate = None if estimate_ms is None else {
-        "latency_ms": estimate_ms, "network_ms": estimate_ms * 0.75, "head_ms": estimate_ms * 0.25,
-        "bound": "compute", "flops": 1.2e9, "bytes": 3.4e6, "method": "roofline lower bound from FLOPs (estimate)"}
-    accuracy = None if auroc is None else {
-        "image_auroc": auroc, "pixel_auroc": 0.9876, "pro": 0.9512, "f1_at_threshold": 0.95, "test_images": 60,
-        "anomalous": 40, "method": "60 test images of the synthetic brick set"}
-    return {"name": name,
-            "bundle": {"path": f"/bundles/{precision}", "model": "patchcore", "backbone": "tf_efficientnet_lite0",
-                       "target": "x86", "format": "openvino", "precision": precision, "runtime": "openvino",
-                       "runtime_version": "2026.4.0", "size_bytes": 1_400_000, "input": "256x256x3",
-                       "bank": {"rows": rows, "dims": dims, "dtype": bank_dtype, "bytes": 149_000}},
-            "latency": latency, "estimate": estimate,
-            "cold_start": None if p50 is None else {"cold_start_s": 0.72, "load_s": 0.3, "first_predict_s": 0.05,
-                                                   "peak_rss_mb": 141.0, "torch_imported": False,
-                                                   "method": "fresh process, 3 repeats"},
-            "accuracy": accuracy, "pareto": False, "examples": examples or []}
+    latency = (
+        None
+        if p50 is None
+        else {
+            "p50_ms": p50,
+            "p90_ms": p50 * 1.05,
+            "p99_ms": p50 * 1.6,
+            "mean_ms": p50 * 1.04,
+            "min_ms": p50 * 0.9,
+            "max_ms": p50 * 2.5,
+            "throughput_ips": 1000 / p50,
+            "stages_p50_ms": {"preprocess": 0.6, "network": p50 * 0.45, "head": p50 * 0.5},
+            "method": "p50 of 100 runs after 10 warm-up runs, batch 1",
+        }
+    )
+    estimate = (
+        None
+        if estimate_ms is None
+        else {
+            "latency_ms": estimate_ms,
+            "network_ms": estimate_ms * 0.75,
+            "head_ms": estimate_ms * 0.25,
+            "bound": "compute",
+            "flops": 1.2e9,
+            "bytes": 3.4e6,
+            "method": "roofline lower bound from FLOPs (estimate)",
+        }
+    )
+    accuracy = (
+        None
+        if auroc is None
+        else {
+            "image_auroc": auroc,
+            "pixel_auroc": 0.9876,
+            "pro": 0.9512,
+            "f1_at_threshold": 0.95,
+            "test_images": 60,
+            "anomalous": 40,
+            "method": "60 test images of the synthetic brick set",
+        }
+    )
+    return {
+        "name": name,
+        "bundle": {
+            "path": f"/bundles/{precision}",
+            "model": "patchcore",
+            "backbone": "tf_efficientnet_lite0",
+            "target": "x86",
+            "format": "openvino",
+            "precision": precision,
+            "runtime": "openvino",
+            "runtime_version": "2026.4.0",
+            "size_bytes": 1_400_000,
+            "input": "256x256x3",
+            "bank": {"rows": rows, "dims": dims, "dtype": bank_dtype, "bytes": 149_000},
+        },
+        "latency": latency,
+        "estimate": estimate,
+        "cold_start": None
+        if p50 is None
+        else {
+            "cold_start_s": 0.72,
+            "load_s": 0.3,
+            "first_predict_s": 0.05,
+            "peak_rss_mb": 141.0,
+            "torch_imported": False,
+            "method": "fresh process, 3 repeats",
+        },
+        "accuracy": accuracy,
+        "pareto": False,
+        "examples": examples or [],
+    }
 
 
 def _profile(target: str, cpu: str, variants: list[dict], *, estimate: bool) -> dict:
-    return {"schema": "edgekit-profile/2", "edgekit_version": "0.1.0", "created": "2026-11-22T10:00:00+00:00",
-            "target": target, "host_is_target": not estimate, "estimate": estimate,
-            "device": {"cpu": cpu, "machine": "x86_64", "logical_cores": 2, "usable_cores": 2, "memory_gb": 23.5,
-                       "os": "Linux-6.1", "python": "3.11.7", "numpy": "2.1.0"},
-            "data": "/data/brick", "variants": variants}
+    return {
+        "schema": "edgekit-profile/2",
+        "edgekit_version": "0.1.0",
+        "created": "2026-11-22T10:00:00+00:00",
+        "target": target,
+        "host_is_target": not estimate,
+        "estimate": estimate,
+        "device": {
+            "cpu": cpu,
+            "machine": "x86_64",
+            "logical_cores": 2,
+            "usable_cores": 2,
+            "memory_gb": 23.5,
+            "os": "Linux-6.1",
+            "python": "3.11.7",
+            "numpy": "2.1.0",
+        },
+        "data": "/data/brick",
+        "variants": variants,
+    }
 
 
 def sample_profiles() -> list[dict]:
     """x86 (measured): A1..A3 on the front, A4 dominated by A3. rpi4 (estimates): both on the front."""
-    examples = [_example("scratch_003.png", "scratch", True, 0.871, True, 1),
-                _example("good_012.png", "good", False, 0.214, False, 2),
-                _example("crack_007.png", "crack", True, 0.402, False, 3)]
-    x86 = _profile("x86", "AMD EPYC 7B13", [
-        _variant("patchcore/lite0 fp32, bank 3900x304 fp32", "fp32", 3900, 304, p50=30.0, auroc=1.0, examples=examples),
-        _variant("patchcore/lite0 fp16, bank 3900x304 fp32", "fp16", 3900, 304, p50=20.0, auroc=0.995),
-        _variant("patchcore/lite0 int8, bank 975x152 int8", "int8", 975, 152, p50=12.2, auroc=0.99,
-                 examples=examples[:2]),
-        _variant(EVIL_NAME, "int8", 975, 152, p50=13.0, auroc=0.985),
-    ], estimate=False)
-    rpi4 = _profile("rpi4", "Cortex-A72 (estimated on x86)", [
-        _variant("patchcore/lite0 fp32 on rpi4", "fp32", 3900, 304, p50=None, auroc=1.0, estimate_ms=140.1),
-        _variant("patchcore/lite0 int8 on rpi4", "int8", 975, 152, p50=None, auroc=0.99, estimate_ms=40.1),
-    ], estimate=True)
+    examples = [
+        _example("scratch_003.png", "scratch", True, 0.871, True, 1),
+        _example("good_012.png", "good", False, 0.214, False, 2),
+        _example("crack_007.png", "crack", True, 0.402, False, 3),
+    ]
+    x86 = _profile(
+        "x86",
+        "AMD EPYC 7B13",
+        [
+            _variant(
+                "patchcore/lite0 fp32, bank 3900x304 fp32", "fp32", 3900, 304, p50=30.0, auroc=1.0, examples=examples
+            ),
+            _variant("patchcore/lite0 fp16, bank 3900x304 fp32", "fp16", 3900, 304, p50=20.0, auroc=0.995),
+            _variant(
+                "patchcore/lite0 int8, bank 975x152 int8", "int8", 975, 152, p50=12.2, auroc=0.99, examples=examples[:2]
+            ),
+            _variant(EVIL_NAME, "int8", 975, 152, p50=13.0, auroc=0.985),
+        ],
+        estimate=False,
+    )
+    rpi4 = _profile(
+        "rpi4",
+        "Cortex-A72 (estimated on x86)",
+        [
+            _variant("patchcore/lite0 fp32 on rpi4", "fp32", 3900, 304, p50=None, auroc=1.0, estimate_ms=140.1),
+            _variant("patchcore/lite0 int8 on rpi4", "int8", 975, 152, p50=None, auroc=0.99, estimate_ms=40.1),
+        ],
+        estimate=True,
+    )
     return [x86, rpi4]
 
 
@@ -231,13 +329,16 @@ def test_missing_figures_show_a_dash():
     assert cells[5] == "30.0"
 
 
-@pytest.mark.parametrize("profiles, message", [
-    ([], "no profiles"),
-    ([{"schema": "edgekit-profile/2"}], "one.json has no 'variants' list"),
-    ([{"schema": "edgekit-profile/9", "variants": []}], "one.json has unknown schema 'edgekit-profile/9'"),
-    ([{"variants": []}], "one.json has no 'schema' field"),
-    (["not a dict"], "one.json is not an edgekit profile"),
-])
+@pytest.mark.parametrize(
+    "profiles, message",
+    [
+        ([], "no profiles"),
+        ([{"schema": "edgekit-profile/2"}], "one.json has no 'variants' list"),
+        ([{"schema": "edgekit-profile/9", "variants": []}], "one.json has unknown schema 'edgekit-profile/9'"),
+        ([{"variants": []}], "one.json has no 'schema' field"),
+        (["not a dict"], "one.json is not an edgekit profile"),
+    ],
+)
 def test_bad_input_raises_one_clear_edgekit_error(profiles, message):
     with pytest.raises(EdgekitError, match=re.escape(message)):
         render_html(profiles, sources=["one.json"])
@@ -262,19 +363,26 @@ def test_auroc_axis_is_zoomed_from_the_lowest_auroc_minus_a_hundredth_to_one(doc
 
 def test_load_during_each_measurement_is_one_line_with_process_names_escaped():
     profiles = sample_profiles()[:1]
-    shared = {"loadavg_before": [1.9, 1.5, 1.2], "loadavg_after": [2.1, 1.6, 1.2], "cores": 2,
-              "cpu_busy_percent": 97.0, "busy_processes": [{"pid": 123, "name": "<b>x</b>", "cpu_percent": 96.6}],
-              "background": {"processes": 1, "pids": [456], "cpu_percent": [88.0]}, "method": "two /proc reads"}
+    shared = {
+        "loadavg_before": [1.9, 1.5, 1.2],
+        "loadavg_after": [2.1, 1.6, 1.2],
+        "cores": 2,
+        "cpu_busy_percent": 97.0,
+        "busy_processes": [{"pid": 123, "name": "<b>x</b>", "cpu_percent": 96.6}],
+        "background": {"processes": 1, "pids": [456], "cpu_percent": [88.0]},
+        "method": "two /proc reads",
+    }
     for variant in profiles[0]["variants"]:
         variant["latency"]["load"] = shared
     profiles[0]["variants"][0]["cold_start"]["load"] = {"loadavg_before": "junk", "busy_processes": {"x": 1}}
     document = render_html(profiles)
     assert document.count("Load during latency:") == 1  # the variants were timed in one interleaved window
-    assert ("load 1.90 → 2.10; CPU 97 % busy (2 cores); busy: &lt;b&gt;x&lt;/b&gt; (pid 123) 97 %; "
-            "background: 1 busy process (pid 456 88 %)") in document
+    assert (
+        "load 1.90 → 2.10; CPU 97 % busy (2 cores); busy: &lt;b&gt;x&lt;/b&gt; (pid 123) 97 %; "
+        "background: 1 busy process (pid 456 88 %)"
+    ) in document
     assert "<b>x</b>" not in document
-    assert "Load during cold start of A1:</strong> load average not available; busy processes not available" \
-        in document
+    assert "Load during cold start of A1:</strong> load average not available; busy processes not available" in document
 
 
 def test_generated_time_is_source_date_epoch_when_set(monkeypatch):

@@ -1,5 +1,6 @@
 """The parts of `edgekit run` that need no model: the frame slot, the size caps of the sinks, the
 watched-folder rules and address parsing. Fast; they run on a device-only install too."""
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,18 @@ from edgekit.serve.sources import open_source
 
 def _scored(index: int, *, anomalous: bool = True, side: int = 32) -> Scored:
     rng = np.random.default_rng(index)
-    frame = Frame(index=index, image=rng.integers(0, 255, (side, side, 3), dtype=np.uint8), source="test",
-                  captured_mono=time.perf_counter())
-    prediction = Prediction(score=0.9 if anomalous else 0.1, is_anomalous=anomalous,
-                            anomaly_map=rng.random((side, side)).astype(np.float32), raw_score=float(index))
+    frame = Frame(
+        index=index,
+        image=rng.integers(0, 255, (side, side, 3), dtype=np.uint8),
+        source="test",
+        captured_mono=time.perf_counter(),
+    )
+    prediction = Prediction(
+        score=0.9 if anomalous else 0.1,
+        is_anomalous=anomalous,
+        anomaly_map=rng.random((side, side)).astype(np.float32),
+        raw_score=float(index),
+    )
     return Scored(frame, prediction, make_event(frame, prediction, latency_s=0.01, bundle="0" * 16))
 
 
@@ -82,8 +91,17 @@ def test_events_file_is_rotated_past_its_cap_and_every_line_is_whole(tmp_path):
     assert path.stat().st_size <= 2000 and rotated.stat().st_size <= 2000
     rows = [json.loads(line) for f in (rotated, path) for line in f.read_text().splitlines()]
     assert [r["frame"] for r in rows] == list(range(40 - len(rows), 40))  # the newest, in order
-    assert set(rows[0]) >= {"time", "frame", "source", "score", "raw_score", "is_anomalous", "latency_ms",
-                            "frame_to_event_ms", "bundle"}
+    assert set(rows[0]) >= {
+        "time",
+        "frame",
+        "source",
+        "score",
+        "raw_score",
+        "is_anomalous",
+        "latency_ms",
+        "frame_to_event_ms",
+        "bundle",
+    }
 
 
 def test_sink_worker_drops_instead_of_waiting_for_a_slow_sink():
@@ -149,10 +167,15 @@ def test_watched_folder_takes_a_rewritten_file_again(tmp_path):
     assert seen == [0, 200]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("127.0.0.1:8080", ("127.0.0.1", 8080)), ("broker", ("broker", 1883)), ("[::1]:9000", ("::1", 9000)),
-    ("0.0.0.0:0", ("0.0.0.0", 0)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("broker", ("broker", 1883)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+    ],
+)
 def test_addresses_parse(text, expected):
     assert parse_address(text, default_port=1883, what="--mqtt") == expected
 
@@ -170,7 +193,7 @@ def test_run_config_refuses_what_cannot_work(tmp_path):
         RunConfig(bundle=tmp_path, serve="127.0.0.1:8080", token=" ")
 
 
-_STAND_IN_PICAMERA2 = '''
+_STAND_IN_PICAMERA2 = """
 import numpy as np
 calls = []
 class Picamera2:
@@ -190,7 +213,7 @@ class Picamera2:
         calls.append(("stop",))
     def close(self):
         calls.append(("close",))
-'''
+"""
 
 
 def test_pi_camera_frames_are_rgb_and_the_camera_is_released(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """The webhook sink against a real stdlib HTTP server on a loopback port, run behind a real SinkWorker."""
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,9 @@ def http_server(receiver: Receiver) -> Iterator[str]:
 
 def scored(index: int, anomalous: bool = True) -> Scored:
     score = 0.8 if anomalous else 0.2
-    prediction = Prediction(score=score, is_anomalous=anomalous, anomaly_map=np.zeros((4, 4), np.float32),
-                            raw_score=score * 3)
+    prediction = Prediction(
+        score=score, is_anomalous=anomalous, anomaly_map=np.zeros((4, 4), np.float32), raw_score=score * 3
+    )
     frame = Frame(index=index, image=np.zeros((4, 4, 3), np.uint8), source="cam0")
     return Scored(frame, prediction, make_event(frame, prediction, latency_s=0.01, bundle="0123456789abcdef"))
 

@@ -5,6 +5,7 @@ systemd.service(5) ("Command lines"), a reader that follows those rules, and sys
 (``systemd-analyze verify``, when installed): it must accept the unit without a warning and, for
 an executable path, report back exactly the path we quoted.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -23,11 +24,37 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
 
 #: arguments a user can put on an `edgekit run` line that a naive unit would mangle
-TRICKY = ["/data/my bundle", 'say "hi"', "it's", "100%", "%n%i", "$HOME", "${HOME}", "$$", "back\\slash",
-          "C:\\\\share", "tab\there", "two\nlines", "", ";", "\\;", "ü-é", "-dash", "@at", "a=b",
-          "rtsp://user:p%40ss@cam/$stream"]
-COMMAND = ["/home/pi/venv/bin/edgekit", "run", "/home/pi/brick.rpi4", "--source", "0", "--events",
-           "/home/pi/events.jsonl"]
+TRICKY = [
+    "/data/my bundle",
+    'say "hi"',
+    "it's",
+    "100%",
+    "%n%i",
+    "$HOME",
+    "${HOME}",
+    "$$",
+    "back\\slash",
+    "C:\\\\share",
+    "tab\there",
+    "two\nlines",
+    "",
+    ";",
+    "\\;",
+    "ü-é",
+    "-dash",
+    "@at",
+    "a=b",
+    "rtsp://user:p%40ss@cam/$stream",
+]
+COMMAND = [
+    "/home/pi/venv/bin/edgekit",
+    "run",
+    "/home/pi/brick.rpi4",
+    "--source",
+    "0",
+    "--events",
+    "/home/pi/events.jsonl",
+]
 
 
 def systemd_words(exec_start: str) -> list[str]:
@@ -38,8 +65,19 @@ def systemd_words(exec_start: str) -> list[str]:
     """
     word = r'"((?:[^"\\]|\\.)*)"'
     assert re.fullmatch(rf"{word}(?: {word})*", exec_start, flags=re.S), exec_start
-    escapes = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\",
-               '"': '"', "'": "'", "s": " "}
+    escapes = {
+        "a": "\a",
+        "b": "\b",
+        "f": "\f",
+        "n": "\n",
+        "r": "\r",
+        "t": "\t",
+        "v": "\v",
+        "\\": "\\",
+        '"': '"',
+        "'": "'",
+        "s": " ",
+    }
 
     def unescape(match: re.Match) -> str:
         text = match.group(1)
@@ -104,35 +142,54 @@ def test_root_is_refused():
             systemd_unit(COMMAND, user=user, working_directory="/home/pi")
 
 
-@pytest.mark.parametrize("command,user,working_directory,match", [
-    (["edgekit", "run"], "pi", "/home/pi", "absolute path of the program"),
-    (['/home/pi/"venv"/bin/edgekit', "run"], "pi", "/home/pi", "cannot start a program whose path contains"),
-    (["/home/pi/$venv/bin/edgekit", "run"], "pi", "/home/pi", "cannot start a program whose path contains"),
-    ([], "pi", "/home/pi", "needs a command"),
-    (COMMAND, "pi\nExecStartPre=/bin/sh", "/home/pi", "not a valid user name"),
-    (COMMAND, "", "/home/pi", "not a valid user name"),
-    (COMMAND, "pi", "relative/dir", "working directory must be an absolute path"),
-    (COMMAND, "pi", "/home/pi\nUser=root", "cannot contain control characters"),
-    ([COMMAND[0], "nul\0byte"], "pi", "/home/pi", "NUL"),
-], ids=["relative-executable", "quote-in-executable", "dollar-in-executable", "empty-command",
-        "user-with-newline", "empty-user", "relative-working-directory", "newline-in-working-directory",
-        "nul-in-argument"])
+@pytest.mark.parametrize(
+    "command,user,working_directory,match",
+    [
+        (["edgekit", "run"], "pi", "/home/pi", "absolute path of the program"),
+        (['/home/pi/"venv"/bin/edgekit', "run"], "pi", "/home/pi", "cannot start a program whose path contains"),
+        (["/home/pi/$venv/bin/edgekit", "run"], "pi", "/home/pi", "cannot start a program whose path contains"),
+        ([], "pi", "/home/pi", "needs a command"),
+        (COMMAND, "pi\nExecStartPre=/bin/sh", "/home/pi", "not a valid user name"),
+        (COMMAND, "", "/home/pi", "not a valid user name"),
+        (COMMAND, "pi", "relative/dir", "working directory must be an absolute path"),
+        (COMMAND, "pi", "/home/pi\nUser=root", "cannot contain control characters"),
+        ([COMMAND[0], "nul\0byte"], "pi", "/home/pi", "NUL"),
+    ],
+    ids=[
+        "relative-executable",
+        "quote-in-executable",
+        "dollar-in-executable",
+        "empty-command",
+        "user-with-newline",
+        "empty-user",
+        "relative-working-directory",
+        "newline-in-working-directory",
+        "nul-in-argument",
+    ],
+)
 def test_bad_input_is_one_clear_error(command, user, working_directory, match):
     with pytest.raises(EdgekitError, match=match):
         systemd_unit(command, user=user, working_directory=working_directory)
 
 
 def test_description_and_paths_keep_percent_signs():
-    unit = parse_unit(systemd_unit(["/opt/cam 100%/bin/edgekit", "run"], user="pi",
-                                   working_directory="/srv/line 5%", description="line 5% camera"))
+    unit = parse_unit(
+        systemd_unit(
+            ["/opt/cam 100%/bin/edgekit", "run"],
+            user="pi",
+            working_directory="/srv/line 5%",
+            description="line 5% camera",
+        )
+    )
     assert unit["Unit"]["Description"] == "line 5%% camera"
     assert unit["Service"]["WorkingDirectory"] == "/srv/line 5%%"
     assert systemd_words(unit["Service"]["ExecStart"]) == ["/opt/cam 100%/bin/edgekit", "run"]
 
 
 def test_a_secret_goes_in_an_environment_file_not_on_the_command_line():
-    unit = parse_unit(systemd_unit(COMMAND, user="pi", working_directory="/home/pi",
-                                   environment_file="/etc/edgekit/edgekit.env"))
+    unit = parse_unit(
+        systemd_unit(COMMAND, user="pi", working_directory="/home/pi", environment_file="/etc/edgekit/edgekit.env")
+    )
     assert unit["Service"]["EnvironmentFile"] == "/etc/edgekit/edgekit.env"
     assert "EnvironmentFile" not in parse_unit(systemd_unit(COMMAND, user="pi", working_directory="/"))["Service"]
     with pytest.raises(EdgekitError, match="environment file must be an absolute path"):
@@ -152,15 +209,20 @@ def test_systemd_analyze_verify_accepts_the_unit_without_a_warning(tmp_path):
     program.parent.mkdir(parents=True)
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(program.stat().st_mode | stat.S_IXUSR)
-    text = systemd_unit([str(program), "run", *TRICKY], user="edgekit-camera", working_directory=str(tmp_path),
-                        environment_file=str(tmp_path / "edgekit.env"))
+    text = systemd_unit(
+        [str(program), "run", *TRICKY],
+        user="edgekit-camera",
+        working_directory=str(tmp_path),
+        environment_file=str(tmp_path / "edgekit.env"),
+    )
     done = _verify(text, tmp_path)
     assert done.returncode == 0 and done.stderr.strip() == "" and done.stdout.strip() == "", done.stderr
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("name", ["with space", "100%", "%n", 'say "hi"', "back\\slash", "it's", "ü", "semi;",
-                                  "tab\there"])
+@pytest.mark.parametrize(
+    "name", ["with space", "100%", "%n", 'say "hi"', "back\\slash", "it's", "ü", "semi;", "tab\there"]
+)
 def test_systemd_reads_a_quoted_word_back_as_written(tmp_path, name):
     # systemd names the executable it parsed in its complaint about it: the round trip, by systemd itself
     # ("$" is left out: systemd never expands variables in the executable, only in the arguments)

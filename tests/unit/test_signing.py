@@ -1,4 +1,5 @@
 """Signed bundles: keygen, sign, verify, load(trusted_keys=...) and --require-signature."""
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,25 @@ SPEC = InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) *
 def fake_manifest() -> Manifest:
     """A kNN bundle on the fake runtime (4×4 average pooling, 3-D features): loads without training."""
     return Manifest(
-        schema_version=SCHEMA_VERSION, edgekit_version=edgekit.__version__, model="patchcore", backbone="fake",
-        target="x86", runtime="fake", device="CPU", precision="fp32", input=SPEC,
+        schema_version=SCHEMA_VERSION,
+        edgekit_version=edgekit.__version__,
+        model="patchcore",
+        backbone="fake",
+        target="x86",
+        runtime="fake",
+        device="CPU",
+        precision="fp32",
+        input=SPEC,
         network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
-        head=HeadSpec(kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0},
-                      arrays={"memory_bank": "head/memory_bank.npy"}),
-        decision=Decision(image_threshold=1.5, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0,
-                          method="test", fitted_on=2),
-        source={}, export={})
+        head=HeadSpec(
+            kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0}, arrays={"memory_bank": "head/memory_bank.npy"}
+        ),
+        decision=Decision(
+            image_threshold=1.5, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0, method="test", fitted_on=2
+        ),
+        source={},
+        export={},
+    )
 
 
 def save_fake(dest: Path) -> Path:
@@ -102,8 +114,10 @@ def test_a_manifest_changed_and_rehashed_after_signing_is_refused(tmp_path: Path
     (dest / "manifest.json").write_bytes(text)
     (dest / "manifest.sha256").write_bytes(digest_line(text))
     assert load_bundle(dest).manifest.decision.image_threshold == 91.5  # ... which the digest cannot see
-    with pytest.raises(EdgekitError, match=f"bundle {dest} is wrongly signed: the signature by "
-                                           f"{keys['pub']} does not match its manifest"):
+    with pytest.raises(
+        EdgekitError,
+        match=f"bundle {dest} is wrongly signed: the signature by {keys['pub']} does not match its manifest",
+    ):
         load_bundle(dest, trusted_keys=[keys["pub"]])
 
 
@@ -150,8 +164,12 @@ def test_cli_sign_verify_and_predict_with_require_signature(tmp_path: Path, keys
     assert not_yet.exit_code == 1 and "is not signed" in not_yet.output
     signed = runner.invoke(cli, ["sign", str(dest), "--key", str(keys["key"])])
     assert signed.exit_code == 0, signed.output
-    checked = runner.invoke(cli, ["verify", str(dest), "--pubkey", str(keys["other_pub"]), "--pubkey", str(keys["pub"])])
-    assert checked.exit_code == 0 and "intact" in checked.output and read_public_key(keys["pub"]).key_id in checked.output
+    checked = runner.invoke(
+        cli, ["verify", str(dest), "--pubkey", str(keys["other_pub"]), "--pubkey", str(keys["pub"])]
+    )
+    assert (
+        checked.exit_code == 0 and "intact" in checked.output and read_public_key(keys["pub"]).key_id in checked.output
+    )
     scored = runner.invoke(cli, ["predict", str(dest), str(image), "--require-signature", str(keys["pub"])])
     assert scored.exit_code == 0, scored.output
     assert "score" in scored.output
@@ -162,13 +180,15 @@ def test_run_passes_require_signature_to_load(tmp_path: Path, keys) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()
     Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(frames / "a.png")
-    result = CliRunner().invoke(cli, ["run", str(dest), "--source", str(frames), "--events", "none",
-                                      "--require-signature", str(keys["pub"])])
+    result = CliRunner().invoke(
+        cli, ["run", str(dest), "--source", str(frames), "--events", "none", "--require-signature", str(keys["pub"])]
+    )
     assert result.exit_code == 1
     assert f"error: bundle {dest} is not signed, and a signature is required" in result.output
     sign_bundle(dest, keys["key"])
-    result = CliRunner().invoke(cli, ["run", str(dest), "--source", str(frames), "--events", "none",
-                                      "--require-signature", str(keys["pub"])])
+    result = CliRunner().invoke(
+        cli, ["run", str(dest), "--source", str(frames), "--events", "none", "--require-signature", str(keys["pub"])]
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -190,8 +210,14 @@ def test_an_unsigned_archive_is_refused_before_its_files_are_read(tmp_path: Path
     archive = save_fake(tmp_path / "model.edgekit")
     opened: list[str] = []
     real_open = zipfile.ZipFile.open
-    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, member, *a, **k: (
-        opened.append(getattr(member, "filename", member)), real_open(self, member, *a, **k))[1])
+    monkeypatch.setattr(
+        zipfile.ZipFile,
+        "open",
+        lambda self, member, *a, **k: (
+            opened.append(getattr(member, "filename", member)),
+            real_open(self, member, *a, **k),
+        )[1],
+    )
     with pytest.raises(EdgekitError, match="is not signed, and a signature is required"):
         load_bundle(archive, trusted_keys=[keys["pub"]])
     assert opened == ["manifest.json", "manifest.sha256"]

@@ -4,14 +4,17 @@ The exported graph is image → reconstruction → per-pixel squared error (x �
 (N, 1, H, W), so the device only post-processes it (:mod:`edgekit.export.maps`): blur and the
 image-score rule, with the parameters the training run scored with.
 """
+
 from __future__ import annotations
 
 from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
 from edgekit.train.run import Run
 
-_SPLIT = ("network: image -> reconstruction -> per-pixel squared error (N, 1, H, W); "
-          "head (numpy): blur and image-score rule of the map")
+_SPLIT = (
+    "network: image -> reconstruction -> per-pixel squared error (N, 1, H, W); "
+    "head (numpy): blur and image-score rule of the map"
+)
 
 
 def autoencoder_parts(run: Run, options: ExportOptions) -> FamilyParts:

@@ -1,4 +1,5 @@
 """The autoencoders' own training options (``edgekit train --model sae|dae``); torch-free, read by the CLI."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ for both models: the mean of the top 1 % of the map after a σ = 4 px blur; unli
 mean it does not dilute a small defect, and the blur lifts the pixel AUROC. AUROC by rule:
 docs/training.md, "SAE and DAE".
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,7 +26,7 @@ from edgekit.families.autoencoders.options import DaeOptions, SaeOptions
 from edgekit.preprocess import ImageLike, InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
-from edgekit.train.maps import MapScoring, map_outputs, parameter_count, training_settings
+from edgekit.train.maps import MapScoring, Schedule, map_outputs, parameter_count, training_settings
 from edgekit.train.run import Run
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
 #: The map head of both autoencoders (manifest head params; see the module docstring for why).
 SCORE_RULE = {"score": "top_mean", "top_fraction": 0.01, "blur_sigma": 4.0}
 SAE_LATENT, DAE_LATENT = 64, 128
-SAE_SPARSITY = 0.001     # weight of the latent code's L1 norm in the SAE loss
-DAE_SSIM_WEIGHT = 0.1    # weight of (1 - SSIM) in the DAE loss
+SAE_SPARSITY = 0.001  # weight of the latent code's L1 norm in the SAE loss
+DAE_SSIM_WEIGHT = 0.1  # weight of (1 - SSIM) in the DAE loss
 
 
 def _conv_bn(conv: nn.Module, channels: int, activation: nn.Module) -> list[nn.Module]:
@@ -55,12 +56,15 @@ class SparseAutoencoder(nn.Module):
         flat = 64 * self.grid * self.grid
         self.encoder = nn.Sequential(
             *_conv_bn(nn.Conv2d(1, 32, 4, stride=2, padding=1), 32, nn.ReLU()),
-            *_conv_bn(nn.Conv2d(32, 64, 4, stride=2, padding=1), 64, nn.ReLU()))
+            *_conv_bn(nn.Conv2d(32, 64, 4, stride=2, padding=1), 64, nn.ReLU()),
+        )
         self.bottleneck = nn.Linear(flat, latent)
         self.expand = nn.Linear(latent, flat)
         self.decoder = nn.Sequential(
             *_conv_bn(nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), 32, nn.ReLU()),
-            nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1), nn.Sigmoid())
+            nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         code = self.bottleneck(torch.flatten(self.encoder(image), 1))
@@ -130,11 +134,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float = 1
         return F.conv2d(F.conv2d(t, rows), cols)
 
     mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    c1, c2 = 0.01**2, 0.03**2
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return index.mean()
 
 
@@ -170,36 +174,51 @@ def build_network(config: dict) -> nn.Module:
     return network_class(image_size=int(config["image_size"]))
 
 
-def error_maps(network: nn.Module, images: Sequence[ImageLike], spec: InputSpec, *, batch_size: int = 8,
-               progress: ProgressFn = noop, stage: str = "scoring") -> np.ndarray:
+def error_maps(
+    network: nn.Module,
+    images: Sequence[ImageLike],
+    spec: InputSpec,
+    *,
+    batch_size: int = 8,
+    progress: ProgressFn = noop,
+    stage: str = "scoring",
+) -> np.ndarray:
     """The exported graph's output computed in torch: (N, 1, H, W) squared reconstruction errors."""
     error_network = network if isinstance(network, ErrorMapNetwork) else ErrorMapNetwork(network)
     return map_outputs(error_network, images, spec, batch_size=batch_size, progress=progress, stage=stage)
 
 
 SCORING = MapScoring(build_network, SCORE_RULE, "training (torch error map + numpy map head)", maps=error_maps)
-load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
-                                                   SCORING.evaluate_run)
+load_network, head_for, score_run, evaluate_run = (
+    SCORING.load_network,
+    SCORING.head_for,
+    SCORING.score_run,
+    SCORING.evaluate_run,
+)
 
 
-def _fit(model: str, network: nn.Module, images: np.ndarray, *, epochs: int, batch_size: int,
-         learning_rate: float, seed: int, progress: ProgressFn) -> tuple[list[float], list[float]]:
+def _fit(
+    model: str,
+    network: nn.Module,
+    images: np.ndarray,
+    schedule: Schedule,
+) -> tuple[list[float], list[float]]:
     """Adam on the prepared images, reshuffled each epoch by a seeded generator.
 
     Returns the mean loss and the mean reconstruction MSE (the loss without its regulariser) per epoch.
     """
     loss_fn = MODELS[model][1]
-    optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
-    order_rng = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(network.parameters(), lr=schedule.learning_rate)
+    order_rng = torch.Generator().manual_seed(schedule.seed)
     data = torch.from_numpy(images)
     history, mse_history = [], []
     network.train()
-    progress("train", 0, epochs)
-    for epoch in range(epochs):
+    schedule.progress("train", 0, schedule.epochs)
+    for epoch in range(schedule.epochs):
         order = torch.randperm(len(data), generator=order_rng)
         total, mse, seen = 0.0, 0.0, 0
-        for start in range(0, len(data), batch_size):
-            batch = data[order[start:start + batch_size]]
+        for start in range(0, len(data), schedule.batch_size):
+            batch = data[order[start : start + schedule.batch_size]]
             if len(batch) < 2 and seen:  # BatchNorm cannot train on a single image; left out this epoch
                 continue
             optimizer.zero_grad(set_to_none=True)
@@ -212,32 +231,58 @@ def _fit(model: str, network: nn.Module, images: np.ndarray, *, epochs: int, bat
             seen += len(batch)
         history.append(round(total / seen, 6))
         mse_history.append(round(mse / seen, 6))
-        progress("train", epoch + 1, epochs)
+        schedule.progress("train", epoch + 1, schedule.epochs)
     return history, mse_history
 
 
-def train_autoencoder(model: str, data: str | Path | Dataset, out: str | Path, *, image_size: int = 128,
-                      epochs: Optional[int] = None, batch_size: Optional[int] = None,
-                      learning_rate: Optional[float] = None, **run: Unpack[RunArgs]) -> Run:
+def train_autoencoder(
+    model: str,
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    image_size: int = 128,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    **run: Unpack[RunArgs],
+) -> Run:
     """Train ``model`` ("sae" or "dae") on a dataset's normal training images, held-out ones excluded."""
     how = RunSettings(**run)
-    epochs, batch_size, learning_rate = training_settings(
-        epochs, batch_size, learning_rate, defaults=MODELS[model][2], min_batch=2, why=" (BatchNorm)")
+    schedule = training_settings(
+        epochs, batch_size, learning_rate, how, defaults=MODELS[model][2], min_batch=2, why=" (BatchNorm)"
+    )
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
-    config = {"model": model, "backbone": "none", "layers": [], "image_size": image_size, "epochs": epochs,
-              "batch_size": batch_size, "learning_rate": learning_rate, "seed": how.seed, "head": dict(SCORE_RULE)}
+    config = {
+        "model": model,
+        "backbone": "none",
+        "layers": [],
+        "image_size": image_size,
+        "epochs": schedule.epochs,
+        "batch_size": schedule.batch_size,
+        "learning_rate": schedule.learning_rate,
+        "seed": how.seed,
+        "head": dict(SCORE_RULE),
+    }
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config)
         spec = input_spec_for(image_size)
-        history, mse_history = _fit(model, network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
-                                    learning_rate=learning_rate, seed=how.seed, progress=how.progress)
+        history, mse_history = _fit(model, network, prepare(trained, spec), schedule)
         network.eval()
         writer.save_network(SCORING.network_file, network)
-        return Fitted({**config, "parameters": parameter_count(network)}, spec, network,
-                      {"epochs": epochs, "loss": history, "final_loss": history[-1],
-                       "reconstruction_mse": mse_history, "final_reconstruction_mse": mse_history[-1]})
+        return Fitted(
+            {**config, "parameters": parameter_count(network)},
+            spec,
+            network,
+            {
+                "epochs": schedule.epochs,
+                "loss": history,
+                "final_loss": history[-1],
+                "reconstruction_mse": mse_history,
+                "final_reconstruction_mse": mse_history[-1],
+            },
+        )
 
     return build_run(data, out, how, fit=fit, evaluate=evaluate_run)
 

@@ -4,14 +4,17 @@ The graph is image → one frozen backbone level → k×k average pool → one 1
 M = I − WWᵀ and bias −Mμ → sum of squares over channels, (N, 1, h, w) (see
 :mod:`edgekit.families.dfm.train`); the device only post-processes it (:mod:`edgekit.export.maps`).
 """
+
 from __future__ import annotations
 
 from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
 from edgekit.train.run import Run
 
-_SPLIT = ("network: image -> backbone level -> average pool -> ||(I - WW^T)(f - mean)||^2 per position "
-          "(N, 1, h, w); head (numpy): bilinear up-sampling, blur and image-score rule")
+_SPLIT = (
+    "network: image -> backbone level -> average pool -> ||(I - WW^T)(f - mean)||^2 per position "
+    "(N, 1, h, w); head (numpy): bilinear up-sampling, blur and image-score rule"
+)
 
 
 def dfm_parts(run: Run, options: ExportOptions) -> FamilyParts:

@@ -11,6 +11,7 @@ reconstruction error is computed inside the exported graph as one 1×1 convoluti
 M = I − WWᵀ followed by a sum of squares, so the device runs the network and the shared MapHead
 only. anomalib's optional Gaussian likelihood score is not offered.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -83,22 +84,32 @@ def fit_pca(vectors: np.ndarray, variance: float) -> tuple[np.ndarray, np.ndarra
     return mean, vectors_[:, :kept], ratios[:kept]
 
 
-def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: bool = False,
-                  mean: Optional[np.ndarray] = None, components: Optional[np.ndarray] = None) -> DfmNetwork:
+def build_network(
+    config: dict,
+    *,
+    weights: Optional[Path] = None,
+    pretrained: bool = False,
+    mean: Optional[np.ndarray] = None,
+    components: Optional[np.ndarray] = None,
+) -> DfmNetwork:
     """The DFM graph; without ``mean``/``components`` (a run being loaded) they are filled from the
     run's weights afterwards."""
-    extractor = build_feature_extractor(str(config["backbone"]), layers=tuple(config["layers"]), weights=weights,
-                                        pretrained=pretrained)
+    extractor = build_feature_extractor(
+        str(config["backbone"]), layers=tuple(config["layers"]), weights=weights, pretrained=pretrained
+    )
     channels = int(extractor.channels[0])
     if mean is None or components is None:
         mean, components = np.zeros(channels), np.zeros((channels, int(config["components"])))
     return DfmNetwork(extractor, int(config["pooling"]), mean, components).eval()
 
 
-SCORING = MapScoring(build_network, SCORE_RULE,
-                     "training (torch backbone + PCA reconstruction error + numpy map head)")
-load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
-                                                   SCORING.evaluate_run)
+SCORING = MapScoring(build_network, SCORE_RULE, "training (torch backbone + PCA reconstruction error + numpy map head)")
+load_network, head_for, score_run, evaluate_run = (
+    SCORING.load_network,
+    SCORING.head_for,
+    SCORING.score_run,
+    SCORING.evaluate_run,
+)
 
 
 class _Features(nn.Module):
@@ -110,10 +121,19 @@ class _Features(nn.Module):
         return self.network.features(image)
 
 
-def train_dfm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
-              weights: Optional[Path] = None, image_size: int = 256, batch_size: int = 8,
-              layer: int = DfmOptions.layer, pooling: int = DfmOptions.pooling, variance: float = DfmOptions.variance,
-              **run: Unpack[RunArgs]) -> Run:
+def train_dfm(
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: Optional[Path] = None,
+    image_size: int = 256,
+    batch_size: int = 8,
+    layer: int = DfmOptions.layer,
+    pooling: int = DfmOptions.pooling,
+    variance: float = DfmOptions.variance,
+    **run: Unpack[RunArgs],
+) -> Run:
     """Fit DFM's PCA on the pooled features of a dataset's normal training images and evaluate it."""
     how = RunSettings(**run)
     if image_size < 32 or image_size % 16:
@@ -122,25 +142,45 @@ def train_dfm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DE
         raise EdgekitError(f"DFM variance must be between 0 and 1, not {variance}")
     if pooling < 1:
         raise EdgekitError(f"DFM pooling must be at least 1, not {pooling}")
-    config = {"model": "dfm", "backbone": backbone, "layers": [int(layer)], "pooling": int(pooling),
-              "variance": float(variance), "image_size": image_size, "seed": how.seed, "head": dict(SCORE_RULE)}
+    config = {
+        "model": "dfm",
+        "backbone": backbone,
+        "layers": [int(layer)],
+        "pooling": int(pooling),
+        "variance": float(variance),
+        "image_size": image_size,
+        "seed": how.seed,
+        "head": dict(SCORE_RULE),
+    }
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network({**config, "components": 1}, weights=weights, pretrained=True)
         spec = input_spec_for(backbone, image_size)
-        features = embed(_Features(network), trained, spec, batch_size=batch_size, progress=how.progress,
-                         stage="features")
+        features = embed(
+            _Features(network), trained, spec, batch_size=batch_size, progress=how.progress, stage="features"
+        )
         grid = [int(features.shape[2]), int(features.shape[3])]
         vectors = features.transpose(0, 2, 3, 1).reshape(-1, features.shape[1])
         if len(vectors) < 2:
-            raise EdgekitError(f"DFM needs at least 2 feature vectors to fit a PCA, got {len(vectors)} "
-                               f"(a {grid[0]}x{grid[1]} grid from {len(trained)} image(s))")
+            raise EdgekitError(
+                f"DFM needs at least 2 feature vectors to fit a PCA, got {len(vectors)} "
+                f"(a {grid[0]}x{grid[1]} grid from {len(trained)} image(s))"
+            )
         mean, components, ratios = fit_pca(vectors, variance)
         network = DfmNetwork(network.extractor, pooling, mean, components).eval()
         writer.save_network(SCORING.network_file, network)
-        return Fitted({**config, "components": int(components.shape[1]),
-                       "channels": int(mean.shape[0]), "grid": grid,
-                       "explained_variance": round(float(ratios.sum()), 6),
-                       "feature_vectors": int(len(vectors)), "parameters": parameter_count(network)}, spec, network)
+        return Fitted(
+            {
+                **config,
+                "components": int(components.shape[1]),
+                "channels": int(mean.shape[0]),
+                "grid": grid,
+                "explained_variance": round(float(ratios.sum()), 6),
+                "feature_vectors": int(len(vectors)),
+                "parameters": parameter_count(network),
+            },
+            spec,
+            network,
+        )
 
     return build_run(data, out, how, fit=fit, evaluate=evaluate_run)

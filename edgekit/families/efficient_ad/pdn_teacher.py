@@ -9,6 +9,7 @@ steps that the default stays within minutes on two CPU cores. The result is far 
 authors' teacher; how it differs from the paper and what it measured: docs/training.md,
 "EfficientAD's PDN teacher".
 """
+
 from __future__ import annotations
 
 import time
@@ -30,15 +31,33 @@ TEACHER_FILE = "teacher.safetensors"
 TEACHER_CHANNELS = 384
 TARGET_LAYERS = (2, 3)
 #: Photos scikit-image ships inside its wheel (no download), the ImageNet stand-in.
-NATURAL_IMAGES = ("astronaut", "camera", "cell", "chelsea", "clock", "coffee", "coins", "hubble_deep_field",
-                  "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket", "text")
-VIEWS_PER_EPOCH = 64           # an "epoch" of the distillation: 64 random views (the data is a view stream)
-NORMALISATION_VIEWS = 64       # views the target channels' mean and std are estimated on
+NATURAL_IMAGES = (
+    "astronaut",
+    "camera",
+    "cell",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+)
+VIEWS_PER_EPOCH = 64  # an "epoch" of the distillation: 64 random views (the data is a view stream)
+NORMALISATION_VIEWS = 64  # views the target channels' mean and std are estimated on
 #: Distillation defaults (epochs of 64 views, batch, Adam learning rate, crop side); measured in
 #: docs/training.md. 1e-3 was the only rate tried to the end (3e-4 and 3e-3 runs were cut short
 #: by the time the shared machine gave them).
-DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE = (PdnTeacherOptions.epochs, PdnTeacherOptions.batch_size,
-                                               PdnTeacherOptions.learning_rate)
+DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_RATE = (
+    PdnTeacherOptions.epochs,
+    PdnTeacherOptions.batch_size,
+    PdnTeacherOptions.learning_rate,
+)
 DEFAULT_CROP = 128
 
 
@@ -51,13 +70,17 @@ def new_pdn(*, padding: bool = False) -> nn.Module:
 
 # ---- the data: natural images as random views ---------------------------------------------------
 
+
 def natural_images(folder: Optional[Path] = None) -> list[np.ndarray]:
     """RGB uint8 photos: scikit-image's bundled ones (no download), or every image in ``folder``."""
     from edgekit.preprocess import read_image
 
     if folder is not None:
-        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp",
-                                                                                  ".tif", ".tiff", ".webp"))
+        files = sorted(
+            p
+            for p in Path(folder).rglob("*")
+            if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+        )
         if not files:
             raise EdgekitError(f"{folder}: no images to distil a teacher on")
         return [read_image(path, channels=3) for path in files]
@@ -72,8 +95,15 @@ def natural_images(folder: Optional[Path] = None) -> list[np.ndarray]:
     return photos
 
 
-def random_views(photos: Sequence[np.ndarray], count: int, size: int, rng: np.random.Generator, *,
-                 grey_share: float = 0.1, min_share: float = 0.35) -> np.ndarray:
+def random_views(
+    photos: Sequence[np.ndarray],
+    count: int,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    grey_share: float = 0.1,
+    min_share: float = 0.35,
+) -> np.ndarray:
     """``count`` random crops (side ``min_share``..1 of the photo's shorter side), resized to ``size``²,
     flipped left-right half the time and grey ``grey_share`` of the time: float32 (count, 3, S, S) in [0, 1]."""
     from PIL import Image
@@ -84,7 +114,7 @@ def random_views(photos: Sequence[np.ndarray], count: int, size: int, rng: np.ra
         height, width = photo.shape[:2]
         side = int(round(min(height, width) * rng.uniform(min_share, 1.0)))
         top, left = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
-        crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((size, size), Image.BILINEAR)
+        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((size, size), Image.BILINEAR)
         view = np.asarray(crop, np.float32) / 255.0
         if rng.random() < 0.5:
             view = view[:, ::-1]
@@ -96,12 +126,14 @@ def random_views(photos: Sequence[np.ndarray], count: int, size: int, rng: np.ra
 
 # ---- the targets ----------------------------------------------------------------------------------
 
+
 class BackboneTargets(nn.Module):
     """The distillation targets: (N, 3, S, S) images in [0, 1] → (N, 384, S/4, S/4) backbone features
     (PatchCore-style aggregation of two pyramid levels, see docs/training.md), unstandardised."""
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, *, weights: Optional[Path] = None,
-                 layers: Sequence[int] = TARGET_LAYERS) -> None:
+    def __init__(
+        self, backbone: str = DEFAULT_BACKBONE, *, weights: Optional[Path] = None, layers: Sequence[int] = TARGET_LAYERS
+    ) -> None:
         super().__init__()
         spec = get_backbone_spec(backbone)
         self.pyramid = build_feature_extractor(backbone, layers=layers, weights=weights)
@@ -126,13 +158,14 @@ class BackboneTargets(nn.Module):
 
 def _pooling_kernel(channels: int) -> torch.Tensor:
     """(384, C, 3, 3): ``F.adaptive_avg_pool1d`` of an unfolded (C·9) neighbourhood to 384 values, as weights."""
-    identity = torch.eye(channels * 9).unsqueeze(1)                       # (C·9, 1, C·9)
+    identity = torch.eye(channels * 9).unsqueeze(1)  # (C·9, 1, C·9)
     pooling = F.adaptive_avg_pool1d(identity, TEACHER_CHANNELS)[:, 0, :]  # (C·9, 384): row i = pooled basis i
     return pooling.T.reshape(TEACHER_CHANNELS, channels, 3, 3).contiguous()
 
 
-def distillation_error(pdn: nn.Module, targets: nn.Module, views: torch.Tensor, mean: torch.Tensor,
-                       std: torch.Tensor) -> float:
+def distillation_error(
+    pdn: nn.Module, targets: nn.Module, views: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> float:
     """Mean squared error of ``pdn``'s output against the standardised targets on ``views`` (1.0 = as
     good as predicting every channel's mean). ``pdn`` must pad (output grid = input / 4)."""
     with torch.no_grad():
@@ -142,6 +175,7 @@ def distillation_error(pdn: nn.Module, targets: nn.Module, views: torch.Tensor, 
 
 # ---- loading a teacher ----------------------------------------------------------------------------
 
+
 def _check_state(state: object, source: str) -> dict[str, torch.Tensor]:
     expected = new_pdn().state_dict()
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -149,11 +183,16 @@ def _check_state(state: object, source: str) -> dict[str, torch.Tensor]:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
-    problems = [f"{len(keys)} {what} (first: {keys[0]})" for keys, what in
-                ((missing, "missing keys"), (unexpected, "unexpected keys"), (wrong, "shape mismatches")) if keys]
+    problems = [
+        f"{len(keys)} {what} (first: {keys[0]})"
+        for keys, what in ((missing, "missing keys"), (unexpected, "unexpected keys"), (wrong, "shape mismatches"))
+        if keys
+    ]
     if problems:
-        raise EdgekitError(f"{source}: not a PDN-small teacher with {TEACHER_CHANNELS} channels "
-                           f"(anomalib's pretrained_teacher_small.pth layout): {'; '.join(problems)}")
+        raise EdgekitError(
+            f"{source}: not a PDN-small teacher with {TEACHER_CHANNELS} channels "
+            f"(anomalib's pretrained_teacher_small.pth layout): {'; '.join(problems)}"
+        )
     return {key: value.float() for key, value in state.items()}
 
 
@@ -167,8 +206,9 @@ def load_teacher(source: str | Path) -> tuple[nn.Module, str]:
     if path.is_dir():
         run = open_run(path)
         if run.model != "pdn-teacher":
-            raise EdgekitError(f"{path}: --teacher-weights needs a pdn-teacher run or a teacher .pth file, "
-                               f"not a {run.model!r} run")
+            raise EdgekitError(
+                f"{path}: --teacher-weights needs a pdn-teacher run or a teacher .pth file, not a {run.model!r} run"
+            )
         from safetensors.torch import load_file
 
         if not (path / TEACHER_FILE).is_file():
@@ -191,6 +231,7 @@ def load_teacher(source: str | Path) -> tuple[nn.Module, str]:
 
 # ---- distillation ---------------------------------------------------------------------------------
 
+
 def _source_photos(data: object, category: Optional[str]) -> tuple[list[np.ndarray], str]:
     """The photos to distil on and a line naming them."""
     if data is None:
@@ -209,11 +250,22 @@ def _source_photos(data: object, category: Optional[str]) -> tuple[list[np.ndarr
     return [read_image(s.path, channels=3) for s in dataset.train], f"training images of {dataset.root.resolve()}"
 
 
-def train_pdn_teacher(data: object, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
-                      weights: Optional[str | Path] = None, image_size: int = DEFAULT_CROP,
-                      epochs: Optional[int] = None, batch_size: Optional[int] = None,
-                      learning_rate: Optional[float] = None, seed: int = 0, category: Optional[str] = None,
-                      holdout: float = 0.2, overwrite: bool = False, progress: ProgressFn = noop) -> Run:
+def train_pdn_teacher(
+    data: object,
+    out: str | Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: Optional[str | Path] = None,
+    image_size: int = DEFAULT_CROP,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    seed: int = 0,
+    category: Optional[str] = None,
+    holdout: float = 0.2,
+    overwrite: bool = False,
+    progress: ProgressFn = noop,
+) -> Run:
     """Distil a PDN-small teacher from ``backbone`` on random views of ``data`` (None: scikit-image's
     bundled photos; a dataset: its training images; a folder: every image in it).
 
@@ -227,8 +279,10 @@ def train_pdn_teacher(data: object, out: str | Path, *, backbone: str = DEFAULT_
     if image_size < 64 or image_size % 32:
         raise EdgekitError(f"--image-size must be a multiple of 32 and at least 64, not {image_size}")
     if epochs < 1 or batch_size < 1 or not learning_rate > 0:
-        raise EdgekitError(f"--epochs and --batch-size must be at least 1 and --learning-rate positive, "
-                           f"not {epochs}, {batch_size}, {learning_rate}")
+        raise EdgekitError(
+            f"--epochs and --batch-size must be at least 1 and --learning-rate positive, "
+            f"not {epochs}, {batch_size}, {learning_rate}"
+        )
     photos, source = _source_photos(data, category)
     writer = RunWriter(Path(out), overwrite=overwrite)
     with writer:
@@ -236,8 +290,9 @@ def train_pdn_teacher(data: object, out: str | Path, *, backbone: str = DEFAULT_
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         targets = BackboneTargets(backbone, weights=Path(weights) if weights is not None else None)
-        held_views = torch.from_numpy(random_views(photos, NORMALISATION_VIEWS, image_size, np.random.default_rng(
-            seed + 1)))
+        held_views = torch.from_numpy(
+            random_views(photos, NORMALISATION_VIEWS, image_size, np.random.default_rng(seed + 1))
+        )
         with torch.no_grad():
             normalising = targets(torch.from_numpy(random_views(photos, NORMALISATION_VIEWS, image_size, rng)))
         mean = normalising.mean(dim=(0, 2, 3), keepdim=True)
@@ -265,16 +320,33 @@ def train_pdn_teacher(data: object, out: str | Path, *, backbone: str = DEFAULT_
         error = distillation_error(pdn.eval(), targets, held_views, mean, std)
         writer.save_network(TEACHER_FILE, pdn)  # padding does not change the weights' names or shapes
         train_seconds = time.perf_counter() - started
-        config = {"model": "pdn-teacher", "backbone": backbone, "weights": str(weights) if weights else None,
-                  "layers": list(TARGET_LAYERS), "image_size": image_size, "epochs": epochs,
-                  "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
-                  "views": epochs * steps_per_epoch * batch_size, "channels": TEACHER_CHANNELS,
-                  "source_images": source, "source_count": len(photos),
-                  "parameters": int(sum(p.numel() for p in pdn.parameters())),
-                  "train_seconds": round(train_seconds, 2)}
-        writer.save_json("metrics.json", {
-            "loss": history, "final_loss": history[-1], "held_out_views": NORMALISATION_VIEWS,
-            "distillation_mse": round(error, 6), "random_pdn_mse": round(random_error, 6),
-            "note": "mean squared error against standardised backbone targets on unseen random views "
-                    "(1.0 = predicting each channel's mean)"})
+        config = {
+            "model": "pdn-teacher",
+            "backbone": backbone,
+            "weights": str(weights) if weights else None,
+            "layers": list(TARGET_LAYERS),
+            "image_size": image_size,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "seed": seed,
+            "views": epochs * steps_per_epoch * batch_size,
+            "channels": TEACHER_CHANNELS,
+            "source_images": source,
+            "source_count": len(photos),
+            "parameters": int(sum(p.numel() for p in pdn.parameters())),
+            "train_seconds": round(train_seconds, 2),
+        }
+        writer.save_json(
+            "metrics.json",
+            {
+                "loss": history,
+                "final_loss": history[-1],
+                "held_out_views": NORMALISATION_VIEWS,
+                "distillation_mse": round(error, 6),
+                "random_pdn_mse": round(random_error, 6),
+                "note": "mean squared error against standardised backbone targets on unseen random views "
+                "(1.0 = predicting each channel's mean)",
+            },
+        )
         return writer.commit(config)

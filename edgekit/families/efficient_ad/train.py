@@ -8,6 +8,7 @@ autoencoder-student maps, each normalised with quantiles fitted, as anomalib doe
 were not trained on, then averaged; the numpy MapHead resizes, blurs and scores it. SCORE_RULE is
 anomalib's maximum after a σ = 4 blur. Timings and AUROC by rule: docs/training.md, "EfficientAD".
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,7 @@ from edgekit.families.efficient_ad.options import EfficientAdOptions
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
-from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
+from edgekit.train.maps import MapScoring, Schedule, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
 
 if TYPE_CHECKING:
@@ -99,13 +100,22 @@ def input_spec_for(image_size: int) -> InputSpec:
     return InputSpec(height=image_size, width=image_size, channels=3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
-SCORING = MapScoring(lambda config: EfficientAdMap(image_size=int(config["image_size"])), SCORE_RULE,
-                     "training (torch map graph + numpy map head)", batch_size=4)
-load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
-                                                   SCORING.evaluate_run)
+SCORING = MapScoring(
+    lambda config: EfficientAdMap(image_size=int(config["image_size"])),
+    SCORE_RULE,
+    "training (torch map graph + numpy map head)",
+    batch_size=4,
+)
+load_network, head_for, score_run, evaluate_run = (
+    SCORING.load_network,
+    SCORING.head_for,
+    SCORING.score_run,
+    SCORING.evaluate_run,
+)
 
 
 # ---- the teacher ----------------------------------------------------------------------------------
+
 
 def teacher_cache_dir() -> Path:
     """Where default teachers are kept: $EDGEKIT_CACHE, else $XDG_CACHE_HOME/edgekit, else ~/.cache/edgekit."""
@@ -118,8 +128,10 @@ def teacher_cache_dir() -> Path:
 def default_teacher(*, progress: ProgressFn = noop) -> tuple[nn.Module, str]:
     """edgekit's default teacher: distilled once with pdn_teacher's defaults and kept in the cache,
     in a folder named after those settings (a pdn-teacher run, reusable with --teacher-weights)."""
-    settings = (f"{pdn_teacher.DEFAULT_BACKBONE}-{pdn_teacher.DEFAULT_CROP}-{pdn_teacher.DEFAULT_EPOCHS}-"
-                f"{pdn_teacher.DEFAULT_BATCH}-{pdn_teacher.DEFAULT_RATE}-{','.join(pdn_teacher.NATURAL_IMAGES)}")
+    settings = (
+        f"{pdn_teacher.DEFAULT_BACKBONE}-{pdn_teacher.DEFAULT_CROP}-{pdn_teacher.DEFAULT_EPOCHS}-"
+        f"{pdn_teacher.DEFAULT_BATCH}-{pdn_teacher.DEFAULT_RATE}-{','.join(pdn_teacher.NATURAL_IMAGES)}"
+    )
     folder = teacher_cache_dir() / f"lite0-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
     if not (folder / "run.json").is_file():
         pdn_teacher.train_pdn_teacher(None, folder, overwrite=True, progress=progress)
@@ -128,18 +140,19 @@ def default_teacher(*, progress: ProgressFn = noop) -> tuple[nn.Module, str]:
 
 # ---- training -------------------------------------------------------------------------------------
 
+
 def _channel_stats(teacher: nn.Module, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of the teacher's outputs over ``images`` (anomalib's teacher_channel_mean_std)."""
     total = squares = None
     count = 0
     with torch.no_grad():
         for start in range(0, len(images), 4):
-            out = teacher(torch.from_numpy(images[start:start + 4])).double()
+            out = teacher(torch.from_numpy(images[start : start + 4])).double()
             total = out.sum(dim=(0, 2, 3)) if total is None else total + out.sum(dim=(0, 2, 3))
-            squares = (out ** 2).sum(dim=(0, 2, 3)) if squares is None else squares + (out ** 2).sum(dim=(0, 2, 3))
+            squares = (out**2).sum(dim=(0, 2, 3)) if squares is None else squares + (out**2).sum(dim=(0, 2, 3))
             count += out[:, 0].numel()
     mean = total / count
-    std = torch.sqrt((squares / count - mean ** 2).clamp_min(1e-12))
+    std = torch.sqrt((squares / count - mean**2).clamp_min(1e-12))
     return mean.float().reshape(1, -1, 1, 1), std.float().reshape(1, -1, 1, 1)
 
 
@@ -149,7 +162,7 @@ def _map_quantiles(network: EfficientAdMap, images: np.ndarray) -> torch.Tensor:
     network.eval()
     with torch.no_grad():
         for start in range(0, len(images), 4):
-            map_st, map_ae = network.raw_maps(torch.from_numpy(images[start:start + 4]))
+            map_st, map_ae = network.raw_maps(torch.from_numpy(images[start : start + 4]))
             size = (network.image_size, network.image_size)
             maps_st.append(F.interpolate(map_st, size=size, mode="bilinear", align_corners=False).flatten())
             maps_ae.append(F.interpolate(map_ae, size=size, mode="bilinear", align_corners=False).flatten())
@@ -161,20 +174,24 @@ def _map_quantiles(network: EfficientAdMap, images: np.ndarray) -> torch.Tensor:
     return torch.stack(values)
 
 
-def _fit(network: EfficientAdMap, images: np.ndarray, photos: Sequence[np.ndarray], *, epochs: int,
-         batch_size: int, learning_rate: float, seed: int, progress: ProgressFn) -> tuple[list[float], dict]:
+def _fit(
+    network: EfficientAdMap,
+    images: np.ndarray,
+    photos: Sequence[np.ndarray],
+    schedule: Schedule,
+) -> tuple[list[float], dict]:
     """anomalib's three losses, Adam on the student and the autoencoder; returns the loss per epoch and
     the last epoch's mean of each loss term."""
     model = _anomalib()
     parameters = list(network.student.parameters()) + list(network.autoencoder.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=learning_rate, weight_decay=WEIGHT_DECAY)
-    steps = epochs * -(-len(images) // batch_size)
+    optimizer = torch.optim.Adam(parameters, lr=schedule.learning_rate, weight_decay=WEIGHT_DECAY)
+    steps = schedule.epochs * -(-len(images) // schedule.batch_size)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(0.95 * steps)), gamma=0.1)
-    penalty_rng = np.random.default_rng(seed + 1)
+    penalty_rng = np.random.default_rng(schedule.seed + 1)
     size = network.image_size
     terms = {"student_teacher": [], "penalty": [], "autoencoder": [], "student_autoencoder": []}
     network.train()
-    progress("train", 0, steps)  # per step: one step takes seconds on a CPU
+    schedule.progress("train", 0, steps)  # per step: one step takes seconds on a CPU
 
     def step(batch: torch.Tensor) -> float:
         count = len(batch)
@@ -197,26 +214,33 @@ def _fit(network: EfficientAdMap, images: np.ndarray, photos: Sequence[np.ndarra
         scheduler.step()
         for name, value in zip(terms, (loss_hard, loss_penalty, loss_ae, loss_stae)):
             terms[name].append(float(value.detach()))
-        progress("train", len(terms["penalty"]), steps)
+        schedule.progress("train", len(terms["penalty"]), steps)
         return float(loss.detach())
 
-    history = train_epochs(step, images, epochs=epochs, batch_size=batch_size, seed=seed)
-    per_epoch = -(-len(images) // batch_size)
+    history = train_epochs(step, images, schedule, progress=noop)
+    per_epoch = -(-len(images) // schedule.batch_size)
     last = {name: round(float(np.mean(values[-per_epoch:])), 6) for name, values in terms.items()}
     return history, last
 
 
-def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_weights: Optional[str | Path] = None,
-                       image_size: int = 256, epochs: Optional[int] = None, batch_size: Optional[int] = None,
-                       learning_rate: Optional[float] = None, **run: Unpack[RunArgs]) -> Run:
+def train_efficient_ad(
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    teacher_weights: Optional[str | Path] = None,
+    image_size: int = 256,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    **run: Unpack[RunArgs],
+) -> Run:
     """Train EfficientAD-S on a dataset's normal training images, held-out ones excluded.
 
     ``teacher_weights``: anomalib's pretrained_teacher_small.pth or a pdn-teacher run folder; None
     uses edgekit's default distilled teacher (distilled into the user cache on first use).
     """
     how = RunSettings(**run)
-    epochs, batch_size, learning_rate = training_settings(epochs, batch_size, learning_rate,
-                                                          defaults=EfficientAdOptions)
+    schedule = training_settings(epochs, batch_size, learning_rate, how, defaults=EfficientAdOptions)
     if image_size < 256 or image_size % 64:  # the autoencoder's encoder ends in an 8x8 convolution at S/32
         raise EdgekitError(f"--image-size must be a multiple of 64 and at least 256, not {image_size}")
     dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=how.category)
@@ -224,6 +248,7 @@ def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_w
         teacher, teacher_origin = pdn_teacher.load_teacher(teacher_weights)
     else:
         teacher, teacher_origin = default_teacher(progress=how.progress)
+
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         spec = input_spec_for(image_size)
         images = prepare(trained, spec)
@@ -231,21 +256,33 @@ def train_efficient_ad(data: str | Path | Dataset, out: str | Path, *, teacher_w
         mean, std = _channel_stats(teacher, images)
         network.teacher_mean.copy_(mean)
         network.teacher_std.copy_(std)
-        history, last_terms = _fit(network, images, pdn_teacher.natural_images(), epochs=epochs,
-                                   batch_size=batch_size, learning_rate=learning_rate, seed=how.seed, progress=how.progress)
+        history, last_terms = _fit(network, images, pdn_teacher.natural_images(), schedule)
         quantile_images = prepare(held, spec) if held else images
         network.quantiles.copy_(_map_quantiles(network, quantile_images))
         network.eval()
         writer.save_network(SCORING.network_file, network)
         teacher_kind = "anomalib file" if Path(teacher_weights or "").is_file() else "distilled by edgekit"
-        config = {"model": "efficient_ad", "backbone": f"pdn_small teacher ({teacher_kind}: {teacher_origin})",
-                  "teacher": teacher_origin, "layers": [], "image_size": image_size, "epochs": epochs,
-                  "steps": epochs * -(-len(images) // batch_size), "batch_size": batch_size,
-                  "learning_rate": learning_rate, "seed": how.seed, "head": dict(SCORE_RULE),
-                  "parameters": parameter_count(network),
-                  "quantiles_fitted_on": "held-out normals" if held else "trained-on images",
-                  "quantiles": [round(float(q), 8) for q in network.quantiles]}
-        return Fitted(config, spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1],
-                                        "final_loss_terms": last_terms})
+        config = {
+            "model": "efficient_ad",
+            "backbone": f"pdn_small teacher ({teacher_kind}: {teacher_origin})",
+            "teacher": teacher_origin,
+            "layers": [],
+            "image_size": image_size,
+            "epochs": schedule.epochs,
+            "steps": schedule.epochs * -(-len(images) // schedule.batch_size),
+            "batch_size": schedule.batch_size,
+            "learning_rate": schedule.learning_rate,
+            "seed": how.seed,
+            "head": dict(SCORE_RULE),
+            "parameters": parameter_count(network),
+            "quantiles_fitted_on": "held-out normals" if held else "trained-on images",
+            "quantiles": [round(float(q), 8) for q in network.quantiles],
+        }
+        return Fitted(
+            config,
+            spec,
+            network,
+            {"epochs": schedule.epochs, "loss": history, "final_loss": history[-1], "final_loss_terms": last_terms},
+        )
 
     return build_run(dataset, out, how, fit=fit, evaluate=evaluate_run)

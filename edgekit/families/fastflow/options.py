@@ -1,4 +1,5 @@
 """FastFlow's own training options (``edgekit train --model fastflow``); torch-free, read by the CLI."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,6 +9,7 @@ map saturates. The exported graph ends in anomalib's anomaly map at the finest l
 blurs and scores it (SCORE_RULE: maximum after a σ = 4 blur). Measurements: docs/training.md,
 "FastFlow".
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,7 @@ from edgekit.progress import ProgressFn
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
 from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import input_spec_for
-from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
+from edgekit.train.maps import MapScoring, Schedule, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
 
 if TYPE_CHECKING:
@@ -42,8 +43,8 @@ NORMALISE = "layernorm"
 FLOW_STEPS = 4
 HIDDEN_RATIO = 1.0
 CONV3X3_ONLY = False
-CLAMP = 2.0                 # anomalib's affine_clamping: coupling log-scales within ±2
-WEIGHT_DECAY = 1e-5   # anomalib: Adam 1e-3, wd 1e-5
+CLAMP = 2.0  # anomalib's affine_clamping: coupling log-scales within ±2
+WEIGHT_DECAY = 1e-5  # anomalib: Adam 1e-3, wd 1e-5
 SCORE_RULE = {"score": "max", "top_fraction": 0.01, "blur_sigma": 4.0}
 
 
@@ -114,19 +115,34 @@ class FastFlowNetwork(nn.Module):
     level's grid.
     """
 
-    def __init__(self, extractor: nn.Module, *, image_size: int, normalise: str = NORMALISE,
-                 flow_steps: int = FLOW_STEPS, hidden_ratio: float = HIDDEN_RATIO,
-                 conv3x3_only: bool = CONV3X3_ONLY) -> None:
+    def __init__(
+        self,
+        extractor: nn.Module,
+        *,
+        image_size: int,
+        normalise: str = NORMALISE,
+        flow_steps: int = FLOW_STEPS,
+        hidden_ratio: float = HIDDEN_RATIO,
+        conv3x3_only: bool = CONV3X3_ONLY,
+    ) -> None:
         super().__init__()
         from anomalib.models.image.fastflow.torch_model import create_fast_flow_block
 
         self.feature_extractor = extractor
         grids = [(image_size // stride, image_size // stride) for stride in extractor.strides]
-        self.norms = nn.ModuleList(_norm(normalise, channels, grid) for channels, grid in zip(extractor.channels, grids))
+        self.norms = nn.ModuleList(
+            _norm(normalise, channels, grid) for channels, grid in zip(extractor.channels, grids)
+        )
         self.flows = nn.ModuleList(
-            create_fast_flow_block([channels, *grid], conv3x3_only=conv3x3_only, hidden_ratio=hidden_ratio,
-                                   flow_steps=flow_steps, clamp=CLAMP)
-            for channels, grid in zip(extractor.channels, grids))
+            create_fast_flow_block(
+                [channels, *grid],
+                conv3x3_only=conv3x3_only,
+                hidden_ratio=hidden_ratio,
+                flow_steps=flow_steps,
+                clamp=CLAMP,
+            )
+            for channels, grid in zip(extractor.channels, grids)
+        )
         self.grid = grids[0]
         self.anomaly_map = FlowAnomalyMap(extractor.channels, self.grid)
 
@@ -153,39 +169,53 @@ class FastFlowNetwork(nn.Module):
 
 def build_network(config: dict, *, weights: Optional[str] = None, pretrained: bool = False) -> FastFlowNetwork:
     """The network a run's config describes (backbone weights from the run's file unless ``pretrained``)."""
-    extractor = build_feature_extractor(config["backbone"], layers=config["layers"], weights=weights,
-                                        pretrained=pretrained)
+    extractor = build_feature_extractor(
+        config["backbone"], layers=config["layers"], weights=weights, pretrained=pretrained
+    )
     flow = config["flow"]
-    return FastFlowNetwork(extractor, image_size=int(config["image_size"]), normalise=flow["normalise"],
-                           flow_steps=int(flow["steps"]), hidden_ratio=float(flow["hidden_ratio"]),
-                           conv3x3_only=bool(flow["conv3x3_only"]))
+    return FastFlowNetwork(
+        extractor,
+        image_size=int(config["image_size"]),
+        normalise=flow["normalise"],
+        flow_steps=int(flow["steps"]),
+        hidden_ratio=float(flow["hidden_ratio"]),
+        conv3x3_only=bool(flow["conv3x3_only"]),
+    )
 
 
 SCORING = MapScoring(build_network, SCORE_RULE, "training (torch flow map + numpy map head)")
-load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
-                                                   SCORING.evaluate_run)
+load_network, head_for, score_run, evaluate_run = (
+    SCORING.load_network,
+    SCORING.head_for,
+    SCORING.score_run,
+    SCORING.evaluate_run,
+)
 
 
-def _cached_features(network: FastFlowNetwork, images: np.ndarray, *, batch_size: int,
-                     progress: ProgressFn) -> list[torch.Tensor]:
+def _cached_features(
+    network: FastFlowNetwork, images: np.ndarray, *, batch_size: int, progress: ProgressFn
+) -> list[torch.Tensor]:
     """The frozen backbone's levels for every training image, computed once."""
     levels: list[list[torch.Tensor]] = []
     progress("features", 0, len(images))
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            levels.append(network.features(torch.from_numpy(images[start:start + batch_size])))
+            levels.append(network.features(torch.from_numpy(images[start : start + batch_size])))
             progress("features", min(start + batch_size, len(images)), len(images))
     return [torch.cat([batch[i] for batch in levels]).clone() for i in range(len(levels[0]))]
 
 
-def _fit(network: FastFlowNetwork, images: np.ndarray, *, epochs: int, batch_size: int, learning_rate: float,
-         seed: int, progress: ProgressFn) -> list[float]:
+def _fit(
+    network: FastFlowNetwork,
+    images: np.ndarray,
+    schedule: Schedule,
+) -> list[float]:
     """Adam (anomalib's lr 1e-3, weight decay 1e-5) on the flows' negative log-likelihood."""
     from anomalib.models.image.fastflow.loss import FastflowLoss
 
-    features = _cached_features(network, images, batch_size=batch_size, progress=progress)
+    features = _cached_features(network, images, batch_size=schedule.batch_size, progress=schedule.progress)
     trainable = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=learning_rate, weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.Adam(trainable, lr=schedule.learning_rate, weight_decay=WEIGHT_DECAY)
     loss_fn = FastflowLoss()
     network.train()
 
@@ -197,20 +227,29 @@ def _fit(network: FastFlowNetwork, images: np.ndarray, *, epochs: int, batch_siz
         optimizer.step()
         return loss.item()
 
-    return train_epochs(step, np.arange(len(images)), epochs=epochs, batch_size=batch_size, seed=seed,
-                        progress=progress)
+    return train_epochs(step, np.arange(len(images)), schedule)
 
 
-def train_fastflow(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
-                   weights: Optional[str | Path] = None, image_size: int = 256, epochs: Optional[int] = None,
-                   batch_size: Optional[int] = None, learning_rate: Optional[float] = None,
-                   layers: Sequence[int] = DEFAULT_LAYERS, normalise: str = NORMALISE, flow_steps: int = FLOW_STEPS,
-                   hidden_ratio: float = HIDDEN_RATIO, conv3x3_only: bool = CONV3X3_ONLY,
-                   **run: Unpack[RunArgs]) -> Run:
+def train_fastflow(
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: Optional[str | Path] = None,
+    image_size: int = 256,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    layers: Sequence[int] = DEFAULT_LAYERS,
+    normalise: str = NORMALISE,
+    flow_steps: int = FLOW_STEPS,
+    hidden_ratio: float = HIDDEN_RATIO,
+    conv3x3_only: bool = CONV3X3_ONLY,
+    **run: Unpack[RunArgs],
+) -> Run:
     """Train FastFlow's flows on a dataset's normal training images (held-out ones excluded)."""
     how = RunSettings(**run)
-    epochs, batch_size, learning_rate = training_settings(epochs, batch_size, learning_rate,
-                                                          defaults=FastflowOptions)
+    schedule = training_settings(epochs, batch_size, learning_rate, how, defaults=FastflowOptions)
     if image_size < 64 or image_size % 32:
         raise EdgekitError(f"--image-size must be a multiple of 32 and at least 64, not {image_size}")
     if normalise not in NORMALISATIONS:
@@ -221,22 +260,41 @@ def train_fastflow(data: str | Path | Dataset, out: str | Path, *, backbone: str
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         # after the engine's seed: the flows' fixed channel permutations and initial weights
-        network = FastFlowNetwork(extractor, image_size=image_size, normalise=normalise, flow_steps=flow_steps,
-                                  hidden_ratio=hidden_ratio, conv3x3_only=conv3x3_only)
+        network = FastFlowNetwork(
+            extractor,
+            image_size=image_size,
+            normalise=normalise,
+            flow_steps=flow_steps,
+            hidden_ratio=hidden_ratio,
+            conv3x3_only=conv3x3_only,
+        )
         spec = input_spec_for(backbone, image_size)
-        history = _fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, seed=how.seed, progress=how.progress)
+        history = _fit(network, prepare(trained, spec), schedule)
         network.eval()
         writer.save_network(SCORING.network_file, network)
-        config = {"model": "fastflow", "backbone": backbone, "layers": list(extractor.layers),
-                  "weights": None if weights is None else str(Path(weights).resolve()),
-                  "image_size": image_size, "head": dict(SCORE_RULE),
-                  "flow": {"normalise": normalise, "steps": flow_steps, "hidden_ratio": hidden_ratio,
-                           "conv3x3_only": conv3x3_only, "clamp": CLAMP},
-                  "map_grid": list(network.grid), "seed": how.seed, "epochs": epochs, "batch_size": batch_size,
-                  "learning_rate": learning_rate, "weight_decay": WEIGHT_DECAY,
-                  "parameters": parameter_count(network),
-                  "trainable_parameters": int(sum(p.numel() for p in network.parameters() if p.requires_grad))}
-        return Fitted(config, spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
+        config = {
+            "model": "fastflow",
+            "backbone": backbone,
+            "layers": list(extractor.layers),
+            "weights": None if weights is None else str(Path(weights).resolve()),
+            "image_size": image_size,
+            "head": dict(SCORE_RULE),
+            "flow": {
+                "normalise": normalise,
+                "steps": flow_steps,
+                "hidden_ratio": hidden_ratio,
+                "conv3x3_only": conv3x3_only,
+                "clamp": CLAMP,
+            },
+            "map_grid": list(network.grid),
+            "seed": how.seed,
+            "epochs": schedule.epochs,
+            "batch_size": schedule.batch_size,
+            "learning_rate": schedule.learning_rate,
+            "weight_decay": WEIGHT_DECAY,
+            "parameters": parameter_count(network),
+            "trainable_parameters": int(sum(p.numel() for p in network.parameters() if p.requires_grad)),
+        }
+        return Fitted(config, spec, network, {"epochs": schedule.epochs, "loss": history, "final_loss": history[-1]})
 
     return build_run(data, out, how, fit=fit, evaluate=evaluate_run)

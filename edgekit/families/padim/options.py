@@ -1,4 +1,5 @@
 """PaDiM's own training options (``edgekit train --model padim``); torch-free, read by the CLI."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ Default size for a 256² input: levels 2 and 3 (stride 8 and 16) give a 32×32 g
 their 40 + 112 Lite0 channels keep the inverse covariances at 1024·64·64 values, 8.4 MB as the
 float16 a bundle stores (measurements: HEAD_DTYPE's comment and docs/training.md, "PaDiM").
 """
+
 from __future__ import annotations
 
 import functools
@@ -101,8 +102,9 @@ def channel_subset(total: int, dims: int, seed: int) -> list[int]:
 
 
 def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: bool = True) -> PadimNetwork:
-    extractor = build_feature_extractor(config["backbone"], layers=tuple(config["layers"]),
-                                        weights=weights, pretrained=pretrained)
+    extractor = build_feature_extractor(
+        config["backbone"], layers=tuple(config["layers"]), weights=weights, pretrained=pretrained
+    )
     return PadimNetwork(extractor, config["channel_index"]).eval()
 
 
@@ -159,9 +161,15 @@ def head_for(run: Run, dtype: str = HEAD_DTYPE) -> MahalanobisHead:
     return MahalanobisHead.from_params(params, head_arrays(run, dtype), output_height=size, output_width=size)
 
 
-def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None,
-              head_dtype: str = HEAD_DTYPE, batch_size: int = 8,
-              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
+def score_run(
+    run: Run,
+    images: Sequence[ImageLike],
+    *,
+    network: Optional[nn.Module] = None,
+    head_dtype: str = HEAD_DTYPE,
+    batch_size: int = 8,
+    progress: ProgressFn = noop,
+) -> tuple[np.ndarray, np.ndarray]:
     """The training path's raw scores and maps: torch network + the shared numpy head, Σ⁻¹ stored
     as ``head_dtype`` (default: as the export ships it, so this equals the bundle's scores up to
     the runtime's float rounding)."""
@@ -170,9 +178,18 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
     return head_for(run, head_dtype)(embeddings)
 
 
-def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
-                weights: Optional[Path] = None, layers: Optional[Sequence[int]] = None, image_size: int = 256,
-                dims: int = PadimOptions.dims, batch_size: int = 8, **run: Unpack[RunArgs]) -> Run:
+def train_padim(
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: Optional[Path] = None,
+    layers: Optional[Sequence[int]] = None,
+    image_size: int = 256,
+    dims: int = PadimOptions.dims,
+    batch_size: int = 8,
+    **run: Unpack[RunArgs],
+) -> Run:
     """Fit PaDiM's per-position Gaussians on a dataset's normal training images and evaluate them."""
     how = RunSettings(**run)
     if image_size < 32 or image_size % 8:
@@ -185,33 +202,52 @@ def train_padim(data: str | Path | Dataset, out: str | Path, *, backbone: str = 
         extractor = build_feature_extractor(backbone, layers=layers, weights=weights)
         total = int(sum(extractor.channels))
         if not 1 <= dims <= total:
-            raise EdgekitError(f"PaDiM dims must be in 1..{total} ({backbone} layers {list(extractor.layers)} "
-                               f"have {total} channels), not {dims}")
-        config = {"model": "padim", "backbone": backbone, "layers": list(extractor.layers), "image_size": image_size,
-                  "dims": dims, "channels_total": total, "channel_index": channel_subset(total, dims, how.seed),
-                  "regularisation": REGULARISATION, "blur_sigma": BLUR_SIGMA, "seed": how.seed}
+            raise EdgekitError(
+                f"PaDiM dims must be in 1..{total} ({backbone} layers {list(extractor.layers)} "
+                f"have {total} channels), not {dims}"
+            )
+        config = {
+            "model": "padim",
+            "backbone": backbone,
+            "layers": list(extractor.layers),
+            "image_size": image_size,
+            "dims": dims,
+            "channels_total": total,
+            "channel_index": channel_subset(total, dims, how.seed),
+            "regularisation": REGULARISATION,
+            "blur_sigma": BLUR_SIGMA,
+            "seed": how.seed,
+        }
         network = PadimNetwork(extractor, config["channel_index"]).eval()
         input_spec = input_spec_for(backbone, image_size)
         gaussians = GaussianFit()
         how.progress("features", 0, len(trained))
         for start in range(0, len(trained), batch_size):
-            gaussians.add(embed(network, trained[start:start + batch_size], input_spec, batch_size=batch_size))
+            gaussians.add(embed(network, trained[start : start + batch_size], input_spec, batch_size=batch_size))
             how.progress("features", min(start + batch_size, len(trained)), len(trained))
         mean, inv_covariance = gaussians.statistics(REGULARISATION)
         writer.save_array(MEAN, mean)
         writer.save_array(INV_COVARIANCE, inv_covariance)
         writer.save_network(NETWORK_FILE, network)
-        config.update({
-            "feature_dims": dims, "grid": gaussians.grid, "head_bytes": int(mean.nbytes + inv_covariance.nbytes),
-        })
+        config.update(
+            {
+                "feature_dims": dims,
+                "grid": gaussians.grid,
+                "head_bytes": int(mean.nbytes + inv_covariance.nbytes),
+            }
+        )
         return Fitted(config, input_spec, network)
 
     return build_run(data, out, how, fit=fit, evaluate=functools.partial(evaluate_run, batch_size=batch_size))
 
 
-def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8,
-                 progress: ProgressFn = noop) -> dict:
+def evaluate_run(
+    run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8, progress: ProgressFn = noop
+) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    return evaluate_on_test_split(run, dataset, lambda images: score_run(
-        run, images, network=network, batch_size=batch_size, progress=progress),
-        f"training (torch network + numpy Mahalanobis head, inverse covariances {HEAD_DTYPE})")
+    return evaluate_on_test_split(
+        run,
+        dataset,
+        lambda images: score_run(run, images, network=network, batch_size=batch_size, progress=progress),
+        f"training (torch network + numpy Mahalanobis head, inverse covariances {HEAD_DTYPE})",
+    )

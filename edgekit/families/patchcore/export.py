@@ -6,6 +6,7 @@ device computes only the ``d``-dimensional features the bank lives in. The memor
 float32, float16 or int8 with per-dimension scales) and the kNN scoring stay in numpy on the
 device and never pass through a network quantizer.
 """
+
 from __future__ import annotations
 
 from edgekit.bundle import HeadSpec
@@ -55,15 +56,24 @@ def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
         network = fold_projection(network, compressed.pca)
     paths = {name: f"{HEAD_DIR}/{name}.npy" for name in compressed.arrays}
     uncompressed_bytes = int(run.config["bank_rows"]) * int(run.config["feature_dims"]) * 4
-    bank = {**compressed.description, "bytes": compressed.nbytes,
-            "smaller_than_uncompressed": round(uncompressed_bytes / compressed.nbytes, 2),
-            "settings": {"dims": settings.dims, "dtype": settings.dtype, "size": settings.size,
-                         "share": settings.share}}
-    params = {"num_neighbors": int(run.config["num_neighbors"]), "blur_sigma": 4.0,
-              "coreset_ratio": float(run.config["coreset_ratio"]), "seed": int(run.config.get("seed", 0)),
-              **({"coreset_rows": int(run.config["coreset_rows"])} if run.config.get("coreset_rows") else {}),
-              "bank": bank}
+    bank = {
+        **compressed.description,
+        "bytes": compressed.nbytes,
+        "smaller_than_uncompressed": round(uncompressed_bytes / compressed.nbytes, 2),
+        "settings": {"dims": settings.dims, "dtype": settings.dtype, "size": settings.size, "share": settings.share},
+    }
+    params = {
+        "num_neighbors": int(run.config["num_neighbors"]),
+        "blur_sigma": 4.0,
+        "coreset_ratio": float(run.config["coreset_ratio"]),
+        "seed": int(run.config.get("seed", 0)),
+        **({"coreset_rows": int(run.config["coreset_rows"])} if run.config.get("coreset_rows") else {}),
+        "bank": bank,
+    }
     head = HeadSpec(kind="knn", params=params, arrays=paths)
-    return FamilyParts(network=network, head=head,
-                       arrays={paths[name]: array for name, array in compressed.arrays.items()},
-                       notes={"bank": bank})
+    return FamilyParts(
+        network=network,
+        head=head,
+        arrays={paths[name]: array for name, array in compressed.arrays.items()},
+        notes={"bank": bank},
+    )

@@ -6,6 +6,7 @@ What we do differently from anomalib's PatchCore, for deployment: the pre-proces
 edgekit's one function, the backbone comes from the offline registry, the coreset is our fast
 numpy k-center, and normal images are held out of the bank so thresholds can be fitted later.
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,14 +63,16 @@ class PatchcoreNetwork(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         levels = [F.avg_pool2d(level, kernel_size=3, stride=1, padding=1) for level in self.extractor(image)]
         size = levels[0].shape[-2:]
-        resized = [levels[0]] + [F.interpolate(level, size=size, mode="bilinear", align_corners=False)
-                                 for level in levels[1:]]
+        resized = [levels[0]] + [
+            F.interpolate(level, size=size, mode="bilinear", align_corners=False) for level in levels[1:]
+        ]
         return torch.cat(resized, dim=1)
 
 
 def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: bool = True) -> PatchcoreNetwork:
-    extractor = build_feature_extractor(config["backbone"], layers=tuple(config["layers"]),
-                                        weights=weights, pretrained=pretrained)
+    extractor = build_feature_extractor(
+        config["backbone"], layers=tuple(config["layers"]), weights=weights, pretrained=pretrained
+    )
     return PatchcoreNetwork(extractor).eval()
 
 
@@ -109,13 +112,20 @@ def head_for(run: Run, compressed: Optional[CompressedBank] = None) -> KnnHead:
     size = run.input_spec().height
     compressed = compressed or compressed_bank(run, UNCOMPRESSED)
     bank = decode_bank(compressed.arrays, compressed.description["dtype"])
-    return KnnHead(memory_bank=bank, num_neighbors=int(run.config["num_neighbors"]),
-                   output_height=size, output_width=size)
+    return KnnHead(
+        memory_bank=bank, num_neighbors=int(run.config["num_neighbors"]), output_height=size, output_width=size
+    )
 
 
-def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Module] = None,
-              bank: BankSettings = DEFAULT_BANK, batch_size: int = 8,
-              progress: ProgressFn = noop) -> tuple[np.ndarray, np.ndarray]:
+def score_run(
+    run: Run,
+    images: Sequence[ImageLike],
+    *,
+    network: Optional[nn.Module] = None,
+    bank: BankSettings = DEFAULT_BANK,
+    batch_size: int = 8,
+    progress: ProgressFn = noop,
+) -> tuple[np.ndarray, np.ndarray]:
     """The training path's raw scores and maps: torch network + the shared numpy head.
 
     ``bank`` compresses the memory bank as an export with those settings does (default: the
@@ -131,12 +141,20 @@ def score_run(run: Run, images: Sequence[ImageLike], *, network: Optional[nn.Mod
     return head_for(run, compressed)(embeddings)
 
 
-def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
-                    layers: Optional[Sequence[int]] = None, image_size: int = 256,
-                    coreset_ratio: float = PatchcoreOptions.coreset_ratio,
-                    num_neighbors: int = PatchcoreOptions.num_neighbors,
-                    coreset_rows: Optional[int] = PatchcoreOptions.coreset_rows, weights: Optional[Path] = None,
-                    batch_size: int = 8, **run: Unpack[RunArgs]) -> Run:
+def train_patchcore(
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    layers: Optional[Sequence[int]] = None,
+    image_size: int = 256,
+    coreset_ratio: float = PatchcoreOptions.coreset_ratio,
+    num_neighbors: int = PatchcoreOptions.num_neighbors,
+    coreset_rows: Optional[int] = PatchcoreOptions.coreset_rows,
+    weights: Optional[Path] = None,
+    batch_size: int = 8,
+    **run: Unpack[RunArgs],
+) -> Run:
     """Build a PatchCore memory bank from a dataset's normal training images and evaluate it."""
     how = RunSettings(**run)
     if not 0 < coreset_ratio <= 1:
@@ -149,9 +167,16 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
         raise EdgekitError(f"--image-size must be a multiple of 8 and at least 32, not {image_size}")
     spec = get_backbone_spec(backbone)
     layers = tuple(layers) if layers else tuple(spec.patchcore_layers)
-    config = {"model": "patchcore", "backbone": backbone, "layers": list(layers), "image_size": image_size,
-              "num_neighbors": num_neighbors, "coreset_ratio": coreset_ratio,
-              **({"coreset_rows": coreset_rows} if coreset_rows is not None else {}), "seed": how.seed}
+    config = {
+        "model": "patchcore",
+        "backbone": backbone,
+        "layers": list(layers),
+        "image_size": image_size,
+        "num_neighbors": num_neighbors,
+        "coreset_ratio": coreset_ratio,
+        **({"coreset_rows": coreset_rows} if coreset_rows is not None else {}),
+        "seed": how.seed,
+    }
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
@@ -159,24 +184,39 @@ def train_patchcore(data: str | Path | Dataset, out: str | Path, *, backbone: st
         embeddings = embed(network, trained, input_spec, batch_size=batch_size, progress=how.progress)
         patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
         count = coreset_count(len(patches), coreset_ratio, rows=coreset_rows)
-        chosen = coreset_indices(patches, count, seed=how.seed,
-                                 progress=lambda done, total: how.progress("coreset", done, total))
+        chosen = coreset_indices(
+            patches, count, seed=how.seed, progress=lambda done, total: how.progress("coreset", done, total)
+        )
         writer.save_array("memory_bank", patches[chosen])
         statistics = feature_statistics(patches)
         writer.save_array(PATCH_MEAN, statistics.mean)
         writer.save_array(PATCH_COVARIANCE, statistics.covariance)
         writer.save_network(NETWORK_FILE, network)
-        return Fitted({**config,
-                       "feature_dims": int(patches.shape[1]), "grid": list(embeddings.shape[2:]),
-                       "bank_rows": int(count), "patches_seen": int(len(patches)),
-                       "patch_statistics_rows": statistics.count}, input_spec, network)
+        return Fitted(
+            {
+                **config,
+                "feature_dims": int(patches.shape[1]),
+                "grid": list(embeddings.shape[2:]),
+                "bank_rows": int(count),
+                "patches_seen": int(len(patches)),
+                "patch_statistics_rows": statistics.count,
+            },
+            input_spec,
+            network,
+        )
 
     return build_run(data, out, how, fit=fit, evaluate=functools.partial(evaluate_run, batch_size=batch_size))
 
 
-def evaluate_run(run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8,
-                 progress: ProgressFn = noop) -> dict:
+def evaluate_run(
+    run: Run, dataset: Dataset, *, network: Optional[nn.Module] = None, batch_size: int = 8, progress: ProgressFn = noop
+) -> dict:
     """Training-path image and pixel AUROC on the dataset's labelled test split."""
-    return evaluate_on_test_split(run, dataset, lambda images: score_run(
-        run, images, network=network, bank=UNCOMPRESSED, batch_size=batch_size, progress=progress),
-        "training (torch network + numpy head, uncompressed bank)")
+    return evaluate_on_test_split(
+        run,
+        dataset,
+        lambda images: score_run(
+            run, images, network=network, bank=UNCOMPRESSED, batch_size=batch_size, progress=progress
+        ),
+        "training (torch network + numpy head, uncompressed bank)",
+    )

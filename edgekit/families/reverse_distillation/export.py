@@ -5,15 +5,18 @@ The exported graph is image → frozen encoder → one-class bottleneck → deco
 and added, shape (N, 1, S/4, S/4). The device only post-processes it (:mod:`edgekit.export.maps`):
 up-sampling to the input size, the σ = 4 blur and the image-score rule the training run scored with.
 """
+
 from __future__ import annotations
 
 from edgekit.export.job import ExportOptions, FamilyParts
 from edgekit.export.maps import map_parts
 from edgekit.train.run import Run
 
-_SPLIT = ("network: image -> encoder -> bottleneck -> decoder -> per-level 1 - cosine similarity, "
-          "resized to the stride-4 grid and combined (N, 1, h, w); "
-          "head (numpy): up-sampling to the input size, blur and image-score rule of the map")
+_SPLIT = (
+    "network: image -> encoder -> bottleneck -> decoder -> per-level 1 - cosine similarity, "
+    "resized to the stride-4 grid and combined (N, 1, h, w); "
+    "head (numpy): up-sampling to the input size, blur and image-score rule of the map"
+)
 
 
 def reverse_distillation_parts(run: Run, options: ExportOptions) -> FamilyParts:

@@ -1,4 +1,5 @@
 """Reverse Distillation's own training options (``edgekit train --model reverse_distillation``); torch-free, read by the CLI."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ blurs and scores it. Bottleneck and decoder are anomalib's, generalised to any t
 1×1 read-out per decoder stage because Lite0's levels are signed and a ReLU output is not.
 SCORE_RULE, the default epochs (ReverseDistillationOptions) and their measurements: docs/training.md, "Reverse Distillation".
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,11 +26,10 @@ from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.families.reverse_distillation.options import ReverseDistillationOptions
 from edgekit.preprocess import prepare
-from edgekit.progress import ProgressFn, noop
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor, get_backbone_spec
 from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import input_spec_for
-from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
+from edgekit.train.maps import MapScoring, Schedule, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
 
 if TYPE_CHECKING:
@@ -75,8 +75,9 @@ class OneClassBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         code = 2 * c2
         downsample = nn.Sequential(nn.Conv2d(3 * c2, code, 1, stride=2, bias=False), nn.BatchNorm2d(code))
-        self.bn_layer = nn.Sequential(BasicBlock(3 * c2, code, 2, downsample),
-                                      *(BasicBlock(code, code) for _ in range(1, blocks)))
+        self.bn_layer = nn.Sequential(
+            BasicBlock(3 * c2, code, 2, downsample), *(BasicBlock(code, code) for _ in range(1, blocks))
+        )
         _init_like_anomalib(self)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -96,10 +97,15 @@ class ReverseDecoder(nn.Module):
         c0, c1, c2 = (int(c) for c in channels)
         stages, inplanes = [], 2 * c2
         for planes in (c2, c1, c0):
-            upsample = nn.Sequential(nn.ConvTranspose2d(inplanes, planes, 2, stride=2, bias=False),
-                                     nn.BatchNorm2d(planes))
-            stages.append(nn.Sequential(DecoderBasicBlock(inplanes, planes, 2, upsample),
-                                        *(DecoderBasicBlock(planes, planes) for _ in range(1, blocks))))
+            upsample = nn.Sequential(
+                nn.ConvTranspose2d(inplanes, planes, 2, stride=2, bias=False), nn.BatchNorm2d(planes)
+            )
+            stages.append(
+                nn.Sequential(
+                    DecoderBasicBlock(inplanes, planes, 2, upsample),
+                    *(DecoderBasicBlock(planes, planes) for _ in range(1, blocks)),
+                )
+            )
             inplanes = planes
         self.layer1, self.layer2, self.layer3 = stages
         _init_like_anomalib(self)
@@ -119,8 +125,9 @@ def cosine_distance(encoder: torch.Tensor, decoder: torch.Tensor, eps: float = 1
     """1 − cosine similarity along the channels, (N, 1, h, w): ``1 - F.cosine_similarity`` written
     with plain ops (multiply, sum, sqrt, divide) that every export target converts."""
     dot = (encoder * decoder).sum(dim=1, keepdim=True)
-    squared = (encoder * encoder).sum(dim=1, keepdim=True).clamp_min(eps * eps) * \
-        (decoder * decoder).sum(dim=1, keepdim=True).clamp_min(eps * eps)
+    squared = (encoder * encoder).sum(dim=1, keepdim=True).clamp_min(eps * eps) * (decoder * decoder).sum(
+        dim=1, keepdim=True
+    ).clamp_min(eps * eps)
     return 1.0 - dot / torch.sqrt(squared)
 
 
@@ -161,16 +168,24 @@ class ReverseDistillationNetwork(nn.Module):
         return self.anomaly_map(*self.features(image))
 
 
-def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: bool = True) -> ReverseDistillationNetwork:
-    encoder = build_feature_extractor(config["backbone"], layers=tuple(config["layers"]), weights=weights,
-                                      pretrained=pretrained)
+def build_network(
+    config: dict, *, weights: Optional[Path] = None, pretrained: bool = True
+) -> ReverseDistillationNetwork:
+    encoder = build_feature_extractor(
+        config["backbone"], layers=tuple(config["layers"]), weights=weights, pretrained=pretrained
+    )
     return ReverseDistillationNetwork(encoder, map_mode=str(config.get("map_mode", MAP_MODE)))
 
 
-SCORING = MapScoring(lambda config: build_network(config, pretrained=False), SCORE_RULE,
-                     "training (torch anomaly map + numpy map head)")
-load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
-                                                   SCORING.evaluate_run)
+SCORING = MapScoring(
+    lambda config: build_network(config, pretrained=False), SCORE_RULE, "training (torch anomaly map + numpy map head)"
+)
+load_network, head_for, score_run, evaluate_run = (
+    SCORING.load_network,
+    SCORING.head_for,
+    SCORING.score_run,
+    SCORING.evaluate_run,
+)
 
 
 def _encode(network: ReverseDistillationNetwork, images: np.ndarray, batch_size: int) -> list[torch.Tensor]:
@@ -178,19 +193,22 @@ def _encode(network: ReverseDistillationNetwork, images: np.ndarray, batch_size:
     levels: list[list[torch.Tensor]] = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            levels.append(network.encoder(torch.from_numpy(images[start:start + batch_size])))
+            levels.append(network.encoder(torch.from_numpy(images[start : start + batch_size])))
     return [torch.cat([batch[i] for batch in levels]).clone() for i in range(len(levels[0]))]
 
 
-def fit(network: ReverseDistillationNetwork, images: np.ndarray, *, epochs: int, batch_size: int,
-        learning_rate: float, seed: int, progress: ProgressFn = noop) -> list[float]:
+def fit(
+    network: ReverseDistillationNetwork,
+    images: np.ndarray,
+    schedule: Schedule,
+) -> list[float]:
     """Train the bottleneck and decoder with anomalib's loss and optimiser; returns the loss per epoch."""
     from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
 
     loss_fn = ReverseDistillationLoss()
-    encoded = _encode(network, images, batch_size)
+    encoded = _encode(network, images, schedule.batch_size)
     trainable = list(network.bottleneck.parameters()) + list(network.decoder.parameters())
-    optimizer = torch.optim.Adam(trainable, lr=learning_rate, betas=BETAS)
+    optimizer = torch.optim.Adam(trainable, lr=schedule.learning_rate, betas=BETAS)
 
     def step(indices: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -203,38 +221,68 @@ def fit(network: ReverseDistillationNetwork, images: np.ndarray, *, epochs: int,
     network.bottleneck.train()
     network.decoder.train()
     try:  # train_epochs shuffles the image indices; step looks their cached encoder levels up
-        return train_epochs(step, np.arange(len(images)), epochs=epochs, batch_size=batch_size, seed=seed,
-                            progress=progress, min_batch=2)
+        return train_epochs(
+            step,
+            np.arange(len(images)),
+            schedule,
+            min_batch=2,
+        )
     finally:
         network.eval()
 
 
-def train_reverse_distillation(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
-                               weights: Optional[Path] = None, image_size: int = 256, epochs: Optional[int] = None,
-                               batch_size: Optional[int] = None, learning_rate: Optional[float] = None,
-                               **run: Unpack[RunArgs]) -> Run:
+def train_reverse_distillation(
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: Optional[Path] = None,
+    image_size: int = 256,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    **run: Unpack[RunArgs],
+) -> Run:
     """Train Reverse Distillation's bottleneck and decoder on a dataset's normal training images."""
     how = RunSettings(**run)
-    epochs, batch_size, learning_rate = training_settings(
-        epochs, batch_size, learning_rate, defaults=ReverseDistillationOptions,
-        min_batch=2, why=" (BatchNorm)")
+    schedule = training_settings(
+        epochs, batch_size, learning_rate, how, defaults=ReverseDistillationOptions, min_batch=2, why=" (BatchNorm)"
+    )
     if image_size < 64 or image_size % 32:
-        raise EdgekitError(f"--image-size must be a multiple of 32 and at least 64 for reverse distillation "
-                           f"(its code is at stride 32), not {image_size}")
+        raise EdgekitError(
+            f"--image-size must be a multiple of 32 and at least 64 for reverse distillation "
+            f"(its code is at stride 32), not {image_size}"
+        )
     get_backbone_spec(backbone)
-    config = {"model": "reverse_distillation", "backbone": backbone, "layers": list(LAYERS),
-              "image_size": image_size, "map_mode": MAP_MODE, "epochs": epochs, "batch_size": batch_size,
-              "learning_rate": learning_rate, "betas": list(BETAS), "seed": how.seed, "head": dict(SCORE_RULE)}
+    config = {
+        "model": "reverse_distillation",
+        "backbone": backbone,
+        "layers": list(LAYERS),
+        "image_size": image_size,
+        "map_mode": MAP_MODE,
+        "epochs": schedule.epochs,
+        "batch_size": schedule.batch_size,
+        "learning_rate": schedule.learning_rate,
+        "betas": list(BETAS),
+        "seed": how.seed,
+        "head": dict(SCORE_RULE),
+    }
 
     def fit_run(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
         spec = input_spec_for(backbone, image_size)
-        history = fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
-                      learning_rate=learning_rate, seed=how.seed, progress=how.progress)
+        history = fit(network, prepare(trained, spec), schedule)
         writer.save_network(SCORING.network_file, network)
-        return Fitted({**config, "parameters": parameter_count(network),
-                       "trainable_parameters": parameter_count(network.bottleneck) + parameter_count(network.decoder),
-                       "map_grid": [image_size // 4, image_size // 4]},
-                      spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
+        return Fitted(
+            {
+                **config,
+                "parameters": parameter_count(network),
+                "trainable_parameters": parameter_count(network.bottleneck) + parameter_count(network.decoder),
+                "map_grid": [image_size // 4, image_size // 4],
+            },
+            spec,
+            network,
+            {"epochs": schedule.epochs, "loss": history, "final_loss": history[-1]},
+        )
 
     return build_run(data, out, how, fit=fit_run, evaluate=evaluate_run)

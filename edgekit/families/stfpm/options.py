@@ -1,4 +1,5 @@
 """STFPM's own training options (``edgekit train --model stfpm``); torch-free, read by the CLI."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ the same AUROC within 0.015. The numpy MapHead resizes, blurs and scores it, on 
 training. SCORE_RULE (top 1 % after a σ = 4 blur), the epochs and the optimizer settings, with
 their measurements: docs/training.md, "STFPM".
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,11 +23,10 @@ from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.families.stfpm.options import StfpmOptions
 from edgekit.preprocess import prepare
-from edgekit.progress import ProgressFn
 from edgekit.train.backbones import DEFAULT_BACKBONE, FeaturePyramid, build_feature_extractor
 from edgekit.train.engine import Fitted, RunArgs, RunSettings, build_run
 from edgekit.train.inputs import input_spec_for
-from edgekit.train.maps import MapScoring, parameter_count, train_epochs, training_settings
+from edgekit.train.maps import MapScoring, Schedule, parameter_count, train_epochs, training_settings
 from edgekit.train.run import Run
 
 if TYPE_CHECKING:
@@ -63,8 +63,9 @@ def layer_map(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     return 0.5 * (difference * difference).sum(dim=1, keepdim=True)
 
 
-def anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
-                size: tuple[int, int]) -> torch.Tensor:
+def anomaly_map(
+    teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], size: tuple[int, int]
+) -> torch.Tensor:
     """The product over levels of the per-level maps, each up-sampled bilinearly to ``size``."""
     product = None
     for t, s in zip(teacher, student):
@@ -102,20 +103,28 @@ def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: b
 
 
 SCORING = MapScoring(build_network, SCORE_RULE, "training (torch teacher/student map + numpy map head)")
-load_network, head_for, score_run, evaluate_run = (SCORING.load_network, SCORING.head_for, SCORING.score_run,
-                                                   SCORING.evaluate_run)
+load_network, head_for, score_run, evaluate_run = (
+    SCORING.load_network,
+    SCORING.head_for,
+    SCORING.score_run,
+    SCORING.evaluate_run,
+)
 
 
-def _fit(network: StfpmNetwork, images: np.ndarray, *, epochs: int, batch_size: int, learning_rate: float,
-         seed: int, progress: ProgressFn) -> list[float]:
+def _fit(
+    network: StfpmNetwork,
+    images: np.ndarray,
+    schedule: Schedule,
+) -> list[float]:
     """SGD on the student (anomalib's optimiser), the teacher frozen; mean loss per epoch."""
     from anomalib.models.image.stfpm.loss import STFPMLoss
 
     loss_fn = STFPMLoss()
     # channels-last: the student's depthwise backward ran 2x faster (batch 8, 256², 2 cores, loaded)
     network.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(network.student.parameters(), lr=learning_rate, momentum=MOMENTUM,
-                                weight_decay=WEIGHT_DECAY)
+    optimizer = torch.optim.SGD(
+        network.student.parameters(), lr=schedule.learning_rate, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+    )
     network.student.train()
 
     def step(batch: torch.Tensor) -> float:
@@ -126,37 +135,69 @@ def _fit(network: StfpmNetwork, images: np.ndarray, *, epochs: int, batch_size: 
         optimizer.step()
         return loss.item()
 
-    history = train_epochs(step, images, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                           min_batch=2)
+    history = train_epochs(step, images, schedule, min_batch=2)
     network.to(memory_format=torch.contiguous_format)
     network.eval()
     return history
 
 
-def train_stfpm(data: str | Path | Dataset, out: str | Path, *, backbone: str = DEFAULT_BACKBONE,
-                weights: Optional[Path] = None, image_size: int = 256, epochs: Optional[int] = None,
-                batch_size: Optional[int] = None, learning_rate: Optional[float] = None,
-                layers: Sequence[int] = DEFAULT_LAYERS, **run: Unpack[RunArgs]) -> Run:
+def train_stfpm(
+    data: str | Path | Dataset,
+    out: str | Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: Optional[Path] = None,
+    image_size: int = 256,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    learning_rate: Optional[float] = None,
+    layers: Sequence[int] = DEFAULT_LAYERS,
+    **run: Unpack[RunArgs],
+) -> Run:
     """Train an STFPM student against the frozen teacher on a dataset's normal training images."""
     how = RunSettings(**run)
-    epochs, batch_size, learning_rate = training_settings(
-        epochs, batch_size, learning_rate, defaults=StfpmOptions,
-        min_batch=2, why=" (the student's BatchNorm trains)")
+    schedule = training_settings(
+        epochs,
+        batch_size,
+        learning_rate,
+        how,
+        defaults=StfpmOptions,
+        min_batch=2,
+        why=" (the student's BatchNorm trains)",
+    )
     if image_size < 32 or image_size % 16:
         raise EdgekitError(f"--image-size must be a multiple of 16 and at least 32, not {image_size}")
-    config = {"model": "stfpm", "backbone": backbone, "layers": list(layers), "image_size": image_size,
-              "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-              "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "seed": how.seed,
-              "head": dict(SCORE_RULE)}
+    config = {
+        "model": "stfpm",
+        "backbone": backbone,
+        "layers": list(layers),
+        "image_size": image_size,
+        "epochs": schedule.epochs,
+        "batch_size": schedule.batch_size,
+        "learning_rate": schedule.learning_rate,
+        "momentum": MOMENTUM,
+        "weight_decay": WEIGHT_DECAY,
+        "seed": how.seed,
+        "head": dict(SCORE_RULE),
+    }
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights, pretrained=True)
         spec = input_spec_for(backbone, image_size)
-        history = _fit(network, prepare(trained, spec), epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, seed=how.seed, progress=how.progress)
+        history = _fit(network, prepare(trained, spec), schedule)
         writer.save_network(SCORING.network_file, network)
-        return Fitted({**config, "layers": list(network.teacher.layers), "parameters": parameter_count(network), "trained_parameters": parameter_count(network.student),
-                       "strides": list(network.teacher.strides), "channels": list(network.teacher.channels)},
-                      spec, network, {"epochs": epochs, "loss": history, "final_loss": history[-1]})
+        return Fitted(
+            {
+                **config,
+                "layers": list(network.teacher.layers),
+                "parameters": parameter_count(network),
+                "trained_parameters": parameter_count(network.student),
+                "strides": list(network.teacher.strides),
+                "channels": list(network.teacher.channels),
+            },
+            spec,
+            network,
+            {"epochs": schedule.epochs, "loss": history, "final_loss": history[-1]},
+        )
 
     return build_run(data, out, how, fit=fit, evaluate=evaluate_run)

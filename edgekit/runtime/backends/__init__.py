@@ -5,6 +5,7 @@ inputs and outputs are dicts of numpy arrays keyed by tensor name. ``infer`` mus
 from several threads at once (a Detector is shared by a camera loop and HTTP requests). The module
 for a runtime is imported only when a bundle names it, so a device needs just the one runtime it uses.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -42,8 +43,7 @@ class Backend(Protocol):
     name: str
     version: str
 
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ...
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 def load_backend(runtime: str, path: Path, options: BackendOptions) -> Backend:
@@ -54,6 +54,7 @@ def load_backend(runtime: str, path: Path, options: BackendOptions) -> Backend:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise EdgekitError(f"runtime {runtime!r} is not installed here ({exc}); "
-                           f"install it with: pip install '{extra}'") from None
+        raise EdgekitError(
+            f"runtime {runtime!r} is not installed here ({exc}); install it with: pip install '{extra}'"
+        ) from None
     return module.load(Path(path), options)

@@ -4,6 +4,7 @@ The file holds ``{"pool": S, "outputs": ["name"]}``: the output is the input ave
 S×S blocks, a feature map whose values follow the image, so heads, thresholds and detectors can
 be tested without any runtime installed.
 """
+
 from __future__ import annotations
 
 import json

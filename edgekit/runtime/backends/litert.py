@@ -9,6 +9,7 @@ cannot be resized, images are run one batch-sized slice at a time. Quantized inp
 (int8/uint8) are quantized and dequantized here with the file's scale and zero point, so callers
 always pass and receive float32.
 """
+
 from __future__ import annotations
 
 import queue
@@ -72,8 +73,9 @@ class _Runner:
 
     def __init__(self, path: Path, options: BackendOptions) -> None:
         try:
-            self._interpreter = _Interpreter(model_path=str(path),
-                                             num_threads=int(options.threads) if options.threads else None)
+            self._interpreter = _Interpreter(
+                model_path=str(path), num_threads=int(options.threads) if options.threads else None
+            )
             signatures = self._interpreter.get_signature_list()
         except (ValueError, RuntimeError) as exc:
             raise EdgekitError(f"LiteRT could not load {path.name}: {reason(exc)}") from None
@@ -85,8 +87,9 @@ class _Runner:
         self._outputs: dict[str, dict[str, Any]] = runner.get_output_details()
         del runner  # it holds a reference that makes the interpreter refuse to re-allocate
         wanted = tuple(options.output_names) or tuple(self._outputs)
-        self._output_map = {name: self._outputs[_match(name, self._outputs, "output", path)]["index"]
-                            for name in wanted}
+        self._output_map = {
+            name: self._outputs[_match(name, self._outputs, "output", path)]["index"] for name in wanted
+        }
         self._output_details = {d["index"]: d for d in self._outputs.values()}
         self._interpreter.allocate_tensors()
         self._shapes = {d["index"]: tuple(int(n) for n in d["shape"]) for d in self._inputs.values()}
@@ -96,15 +99,18 @@ class _Runner:
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(inputs) != len(self._inputs):
-            raise EdgekitError(f"the network takes {len(self._inputs)} input(s) ({', '.join(self._inputs)}), "
-                               f"got {len(inputs)}")
-        feeds = [(self._inputs[_match(name, self._inputs, "input", None)], np.asarray(value))
-                 for name, value in inputs.items()]
+            raise EdgekitError(
+                f"the network takes {len(self._inputs)} input(s) ({', '.join(self._inputs)}), got {len(inputs)}"
+            )
+        feeds = [
+            (self._inputs[_match(name, self._inputs, "input", None)], np.asarray(value))
+            for name, value in inputs.items()
+        ]
         batch = feeds[0][1].shape[0]
         if self._fit_batch(feeds):
             return self._run(feeds)
         step = int(feeds[0][0]["shape"][0]) or 1  # the graph's own batch; run slices of it
-        parts = [self._run([(d, v[start:start + step]) for d, v in feeds]) for start in range(0, batch, step)]
+        parts = [self._run([(d, v[start : start + step]) for d, v in feeds]) for start in range(0, batch, step)]
         return {name: np.concatenate([p[name] for p in parts]) for name in self._output_map}
 
     def _fit_batch(self, feeds: list[tuple[dict[str, Any], np.ndarray]]) -> bool:
@@ -114,8 +120,9 @@ class _Runner:
         for details, value in feeds:
             expected = tuple(details["shape"][1:])
             if tuple(value.shape[1:]) != expected:
-                raise EdgekitError(f"input {details['name']} must be (N, {', '.join(map(str, expected))}), "
-                                   f"not {value.shape}")
+                raise EdgekitError(
+                    f"input {details['name']} must be (N, {', '.join(map(str, expected))}), not {value.shape}"
+                )
         batch = int(feeds[0][1].shape[0])
         try:
             for details, value in feeds:
@@ -140,8 +147,10 @@ class _Runner:
         for details, value in feeds:
             self._interpreter.set_tensor(details["index"], _to_tensor(value, details))
         self._interpreter.invoke()
-        return {name: _from_tensor(self._interpreter.get_tensor(index), self._output_details[index])
-                for name, index in self._output_map.items()}
+        return {
+            name: _from_tensor(self._interpreter.get_tensor(index), self._output_details[index])
+            for name, index in self._output_map.items()
+        }
 
 
 def _match(name: str, tensors: Mapping[str, Any], kind: str, path: Path | None) -> str:

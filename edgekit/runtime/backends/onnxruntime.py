@@ -1,4 +1,5 @@
 """onnxruntime backend: runs an ``.onnx`` file with the CPU execution provider."""
+
 from __future__ import annotations
 
 from pathlib import Path

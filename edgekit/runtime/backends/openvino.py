@@ -1,4 +1,5 @@
 """OpenVINO backend: runs an IR (``.xml`` + ``.bin``) on CPU, GPU or another OpenVINO device."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,10 @@ class OpenVinoBackend:
         available = core.available_devices
         device_kind = options.device.split(".")[0].split(":")[0]
         if device_kind not in ("AUTO", "MULTI", "HETERO") and not any(d.startswith(device_kind) for d in available):
-            raise EdgekitError(f"OpenVINO device {options.device!r} is not present on this machine "
-                               f"(available: {', '.join(available) or 'none'})")
+            raise EdgekitError(
+                f"OpenVINO device {options.device!r} is not present on this machine "
+                f"(available: {', '.join(available) or 'none'})"
+            )
         # Latency: one stream on all threads. Throughput: one stream per lane, the same threads in all.
         config: dict[str, object] = {"PERFORMANCE_HINT": "THROUGHPUT" if options.lanes > 1 else "LATENCY"}
         if device_kind == "CPU":
