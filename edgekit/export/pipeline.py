@@ -60,8 +60,12 @@ READS_ONNX = frozenset({"openvino", "onnx"})
 
 
 def family_parts(run: Run, options: ExportOptions) -> FamilyParts:
-    """What the run's family puts into the network and into the head."""
-    return export_parts(run.model)(run, options)
+    """What the run's family puts into the network and into the head (of the kind it registered)."""
+    parts = export_parts(run.model)(run, options)
+    declared = FAMILIES[run.model].head
+    if parts.head.kind != declared:
+        raise EdgekitError(f"model {run.model!r} registers a {declared!r} head but its export made {parts.head.kind!r}")
+    return parts
 
 
 INPUT_NAME = "image"

@@ -18,7 +18,7 @@ class Family:
     name: str
     trainer: str  # "module:function": train(data, out, *, ..., **options) -> Run
     export_parts: Optional[str] = None  # "module:function": parts(run, options) -> FamilyParts; None: not exported
-    head: Optional[str] = None  # runtime head kind the bundle uses ("knn", "mahalanobis", "map")
+    head: Optional[str] = None  # runtime head kind its bundles use ("knn", "mahalanobis", "map"); export checks it
     recipe: Optional[str] = None  # calibration/<recipe>.toml
     bank_options: bool = False  # takes --bank-dims/--bank-dtype/--bank-size (a memory bank to compress)
     own_data: bool = False  # trains on edgekit's own offline images when no --data is given

@@ -179,6 +179,14 @@ def test_the_registry_lists_every_family_folder_and_imports_no_family():
     assert not [imported for imported in _imports("edgekit.families.registry", tree) if _is_family_module(imported)]
 
 
+def test_every_exported_family_registers_a_head_the_runtime_builds():
+    from edgekit.families.registry import FAMILIES
+    from edgekit.runtime.heads import HEADS
+
+    exported = {name: family.head for name, family in FAMILIES.items() if family.export_parts}
+    assert exported and all(kind in HEADS for kind in exported.values()), exported
+
+
 def test_profile_reads_targets_and_bundles_but_imports_no_export_training_or_family():
     """Targets (edgekit/targets.py) are shared by export and profile; the sweep's variants
     (edgekit/variants.py) sit above both, as the CLI does."""
