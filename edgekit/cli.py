@@ -182,13 +182,15 @@ def _family_options(command: Any) -> Any:
 
 def _option_type(entries: list[tuple[str, Any, Any]]) -> Any:
     """The click type of one merged option: a range every family's bounds fit in (each trainer
-    checks its own, stricter ones), or an existing path."""
+    checks its own, stricter ones), an existing path, or one of the text options' choices."""
     kinds = {_typing_base(hint) for _, hint, _ in entries}
     if len(kinds) != 1:
         raise TypeError(f"family options named alike have different types: {entries}")
     kind = kinds.pop()
     if kind is Path:
         return click.Path(exists=True, path_type=Path)
+    if kind is str:
+        return click.Choice(sorted({choice for _, _, f in entries for choice in f.metadata["choices"]}))
     bounds = {
         (f.metadata["low"], f.metadata["high"], f.metadata["open_low"], f.metadata["open_high"]) for _, _, f in entries
     }
@@ -245,6 +247,7 @@ def _typing_base(hint: Any) -> Any:
 )
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder (only a run: one with run.json).")
+@click.option("--no-eval", "no_eval", is_flag=True, help="Do not score the test split after training.")
 @click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
 @click.option("--weights", type=EXISTING_FILE, default=None, help="Local backbone weights file.")
 @_family_options
@@ -259,6 +262,7 @@ def train(
     out: Path,
     seed: int,
     overwrite: bool,
+    no_eval: bool,
     **model_options,
 ) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit-anomaly[train])."""
@@ -277,6 +281,8 @@ def train(
     given = {name: value for name, value in model_options.items() if value is not None}
     if category is not None:
         given["category"] = category
+    if no_eval:
+        given["evaluate"] = False
     run = train_model(model, data, out, seed=seed, overwrite=overwrite, progress=_progress(), **given)
     metrics = json.loads((run.path / "metrics.json").read_text())
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc") if k in metrics)

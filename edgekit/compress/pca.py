@@ -71,15 +71,37 @@ class FeatureStatistics:
 def feature_statistics(features: np.ndarray) -> FeatureStatistics:
     """Mean and covariance of (N, D) features, accumulated in float64 in bounded chunks."""
     features = np.asarray(features)
-    if features.ndim != 2 or len(features) < 2:
+    if features.ndim != 2:
         raise EdgekitError(f"PCA needs at least 2 feature rows in an (N, D) array, not {features.shape}")
-    total, dims = features.shape
-    mean = features.mean(axis=0, dtype=np.float64)
-    scatter = np.zeros((dims, dims))
-    for start in range(0, total, _STATISTICS_ROWS):
-        centred = features[start : start + _STATISTICS_ROWS].astype(np.float64) - mean
-        scatter += centred.T @ centred
-    return FeatureStatistics(mean=mean, covariance=scatter / total, count=int(total))
+    statistics = RunningStatistics(features.shape[1])
+    statistics.add(features)
+    return statistics.result()
+
+
+class RunningStatistics:
+    """Mean and scatter of feature rows that arrive in parts (Chan et al.'s pairwise update, float64),
+    so training sets too large to hold still give PCA its statistics."""
+
+    def __init__(self, dims: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(dims)
+        self.scatter = np.zeros((dims, dims))
+
+    def add(self, rows: np.ndarray) -> None:
+        for start in range(0, len(rows), _STATISTICS_ROWS):
+            part = rows[start : start + _STATISTICS_ROWS]
+            mean = part.mean(axis=0, dtype=np.float64)
+            centred = part.astype(np.float64) - mean
+            total = self.count + len(part)
+            delta = mean - self.mean
+            self.scatter += centred.T @ centred + np.outer(delta, delta) * (self.count * len(part) / total)
+            self.mean += delta * (len(part) / total)
+            self.count = total
+
+    def result(self) -> FeatureStatistics:
+        if self.count < 2:
+            raise EdgekitError(f"PCA needs at least 2 feature rows, not {self.count}")
+        return FeatureStatistics(mean=self.mean.copy(), covariance=self.scatter / self.count, count=int(self.count))
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,13 @@ def option(
     high: Optional[float] = None,
     open_low: bool = False,
     open_high: bool = False,
+    choices: tuple[str, ...] = (),
 ) -> Any:
     """A field of a family's options dataclass: its default (what the trainer uses when the option is
-    not given), the help line of ``edgekit train --<name>`` and the allowed range the CLI checks."""
-    return field(
-        default=default, metadata={"help": help, "low": low, "high": high, "open_low": open_low, "open_high": open_high}
-    )
+    not given), the help line of ``edgekit train --<name>`` and the allowed range (or, for text,
+    the ``choices``) the CLI checks."""
+    metadata = {"help": help, "low": low, "high": high, "open_low": open_low, "open_high": open_high}
+    return field(default=default, metadata={**metadata, "choices": tuple(choices)})
 
 
 def resolve(reference: str) -> Any:

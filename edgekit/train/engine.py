@@ -26,13 +26,15 @@ from edgekit.progress import ProgressFn, noop
 @dataclass(frozen=True)
 class RunSettings:
     """How a run is made, the same for every family: the share of normals held out for thresholds,
-    the seed, the dataset's category, whether an earlier run may be replaced, and progress."""
+    the seed, the dataset's category, whether an earlier run may be replaced, progress, and whether
+    the test split is scored (``evaluate=False``: a large training set's run ends at the fit)."""
 
     holdout: float = 0.2
     seed: int = 0
     category: Optional[str] = None
     overwrite: bool = False
     progress: ProgressFn = noop
+    evaluate: bool = True
 
 
 class RunArgs(TypedDict, total=False):
@@ -43,6 +45,7 @@ class RunArgs(TypedDict, total=False):
     category: Optional[str]
     overwrite: bool
     progress: ProgressFn
+    evaluate: bool
 
 
 def accepted_options(function: Callable) -> set[str]:
@@ -127,6 +130,11 @@ def build_run(data: Any, out: Any, how: RunSettings, *, fit: FitFn, evaluate: Ev
         )
         config = record.to_config()
         run = Run(path=writer.tmp, config=config)
-        metrics = {**evaluate(run, dataset, network=fitted.network, progress=how.progress), **fitted.metrics}
+        scored = (
+            evaluate(run, dataset, network=fitted.network, progress=how.progress)
+            if how.evaluate
+            else {"test_split": "not scored (--no-eval)"}
+        )
+        metrics = {**scored, **fitted.metrics}
         writer.save_json("metrics.json", metrics)
         return writer.commit(config)

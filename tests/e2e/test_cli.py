@@ -109,6 +109,15 @@ def test_training_from_a_plain_folder_pair(brick, tmp_path):
     assert metrics["image_auroc"] >= 0.9
 
 
+def test_no_eval_trains_without_scoring_the_test_split(brick, tmp_path):
+    result = run("train", "--model", "dfm", "--data", brick, "--out", tmp_path / "run", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert "training path" not in result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_split"] == "not scored (--no-eval)" and "image_auroc" not in metrics
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"] == "dfm"
+
+
 def test_training_needs_exactly_one_data_source(brick, tmp_path):
     assert_one_error_line(run("train", "--out", tmp_path / "run"), "--data")
     assert_one_error_line(run("train", "--data", brick, "--normal-dir", brick, "--out", tmp_path / "run"), "either")

@@ -56,3 +56,44 @@ def test_selection_continues_from_rows_already_covered():
     assert chosen[0] == int(np.argmax(to_existing))
     with pytest.raises(EdgekitError, match="already selected"):
         coreset_indices(features, 5, covered_by=np.zeros((3, 4), np.float32))
+
+
+def _blobs(rows: int, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (50, 16))
+    return (centres[rng.integers(50, size=rows)] + rng.normal(0, 1, (rows, 16))).astype(np.float32)
+
+
+def test_streamed_coreset_keeps_its_measured_coverage_bound_and_stays_near_exact_greedy():
+    from edgekit.compress.coreset import StreamedCoreset
+    from edgekit.runtime.bank import nearest_neighbors
+
+    features = _blobs(40000)
+    stream = StreamedCoreset(len(features), 400, 16, chunk_rows=4096, projection_dims=None, seed=0)
+    for start in range(0, len(features), 1000):  # batches that straddle chunk boundaries
+        stream.add(features[start : start + 1000])
+    bank, info = stream.finish()
+    assert bank.shape == (400, 16) and info["chunks"] == 10
+    assert len({row.tobytes() for row in bank}) == 400
+    assert {row.tobytes() for row in bank} <= {row.tobytes() for row in features}  # rows of the input
+    radius = float(nearest_neighbors(features, bank)[0].max())
+    assert radius <= info["radius_bound"] + 1e-4  # the triangle inequality, on this run's own radii
+    exact = coverage_radius(features, coreset_indices(features, 400, projection_dims=None, seed=0))
+    assert radius < 1.25 * exact  # measured 7.64 against 6.99
+
+
+def test_streamed_coreset_refuses_fewer_patches_than_promised():
+    from edgekit.compress.coreset import StreamedCoreset
+
+    stream = StreamedCoreset(5000, 50, 16, chunk_rows=1024, seed=0)
+    stream.add(_blobs(4000))
+    with pytest.raises(EdgekitError, match="promised 5000 patches but got 4000"):
+        stream.finish()
+
+
+def test_the_ratio_keeps_at_most_max_ratio_rows_and_fixed_rows_any_size():
+    from edgekit.compress.coreset import MAX_RATIO_ROWS, coreset_count
+
+    assert coreset_count(49152, 0.1) == 4915
+    assert coreset_count(4_096_000, 0.1) == MAX_RATIO_ROWS
+    assert coreset_count(4_096_000, 0.1, rows=30000) == 30000

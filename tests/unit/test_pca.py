@@ -79,3 +79,17 @@ def test_compress_bank_projects_reselects_in_the_projected_space_and_encodes(fea
     uncompressed = compress_bank(bank)
     np.testing.assert_array_equal(uncompressed.arrays["memory_bank"], bank)  # full + float32: the bank itself
     assert uncompressed.pca is None and uncompressed.description["reselected_from"] is None
+
+
+def test_running_statistics_in_uneven_parts_equal_the_whole():
+    from edgekit.compress.pca import RunningStatistics
+
+    features = (np.random.default_rng(5).standard_normal((50000, 12)) * 3 + 40).astype(np.float32)
+    running = RunningStatistics(12)
+    for start, stop in ((0, 7), (7, 20000), (20000, 20001), (20001, 50000)):
+        running.add(features[start:stop])
+    result = running.result()
+    whole = features.astype(np.float64)
+    assert result.count == 50000
+    np.testing.assert_allclose(result.mean, whole.mean(axis=0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(result.covariance, np.cov(whole, rowvar=False, bias=True), rtol=1e-9, atol=1e-9)

@@ -10,21 +10,23 @@ numpy k-center, and normal images are held out of the bank so thresholds can be 
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekit.compress.coreset import coreset_count, coreset_indices
+from edgekit.compress.coreset import StreamedCoreset, coreset_count, select_coreset
 from edgekit.compress.pca import (
     DEFAULT_BANK,
     UNCOMPRESSED,
     BankSettings,
     CompressedBank,
     FeatureStatistics,
+    RunningStatistics,
     compress_bank,
     feature_statistics,
     fit_pca,
@@ -33,7 +35,7 @@ from edgekit.compress.pca import (
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.families.patchcore.options import PatchcoreOptions
-from edgekit.preprocess import ImageLike
+from edgekit.preprocess import ImageLike, InputSpec
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.bank import decode_bank
 from edgekit.runtime.heads import KnnHead
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 NETWORK_FILE = "network.safetensors"
 #: Mean and covariance of all bank-image patch features: what PCA bank compression is fitted on.
 PATCH_MEAN, PATCH_COVARIANCE = "patch_mean", "patch_covariance"
+#: --coreset auto: exact greedy up to this many training patches (64 images at 256², the demo's
+#: 48 included), streamed above; and the streamed selection's chunk.
+EXACT_PATCHES, STREAM_CHUNK = 65536, 8192
 
 
 class PatchcoreNetwork(nn.Module):
@@ -153,6 +158,7 @@ def train_patchcore(
     coreset_rows: Optional[int] = PatchcoreOptions.coreset_rows,
     weights: Optional[Path] = None,
     batch_size: int = 8,
+    coreset: str = PatchcoreOptions.coreset,
     **run: Unpack[RunArgs],
 ) -> Run:
     """Build a PatchCore memory bank from a dataset's normal training images and evaluate it."""
@@ -161,6 +167,8 @@ def train_patchcore(
         raise EdgekitError(f"--coreset-ratio must be in (0, 1], not {coreset_ratio}")
     if coreset_rows is not None and coreset_rows < 1:
         raise EdgekitError(f"--coreset-rows must be at least 1, not {coreset_rows}")
+    if coreset not in ("auto", "exact", "streamed"):
+        raise EdgekitError(f"--coreset must be auto, exact or streamed, not {coreset!r}")
     if num_neighbors < 1:
         raise EdgekitError(f"--num-neighbors must be at least 1, not {num_neighbors}")
     if image_size < 32 or image_size % 8:
@@ -181,31 +189,56 @@ def train_patchcore(
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
         input_spec = input_spec_for(backbone, image_size)
-        embeddings = embed(network, trained, input_spec, batch_size=batch_size, progress=how.progress)
-        patches = embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
-        count = coreset_count(len(patches), coreset_ratio, rows=coreset_rows)
-        chosen = coreset_indices(
-            patches, count, seed=how.seed, progress=lambda done, total: how.progress("coreset", done, total)
-        )
-        writer.save_array("memory_bank", patches[chosen])
-        statistics = feature_statistics(patches)
-        writer.save_array(PATCH_MEAN, statistics.mean)
-        writer.save_array(PATCH_COVARIANCE, statistics.covariance)
+        batches = _patch_batches(network, trained, input_spec, batch_size, how.progress)
+        grid, first = next(batches)
+        total = len(trained) * grid[0] * grid[1]
+        count = coreset_count(total, coreset_ratio, rows=coreset_rows)
+        method = coreset if coreset != "auto" else ("exact" if total <= EXACT_PATCHES else "streamed")
+        statistics = RunningStatistics(first.shape[1])
+        coreset_progress = functools.partial(how.progress, "coreset")
+        if method == "exact":
+            patches = np.concatenate([first, *(rows for _, rows in batches)])
+            statistics.add(patches)
+            chosen, radius = select_coreset(patches, count, seed=how.seed, progress=coreset_progress)
+            bank, selection = patches[chosen], {"radius": round(radius, 6)}
+        else:
+            stream = StreamedCoreset(total, count, first.shape[1], chunk_rows=STREAM_CHUNK, seed=how.seed)
+            for rows in itertools.chain([first], (rows for _, rows in batches)):
+                stream.add(rows)
+                statistics.add(rows)
+            bank, selection = stream.finish(coreset_progress)
+        writer.save_array("memory_bank", bank)
+        patch_statistics = statistics.result()
+        writer.save_array(PATCH_MEAN, patch_statistics.mean)
+        writer.save_array(PATCH_COVARIANCE, patch_statistics.covariance)
         writer.save_network(NETWORK_FILE, network)
         return Fitted(
             {
                 **config,
-                "feature_dims": int(patches.shape[1]),
-                "grid": list(embeddings.shape[2:]),
+                "feature_dims": int(first.shape[1]),
+                "grid": list(grid),
                 "bank_rows": int(count),
-                "patches_seen": int(len(patches)),
-                "patch_statistics_rows": statistics.count,
+                "patches_seen": int(total),
+                "patch_statistics_rows": patch_statistics.count,
+                "coreset_selection": {"method": method, **selection},
             },
             input_spec,
             network,
         )
 
     return build_run(data, out, how, fit=fit, evaluate=functools.partial(evaluate_run, batch_size=batch_size))
+
+
+def _patch_batches(
+    network: nn.Module, images: Sequence[Path], spec: InputSpec, batch_size: int, progress: ProgressFn
+) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """The training images' patch embeddings, one batch at a time: ((h, w), (n·h·w, D) float32)."""
+    progress("embedding", 0, len(images))
+    for start in range(0, len(images), batch_size):
+        embeddings = embed(network, images[start : start + batch_size], spec, batch_size=batch_size)
+        progress("embedding", min(start + batch_size, len(images)), len(images))
+        grid = (int(embeddings.shape[2]), int(embeddings.shape[3]))
+        yield grid, embeddings.transpose(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
 
 
 def evaluate_run(
