@@ -84,7 +84,7 @@ def _offline_patchcore(
     return model
 
 
-def train_and_export(
+def fit(
     category: Path,
     bank_images: Sequence[Path],
     work: Path,
@@ -95,9 +95,8 @@ def train_and_export(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    log=print,
-) -> AnomalibModels:
-    """Fit anomalib's PatchCore on ``bank_images`` and export it to OpenVINO FP32 and INT8_PTQ."""
+):
+    """anomalib's PatchCore fitted on ``bank_images``: (engine, model, datamodule, fit seconds)."""
     from anomalib.data import Folder
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
@@ -128,7 +127,34 @@ def train_and_export(
     )
     started = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - started
+    return engine, model, datamodule, time.perf_counter() - started
+
+
+def train_and_export(
+    category: Path,
+    bank_images: Sequence[Path],
+    work: Path,
+    *,
+    seed: int,
+    coreset_ratio: float,
+    num_neighbors: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    log=print,
+) -> AnomalibModels:
+    """Fit anomalib's PatchCore on ``bank_images`` and export it to OpenVINO FP32 and INT8_PTQ."""
+    engine, model, datamodule, fit_seconds = fit(
+        category,
+        bank_images,
+        work,
+        seed=seed,
+        coreset_ratio=coreset_ratio,
+        num_neighbors=num_neighbors,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+    )
     log(f"  anomalib fit: {fit_seconds:.0f} s, bank {tuple(model.model.memory_bank.shape)}")
     seconds = {}
     paths = {}

@@ -92,7 +92,11 @@ def fit_bundle(
     dtype = str(bank_info.get("dtype", "float32"))
     stored = dict(bank_info.get("settings") or {})
     settings = BankSettings(
-        dims=str(stored.get("dims", "full")), dtype=dtype, size=stored.get("size"), share=stored.get("share")
+        dims=str(stored.get("dims", "full")),
+        dtype=dtype,
+        size=stored.get("size"),
+        share=stored.get("share"),
+        most=stored.get("most"),
     )
     ratio = float(params.get("coreset_ratio", 0.1))
     fixed_rows = params.get("coreset_rows")  # a bank trained at a fixed size keeps it

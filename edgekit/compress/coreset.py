@@ -14,6 +14,7 @@ a bank row, on the projection; both radii are measured, so that bound is a fact 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -151,6 +152,7 @@ class StreamedCoreset:
         self.kept_rows: list[np.ndarray] = []
         self.kept_points: list[np.ndarray] = []
         self.chunk_radius = 0.0
+        self.first_level_seconds = 0.0
 
     def add(self, rows: np.ndarray) -> None:
         """Take (n, dims) patches; every full chunk is reduced to its own greedy selection."""
@@ -165,6 +167,7 @@ class StreamedCoreset:
                 self._reduce()
 
     def _reduce(self) -> None:
+        started = time.perf_counter()
         chunk = self.buffer[: self.filled]
         points = chunk if self.projection is None else chunk @ self.projection
         keep = min(self.filled, max(1, math.ceil(self.oversample * self.count * self.filled / self.total)))
@@ -174,10 +177,12 @@ class StreamedCoreset:
         self.chunk_radius = max(self.chunk_radius, radius)
         self.seen += self.filled
         self.filled = 0
+        self.first_level_seconds += time.perf_counter() - started
 
     def finish(self, progress: Progress = None) -> tuple[np.ndarray, dict]:
         """The bank (count, dims) in selection order, and what the selection measured: chunks,
-        rows kept by the first level, both radii and their sum (the coverage bound)."""
+        rows kept by the first level, both radii and their sum (the coverage bound). The first
+        level's time is ``first_level_seconds``."""
         if self.filled:
             self._reduce()
         if self.seen != self.total:

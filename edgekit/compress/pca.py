@@ -32,24 +32,26 @@ class BankSettings:
 
     ``share`` (used when ``size`` is None): thin the bank, by re-running the coreset on it, to
     the most rows whose bytes stay within this share of the uncompressed bank (the coreset at
-    full width in float32, anomalib's default), scales included.
+    full width in float32, anomalib's default), scales included. ``most``: never more rows than
+    this (the default bank's head budget, set at export from the network's FLOPs).
     """
 
     dims: str = "full"  # "full", "auto" or a number of PCA dimensions
     dtype: str = "float32"  # float32 | float16 | int8
     size: Optional[int] = None  # re-select the bank down to this many rows (None: keep all)
     share: Optional[float] = None  # or: to this share of the uncompressed bank's bytes
+    most: Optional[int] = None  # and to at most this many rows
 
     def rows(self, coreset_rows: int, feature_dims: int, dims: int) -> Optional[int]:
         """Rows to keep of a ``coreset_rows``-row bank stored in ``dims`` dimensions; None: all."""
-        if self.size is not None:
-            return self.size if self.size < coreset_rows else None
-        if self.share is None:
-            return None
-        scales = 2 * dims * 4 if self.dtype == "int8" else 0
-        budget = coreset_rows * feature_dims * 4 * self.share - scales
-        rows = max(1, int(budget // (dims * _ITEM_BYTES[self.dtype])))
-        return rows if rows < coreset_rows else None
+        rows = self.size
+        if rows is None and self.share is not None:
+            scales = 2 * dims * 4 if self.dtype == "int8" else 0
+            budget = coreset_rows * feature_dims * 4 * self.share - scales
+            rows = max(1, int(budget // (dims * _ITEM_BYTES[self.dtype])))
+        if self.most is not None:
+            rows = min(rows or coreset_rows, self.most)
+        return rows if rows is not None and rows < coreset_rows else None
 
 
 #: anomalib's bank: the 10 % coreset, every dimension, float32.

@@ -63,3 +63,13 @@ class FamilyParts:
     arrays: dict[str, np.ndarray]  # bundle-relative .npy path -> array
     notes: dict[str, Any] = field(default_factory=dict)
     output_name: str = "embedding"  # what the graph outputs: "embedding" (a head reads it) or "anomaly_map"
+
+
+def count_flops(network: Any, example: Any) -> tuple[int, list[int]]:
+    """FLOPs of one forward pass (convolutions and matrix products) and the output's shape."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        output = network(example)
+    return int(counter.get_total_flops()), [int(d) for d in output.shape]

@@ -38,7 +38,7 @@ from edgekit.errors import EdgekitError, UnsupportedOp
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
-from edgekit.export.job import Converted, ExportJob, ExportOptions, FamilyParts
+from edgekit.export.job import Converted, ExportJob, ExportOptions, FamilyParts, count_flops
 from edgekit.families.registry import FAMILIES, export_parts, recipe_name, takes_bank_options
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
@@ -175,7 +175,7 @@ def _build(
             onnx_path = torch_to_onnx(
                 parts.network, example, staging / "network.onnx", input_name=INPUT_NAME, output_names=outputs
             )
-    network_flops, output_shape = _count_flops(parts.network, example)
+    network_flops, output_shape = count_flops(parts.network, example)
     progress("export network", 1, 2)
     format_dir = staging / "format"
     format_dir.mkdir()
@@ -266,16 +266,6 @@ def _naming_the_target(spec: Target, fmt: FormatSpec, run: Run) -> Iterator[None
         others = [name for name in spec.formats if name != fmt.name]
         way_out = f"; try --format {' or '.join(others)}" if others else ""
         raise EdgekitError(f"cannot export {run.model} for target {spec.name} ({fmt.name}): {exc}{way_out}") from None
-
-
-def _count_flops(network, example) -> tuple[int, list[int]]:
-    """FLOPs of one forward pass (convolutions and matrix products) and the output's shape."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        output = network(example)
-    return int(counter.get_total_flops()), [int(d) for d in output.shape]
 
 
 def _fit_on_exported(

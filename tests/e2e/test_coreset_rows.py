@@ -41,3 +41,19 @@ def test_a_streamed_coreset_scores_like_exact_greedy_and_records_its_bound(brick
     metrics, exact_metrics = (json.loads((r.path / "metrics.json").read_text()) for r in (run, patchcore_run))
     assert metrics["image_auroc"] >= exact_metrics["image_auroc"] - 0.01
     assert metrics["pixel_auroc"] >= exact_metrics["pixel_auroc"] - 0.01
+
+
+def test_the_default_bank_stays_within_the_head_budget(brick, exported, tmp_path):
+    from edgekit.export.pipeline import export_run
+    from edgekit.families.patchcore.export import HEAD_FLOPS_SHARE
+    from edgekit.families.patchcore.train import train_patchcore
+
+    manifest = json.loads((exported("x86") / "manifest.json").read_text())
+    demo = manifest["head"]["params"]["bank"]  # 4,915-row coreset: the byte share binds
+    budget = demo["head_budget"]
+    assert demo["rows"] == 975 < budget["rows"] and demo["settings"]["most"] == budget["rows"]
+    assert budget["rows"] * 2 * 1024 * 152 <= HEAD_FLOPS_SHARE * budget["network_flops"]
+    assert (budget["rows"] + 1) * 2 * 1024 * 152 > HEAD_FLOPS_SHARE * budget["network_flops"]
+    run = train_patchcore(brick, tmp_path / "run", coreset_ratio=0.2)  # 9,830 rows: share alone keeps 1,950
+    bank = export_run(run.path, tmp_path / "bundle").manifest.head.params["bank"]
+    assert bank["coreset_rows"] == 9830 and bank["rows"] == budget["rows"]

@@ -75,3 +75,13 @@ def test_share_budget_gives_the_most_rows_that_fit():
     assert BankSettings(dtype="float16", share=0.05).rows(4915, 152, 64) == int(budget // 128)
     assert BankSettings(dtype="int8", share=0.5).rows(100, 8, 8) is None  # everything fits: no thinning
     assert BankSettings(size=7, share=0.05).rows(100, 8, 8) == 7
+
+
+def test_most_caps_every_rule_and_alone_keeps_smaller_banks_whole():
+    from edgekit.compress.pca import BankSettings
+
+    assert BankSettings(dtype="int8", share=0.05, most=500).rows(4915, 152, 152) == 500
+    assert BankSettings(dtype="int8", share=0.05, most=5000).rows(4915, 152, 152) == 975  # the share binds
+    assert BankSettings(size=800, most=500).rows(4915, 152, 152) == 500
+    assert BankSettings(most=500).rows(4915, 152, 152) == 500
+    assert BankSettings(most=5000).rows(4915, 152, 152) is None  # every row fits

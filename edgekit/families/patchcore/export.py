@@ -9,10 +9,12 @@ device and never pass through a network quantizer.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from edgekit.bundle import HeadSpec
 from edgekit.compress.pca import DEFAULT_BANK, BankSettings, Pca
 from edgekit.errors import EdgekitError
-from edgekit.export.job import ExportOptions, FamilyParts
+from edgekit.export.job import ExportOptions, FamilyParts, count_flops
 from edgekit.runtime.bank import BANK_DTYPES
 from edgekit.train.run import Run
 
@@ -45,13 +47,36 @@ def fold_projection(network, pca: Pca):
     return nn.Sequential(network, conv).eval()
 
 
+#: The default bank's head budget: its exact kNN search may cost at most this share of the
+#: network's FLOPs. numpy's search ran at ~0.6x the FLOP rate of OpenVINO's fp32 network here
+#: (2-core Xeon), so the default head stays within the network's time (README, "The memory bank").
+HEAD_FLOPS_SHARE = 0.5
+
+
+def head_budget(run: Run, network) -> dict:
+    """The most bank rows whose kNN FLOPs (2 · patches · rows · dims per image) stay within
+    HEAD_FLOPS_SHARE of the network's, with the figures it came from."""
+    import torch
+
+    size = run.input_spec()
+    flops, _ = count_flops(network, torch.zeros(1, size.channels, size.height, size.width))
+    grid_h, grid_w = run.config["grid"]
+    dims = int(run.config["feature_dims"])
+    rows = max(1, int(HEAD_FLOPS_SHARE * flops // (2 * grid_h * grid_w * dims)))
+    return {"network_flops": flops, "flops_share": HEAD_FLOPS_SHARE, "rows": rows}
+
+
 def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
-    """The run's embedding network (+ folded PCA) and its bank compressed as the options say."""
+    """The run's embedding network (+ folded PCA) and its bank compressed as the options say; the
+    default bank also within the head budget."""
     from edgekit.families.patchcore.train import compressed_bank, load_network
 
-    settings = bank_settings(options)
-    compressed = compressed_bank(run, settings)
     network = load_network(run)
+    settings = bank_settings(options)
+    budget = head_budget(run, network) if settings == DEFAULT_BANK else None
+    if budget is not None:
+        settings = replace(settings, most=budget["rows"])
+    compressed = compressed_bank(run, settings)
     if compressed.pca is not None:
         network = fold_projection(network, compressed.pca)
     paths = {name: f"{HEAD_DIR}/{name}.npy" for name in compressed.arrays}
@@ -60,7 +85,14 @@ def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
         **compressed.description,
         "bytes": compressed.nbytes,
         "smaller_than_uncompressed": round(uncompressed_bytes / compressed.nbytes, 2),
-        "settings": {"dims": settings.dims, "dtype": settings.dtype, "size": settings.size, "share": settings.share},
+        "settings": {
+            "dims": settings.dims,
+            "dtype": settings.dtype,
+            "size": settings.size,
+            "share": settings.share,
+            **({"most": settings.most} if settings.most is not None else {}),
+        },
+        **({"head_budget": budget} if budget is not None else {}),
     }
     params = {
         "num_neighbors": int(run.config["num_neighbors"]),

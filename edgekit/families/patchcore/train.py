@@ -195,6 +195,7 @@ def train_patchcore(
         count = coreset_count(total, coreset_ratio, rows=coreset_rows)
         method = coreset if coreset != "auto" else ("exact" if total <= EXACT_PATCHES else "streamed")
         statistics = RunningStatistics(first.shape[1])
+        timing: dict[str, float] = {}  # metrics.json: run.json stays the same for the same inputs
         coreset_progress = functools.partial(how.progress, "coreset")
         if method == "exact":
             patches = np.concatenate([first, *(rows for _, rows in batches)])
@@ -207,6 +208,7 @@ def train_patchcore(
                 stream.add(rows)
                 statistics.add(rows)
             bank, selection = stream.finish(coreset_progress)
+            timing["coreset_first_level_seconds"] = round(stream.first_level_seconds, 3)
         writer.save_array("memory_bank", bank)
         patch_statistics = statistics.result()
         writer.save_array(PATCH_MEAN, patch_statistics.mean)
@@ -224,6 +226,7 @@ def train_patchcore(
             },
             input_spec,
             network,
+            timing,
         )
 
     return build_run(data, out, how, fit=fit, evaluate=functools.partial(evaluate_run, batch_size=batch_size))
