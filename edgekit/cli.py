@@ -311,8 +311,9 @@ def train(
 @click.option(
     "--bank-dims",
     default=None,
-    help="PatchCore bank dimensions: 32|64|128|256|full|auto. Any --bank-* option replaces the default "
-    "bank (all dims, int8, 1/20 of the coreset's bytes); unset ones then mean 'as trained'.",
+    help="PatchCore bank dimensions: 32|64|128|256|full|auto, or N+r / auto+r for N principal axes plus "
+    "the residual energy PCA drops as one more coordinate. Any --bank-* option replaces the default bank "
+    "(all dims, int8, 1/20 of the coreset's bytes, within the head budget); unset ones then mean 'as trained'.",
 )
 @click.option(
     "--bank-dtype", type=click.Choice(["float32", "float16", "int8"]), default=None, help="PatchCore bank storage type."

@@ -108,16 +108,28 @@ class RunningStatistics:
 
 @dataclass(frozen=True)
 class Pca:
-    """The first ``dims`` principal axes of some features: ``project(x) = components @ (x − mean)``."""
+    """The first ``dims`` principal axes of some features: ``project(x) = components @ (x − mean)``.
+
+    ``residual``: one more coordinate, the energy PCA drops, ‖(x − μ) − Wᵀ W (x − μ)‖ (classical
+    PCA monitoring's squared prediction error, as a norm). Distances in the d + 1 coordinates lie
+    between plain PCA's and the full ones, and a defect that lives only in the dropped directions
+    still moves its patch away from every bank row.
+    """
 
     mean: np.ndarray  # (D,) float64
     components: np.ndarray  # (d, D) float64, orthonormal rows, by decreasing variance
     variances: np.ndarray  # (D,) float64, every eigenvalue, decreasing
     fitted_on: int  # feature rows the statistics came from
+    residual: bool = False
 
     @property
     def dims(self) -> int:
         return int(self.components.shape[0])
+
+    @property
+    def output_dims(self) -> int:
+        """Coordinates the projected features (and the bank) have: dims, plus one with the residual."""
+        return self.dims + int(self.residual)
 
     @property
     def input_dims(self) -> int:
@@ -138,16 +150,28 @@ class Pca:
         return (-(self.components @ self.mean)).astype(np.float32)
 
     def project_rows(self, features: np.ndarray) -> np.ndarray:
-        """(N, D) → (N, d) float32, computed in float64 (used for the bank)."""
-        return ((np.asarray(features, dtype=np.float64) - self.mean) @ self.components.T).astype(np.float32)
+        """(N, D) → (N, output_dims) float32, computed in float64 (used for the bank)."""
+        centred = np.asarray(features, dtype=np.float64) - self.mean
+        projected = centred @ self.components.T
+        if self.residual:
+            energy = np.einsum("nc,nc->n", centred, centred) - np.einsum("nd,nd->n", projected, projected)
+            projected = np.concatenate([projected, np.sqrt(np.maximum(energy, 0.0))[:, None]], axis=1)
+        return projected.astype(np.float32)
 
     def project_maps(self, embeddings: np.ndarray) -> np.ndarray:
-        """(N, D, h, w) → (N, d, h, w) float32 exactly as the folded 1×1 convolution computes it."""
-        projected = np.einsum("dc,nchw->ndhw", self.weight(), np.asarray(embeddings, dtype=np.float32))
-        return np.ascontiguousarray(projected + self.bias()[None, :, None, None], dtype=np.float32)
+        """(N, D, h, w) → (N, output_dims, h, w) float32 as the folded network computes it."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        projected = np.einsum("dc,nchw->ndhw", self.weight(), embeddings) + self.bias()[None, :, None, None]
+        if self.residual:
+            centred = embeddings - self.mean.astype(np.float32)[None, :, None, None]
+            energy = np.sum(centred * centred, axis=1, keepdims=True) - np.sum(
+                projected * projected, axis=1, keepdims=True
+            )
+            projected = np.concatenate([projected, np.sqrt(np.maximum(energy, 0.0))], axis=1)
+        return np.ascontiguousarray(projected, dtype=np.float32)
 
 
-def fit_pca(statistics: FeatureStatistics, dims: int) -> Pca:
+def fit_pca(statistics: FeatureStatistics, dims: int, *, residual: bool = False) -> Pca:
     """Principal axes from the covariance's eigen-decomposition; signs fixed for determinism."""
     width = statistics.covariance.shape[0]
     if not 1 <= dims <= width:
@@ -162,15 +186,26 @@ def fit_pca(statistics: FeatureStatistics, dims: int) -> Pca:
         components=vectors[:dims].copy(),
         variances=variances,
         fitted_on=statistics.count,
+        residual=residual,
     )
+
+
+def wants_residual(spec: Optional[str | int]) -> bool:
+    """``--bank-dims 64+r``: PCA with the residual-energy coordinate (Pca.residual)."""
+    return spec is not None and str(spec).strip().lower().endswith("+r")
 
 
 def resolve_dims(
     spec: Optional[str | int], statistics: FeatureStatistics, *, auto_variance: float = AUTO_VARIANCE
 ) -> Optional[int]:
-    """``--bank-dims`` → a number of PCA dimensions, or None for "full" (no projection at all)."""
+    """``--bank-dims`` → a number of PCA dimensions, or None for "full" (no projection at all);
+    a "+r" suffix (the residual coordinate) does not change the number."""
     width = statistics.covariance.shape[0]
     text = str(spec).strip().lower() if spec is not None else "full"
+    if text.endswith("+r"):
+        text = text[:-2]
+        if text == "full":
+            raise EdgekitError("--bank-dims full+r has nothing to add: full keeps every dimension")
     if text == "full":
         return None
     if text == "auto":
@@ -179,7 +214,9 @@ def resolve_dims(
         dims = int(np.searchsorted(shares, auto_variance - 1e-12) + 1)
         return None if dims >= width else dims
     if not text.isdigit() or int(text) < 1:
-        raise EdgekitError(f"--bank-dims must be full, auto or a positive integer, not {spec!r}")
+        raise EdgekitError(
+            f"--bank-dims must be full, auto or a positive integer (+r: with the residual), not {spec!r}"
+        )
     if int(text) > width:
         raise EdgekitError(
             f"--bank-dims {text} is more than the features' {width} dimensions; use full or at most {width}"
@@ -238,7 +275,10 @@ def compress_bank(
         "dtype": dtype,
         "coreset_rows": int(source_rows),
         "reselected_from": int(source_rows) if len(bank) < source_rows else None,
-        "projection": "none" if pca is None else "pca (folded into the network as a 1x1 convolution)",
+        "projection": "none"
+        if pca is None
+        else "pca (folded into the network as a 1x1 convolution)"
+        + (" + residual energy ||x - mu - W'W(x - mu)|| as the last coordinate" if pca.residual else ""),
     }
     if dtype == "int8":
         description["quantization"] = "affine per dimension: value = bank_offset + bank_scale * q"

@@ -93,6 +93,21 @@ def test_pca_bank_is_described_and_the_network_computes_the_projection(
     np.testing.assert_allclose(device, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
 
 
+def test_a_residual_bank_exports_and_scores_as_the_training_path(
+    patchcore_run, torch_embeddings, sample_images, tmp_path
+):
+    import edgekit
+    from edgekit.compress.pca import BankSettings
+    from edgekit.families.patchcore.train import compressed_bank, head_for
+
+    detector = edgekit.load(_export(patchcore_run, tmp_path / "b", bank_dims="32+r", bank_dtype="float32"))
+    bank = detector.manifest.head.params["bank"]
+    assert (bank["dims"], bank["feature_dims"]) == (33, 152) and "residual energy" in bank["projection"]
+    compressed = compressed_bank(patchcore_run, BankSettings(dims="32+r", dtype="float32"))
+    scores, _ = head_for(patchcore_run, compressed)(compressed.pca.project_maps(torch_embeddings))
+    np.testing.assert_allclose(detector.raw(sample_images)[0], scores, rtol=1e-3)
+
+
 def test_full_float32_bank_is_the_run_bank_and_scores_equal_the_uncompressed_computation(
     uncompressed_bundle, patchcore_run, torch_embeddings, sample_images
 ):

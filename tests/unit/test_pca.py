@@ -93,3 +93,40 @@ def test_running_statistics_in_uneven_parts_equal_the_whole():
     assert result.count == 50000
     np.testing.assert_allclose(result.mean, whole.mean(axis=0), rtol=0, atol=1e-9)
     np.testing.assert_allclose(result.covariance, np.cov(whole, rowvar=False, bias=True), rtol=1e-9, atol=1e-9)
+
+
+def test_the_residual_coordinate_is_the_energy_pca_drops():
+    from edgekit.compress.pca import wants_residual
+
+    rng = np.random.default_rng(7)
+    features = (rng.standard_normal((4000, 24)) * np.linspace(5, 0.1, 24)).astype(np.float32)
+    pca = fit_pca(feature_statistics(features), 6, residual=True)
+    rows = pca.project_rows(features[:100]).astype(np.float64)
+    assert rows.shape == (100, 7) and pca.output_dims == 7
+    centred = features[:100].astype(np.float64) - pca.mean
+    # Pythagoras: kept coordinates and the residual hold all of each row's energy
+    np.testing.assert_allclose((rows**2).sum(axis=1), (centred**2).sum(axis=1), rtol=1e-5)
+    plain = fit_pca(feature_statistics(features), 6).project_rows(features[:100])
+    np.testing.assert_array_equal(rows[:, :6].astype(np.float32), plain)
+    maps = features[:70].reshape(2, 5, 7, 24).transpose(0, 3, 1, 2)
+    projected = pca.project_maps(maps)
+    expected = pca.project_rows(maps.transpose(0, 2, 3, 1).reshape(-1, 24)).reshape(2, 5, 7, 7).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(projected, expected, rtol=1e-4, atol=1e-3)
+    assert wants_residual("32+r") and wants_residual("auto+R") and not wants_residual("32")
+    assert resolve_dims("6+r", feature_statistics(features)) == 6
+    with pytest.raises(EdgekitError, match="full\\+r has nothing to add"):
+        resolve_dims("full+r", feature_statistics(features))
+
+
+def test_residual_distances_lie_between_plain_pca_and_full_ones():
+    rng = np.random.default_rng(8)
+    features = (rng.standard_normal((3000, 20)) * np.linspace(4, 0.2, 20)).astype(np.float32)
+    statistics = feature_statistics(features)
+    a, b = features[:200], features[200:400]
+    full = np.linalg.norm(a.astype(np.float64) - b, axis=1)
+    plain = fit_pca(statistics, 5)
+    residual = fit_pca(statistics, 5, residual=True)
+    low = np.linalg.norm(plain.project_rows(a).astype(np.float64) - plain.project_rows(b), axis=1)
+    middle = np.linalg.norm(residual.project_rows(a).astype(np.float64) - residual.project_rows(b), axis=1)
+    assert np.all(low <= middle + 1e-4) and np.all(middle <= full + 1e-3)
+    assert np.mean(middle) > np.mean(low)

@@ -36,15 +36,20 @@ def bank_settings(options: ExportOptions) -> BankSettings:
 
 
 def fold_projection(network, pca: Pca):
-    """``network`` followed by the PCA projection as a 1×1 convolution (weight W, bias −W μ)."""
+    """``network`` followed by the PCA projection as a 1×1 convolution (weight W, bias −W μ) and,
+    with ``pca.residual``, the residual energy as one more channel."""
     import torch
     from torch import nn
+
+    from edgekit.families.patchcore.train import WithResidual
 
     conv = nn.Conv2d(pca.input_dims, pca.dims, kernel_size=1, bias=True)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(pca.weight())[:, :, None, None])
         conv.bias.copy_(torch.from_numpy(pca.bias()))
-    return nn.Sequential(network, conv).eval()
+    if not pca.residual:
+        return nn.Sequential(network, conv).eval()
+    return WithResidual(network, conv, torch.from_numpy(pca.mean.astype("float32"))).eval()
 
 
 #: The default bank's head budget: its exact kNN search may cost at most this share of the

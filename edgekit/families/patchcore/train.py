@@ -31,6 +31,7 @@ from edgekit.compress.pca import (
     feature_statistics,
     fit_pca,
     resolve_dims,
+    wants_residual,
 )
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
@@ -74,6 +75,23 @@ class PatchcoreNetwork(nn.Module):
         return torch.cat(resized, dim=1)
 
 
+class WithResidual(nn.Module):
+    """The embedding network, then the PCA convolution and the energy it drops as one more channel:
+    [W (f − μ), √max(‖f − μ‖² − ‖W (f − μ)‖², 0)] (Pca.residual; numpy: Pca.project_maps)."""
+
+    def __init__(self, network: nn.Module, conv: nn.Conv2d, mean: torch.Tensor) -> None:
+        super().__init__()
+        self.network, self.conv = network, conv
+        self.register_buffer("mean", mean[None, :, None, None])
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.network(image)
+        projected = self.conv(features)
+        centred = features - self.mean
+        energy = (centred * centred).sum(dim=1, keepdim=True) - (projected * projected).sum(dim=1, keepdim=True)
+        return torch.cat([projected, energy.clamp(min=0.0).sqrt()], dim=1)
+
+
 def build_network(config: dict, *, weights: Optional[Path] = None, pretrained: bool = True) -> PatchcoreNetwork:
     extractor = build_feature_extractor(
         config["backbone"], layers=tuple(config["layers"]), weights=weights, pretrained=pretrained
@@ -104,9 +122,9 @@ def compressed_bank(run: Run, settings: BankSettings = DEFAULT_BANK) -> Compress
     """The run's coreset bank compressed as ``settings`` say: one function for export and scoring."""
     statistics, source = patch_statistics(run)
     dims = resolve_dims(settings.dims, statistics)
-    pca = fit_pca(statistics, dims) if dims is not None else None
+    pca = fit_pca(statistics, dims, residual=wants_residual(settings.dims)) if dims is not None else None
     bank = run.array("memory_bank")
-    size = settings.rows(len(bank), bank.shape[1], dims or bank.shape[1])
+    size = settings.rows(len(bank), bank.shape[1], pca.output_dims if pca else bank.shape[1])
     compressed = compress_bank(bank, pca=pca, dtype=settings.dtype, size=size, seed=int(run.config.get("seed", 0)))
     if pca is not None:
         compressed.description["pca_fitted_on"] = source
