@@ -165,7 +165,7 @@ def _build(
 
     progress("export network", 0, 2)
     recipe = read_toml("calibration", recipe_name(run.model))
-    parts = family_parts(run, options)
+    parts = family_parts(run, replace(options, precision=precision))  # the families see the resolved precision
     input_spec = _input_spec(run, fmt)
     example = torch.zeros(1, input_spec.channels, input_spec.height, input_spec.width)
     outputs = (parts.output_name,)

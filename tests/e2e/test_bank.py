@@ -108,6 +108,12 @@ def test_a_residual_bank_exports_and_scores_as_the_training_path(
     np.testing.assert_allclose(detector.raw(sample_images)[0], scores, rtol=1e-3)
 
 
+def test_a_residual_bank_is_refused_with_an_int8_network(patchcore_run, tmp_path):
+    with pytest.raises(EdgekitError, match=r"--bank-dims 32\+r needs an fp32 or fp16 network.*--bank-dims 32 without"):
+        _export(patchcore_run, tmp_path / "b", bank_dims="32+r", precision="int8")
+    assert not (tmp_path / "b").exists()
+
+
 def test_full_float32_bank_is_the_run_bank_and_scores_equal_the_uncompressed_computation(
     uncompressed_bundle, patchcore_run, torch_embeddings, sample_images
 ):

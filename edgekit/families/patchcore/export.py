@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from edgekit.bundle import HeadSpec
-from edgekit.compress.pca import DEFAULT_BANK, BankSettings, Pca
+from edgekit.compress.pca import DEFAULT_BANK, BankSettings, Pca, wants_residual
 from edgekit.errors import EdgekitError
 from edgekit.export.job import ExportOptions, FamilyParts, count_flops
 from edgekit.runtime.bank import BANK_DTYPES
@@ -78,6 +78,11 @@ def patchcore_parts(run: Run, options: ExportOptions) -> FamilyParts:
 
     network = load_network(run)
     settings = bank_settings(options)
+    if wants_residual(settings.dims) and options.precision == "int8":
+        raise EdgekitError(
+            f"--bank-dims {settings.dims} needs an fp32 or fp16 network: its residual channel does not survive int8 "
+            f"(defect scores moved up to 33 %); use --precision fp32, or --bank-dims {settings.dims[:-2]} without +r"
+        )
     budget = head_budget(run, network) if settings == DEFAULT_BANK else None
     if budget is not None:
         settings = replace(settings, most=budget["rows"])
