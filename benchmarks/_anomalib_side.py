@@ -135,25 +135,16 @@ def train_and_export(
     bank_images: Sequence[Path],
     work: Path,
     *,
-    seed: int,
-    coreset_ratio: float,
-    num_neighbors: int,
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
     log=print,
+    **settings,
 ) -> AnomalibModels:
-    """Fit anomalib's PatchCore on ``bank_images`` and export it to OpenVINO FP32 and INT8_PTQ."""
+    """Fit anomalib's PatchCore on ``bank_images`` (``settings``: the rest of ``fit``'s) and export
+    it to OpenVINO FP32 and INT8_PTQ."""
     engine, model, datamodule, fit_seconds = fit(
-        category,
-        bank_images,
-        work,
-        seed=seed,
-        coreset_ratio=coreset_ratio,
-        num_neighbors=num_neighbors,
-        image_size=image_size,
-        mean=mean,
-        std=std,
+        category, bank_images, work, image_size=image_size, mean=mean, std=std, **settings
     )
     log(f"  anomalib fit: {fit_seconds:.0f} s, bank {tuple(model.model.memory_bank.shape)}")
     seconds = {}
