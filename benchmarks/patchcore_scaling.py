@@ -11,7 +11,8 @@ child process (peak RSS = its ``ru_maxrss``) with every default (``--coreset aut
 65,536 patches, streamed above) and, up to ``--exact-up-to`` images, once more with
 ``--coreset exact``. Stage times come from the trainer's progress calls. Each run's default x86
 bundle (OpenVINO fp32) is then timed with edgekit's profile code, all bundles interleaved round
-by round; read ratios, not absolutes (a shared 2-core VM). A finished run is reused on a re-run
+by round; read ratios, not absolutes (a shared 2-core VM), and scored on the test split (image
+AUROC of the bundle: what the default bank's head budget costs). A finished run is reused on a re-run
 (its result file in the work folder); ``--fresh`` redoes everything.
 """
 
@@ -126,8 +127,9 @@ def _latencies(runs: list[dict], work: Path, rounds: int) -> dict[str, dict]:
     from PIL import Image
 
     import edgekit
+    from edgekit.data.datasets import open_dataset
     from edgekit.export.pipeline import export_run
-    from edgekit.profile.measure import measure_latencies
+    from edgekit.profile.measure import measure_accuracy, measure_latencies
 
     detectors, names = [], []
     for result in runs:
@@ -139,11 +141,13 @@ def _latencies(runs: list[dict], work: Path, rounds: int) -> dict[str, dict]:
     image = np.asarray(Image.open(sorted(Path(runs[0]["data"]).glob("test/*/*.png"))[0]).convert("RGB"))
     measured = measure_latencies(detectors, [image] * len(detectors), warmup=5, runs=rounds)
     rows = {}
-    for name, detector, result in zip(names, detectors, measured):
+    for name, detector, result, run in zip(names, detectors, measured, runs):
+        accuracy = measure_accuracy(detector, open_dataset(Path(run["data"])))
         rows[name] = {
             **result["stages_p50_ms"],
             "total": result["p50_ms"],
             "bank_rows": int(detector.head.memory_bank.shape[0]),
+            "image_auroc": accuracy["image_auroc"],
         }
     return rows
 
@@ -204,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "| data (trained on) | patches | coreset | bank rows | embedding s | coreset s (1st level) | scoring s "
-        "| training s | peak RSS MB | coverage radius (bound) | default bundle rows | network / head p50 ms "
-        "| image / pixel AUROC |"
+        "| training s | peak RSS MB | coverage radius (bound) | image / pixel AUROC | default bundle rows "
+        "| network / head p50 ms | bundle image AUROC |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for r in results:
         selection = r["selection"]
         radius = f"{selection['radius']:.1f}" if "radius" in selection else f"≤ {selection['radius_bound']:.1f}"
@@ -216,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         first = f" ({r['first_level_seconds']:.1f})" if r["first_level_seconds"] else ""
         device = latency[Path(r["out"]).name]
         print(
-            f"| {Path(r['out']).name.rsplit('-', 1)[0]} ({r['trained']}) | {r['patches']:,} | {selection['method']} "
+            f"| {Path(r['out']).name.rsplit('-', 1)[0]} ({r['trained']}) | {r['patches']:,} "
+            f"| {r['coreset']}{'' if r['coreset'] == selection['method'] else ': ' + selection['method']} "
             f"| {r['rows']:,} | {stages.get('embedding', 0.0) - r['first_level_seconds']:.1f} "
             f"| {coreset_s:.1f}{first} | {stages.get('scoring', 0.0):.1f} | {r['seconds']:.1f} "
-            f"| {r['peak_rss_mb']:.0f} | {radius} | {device['bank_rows']:,} "
-            f"| {device['network']:.1f} / {device['head']:.1f} | {r['image_auroc']:.3f} / {r['pixel_auroc']:.3f} |"
+            f"| {r['peak_rss_mb']:.0f} | {radius} | {r['image_auroc']:.3f} / {r['pixel_auroc']:.3f} "
+            f"| {device['bank_rows']:,} | {device['network']:.1f} / {device['head']:.1f} | {device['image_auroc']:.3f} |"
         )
     if anomalib:
         print()
