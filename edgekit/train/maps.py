@@ -58,31 +58,19 @@ class Schedule:
 
 
 def train_epochs(
-    step: Callable[[torch.Tensor], float],
-    images: np.ndarray,
-    schedule: Schedule,
-    *,
-    stage: str = "train",
-    min_batch: int = 1,
-    progress: Optional[ProgressFn] = None,
+    step: Callable[[torch.Tensor], float], images: np.ndarray, schedule: Schedule, *, min_batch: int = 1
 ) -> list[float]:
     """Call ``step(batch)`` (forward, backward, optimiser step; returns the batch's mean loss) over
-    ``images`` for ``epochs`` epochs, reshuffled each epoch by a seeded generator.
+    ``images`` for ``schedule.epochs`` epochs, reshuffled each epoch by a seeded generator.
 
     A last batch smaller than ``min_batch`` is left out of that epoch (BatchNorm cannot train on
-    one image) unless it is the only one. Returns the mean loss per epoch. ``progress`` replaces the
-    schedule's (EfficientAD reports per step instead).
+    one image) unless it is the only one. Returns the mean loss per epoch.
     """
-    epochs, batch_size, seed = schedule.epochs, schedule.batch_size, schedule.seed
-    progress = schedule.progress if progress is None else progress
-    if epochs < 1:
-        raise EdgekitError(f"--epochs must be at least 1, not {epochs}")
-    if batch_size < min_batch:
-        raise EdgekitError(f"--batch-size must be at least {min_batch}, not {batch_size}")
+    epochs, batch_size, seed, progress = schedule.epochs, schedule.batch_size, schedule.seed, schedule.progress
     order_rng = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(np.ascontiguousarray(images))
     history = []
-    progress(stage, 0, epochs)
+    progress("train", 0, epochs)
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=order_rng)
         total, seen = 0.0, 0
@@ -93,7 +81,7 @@ def train_epochs(
             total += float(step(batch)) * len(batch)
             seen += len(batch)
         history.append(round(total / max(seen, 1), 6))
-        progress(stage, epoch + 1, epochs)
+        progress("train", epoch + 1, epochs)
     return history
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -217,7 +218,7 @@ def _fit(
         schedule.progress("train", len(terms["penalty"]), steps)
         return float(loss.detach())
 
-    history = train_epochs(step, images, schedule, progress=noop)
+    history = train_epochs(step, images, replace(schedule, progress=noop))  # progress is per step, above
     per_epoch = -(-len(images) // schedule.batch_size)
     last = {name: round(float(np.mean(values[-per_epoch:])), 6) for name, values in terms.items()}
     return history, last

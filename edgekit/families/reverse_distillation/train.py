@@ -221,12 +221,7 @@ def fit(
     network.bottleneck.train()
     network.decoder.train()
     try:  # train_epochs shuffles the image indices; step looks their cached encoder levels up
-        return train_epochs(
-            step,
-            np.arange(len(images)),
-            schedule,
-            min_batch=2,
-        )
+        return train_epochs(step, np.arange(len(images)), schedule, min_batch=2)
     finally:
         network.eval()
 
