@@ -79,3 +79,39 @@ def test_unknown_search_is_refused():
         KnnHead(
             memory_bank=np.ones((3, 2), np.float32), num_neighbors=1, output_height=4, output_width=4, search="annoy"
         )
+
+
+def test_the_fast_search_gives_exact_scores_and_maps_within_rounding():
+    """Image scores equal exact search's where the fast search picks the other row of a near-tie,
+    where two patches are equally worst and where all distances are 0; maps agree to 1e-6."""
+    from edgekit.runtime.bank import nearest_distances
+
+    bank, queries = _near_tie_bank_and_queries()
+    head = KnnHead(memory_bank=bank, num_neighbors=9, output_height=28, output_width=28)
+    fast_index = nearest_distances(queries[:50], head._bank_t, bank, head._half_sq_norms)[1]
+    flipped = queries[:50][fast_index != nearest_neighbors(queries[:50], bank)[1]]
+    assert len(flipped) >= 2  # the case this test is about: float32 picks the other row
+    embeddings = np.repeat(bank[100:149].T.reshape(1, 32, 7, 7), 5, axis=0)  # every patch on a bank row
+    embeddings[0, :, 2, 4], embeddings[1, :, 6, 0] = flipped[0], flipped[1]  # a near-tie is the worst patch
+    embeddings[2, :, 3, 3] = embeddings[2, :, 5, 2] = bank[7] + 40.0  # two equally worst patches
+    embeddings[3] = queries[:49].T.reshape(32, 7, 7)
+    scores, maps = head(embeddings)
+    exact = KnnHead(memory_bank=bank, num_neighbors=9, output_height=28, output_width=28, exact=True)
+    expected_scores, expected_maps = exact(embeddings)
+    np.testing.assert_array_equal(scores, expected_scores)
+    np.testing.assert_allclose(maps, expected_maps, rtol=1e-6, atol=1e-6)
+    assert scores[4] == 0.0
+
+
+def test_the_fast_search_never_understates_and_rarely_differs():
+    rng = np.random.default_rng(8)
+    bank = rng.standard_normal((400, 48)).astype(np.float32) * 3 + 5
+    queries = (bank[rng.integers(0, 400, 2000)] + rng.standard_normal((2000, 48)).astype(np.float32)).astype(np.float32)
+    head = KnnHead(memory_bank=bank, num_neighbors=3, output_height=8, output_width=8)
+    from edgekit.runtime.bank import nearest_distances
+
+    fast, fast_index = nearest_distances(queries, head._bank_t, bank, head._half_sq_norms)
+    exact, exact_index = nearest_neighbors(queries, bank)
+    assert np.all(fast >= exact)
+    np.testing.assert_allclose(fast, exact, rtol=1e-6)
+    assert np.mean(fast_index == exact_index) > 0.999
