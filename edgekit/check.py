@@ -14,11 +14,14 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:
+    from edgekit.data.datasets import Dataset
 from edgekit.progress import ProgressFn, noop
 
 
@@ -116,7 +119,7 @@ def _score_bundle(
 def check_bundles(
     reference: str | Path,
     candidate: str | Path,
-    data: str | Path,
+    data: "str | Path | Dataset",
     *,
     max_auroc_drop: float = 0.01,
     min_agreement: float = 0.98,
@@ -131,13 +134,13 @@ def check_bundles(
     runner without a GPU). Raises :class:`EdgekitError` for bad input; a broken limit is a
     result (``CheckResult.passed`` is False), not an error.
     """
-    from edgekit.data.datasets import open_dataset
+    from edgekit.data.datasets import Dataset, open_dataset
 
     if not 0.0 <= max_auroc_drop <= 1.0:
         raise EdgekitError(f"--max-auroc-drop must be between 0 and 1, not {max_auroc_drop}")
     if not 0.0 <= min_agreement <= 1.0:
         raise EdgekitError(f"--min-agreement must be between 0 and 1 (a share of images), not {min_agreement}")
-    dataset = open_dataset(Path(data), category=category)
+    dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
     samples = [sample.path for sample in dataset.test]
     labels = np.array([sample.label for sample in dataset.test], dtype=bool)
     if labels.all() or not labels.any():
@@ -151,7 +154,7 @@ def check_bundles(
         for detector, path, stage in zip(detectors, paths, ("score reference", "score candidate"))
     ]
     return CheckResult(
-        data=str(data),
+        data=str(dataset.root) if isinstance(data, Dataset) else str(data),
         labels=labels,
         reference=results[0],
         candidate=results[1],

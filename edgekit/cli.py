@@ -37,6 +37,22 @@ MODE = click.Choice(["latency", "throughput"])
 BACKGROUND = click.IntRange(0, MAX_BACKGROUND)  # busy processes for `profile --background`
 
 
+class _DataPath(click.Path):
+    """An existing dataset folder or a .csv/.json list of images."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        if Path(path).is_file() and Path(path).suffix.lower() not in (".csv", ".json"):
+            self.fail(f"{path} is a file, not a dataset folder or a .csv/.json list of images", param, ctx)
+        return path
+
+
+DATA_PATH = _DataPath()
+
+
 class _Group(click.Group):
     """Turns an EdgekitError anywhere below into one ``error: ...`` line and exit code 1, and a bad
     option value (refused by its click type) into one ``error: ...`` line and exit code 2."""
@@ -215,28 +231,72 @@ def _typing_base(hint: Any) -> Any:
     return arguments[0] if typing.get_origin(hint) is typing.Union and len(arguments) == 1 else hint
 
 
+DATA_LAYOUTS = (
+    "an MVTec category (ground_truth/ optional), an MVTec or VisA root, a folder with good/ (or ok/) and "
+    "a folder per defect, or a .csv/.json list of path,label[,mask][,split]"
+)
+
+
+def _data_options(purpose: str):
+    """--data (any layout) or the folder pair --normal-dir/--abnormal-dir/--mask-dir, and --category."""
+
+    def decorate(function):
+        for option in reversed(
+            [
+                click.option("--data", "data_dir", type=DATA_PATH, default=None, help=f"{purpose}: {DATA_LAYOUTS}."),
+                click.option(
+                    "--normal-dir",
+                    type=EXISTING_DIR,
+                    default=None,
+                    help="Instead of --data: a folder of normal images ...",
+                ),
+                click.option(
+                    "--abnormal-dir", type=EXISTING_DIR, default=None, help="... a folder of anomalous images ..."
+                ),
+                click.option(
+                    "--mask-dir",
+                    type=EXISTING_DIR,
+                    default=None,
+                    help="... and their masks (<stem>.png or <stem>_mask.png).",
+                ),
+                click.option("--category", default=None, help="Category inside a multi-category dataset root."),
+            ]
+        ):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _open_data(
+    data_dir: Optional[Path],
+    normal_dir: Optional[Path],
+    abnormal_dir: Optional[Path],
+    mask_dir: Optional[Path],
+    category: Optional[str],
+    *,
+    seed: int = 0,
+    required: bool = True,
+):
+    """The Dataset the data options name (None when none is given and none is required)."""
+    from edgekit.data.datasets import open_dataset, read_folder
+
+    if data_dir is not None and normal_dir is not None:
+        raise EdgekitError("give either --data or --normal-dir, not both")
+    if normal_dir is None and (abnormal_dir is not None or mask_dir is not None):
+        raise EdgekitError("--abnormal-dir and --mask-dir go with --normal-dir")
+    if normal_dir is not None:
+        return read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
+    if data_dir is not None:
+        return open_dataset(data_dir, category=category, seed=seed)
+    if required:
+        raise EdgekitError("give --data (a dataset or a list of images) or --normal-dir (with optional --abnormal-dir)")
+    return None
+
+
 @cli.command()
 @click.option("--model", type=click.Choice(list(FAMILIES)), default="patchcore", show_default=True)
-@click.option(
-    "--data",
-    "data_dir",
-    type=EXISTING_DIR,
-    default=None,
-    help="A dataset category folder (MVTec layout) or a VisA root.",
-)
-@click.option(
-    "--normal-dir", type=EXISTING_DIR, default=None, help="Instead of --data: a plain folder of normal images ..."
-)
-@click.option(
-    "--abnormal-dir",
-    type=EXISTING_DIR,
-    default=None,
-    help="... with an optional folder of anomalous images for evaluation ...",
-)
-@click.option(
-    "--mask-dir", type=EXISTING_DIR, default=None, help="... and their masks (<stem>.png or <stem>_mask.png)."
-)
-@click.option("--category", default=None, help="Category inside a multi-category dataset root.")
+@_data_options("The dataset")
 @click.option("--out", "out", type=FOLDER, required=True, help="Run folder to create.")
 @click.option("--image-size", type=IMAGE_SIZE, default=None, help="Input side in pixels (default: the model's).")
 @click.option(
@@ -266,21 +326,11 @@ def train(
     **model_options,
 ) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit-anomaly[train])."""
-    from edgekit.data.datasets import read_folder
     from edgekit.train.engine import train as train_model
 
-    if (
-        data_dir is not None
-        and normal_dir is not None
-        or data_dir is None
-        and normal_dir is None
-        and model not in MODELS_WITH_OWN_DATA
-    ):
-        raise EdgekitError("give either --data DIR or --normal-dir DIR (with optional --abnormal-dir, --mask-dir)")
-    data = data_dir if normal_dir is None else read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
+    own = model in MODELS_WITH_OWN_DATA
+    data = _open_data(data_dir, normal_dir, abnormal_dir, mask_dir, category, seed=seed, required=not own)
     given = {name: value for name, value in model_options.items() if value is not None}
-    if category is not None:
-        given["category"] = category
     if no_eval:
         given["evaluate"] = False
     run = train_model(model, data, out, seed=seed, overwrite=overwrite, progress=_progress(), **given)
@@ -678,7 +728,7 @@ def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
     "normals",
     type=click.Path(path_type=Path),
     required=True,
-    help="Folder of normal images captured on the device.",
+    help="Folder of normal images captured on the device, or any dataset layout (its training normals).",
 )
 @click.option(
     "--out",
@@ -734,12 +784,13 @@ def fit_cmd(
     help="On a host that is not the target: a roofline latency estimate from FLOPs and the target's "
     "published peak, labelled 'estimate'; accuracy is scored on this host.",
 )
+@_data_options("Labelled data, for image/pixel AUROC, PRO, F1 at the bundle's threshold and heat maps")
 @click.option(
-    "--data",
-    "data_dir",
-    type=EXISTING_DIR,
-    default=None,
-    help="Labelled dataset: adds image/pixel AUROC, PRO, F1 at the bundle's threshold, and heat maps.",
+    "--split-seed",
+    type=SEED,
+    default=0,
+    show_default=True,
+    help="Seed that split the normals of layouts with no split of their own (give the one you trained with).",
 )
 @click.option("--runs", type=POSITIVE, default=100, show_default=True, help="Timed runs after warm-up.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
@@ -765,6 +816,11 @@ def profile(
     banks: Optional[str],
     estimate: bool,
     data_dir: Optional[Path],
+    normal_dir: Optional[Path],
+    abnormal_dir: Optional[Path],
+    mask_dir: Optional[Path],
+    category: Optional[str],
+    split_seed: int,
     runs: int,
     warmup: int,
     cold_starts: int,
@@ -787,6 +843,7 @@ def profile(
         raise EdgekitError("--precisions, --formats and --banks choose sweep variants: add --sweep")
     if estimate and background:
         raise EdgekitError("--background loads the device during timed runs; with --estimate nothing is timed")
+    dataset = _open_data(data_dir, normal_dir, abnormal_dir, mask_dir, category, seed=split_seed, required=False)
     bar = _progress()
     bundles: list[Path] = []
     for path in paths:
@@ -817,7 +874,7 @@ def profile(
         bundles,
         target=spec.name,
         out=out,
-        data=data_dir,
+        data=dataset,
         runs=runs,
         warmup=warmup,
         cold_starts=cold_starts,
@@ -850,10 +907,14 @@ def report(profiles: tuple[Path, ...], out: Path) -> None:
 @cli.command("check")
 @click.option("--reference", type=EXISTING, required=True, help="The bundle to compare against.")
 @click.option("--candidate", type=EXISTING, required=True, help="The bundle under test.")
+@_data_options("Labelled data; both bundles score its test split")
 @click.option(
-    "--data", "data_dir", type=EXISTING_DIR, required=True, help="Labelled dataset; both bundles score its test split."
+    "--split-seed",
+    type=SEED,
+    default=0,
+    show_default=True,
+    help="Seed that split the normals of layouts with no split of their own (give the one you trained with).",
 )
-@click.option("--category", default=None, help="Category inside a multi-category dataset root.")
 @click.option(
     "--max-auroc-drop",
     type=float,
@@ -875,8 +936,12 @@ def check_cmd(
     ctx: click.Context,
     reference: Path,
     candidate: Path,
-    data_dir: Path,
+    data_dir: Optional[Path],
+    normal_dir: Optional[Path],
+    abnormal_dir: Optional[Path],
+    mask_dir: Optional[Path],
     category: Optional[str],
+    split_seed: int,
     max_auroc_drop: float,
     min_agreement: float,
     device: Optional[str],
@@ -886,13 +951,13 @@ def check_cmd(
     from edgekit.check import check_bundles, render_table, write_junit
 
     try:
+        dataset = _open_data(data_dir, normal_dir, abnormal_dir, mask_dir, category, seed=split_seed)
         result = check_bundles(
             reference,
             candidate,
-            data_dir,
+            dataset,
             max_auroc_drop=max_auroc_drop,
             min_agreement=min_agreement,
-            category=category,
             device=device,
             progress=_progress(),
         )

@@ -31,15 +31,25 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 HEAD_DIR = "head"
 
 
-def list_normals(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise EdgekitError(f"{folder}: no such folder of normal images")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise EdgekitError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return images
+def list_normals(source: Path) -> list[Path]:
+    """The normal images to fit on: the image files directly inside a folder, sorted by name, or
+    the training normals of any dataset layout edgekit reads (a .csv/.json list, an MVTec category,
+    a good/ + defect folders tree, ...)."""
+    source = Path(source)
+    if not source.exists():
+        raise EdgekitError(f"{source}: no such folder of normal images")
+    if source.is_dir():
+        images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            return images
+    from edgekit.data.datasets import open_dataset
+
+    try:
+        return [sample.path for sample in open_dataset(source).train]
+    except EdgekitError as exc:
+        if source.is_dir():
+            raise EdgekitError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}) and is no dataset") from None
+        raise exc from None
 
 
 def embed_images(

@@ -157,6 +157,18 @@ def _device_name(profile: dict) -> str:
     return f"{target} — {cpu}" if cpu else str(profile.get("target") or "unknown device")
 
 
+def pixel_cell(accuracy: dict, key: str = "pixel_auroc") -> str:
+    """A pixel metric as reports show it: "no masks" where the data has none, and how many
+    anomalies it covers where only some have masks."""
+    if not accuracy:
+        return "—"
+    if key not in accuracy:
+        return "no masks"
+    note = accuracy.get("masks", "")
+    partial = " (" + note + ")" if note.startswith("masks for") and " of " in note else ""
+    return f"{accuracy[key]:.4f}{partial}"
+
+
 def _fmt(value: Any, pattern: str, scale: float = 1.0) -> str:
     number = _num(value)
     return _MISSING if number is None else format(number * scale, pattern)
@@ -329,7 +341,12 @@ def _row(v: _Variant) -> str:
         *stages,
         _fmt(cold.get("cold_start_s"), ".2f"),
         _fmt(cold.get("peak_rss_mb"), ".0f"),
-    ] + [_fmt(acc.get(k), ".4f") for k in ("image_auroc", "pixel_auroc", "pro", "f1_at_threshold")]
+    ] + [
+        _fmt(acc.get("image_auroc"), ".4f"),
+        escape(pixel_cell(acc)) if acc else _MISSING,
+        escape(pixel_cell(acc, "pro")) if acc else _MISSING,
+        _fmt(acc.get("f1_at_threshold"), ".4f"),
+    ]
     classes = " ".join(c for c in ("pareto" if v.pareto else "", "estimate" if v.estimate else "") if c)
     return (
         f'<tr class="{classes}" data-pareto="{int(v.pareto)}" data-variant="{escape(v.vid)}">'

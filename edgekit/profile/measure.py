@@ -231,15 +231,17 @@ def measure_accuracy(detector, dataset, *, batch_size: int = 8, progress: Progre
         return None
     raw_scores: list[float] = []
     spec = detector.manifest.input
-    masks = np.zeros((len(samples), spec.height, spec.width), dtype=bool)
-    maps = np.zeros((len(samples), spec.height, spec.width), dtype=np.float32)
+    pixel = dataset.pixel_indices
+    masks = np.stack([dataset.read_mask(samples[i], spec.height, spec.width) for i in pixel]) if pixel else None
+    maps = np.zeros((len(pixel), spec.height, spec.width), dtype=np.float32)
+    slot = {index: position for position, index in enumerate(pixel)}
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         scores, raw_maps = detector.raw([s.path for s in chunk])
         raw_scores.extend(scores.tolist())
-        maps[start : start + len(chunk)] = raw_maps
-        for offset, sample in enumerate(chunk):
-            masks[start + offset] = dataset.read_mask(sample, spec.height, spec.width)
+        for offset in range(len(chunk)):
+            if start + offset in slot:
+                maps[slot[start + offset]] = raw_maps[offset]
         progress("accuracy", start + len(chunk), len(samples))
     raw_scores_arr = np.asarray(raw_scores)
     threshold = detector.manifest.decision.image_threshold
@@ -248,9 +250,13 @@ def measure_accuracy(detector, dataset, *, batch_size: int = 8, progress: Progre
         "anomalous": int(labels.sum()),
         "image_auroc": image_auroc(labels, raw_scores_arr),
         "f1_at_threshold": f1_at_threshold(labels, raw_scores_arr, threshold),
-        "method": "raw scores of this bundle on the dataset's test split; masks resized (nearest) to the input size",
+        "masks": dataset.masks_note,
+        "method": (
+            "raw scores of this bundle on the dataset's test split; pixel metrics on its normals and the "
+            "anomalies with masks, masks resized (nearest) to the input size"
+        ),
     }
-    if masks.any():
+    if masks is not None:
         result["pixel_auroc"] = pixel_auroc(masks, maps)
         result["pro"] = pro_score(masks, maps)
     return result

@@ -14,14 +14,18 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from edgekit import __version__
 from edgekit.clock import created_time
 from edgekit.errors import EdgekitError
+from edgekit.profile.html import pixel_cell
 from edgekit.progress import ProgressFn, noop
+
+if TYPE_CHECKING:
+    from edgekit.data.datasets import Dataset
 
 SCHEMA = "edgekit-profile/2"
 
@@ -31,7 +35,7 @@ def profile_bundles(
     *,
     target: str,
     out: str | Path,
-    data: Optional[str | Path] = None,
+    data: "str | Path | Dataset | None" = None,
     runs: int = 100,
     warmup: int = 10,
     cold_starts: int = 3,
@@ -57,9 +61,9 @@ def profile_bundles(
         raise EdgekitError("give at least one bundle (or, with --sweep, a training run)")
     dataset = None
     if data is not None:
-        from edgekit.data.datasets import open_dataset
+        from edgekit.data.datasets import Dataset, open_dataset
 
-        dataset = open_dataset(Path(data))
+        dataset = data if isinstance(data, Dataset) else open_dataset(Path(data))
     detectors = [_load_for(Path(b), spec, threads=threads, mode=mode) for b in bundles]
     images: list = [None] * len(detectors)
     latencies: list = [None] * len(detectors)
@@ -102,7 +106,7 @@ def profile_bundles(
         "estimate": bool(estimate),
         "host_note": mismatch,
         "device": {**describe_device(", ".join(runtimes), ""), "target_cpu": spec.cpu},
-        "data": str(Path(data).resolve()) if data is not None else None,
+        "data": _data_name(data, dataset),
         "variants": variants,
     }
     write_reports(profile, Path(out))
@@ -214,6 +218,15 @@ def _profile_one(
         "accuracy": accuracy,
         "examples": _examples(detector, dataset, examples) if dataset is not None else [],
     }
+
+
+def _data_name(data, dataset) -> Optional[str]:
+    """Where the profile's data came from: the path given, or the opened dataset's root."""
+    if dataset is None:
+        return None
+    if isinstance(data, (str, Path)):
+        return str(Path(data).resolve())
+    return f"{dataset.root.resolve()} ({dataset.layout}, {dataset.masks_note})"
 
 
 def _decoded_sample(dataset, manifest) -> np.ndarray:
@@ -361,7 +374,7 @@ def render_markdown(profile: dict) -> str:
             lines.append(
                 f"| {v['name']} | {v['bundle']['size_bytes'] / 1e6:.2f} | {timing} | {split} | "
                 f"{_fmt(cold and cold['cold_start_s'], '.2f')} | {_fmt(cold and cold['peak_rss_mb'], '.0f')} | "
-                f"{_fmt(acc.get('image_auroc'), '.4f')} | {_fmt(acc.get('pixel_auroc'), '.4f')} | "
+                f"{_fmt(acc.get('image_auroc'), '.4f')} | {pixel_cell(acc)} | "
                 f"{_fmt(acc.get('f1_at_threshold'), '.4f')} | {'yes' if v['pareto'] else ''} |"
             )
         lines += ["", "Pareto: no other variant here is both faster and more accurate (image AUROC)."]
@@ -454,8 +467,8 @@ def _single_variant_rows(v: dict) -> list[str]:
     if acc:
         rows += [
             ("image AUROC", f"{acc['image_auroc']:.4f}"),
-            ("pixel AUROC", f"{acc['pixel_auroc']:.4f}" if "pixel_auroc" in acc else "n/a (no masks)"),
-            ("PRO (FPR ≤ 0.3)", f"{acc['pro']:.4f}" if "pro" in acc else "n/a"),
+            ("pixel AUROC", pixel_cell(acc)),
+            ("PRO (FPR ≤ 0.3)", pixel_cell(acc, "pro")),
             ("F1 at the bundle's threshold", f"{acc['f1_at_threshold']:.4f}"),
             ("test images (anomalous)", f"{acc['test_images']} ({acc['anomalous']})"),
         ]

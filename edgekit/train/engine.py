@@ -104,7 +104,7 @@ def build_run(data: Any, out: Any, how: RunSettings, *, fit: FitFn, evaluate: Ev
     from edgekit.data.splits import split_normals
     from edgekit.train.run import Run, RunRecord, RunWriter, dataset_block, made
 
-    dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=how.category)
+    dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=how.category, seed=how.seed)
     paths = [sample.path for sample in dataset.train]
     trained_index, held_index = split_normals(len(paths), how.holdout, how.seed)
     trained, held = [paths[i] for i in trained_index], [paths[i] for i in held_index]

@@ -288,14 +288,17 @@ def evaluate_on_test_split(run: "Run", dataset: Any, score: Any, path: str) -> d
 
 def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, size: int, path: str) -> dict[str, Any]:
     """Image and pixel AUROC of training-path ``scores`` / ``maps`` on the dataset's test split
-    (in its order); AUROCs only where both labels, and masks, exist. ``path`` says what scored."""
+    (in its order); AUROCs only where both labels exist, pixel AUROC on the normals and the
+    anomalies that have masks (``masks`` says how many). ``path`` says what scored."""
     from edgekit.metrics import image_auroc, pixel_auroc
 
     labels = np.array([s.label for s in dataset.test])
     result: dict[str, Any] = {"test_images": len(labels), "path": path}
     if 0 < labels.sum() < len(labels):
         result["image_auroc"] = image_auroc(labels, scores)
-        masks = np.stack([dataset.read_mask(s, size, size) for s in dataset.test])
-        if masks.any():
-            result["pixel_auroc"] = pixel_auroc(masks, maps)
+        pixel = dataset.pixel_indices
+        if pixel:
+            masks = np.stack([dataset.read_mask(dataset.test[i], size, size) for i in pixel])
+            result["pixel_auroc"] = pixel_auroc(masks, np.asarray(maps)[pixel])
+        result["masks"] = dataset.masks_note
     return result

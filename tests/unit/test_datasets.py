@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from edgekit.data import Sample, open_dataset, read_folder, read_mvtec, read_visa
+from edgekit.data.datasets import read_classes, read_list
 from edgekit.errors import EdgekitError
 
 
@@ -109,10 +110,6 @@ def test_read_mask_counts_label_values_as_anomalous_and_thresholds_0_255_masks_a
     [
         (lambda c: [p.unlink() for p in (c / "train" / "good").iterdir()], "train/good: no training images"),
         (lambda c: (c / "test" / "scratch").mkdir(), "test/scratch: no test images"),
-        (
-            lambda c: (c / "ground_truth" / "hole" / "000_mask.png").unlink(),
-            "hole/000_mask.png: missing ground-truth mask",
-        ),
     ],
 )
 def test_read_mvtec_rejects_malformed_trees_naming_the_path(mvtec, breakage, message):
@@ -227,3 +224,117 @@ def test_open_dataset_rejects_a_folder_that_is_no_dataset(tmp_path):
     _png(tmp_path / "loose.png")
     with pytest.raises(EdgekitError, match="not a dataset"):
         open_dataset(tmp_path)
+
+
+def test_mvtec_without_or_with_partial_ground_truth_is_image_labelled(mvtec):
+    (mvtec / "ground_truth" / "hole" / "000_mask.png").unlink()
+    partial = read_mvtec(mvtec)
+    assert [s.mask_path is not None for s in partial.test if s.label] == [True, True, False]
+    assert partial.masks_note == "masks for 2 of 3 anomalies"
+    assert [partial.test[i].path.name for i in partial.pixel_indices] == ["000.png", "001.png", "000.png"]
+    assert partial.pixel_indices == [0, 1, 2]  # crack/000, crack/001, good/000: the hole has no mask
+    import shutil
+
+    shutil.rmtree(mvtec / "ground_truth")
+    none = read_mvtec(mvtec)
+    assert none.masks_note == "no masks" and none.pixel_indices == []
+    assert [s.label for s in none.test] == [1, 1, 0, 1]
+
+
+@pytest.mark.parametrize("normal_name, defect_names", [("good", ["scratch", "stain"]), ("ok", ["nok"])])
+def test_classification_layout_splits_normals_and_names_defects(tmp_path, normal_name, defect_names):
+    root = tmp_path / "parts"
+    for i in range(10):
+        _png(root / normal_name / f"{i:02d}.png")
+    for name in defect_names:
+        _png(root / name / "a.png", 20)
+    (root / "notes.txt").write_text("ignored")
+    dataset = open_dataset(root, seed=3)
+    assert dataset.layout == "classes" and len(dataset.train) == 8
+    assert sorted({s.defect for s in dataset.test if s.label}) == sorted(
+        "anomaly" if n == "nok" else n for n in defect_names
+    )
+    assert sum(1 for s in dataset.test if not s.label) == 2 and dataset.masks_note == "no masks"
+    assert {s.path for s in dataset.train}.isdisjoint(s.path for s in dataset.test)
+    assert open_dataset(root, seed=3) == dataset and open_dataset(root, seed=4) != dataset
+
+
+def test_classification_layout_needs_one_normal_folder(tmp_path):
+    _png(tmp_path / "good" / "a.png")
+    _png(tmp_path / "ok" / "a.png")
+    with pytest.raises(EdgekitError, match=r"exactly one folder of normal images .* \(found: good, ok\)"):
+        read_classes(tmp_path)
+    with pytest.raises(EdgekitError, match="needs at least 2 normal images"):
+        _png(tmp_path / "bad" / "b.png")
+        import shutil
+
+        shutil.rmtree(tmp_path / "ok")
+        read_classes(tmp_path)
+
+
+def _listed_tree(root: Path) -> Path:
+    for i in range(5):
+        _png(root / "img" / f"n{i}.png")
+    _png(root / "img" / "d0.png", 20)
+    _png(root / "img" / "d1.png", 20)
+    _png(root / "masks" / "d0.png", _left_half_mask())
+    return root
+
+
+def test_csv_and_json_lists_give_the_same_dataset(tmp_path):
+    root = _listed_tree(tmp_path)
+    rows = [("img/n%d.png" % i, "good", "") for i in range(5)] + [("img/d0.png", "scratch", "masks/d0.png")]
+    rows.append(("img/d1.png", "1", ""))
+    (root / "list.csv").write_text("path,label,mask\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    import json
+
+    objects = [{"path": p, "label": label, **({"mask": m} if m else {})} for p, label, m in rows]
+    (root / "list.json").write_text(json.dumps(objects))
+    from_csv, from_json = open_dataset(root / "list.csv"), open_dataset(root / "list.json")
+    assert from_csv.train == from_json.train and from_csv.test == from_json.test
+    assert from_csv.layout == "list" and len(from_csv.train) == 4
+    assert [(s.path.name, s.defect, s.mask_path is not None) for s in from_csv.test if s.label] == [
+        ("d0.png", "scratch", True),
+        ("d1.png", "anomaly", False),
+    ]
+    assert from_csv.masks_note == "masks for 1 of 2 anomalies"
+
+
+def test_a_list_split_column_is_followed(tmp_path):
+    root = _listed_tree(tmp_path)
+    text = "label,path,split\n" + "".join(f"ok,img/n{i}.png,{'test' if i == 4 else 'train'}\n" for i in range(5))
+    (root / "l.csv").write_text(text + "nok,img/d0.png,test\n")
+    dataset = read_list(root / "l.csv")
+    assert [s.path.name for s in dataset.train] == ["n0.png", "n1.png", "n2.png", "n3.png"]
+    assert [s.path.name for s in dataset.test] == ["d0.png", "n4.png"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("file,label\nimg/n0.png,good\n", "header must name path and label"),
+        ("path,label\nimg/none.png,good\n", r"l.csv:2: image file not found"),
+        ("path,label\nimg/n0.png,\n", r"l.csv:2: empty label"),
+        ("path,label,split\nimg/d0.png,bad,train\n", r"l.csv:2: anomalous image in the train split"),
+        ("path,label,split\nimg/n0.png,good,val\n", r"l.csv:2: split must be train or test"),
+        ("path,label\nimg/d0.png,scratch\n", "no normal images"),
+        ("path,label\nimg/n0.png\n", r"l.csv:2: expected 2 fields, found 1"),
+    ],
+)
+def test_bad_lists_are_one_line_errors(tmp_path, text, message):
+    root = _listed_tree(tmp_path)
+    (root / "l.csv").write_text(text)
+    with pytest.raises(EdgekitError, match=message):
+        read_list(root / "l.csv")
+
+
+def test_bad_json_lists_are_one_line_errors(tmp_path):
+    (tmp_path / "l.json").write_text('{"path": "a.png"}')
+    with pytest.raises(EdgekitError, match="must be a JSON list of objects"):
+        read_list(tmp_path / "l.json")
+    (tmp_path / "l.json").write_text('[{"path": ["a.png"], "label": "good"}]')
+    with pytest.raises(EdgekitError, match=r"l.json\[0\]: needs path and label as strings"):
+        read_list(tmp_path / "l.json")
+    (tmp_path / "l.json").write_text("[{")
+    with pytest.raises(EdgekitError, match="not readable JSON"):
+        read_list(tmp_path / "l.json")

@@ -244,7 +244,9 @@ def train_efficient_ad(
     schedule = training_settings(epochs, batch_size, learning_rate, how, defaults=EfficientAdOptions)
     if image_size < 256 or image_size % 64:  # the autoencoder's encoder ends in an 8x8 convolution at S/32
         raise EdgekitError(f"--image-size must be a multiple of 64 and at least 256, not {image_size}")
-    dataset: Dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=how.category)
+    dataset: Dataset = (
+        data if isinstance(data, Dataset) else open_dataset(Path(data), category=how.category, seed=how.seed)
+    )
     if teacher_weights is not None:
         teacher, teacher_origin = pdn_teacher.load_teacher(teacher_weights)
     else:
