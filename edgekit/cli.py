@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -53,11 +54,22 @@ class _DataPath(click.Path):
 DATA_PATH = _DataPath()
 
 
+def _note_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """edgekit's own warnings as one ``note: ...`` line on stderr; others as Python prints them."""
+    from edgekit.runtime.detector import ThresholdWarning
+
+    if issubclass(category, ThresholdWarning):
+        click.echo(f"note: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 class _Group(click.Group):
     """Turns an EdgekitError anywhere below into one ``error: ...`` line and exit code 1, and a bad
     option value (refused by its click type) into one ``error: ...`` line and exit code 2."""
 
     def invoke(self, ctx: click.Context):
+        warnings.showwarning = _note_line
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
@@ -231,6 +243,10 @@ def _typing_base(hint: Any) -> Any:
     return arguments[0] if typing.get_origin(hint) is typing.Union and len(arguments) == 1 else hint
 
 
+THRESHOLD_RULE_HELP = (
+    "How the image threshold is set from held-out normals: bound (upper prediction bound; needs 8 of them), "
+    "max (the largest of their scores) or fpr:<rate> (a new normal exceeds it with probability <= rate)."
+)
 DATA_LAYOUTS = (
     "an MVTec category (ground_truth/ optional), an MVTec or VisA root, a folder with good/ (or ok/) and "
     "a folder per defect, or a .csv/.json list of path,label[,mask][,split]"
@@ -342,6 +358,15 @@ def train(
         f"trained {model} ({config.get('backbone', 'no backbone')}{shape}) "
         f"in {config['train_seconds']:.1f} s → {run.path}" + (f"; training path: {summary}" if summary else "")
     )
+    from edgekit.runtime.decision import MIN_HELD_OUT
+
+    held = len(config.get("held_out_images", ()))
+    if 0 < held < MIN_HELD_OUT:
+        click.echo(
+            f"note: {held} held-out normals; export's default threshold rule needs {MIN_HELD_OUT}: train on more "
+            f"normals or a larger --holdout, or export with --threshold-rule max",
+            err=True,
+        )
 
 
 @cli.command("export")
@@ -369,6 +394,7 @@ def train(
     "--bank-dtype", type=click.Choice(["float32", "float16", "int8"]), default=None, help="PatchCore bank storage type."
 )
 @click.option("--bank-size", type=POSITIVE, default=None, help="PatchCore: re-select the bank down to N rows.")
+@click.option("--threshold-rule", default="bound", show_default=True, help=THRESHOLD_RULE_HELP)
 @click.option(
     "--out",
     "out",
@@ -388,6 +414,7 @@ def export_cmd(
     bank_dims: Optional[str],
     bank_dtype: Optional[str],
     bank_size: Optional[int],
+    threshold_rule: str,
     out: Path,
     overwrite: bool,
 ) -> None:
@@ -403,6 +430,7 @@ def export_cmd(
         bank_dims=bank_dims,
         bank_dtype=bank_dtype,
         bank_size=bank_size,
+        threshold_rule=threshold_rule,
     )
     started = time.perf_counter()  # said here, not in the manifest: a duration would make exports differ
     bundle = export_run(run_dir, out, target=target, options=options, overwrite=overwrite, progress=_progress())
@@ -746,16 +774,32 @@ def verify(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
     help="Share of the images kept out of the bank, for re-fitting the thresholds.",
 )
 @click.option("--seed", type=SEED, default=None, help="Split and coreset seed (default: the bundle's training seed).")
+@click.option("--threshold-rule", default=None, help=THRESHOLD_RULE_HELP + " Default: the bundle's own.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out bundle.")
 @_sigterm_cleans_up
 def fit_cmd(
-    bundle: Path, normals: Path, out: Optional[Path], add: bool, holdout: float, seed: Optional[int], overwrite: bool
+    bundle: Path,
+    normals: Path,
+    out: Optional[Path],
+    add: bool,
+    holdout: float,
+    seed: Optional[int],
+    threshold_rule: Optional[str],
+    overwrite: bool,
 ) -> None:
     """Build a bundle's memory bank from normal images on the device (torch-free) and re-fit thresholds."""
     from edgekit.fit import fit_bundle
 
     result = fit_bundle(
-        bundle, normals, out=out, add=add, holdout=holdout, seed=seed, overwrite=overwrite, progress=_progress()
+        bundle,
+        normals,
+        out=out,
+        add=add,
+        holdout=holdout,
+        seed=seed,
+        overwrite=overwrite,
+        threshold_rule=threshold_rule,
+        progress=_progress(),
     )
     m = result.manifest
     bank = m.head.params.get("bank", {})
@@ -763,6 +807,52 @@ def fit_cmd(
         f"fitted {m.model} bank {bank.get('rows')}x{bank.get('dims')} {bank.get('dtype')} on "
         f"{bank.get('fitted', {}).get('images')} images → {out or bundle} [image threshold "
         f"{m.decision.image_threshold:.4g} fitted on {m.decision.fitted_on} held-out normals]"
+    )
+
+
+@cli.command("threshold")
+@click.argument("bundle", type=EXISTING)
+@_data_options("Validation data, not the data you test on; its test split is scored")
+@click.option(
+    "--split-seed",
+    type=SEED,
+    default=0,
+    show_default=True,
+    help="Seed that splits the normals of layouts with no split of their own.",
+)
+@click.option(
+    "--rule",
+    required=True,
+    help="bound, max or fpr:<rate> (on the normals, as for export), or f1 (best F1 over normals and "
+    "labelled anomalies).",
+)
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), default=None, help="New bundle (default: replace BUNDLE in place)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out bundle.")
+@_sigterm_cleans_up
+def threshold_cmd(
+    bundle: Path,
+    data_dir: Optional[Path],
+    normal_dir: Optional[Path],
+    abnormal_dir: Optional[Path],
+    mask_dir: Optional[Path],
+    category: Optional[str],
+    split_seed: int,
+    rule: str,
+    out: Optional[Path],
+    overwrite: bool,
+) -> None:
+    """Re-fit a bundle's thresholds by a rule on validation data, with this machine's runtime."""
+    from edgekit.fit import refit_thresholds
+
+    dataset = _open_data(data_dir, normal_dir, abnormal_dir, mask_dir, category, seed=split_seed)
+    result = refit_thresholds(bundle, dataset, rule, out=out, overwrite=overwrite, progress=_progress())
+    d = result.manifest.decision
+    click.echo(
+        f"image threshold {d.image_threshold:.4g} by rule {d.rule} on {d.validation['normals']} normal and "
+        f"{d.validation['anomalies']} anomalous validation images, {d.fitted_with['runtime']} "
+        f"{d.fitted_with['version']} → {out or bundle}"
     )
 
 

@@ -24,7 +24,7 @@ from edgekit.data.splits import split_normals
 from edgekit.errors import EdgekitError
 from edgekit.preprocess import ImageLike
 from edgekit.progress import ProgressFn, noop
-from edgekit.runtime.decision import fit_decision
+from edgekit.runtime.decision import ThresholdRule, fit_decision
 from edgekit.runtime.heads import KnnHead, build_head
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -78,12 +78,14 @@ def fit_bundle(
     seed: Optional[int] = None,
     batch_size: int = 8,
     overwrite: bool = False,
+    threshold_rule: Optional[str] = None,
     progress: ProgressFn = noop,
 ) -> Bundle:
     """Build (or, with ``add``, extend) a bundle's bank from normal images and re-fit its thresholds.
 
     ``out`` None replaces ``bundle`` in place (atomically). ``seed`` defaults to the bundle's
     training seed, so the split and the coreset are those training would make.
+    ``threshold_rule`` defaults to the bundle's own; the runtime here is recorded with it.
     """
     from edgekit.bundle import load_bundle
     from edgekit.runtime.detector import load
@@ -116,6 +118,8 @@ def fit_bundle(
 
     images = list_normals(Path(normals))
     bank_idx, held_idx = split_normals(len(images), holdout, seed)
+    rule = ThresholdRule.parse(threshold_rule or manifest.decision.rule)
+    rule.check(len(held_idx), anomalies=0)  # before embedding: fit has normals only
     embeddings = embed_images(detector, images, batch_size=batch_size, progress=progress)
     patches = _patches(embeddings[bank_idx])
     count = coreset_count(len(patches), ratio, rows=fixed_rows)
@@ -162,7 +166,7 @@ def fit_bundle(
     new_manifest = dataclasses.replace(
         manifest,
         head=head_spec,
-        decision=fit_decision(scores, maps),
+        decision=fit_decision(scores, maps, rule=rule, fitted_with=detector.runtime_identity),
         export={**manifest.export, "bank": params["bank"]},
     )
     files = {name: detector.bundle.path(name) for name in manifest.network.files}
@@ -173,4 +177,78 @@ def fit_bundle(
         arrays={paths[name]: array for name, array in compressed.arrays.items()},
         overwrite=overwrite or dest == source,
     )
+    return load_bundle(dest)
+
+
+def refit_thresholds(
+    bundle: str | Path,
+    dataset,
+    rule: str,
+    *,
+    out: Optional[str | Path] = None,
+    overwrite: bool = False,
+    batch_size: int = 8,
+    progress: ProgressFn = noop,
+) -> Bundle:
+    """``edgekit threshold``: re-fit a bundle's thresholds by ``rule`` on validation data, here.
+
+    The images are the test split of ``dataset`` (an ``edgekit.data.Dataset``): its normals, and
+    for ``f1`` its labelled anomalies. The network and head are copied byte for byte; the manifest
+    records the rule, the runtime that scored, and the data (its root, a fingerprint of the images'
+    bytes and labels, the counts). ``out`` None replaces ``bundle`` in place (atomically).
+    """
+    import hashlib
+
+    from edgekit.bundle import load_bundle
+    from edgekit.runtime.detector import load
+
+    source = Path(bundle)
+    dest = Path(out) if out is not None else source
+    if out is not None and dest.exists() and not overwrite and dest.resolve() != source.resolve():
+        raise EdgekitError(f"{dest} already exists; choose another --out or pass --overwrite")
+    parsed = ThresholdRule.parse(rule)
+    normals = [s for s in dataset.test if s.label == 0]
+    anomalies = [s for s in dataset.test if s.label == 1]
+    parsed.check(len(normals), len(anomalies))  # before scoring: a rule that cannot fire is refused
+    detector = load(source)
+    manifest = detector.manifest
+    samples = normals + (anomalies if parsed.name == "f1" else [])
+    scores, maps = [], []
+    progress("score validation images", 0, len(samples))
+    for start in range(0, len(samples), batch_size):
+        batch_scores, batch_maps = detector.raw([s.path for s in samples[start : start + batch_size]])
+        scores.append(batch_scores)
+        maps.append(batch_maps[: max(0, len(normals) - start)])  # pixel threshold: normal maps only
+        progress("score validation images", min(start + batch_size, len(samples)), len(samples))
+    scores_all = np.concatenate(scores)
+    fingerprint = hashlib.sha256()
+    for sample in samples:
+        fingerprint.update(f"{sample.label}:{sample.path.name}:".encode())
+        fingerprint.update(hashlib.sha256(sample.path.read_bytes()).digest())
+    validation = {
+        "data": str(dataset.root.resolve()),
+        "layout": dataset.layout,
+        "split": "test",
+        "fingerprint": f"sha256:{fingerprint.hexdigest()}",
+        "normals": len(normals),
+        "anomalies": len(anomalies) if parsed.name == "f1" else 0,
+    }
+    decision = fit_decision(
+        scores_all[: len(normals)],
+        np.concatenate(maps),
+        rule=parsed,
+        anomalous_scores=scores_all[len(normals) :],
+        fitted_with=detector.runtime_identity,
+        validation=validation,
+    )
+    files = {name: detector.bundle.path(name) for name in manifest.network.files}
+    arrays = {path: detector.bundle.array(name) for name, path in manifest.head.arrays.items()}
+    save_bundle(
+        dest,
+        dataclasses.replace(manifest, decision=decision),
+        files=files,
+        arrays=arrays,
+        overwrite=overwrite or dest == source,
+    )
+    detector.close()
     return load_bundle(dest)

@@ -151,16 +151,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    """Construct ``cls`` from a mapping that must name every field and nothing else."""
+    """Construct ``cls`` from a mapping that names every field without a default, and nothing else
+    (fields added later have defaults, so older bundles still parse)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in names:
             raise _FieldError(f"{prefix}{key}", "is unknown")
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    optional |= {f.name for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING}
     for name in names:
-        if name not in values:
+        if name not in values and name not in optional:
             raise _FieldError(f"{prefix}{name}", "is missing")
-    kwargs = {name: _coerce(values[name], hints[name], prefix + name) for name in names}
+    kwargs = {name: _coerce(values[name], hints[name], prefix + name) for name in names if name in values}
     try:
         return cls(**kwargs)
     except EdgekitError as exc:
@@ -226,6 +229,9 @@ class Decision:
     pixel_center: float
     method: str  # how they were fitted, in words
     fitted_on: int  # number of held-out normal images used
+    rule: str = "bound"  # edgekit.runtime.decision.ThresholdRule
+    fitted_with: dict[str, Any] = field(default_factory=dict)  # runtime, its version, machine
+    validation: dict[str, Any] = field(default_factory=dict)  # edgekit threshold: data, fingerprint, counts
 
     def __post_init__(self) -> None:
         _normalise(self)

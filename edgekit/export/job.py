@@ -28,6 +28,7 @@ class ExportOptions:
     bank_dims: Optional[str] = None  # PatchCore: "full", "auto" or an integer as text
     bank_dtype: Optional[str] = None  # PatchCore: float32 | float16 | int8
     bank_size: Optional[int] = None  # PatchCore: re-select the bank down to this many rows
+    threshold_rule: str = "bound"  # edgekit.runtime.decision.ThresholdRule, on the held-out normals
 
 
 @dataclass

@@ -43,7 +43,7 @@ from edgekit.families.registry import FAMILIES, export_parts, recipe_name, takes
 from edgekit.preprocess import InputSpec, prepare
 from edgekit.progress import ProgressFn, noop
 from edgekit.resources import read_toml
-from edgekit.runtime.decision import fit_decision
+from edgekit.runtime.decision import ThresholdRule, fit_decision
 from edgekit.staging import make_staging, refuse_unowned
 from edgekit.targets import FormatSpec, Target, get_target
 from edgekit.train.run import Run, open_run
@@ -112,6 +112,8 @@ def export_run(
     # said before the export's minutes of work; save_bundle checks the same again when it writes
     refuse_unowned(out, owned=_looks_like_bundle, what="bundle", protect=[run.path])
     holdout = _existing(run.record.held_out_images, run, "thresholds are fitted on them")
+    rule = ThresholdRule.parse(options.threshold_rule)
+    rule.check(len(holdout), anomalies=0)  # before the minutes of work: export has normals only
     created = created_time()  # a bad SOURCE_DATE_EPOCH is refused before the minutes of work
     staging = make_staging(".edgekit-export-")
     try:
@@ -119,7 +121,7 @@ def export_run(
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
         # a converter whose device is absent here names a stand-in (recorded in the manifest)
         fit_device = manifest.export.get("threshold_fit", {}).get("device")
-        decision = _fit_on_exported(provisional, holdout, progress, device=fit_device)
+        decision = _fit_on_exported(provisional, holdout, progress, device=fit_device, rule=rule)
         manifest = replace(manifest, decision=decision)
         save_bundle(out, manifest, files=files, arrays=arrays, overwrite=overwrite)
     finally:
@@ -269,7 +271,7 @@ def _naming_the_target(spec: Target, fmt: FormatSpec, run: Run) -> Iterator[None
 
 
 def _fit_on_exported(
-    provisional: Path, holdout: list[Path], progress: ProgressFn, *, device: Optional[str] = None
+    provisional: Path, holdout: list[Path], progress: ProgressFn, *, rule: ThresholdRule, device: Optional[str] = None
 ) -> Decision:
     from edgekit.runtime.detector import load
 
@@ -281,4 +283,4 @@ def _fit_on_exported(
         scores.append(batch_scores)
         maps.append(batch_maps)
         progress("fit thresholds", min(start + 8, len(holdout)), len(holdout))
-    return fit_decision(np.concatenate(scores), np.concatenate(maps))
+    return fit_decision(np.concatenate(scores), np.concatenate(maps), rule=rule, fitted_with=detector.runtime_identity)

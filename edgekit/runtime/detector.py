@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import platform
+import warnings
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
@@ -53,6 +55,10 @@ def normalise(raw: np.ndarray | float, center: float, threshold: float) -> np.nd
 
 #: channel orders an image array may come in; "bgr" is OpenCV's (cv2.imread, VideoCapture.read)
 COLOR_ORDERS = ("rgb", "bgr")
+
+
+class ThresholdWarning(UserWarning):
+    """A bundle's thresholds were fitted under another runtime or version than the one loading it."""
 
 
 class Detector:
@@ -120,6 +126,24 @@ class Detector:
         if self.bundle.manifest_sha256:
             return self.bundle.manifest_sha256[:16]
         return hashlib.sha256(self.bundle.path(MANIFEST_NAME).read_bytes()).hexdigest()[:16]
+
+    @property
+    def runtime_identity(self) -> dict[str, str]:
+        """The runtime computing this Detector's scores (recorded with the thresholds it fits)."""
+        return {"runtime": self.manifest.runtime, "version": str(self.backend.version), "machine": platform.machine()}
+
+    @property
+    def threshold_note(self) -> Optional[str]:
+        """One line when the thresholds were fitted under another runtime or version than this one
+        (their scores can differ, int8 ones by up to ~1e-2); None when they match or are not recorded."""
+        fitted, here = self.manifest.decision.fitted_with, self.runtime_identity
+        if not fitted or (fitted.get("runtime"), fitted.get("version")) == (here["runtime"], here["version"]):
+            return None
+        return (
+            f"bundle {self.bundle.origin}: thresholds were fitted under {fitted.get('runtime')} "
+            f"{fitted.get('version')} on {fitted.get('machine', '?')}, this is {here['runtime']} {here['version']} "
+            f"on {here['machine']}; scores may differ: re-fit them here with edgekit threshold (or edgekit fit)"
+        )
 
     def run_head(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The numpy head on network outputs: BLAS single-threaded, the work split over the
@@ -237,7 +261,10 @@ def load(
             max_parallel=max_parallel,
         )
         backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
-        return Detector(bundle, backend, budget=budget, max_pixels=max_pixels, max_parallel=max_parallel)
+        detector = Detector(bundle, backend, budget=budget, max_pixels=max_pixels, max_parallel=max_parallel)
+        if detector.threshold_note:
+            warnings.warn(detector.threshold_note, ThresholdWarning, stacklevel=2)
+        return detector
     except BaseException:
         bundle.close()
         raise

@@ -43,10 +43,10 @@ def _anomalous(rng: np.random.Generator) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """train/good: 12 normals; test/good: 6 normals; test/red: 6 anomalies with masks (MVTec layout)."""
+    """train/good: 16 normals; test/good: 6 normals; test/red: 6 anomalies with masks (MVTec layout)."""
     root = tmp_path_factory.mktemp("check-data") / "tiny"
     rng = np.random.default_rng(0)
-    for folder, count, make in (("train/good", 12, _smooth), ("test/good", 6, _smooth), ("test/red", 6, _anomalous)):
+    for folder, count, make in (("train/good", 16, _smooth), ("test/good", 6, _smooth), ("test/red", 6, _anomalous)):
         (root / folder).mkdir(parents=True)
         for index in range(count):
             Image.fromarray(make(rng)).save(root / folder / f"{index:03d}.png")
