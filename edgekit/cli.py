@@ -16,6 +16,7 @@ import click
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 from edgekit.families.registry import FAMILIES, MODELS_WITH_OWN_DATA
+from edgekit.preprocess import parse_roi
 from edgekit.profile.load import MAX_BACKGROUND
 
 DEFAULT_TARGET = "x86"
@@ -324,6 +325,16 @@ def _open_data(
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder (only a run: one with run.json).")
 @click.option("--no-eval", "no_eval", is_flag=True, help="Do not score the test split after training.")
+@click.option(
+    "--fit",
+    "fit",
+    type=click.Choice(["stretch", "crop", "letterbox"]),
+    default=None,
+    help="How images of another aspect ratio meet the network's: stretch (default), centre crop, letterbox.",
+)
+@click.option(
+    "--roi", default=None, help="Region of interest x,y,width,height in image pixels, cut from every image first."
+)
 @click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
 @click.option("--weights", type=EXISTING_FILE, default=None, help="Local backbone weights file.")
 @_family_options
@@ -339,6 +350,8 @@ def train(
     seed: int,
     overwrite: bool,
     no_eval: bool,
+    fit: Optional[str],
+    roi: Optional[str],
     **model_options,
 ) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit-anomaly[train])."""
@@ -349,6 +362,10 @@ def train(
     given = {name: value for name, value in model_options.items() if value is not None}
     if no_eval:
         given["evaluate"] = False
+    if fit is not None:
+        given["fit"] = fit
+    if roi is not None:
+        given["roi"] = parse_roi(roi)
     run = train_model(model, data, out, seed=seed, overwrite=overwrite, progress=_progress(), **given)
     metrics = json.loads((run.path / "metrics.json").read_text())
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc") if k in metrics)
@@ -396,6 +413,14 @@ def train(
 @click.option("--bank-size", type=POSITIVE, default=None, help="PatchCore: re-select the bank down to N rows.")
 @click.option("--threshold-rule", default="bound", show_default=True, help=THRESHOLD_RULE_HELP)
 @click.option(
+    "--fit",
+    "fit",
+    type=click.Choice(["stretch", "crop", "letterbox"]),
+    default=None,
+    help="How images of another aspect ratio meet the network's: stretch (default: the run's), centre crop, letterbox.",
+)
+@click.option("--roi", default=None, help="Region of interest x,y,width,height in image pixels (default: the run's).")
+@click.option(
     "--out",
     "out",
     type=click.Path(path_type=Path),
@@ -415,6 +440,8 @@ def export_cmd(
     bank_dtype: Optional[str],
     bank_size: Optional[int],
     threshold_rule: str,
+    fit: Optional[str],
+    roi: Optional[str],
     out: Path,
     overwrite: bool,
 ) -> None:
@@ -431,6 +458,8 @@ def export_cmd(
         bank_dtype=bank_dtype,
         bank_size=bank_size,
         threshold_rule=threshold_rule,
+        fit=fit,
+        roi=parse_roi(roi) if roi is not None else None,
     )
     started = time.perf_counter()  # said here, not in the manifest: a duration would make exports differ
     bundle = export_run(run_dir, out, target=target, options=options, overwrite=overwrite, progress=_progress())

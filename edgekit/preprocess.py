@@ -23,6 +23,10 @@ ImageLike = Union[str, Path, np.ndarray]
 RESIZE_FILTERS = {"pil-bilinear": 2, "pil-bicubic": 3, "pil-nearest": 0}
 #: Network input sides a manifest may ask for (the heads build side×side operators: bounded memory).
 MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 4096
+#: How an image of another aspect ratio meets the network's: resized to it (``stretch``), its
+#: centre cut to the network's aspect first (``crop``), or fitted inside and padded with the
+#: normalisation mean, which the network sees as 0 (``letterbox``).
+FITS = ("stretch", "crop", "letterbox")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class InputSpec:
     layout: str = "NCHW"
     dtype: str = "float32"
     name: str = "image"
+    fit: str = "stretch"  # FITS
+    roi: tuple[int, ...] = ()  # x, y, width, height in the source image's pixels, cut first; () = all of it
 
     def __post_init__(self) -> None:
         for side in ("height", "width"):
@@ -68,6 +74,17 @@ class InputSpec:
             raise EdgekitError(f"unknown resize {self.resize!r}; known: {sorted(RESIZE_FILTERS)}")
         if self.layout not in ("NCHW", "NHWC"):
             raise EdgekitError(f"unknown layout {self.layout!r}; known: NCHW, NHWC")
+        if self.fit not in FITS:
+            raise EdgekitError(f"input fit must be one of {', '.join(FITS)}, not {self.fit!r}")
+        if self.roi and (
+            len(self.roi) != 4
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in self.roi)
+            or min(self.roi[:2]) < 0
+            or min(self.roi[2:]) < MIN_SIDE
+        ):
+            raise EdgekitError(
+                f"input roi must be x,y,width,height with x,y >= 0 and sides >= {MIN_SIDE}, not {self.roi!r}"
+            )
 
 
 #: Decoded-pixel cap: a 50-megapixel RGB image is 150 MB of uint8, and more again while it is
@@ -213,12 +230,51 @@ def resize(image: np.ndarray, height: int, width: int, method: str = "pil-biline
     return out[:, :, None] if out.ndim == 2 else out
 
 
+def parse_roi(text: str) -> tuple[int, ...]:
+    """``"x,y,w,h"`` → a 4-tuple of integers (checked by InputSpec); one clear line otherwise."""
+    try:
+        values = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise EdgekitError(f"--roi must be x,y,width,height in pixels, e.g. 120,40,800,600, not {text!r}")
+    return values
+
+
+def fit_to(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The spec's geometry on an HxWxC uint8 image: cut the region of interest, then stretch, crop
+    or letterbox it to the network's height × width."""
+    if spec.roi:
+        x, y, w, h = spec.roi
+        if x + w > image.shape[1] or y + h > image.shape[0]:
+            raise EdgekitError(
+                f"region of interest {x},{y},{w},{h} does not fit in a {image.shape[1]}x{image.shape[0]} image"
+            )
+        image = image[y : y + h, x : x + w]
+    rows, cols = image.shape[:2]
+    if spec.fit == "crop":
+        scale = min(rows / spec.height, cols / spec.width)
+        keep_rows, keep_cols = max(1, round(spec.height * scale)), max(1, round(spec.width * scale))
+        top, left = (rows - keep_rows) // 2, (cols - keep_cols) // 2
+        image = image[top : top + keep_rows, left : left + keep_cols]
+    elif spec.fit == "letterbox":
+        scale = min(spec.height / rows, spec.width / cols)
+        inner_rows = min(spec.height, max(1, round(rows * scale)))
+        inner_cols = min(spec.width, max(1, round(cols * scale)))
+        fill = np.rint(np.asarray(spec.mean) * 255.0).clip(0, 255).astype(np.uint8)
+        canvas = np.empty((spec.height, spec.width, image.shape[2]), dtype=np.uint8)
+        canvas[...] = fill
+        top, left = (spec.height - inner_rows) // 2, (spec.width - inner_cols) // 2
+        canvas[top : top + inner_rows, left : left + inner_cols] = resize(image, inner_rows, inner_cols, spec.resize)
+        return canvas
+    return resize(image, spec.height, spec.width, spec.resize)
+
+
 def prepare(images: Iterable[ImageLike], spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Images (paths, uint8 arrays or [0, 1] float arrays) → one float32 batch in the network's layout."""
     batch = []
     for source in images:
-        pixels = resize(read_image(source, spec.channels, max_pixels=max_pixels), spec.height, spec.width, spec.resize)
-        batch.append(pixels)
+        batch.append(fit_to(read_image(source, spec.channels, max_pixels=max_pixels), spec))
     if not batch:
         raise EdgekitError("no images given")
     stacked = np.stack(batch).astype(np.float32) / np.float32(255.0)

@@ -14,7 +14,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -70,8 +70,9 @@ class Dataset:
             return f"masks for all {masked} anomalies"
         return f"masks for {masked} of {len(anomalies)} anomalies"
 
-    def read_mask(self, sample: Sample, height: int, width: int) -> np.ndarray:
-        """The sample's ground truth as a bool HxW array, resized nearest-neighbour.
+    def read_mask(self, sample: Sample, height: int, width: int, *, spec: Optional[Any] = None) -> np.ndarray:
+        """The sample's ground truth as a bool HxW array, resized nearest-neighbour (through the
+        region of interest and fit of ``spec``, an InputSpec, when given: as its image was).
 
         All False for normals and anomalies without a mask. Any non-zero pixel counts as
         anomalous for label masks (max value below 128, e.g. VisA's 0/1/2...); masks with larger
@@ -92,6 +93,15 @@ class Dataset:
             raise EdgekitError(f"{sample.mask_path}: a mask must be a single-channel image")
         threshold = 128 if values.max(initial=0) >= 128 else 1
         binary = (values >= threshold).astype(np.uint8) * 255
+        if spec is not None:
+            from dataclasses import replace
+
+            from edgekit.preprocess import fit_to
+
+            geometry = replace(
+                spec, height=height, width=width, channels=1, mean=(0.0,), std=(1.0,), resize="pil-nearest"
+            )
+            return fit_to(binary[:, :, None], geometry)[:, :, 0] > 0
         if binary.shape != (height, width):
             binary = np.asarray(Image.fromarray(binary).resize((width, height), Image.Resampling.NEAREST))
         return binary > 0

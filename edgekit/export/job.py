@@ -29,6 +29,8 @@ class ExportOptions:
     bank_dtype: Optional[str] = None  # PatchCore: float32 | float16 | int8
     bank_size: Optional[int] = None  # PatchCore: re-select the bank down to this many rows
     threshold_rule: str = "bound"  # edgekit.runtime.decision.ThresholdRule, on the held-out normals
+    fit: Optional[str] = None  # edgekit.preprocess.FITS (default: the run's)
+    roi: Optional[tuple[int, ...]] = None  # x, y, width, height (default: the run's)
 
 
 @dataclass

@@ -146,8 +146,14 @@ def _existing(paths: Sequence[Path], run: Run, why: str) -> list[Path]:
     return paths
 
 
-def _input_spec(run: Run, fmt: FormatSpec) -> InputSpec:
-    return replace(run.record.input, layout=fmt.layout, name=INPUT_NAME)
+def _input_spec(run: Run, fmt: FormatSpec, options: ExportOptions) -> InputSpec:
+    """The run's pre-processing in the format's layout; ``--fit``/``--roi`` replace its geometry."""
+    spec = replace(run.record.input, layout=fmt.layout, name=INPUT_NAME)
+    if options.fit is not None:
+        spec = replace(spec, fit=options.fit)
+    if options.roi is not None:
+        spec = replace(spec, roi=tuple(options.roi))
+    return spec
 
 
 def _build(
@@ -168,7 +174,7 @@ def _build(
     progress("export network", 0, 2)
     recipe = read_toml("calibration", recipe_name(run.model))
     parts = family_parts(run, replace(options, precision=precision))  # the families see the resolved precision
-    input_spec = _input_spec(run, fmt)
+    input_spec = _input_spec(run, fmt, options)
     example = torch.zeros(1, input_spec.channels, input_spec.height, input_spec.width)
     outputs = (parts.output_name,)
     onnx_path = None

@@ -232,7 +232,9 @@ def measure_accuracy(detector, dataset, *, batch_size: int = 8, progress: Progre
     raw_scores: list[float] = []
     spec = detector.manifest.input
     pixel = dataset.pixel_indices
-    masks = np.stack([dataset.read_mask(samples[i], spec.height, spec.width) for i in pixel]) if pixel else None
+    masks = (
+        np.stack([dataset.read_mask(samples[i], spec.height, spec.width, spec=spec) for i in pixel]) if pixel else None
+    )
     maps = np.zeros((len(pixel), spec.height, spec.width), dtype=np.float32)
     slot = {index: position for position, index in enumerate(pixel)}
     for start in range(0, len(samples), batch_size):

@@ -231,10 +231,10 @@ def _data_name(data, dataset) -> Optional[str]:
 
 def _decoded_sample(dataset, manifest) -> np.ndarray:
     """The image latency is timed on, decoded and resized to the bundle's input (uint8 HxWxC)."""
-    from edgekit.preprocess import read_image, resize
+    from edgekit.preprocess import fit_to, read_image
 
     spec = manifest.input
-    return resize(read_image(_sample_image(dataset, manifest), spec.channels), spec.height, spec.width)
+    return fit_to(read_image(_sample_image(dataset, manifest), spec.channels), spec)
 
 
 def _sample_image(dataset, manifest) -> Path | np.ndarray:
@@ -260,13 +260,13 @@ def pick_examples(samples: Sequence, count: int) -> list:
 def _examples(detector, dataset, count: int) -> list[dict]:
     from PIL import Image
 
-    from edgekit.preprocess import read_image, resize
+    from edgekit.preprocess import fit_to, read_image
     from edgekit.runtime.overlay import blend
 
     spec = detector.manifest.input
     result = []
     for sample in pick_examples(list(dataset.test), count):
-        pixels = resize(read_image(sample.path, spec.channels), spec.height, spec.width)
+        pixels = fit_to(read_image(sample.path, spec.channels), spec)
         prediction = detector.predict(pixels)
         thumbnail = Image.fromarray(blend(pixels, prediction.anomaly_map)).resize((128, 128), Image.BILINEAR)
         buffer = io.BytesIO()

@@ -27,7 +27,8 @@ from edgekit.progress import ProgressFn, noop
 class RunSettings:
     """How a run is made, the same for every family: the share of normals held out for thresholds,
     the seed, the dataset's category, whether an earlier run may be replaced, progress, and whether
-    the test split is scored (``evaluate=False``: a large training set's run ends at the fit)."""
+    the test split is scored (``evaluate=False``: a large training set's run ends at the fit), and the
+    images' geometry (``fit``, ``roi``: see ``edgekit.preprocess.fit_to``)."""
 
     holdout: float = 0.2
     seed: int = 0
@@ -35,6 +36,14 @@ class RunSettings:
     overwrite: bool = False
     progress: ProgressFn = noop
     evaluate: bool = True
+    fit: str = "stretch"  # edgekit.preprocess.FITS: how other aspect ratios meet the network's
+    roi: tuple[int, ...] = ()  # x, y, width, height cut from every image first
+
+    def input(self, spec: Any) -> Any:
+        """The family's InputSpec with this run's geometry (region of interest, fit)."""
+        from dataclasses import replace
+
+        return replace(spec, fit=self.fit, roi=tuple(self.roi))
 
 
 class RunArgs(TypedDict, total=False):
@@ -46,6 +55,8 @@ class RunArgs(TypedDict, total=False):
     overwrite: bool
     progress: ProgressFn
     evaluate: bool
+    fit: str
+    roi: tuple[int, ...]
 
 
 def accepted_options(function: Callable) -> set[str]:

@@ -55,6 +55,8 @@ class RunRecord:
             mean=tuple(block["mean"]),
             std=tuple(block["std"]),
             resize=block["resize"],
+            fit=block.get("fit", "stretch"),
+            roi=tuple(block.get("roi", ())),
         )
         return cls(
             model=str(config["model"]),
@@ -83,6 +85,8 @@ class RunRecord:
                 "mean": list(spec.mean),
                 "std": list(spec.std),
                 "resize": spec.resize,
+                "fit": spec.fit,
+                "roi": list(spec.roi),
             },
             "dataset": dict(self.dataset),
             "bank_images": [str(Path(p).resolve()) for p in self.trained_images],
@@ -283,10 +287,10 @@ def evaluate_on_test_split(run: "Run", dataset: Any, score: Any, path: str) -> d
     if not dataset.test:
         return {"test_images": 0}
     scores, maps = score([s.path for s in dataset.test])
-    return metrics_on_test_split(dataset, scores, maps, run.input_spec().height, path)
+    return metrics_on_test_split(dataset, scores, maps, run.input_spec(), path)
 
 
-def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, size: int, path: str) -> dict[str, Any]:
+def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, spec: Any, path: str) -> dict[str, Any]:
     """Image and pixel AUROC of training-path ``scores`` / ``maps`` on the dataset's test split
     (in its order); AUROCs only where both labels exist, pixel AUROC on the normals and the
     anomalies that have masks (``masks`` says how many). ``path`` says what scored."""
@@ -298,7 +302,7 @@ def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, si
         result["image_auroc"] = image_auroc(labels, scores)
         pixel = dataset.pixel_indices
         if pixel:
-            masks = np.stack([dataset.read_mask(dataset.test[i], size, size) for i in pixel])
+            masks = np.stack([dataset.read_mask(dataset.test[i], spec.height, spec.width, spec=spec) for i in pixel])
             result["pixel_auroc"] = pixel_auroc(masks, np.asarray(maps)[pixel])
         result["masks"] = dataset.masks_note
     return result

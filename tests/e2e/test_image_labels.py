@@ -101,3 +101,30 @@ def test_fit_takes_the_training_normals_of_a_list(x86_bundle, layouts, tmp_path)
     manifest = json.loads((tmp_path / "fitted" / "manifest.json").read_text())
     banked, held = manifest["head"]["params"]["bank"]["fitted"]["images"], manifest["decision"]["fitted_on"]
     assert (banked, held) == (48, 12)  # brick's 60 train/good, not its test normals or anomalies
+
+
+@pytest.mark.e2e
+def test_a_region_of_interest_and_letterbox_reach_the_bundle_and_score_as_in_training(brick, tmp_path):
+    """Train on the lower-left 192x128 of each image, letterboxed; the x86 bundle cuts and pads the
+    same way (manifest), so its AUROC on the test split is the training path's."""
+    import edgekit
+    from edgekit.data.datasets import open_dataset
+    from edgekit.metrics import image_auroc
+
+    result = run(
+        "train", "--model", "dfm", "--data", brick, "--out", tmp_path / "run", "--image-size", "128",
+        "--roi", "0,64,192,128", "--fit", "letterbox",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert run("export", tmp_path / "run", "--target", "x86", "--out", tmp_path / "b").exit_code == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["input"]["roi"] == [0, 64, 192, 128] and manifest["input"]["fit"] == "letterbox"
+    test = open_dataset(brick).test
+    scores, _ = edgekit.load(tmp_path / "b").raw([s.path for s in test])
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert image_auroc([s.label for s in test], scores) == pytest.approx(trained["image_auroc"], abs=1e-3)
+    outside = run("train", "--model", "dfm", "--data", brick, "--out", tmp_path / "r2", "--roi", "200,0,100,100")
+    assert (
+        outside.exit_code == 1 and "region of interest 200,0,100,100 does not fit in a 256x256 image" in outside.stderr
+    )
+    assert not (tmp_path / "r2").exists()

@@ -140,3 +140,85 @@ def test_a_broadcast_array_over_the_pixel_cap_is_refused_before_any_copy():
     with pytest.raises(ImageRejected, match="the limit is 0.0001 megapixels"):
         read_image(np.zeros((11, 10), np.uint8), 3, max_pixels=100)
     assert read_image(np.zeros((10, 10), np.uint8), 3, max_pixels=100).shape == (10, 10, 3)
+
+
+# --- geometry: region of interest, stretch / crop / letterbox -------------------------------------------
+
+
+def _two_colour(height: int = 40, width: int = 80) -> np.ndarray:
+    """Left quarter red, the middle half green, right quarter blue."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, : width // 4] = (255, 0, 0)
+    image[:, width // 4 : 3 * width // 4] = (0, 255, 0)
+    image[:, 3 * width // 4 :] = (0, 0, 255)
+    return image
+
+
+GREY = dict(channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize="pil-nearest")
+
+
+def test_crop_keeps_the_centre_and_stretch_squeezes_everything():
+    from edgekit.preprocess import fit_to
+
+    image = _two_colour()
+    cropped = fit_to(image, InputSpec(height=16, width=16, fit="crop", **GREY))
+    assert (cropped == (0, 255, 0)).all()  # the centre 40x40 of 40x80 is all green
+    stretched = fit_to(image, InputSpec(height=16, width=16, **GREY))
+    assert (stretched[:, 0] == (255, 0, 0)).all() and (stretched[:, -1] == (0, 0, 255)).all()
+
+
+def test_letterbox_keeps_the_aspect_and_pads_with_the_mean_the_network_sees_as_zero():
+    from edgekit.preprocess import fit_to
+
+    spec = InputSpec(height=16, width=16, fit="letterbox", **GREY)
+    boxed = fit_to(_two_colour(), spec)
+    assert (boxed[:4] == 128).all() and (boxed[-4:] == 128).all()  # 8 image rows in the middle
+    assert (boxed[4:12, 0] == (255, 0, 0)).all() and (boxed[4:12, -1] == (0, 0, 255)).all()
+    batch = prepare([_two_colour()], spec)
+    assert np.abs(batch[0, :, :4]).max() < 0.01  # padding ≈ 0 after normalisation
+
+
+def test_roi_is_cut_first_and_recorded_in_the_spec():
+    from edgekit.preprocess import fit_to, parse_roi
+
+    spec = InputSpec(height=8, width=8, roi=parse_roi("60,0,20,40"), **GREY)
+    assert (fit_to(_two_colour(), spec) == (0, 0, 255)).all()
+    with pytest.raises(EdgekitError, match="region of interest 60,0,40,40 does not fit in a 80x40 image"):
+        fit_to(_two_colour(), InputSpec(height=8, width=8, roi=(60, 0, 40, 40), **GREY))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"fit": "pad"}, "input fit must be one of stretch, crop, letterbox"),
+        ({"roi": (0, 0, 10)}, "input roi must be x,y,width,height"),
+        ({"roi": (-1, 0, 10, 10)}, "input roi must be x,y,width,height"),
+        ({"roi": (0, 0, 1, 10)}, "sides >= 2"),
+    ],
+)
+def test_bad_geometry_is_one_line(kwargs, message):
+    with pytest.raises(EdgekitError, match=message):
+        InputSpec(height=8, width=8, **GREY, **kwargs)
+
+
+@pytest.mark.parametrize("text", ["1,2,3", "a,b,c,d", "", "1,2,3,4,5"])
+def test_roi_text_is_parsed_or_refused(text):
+    from edgekit.preprocess import parse_roi
+
+    with pytest.raises(EdgekitError, match="--roi must be x,y,width,height"):
+        parse_roi(text)
+
+
+def test_masks_follow_the_images_geometry(tmp_path):
+    from edgekit.data.datasets import Dataset, Sample
+
+    mask = np.zeros((40, 80), np.uint8)
+    mask[:, 60:] = 255  # the blue quarter
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    sample = Sample(tmp_path / "x.png", 1, "blue", tmp_path / "m.png")
+    dataset = Dataset("d", tmp_path, "folder", (), (sample,))
+    spec = InputSpec(height=8, width=8, roi=(40, 0, 40, 40), **GREY)
+    assert dataset.read_mask(sample, 8, 8, spec=spec)[:, 4:].all()
+    assert not dataset.read_mask(sample, 8, 8, spec=spec)[:, :4].any()
+    boxed = dataset.read_mask(sample, 8, 8, spec=InputSpec(height=8, width=8, fit="letterbox", **GREY))
+    assert not boxed[:2].any() and boxed[2:6, 6:].all()

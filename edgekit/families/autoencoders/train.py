@@ -267,7 +267,7 @@ def train_autoencoder(
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config)
-        spec = input_spec_for(image_size)
+        spec = how.input(input_spec_for(image_size))
         history, mse_history = _fit(model, network, prepare(trained, spec), schedule)
         network.eval()
         writer.save_network(SCORING.network_file, network)

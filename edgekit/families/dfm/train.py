@@ -155,7 +155,7 @@ def train_dfm(
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network({**config, "components": 1}, weights=weights, pretrained=True)
-        spec = input_spec_for(backbone, image_size)
+        spec = how.input(input_spec_for(backbone, image_size))
         features = embed(
             _Features(network), trained, spec, batch_size=batch_size, progress=how.progress, stage="features"
         )

@@ -253,7 +253,7 @@ def train_efficient_ad(
         teacher, teacher_origin = default_teacher(progress=how.progress)
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
-        spec = input_spec_for(image_size)
+        spec = how.input(input_spec_for(image_size))
         images = prepare(trained, spec)
         network = EfficientAdMap(teacher, image_size=image_size)
         mean, std = _channel_stats(teacher, images)

@@ -268,7 +268,7 @@ def train_fastflow(
             hidden_ratio=hidden_ratio,
             conv3x3_only=conv3x3_only,
         )
-        spec = input_spec_for(backbone, image_size)
+        spec = how.input(input_spec_for(backbone, image_size))
         history = _fit(network, prepare(trained, spec), schedule)
         network.eval()
         writer.save_network(SCORING.network_file, network)

@@ -219,7 +219,7 @@ def train_padim(
             "seed": how.seed,
         }
         network = PadimNetwork(extractor, config["channel_index"]).eval()
-        input_spec = input_spec_for(backbone, image_size)
+        input_spec = how.input(input_spec_for(backbone, image_size))
         gaussians = GaussianFit()
         how.progress("features", 0, len(trained))
         for start in range(0, len(trained), batch_size):

@@ -206,7 +206,7 @@ def train_patchcore(
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
-        input_spec = input_spec_for(backbone, image_size)
+        input_spec = how.input(input_spec_for(backbone, image_size))
         batches = _patch_batches(network, trained, input_spec, batch_size, how.progress)
         grid, first = next(batches)
         total = len(trained) * grid[0] * grid[1]

@@ -265,7 +265,7 @@ def train_reverse_distillation(
 
     def fit_run(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights)
-        spec = input_spec_for(backbone, image_size)
+        spec = how.input(input_spec_for(backbone, image_size))
         history = fit(network, prepare(trained, spec), schedule)
         writer.save_network(SCORING.network_file, network)
         return Fitted(

@@ -183,7 +183,7 @@ def train_stfpm(
 
     def fit(writer, dataset, trained: list, held: list) -> Fitted:
         network = build_network(config, weights=weights, pretrained=True)
-        spec = input_spec_for(backbone, image_size)
+        spec = how.input(input_spec_for(backbone, image_size))
         history = _fit(network, prepare(trained, spec), schedule)
         writer.save_network(SCORING.network_file, network)
         return Fitted(
