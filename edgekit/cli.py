@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import subprocess
@@ -55,14 +56,14 @@ class _DataPath(click.Path):
 DATA_PATH = _DataPath()
 
 
-def _note_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """edgekit's own warnings as one ``note: ...`` line on stderr; others as Python prints them."""
+def _note_line(previous, message, category, *args, **kwargs) -> None:
+    """edgekit's threshold warning as one ``note: ...`` line on stderr; others to ``previous``."""
     from edgekit.runtime.detector import ThresholdWarning
 
     if issubclass(category, ThresholdWarning):
         click.echo(f"note: {message}", err=True)
     else:
-        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        previous(message, category, *args, **kwargs)
 
 
 class _Group(click.Group):
@@ -70,7 +71,8 @@ class _Group(click.Group):
     option value (refused by its click type) into one ``error: ...`` line and exit code 2."""
 
     def invoke(self, ctx: click.Context):
-        warnings.showwarning = _note_line
+        previous = warnings.showwarning
+        warnings.showwarning = functools.partial(_note_line, previous)
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
@@ -84,6 +86,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        finally:
+            warnings.showwarning = previous
 
 
 def _budget_options(command):
@@ -298,17 +302,29 @@ def _open_data(
     """The Dataset the data options name (None when none is given and none is required)."""
     from edgekit.data.datasets import open_dataset, read_folder
 
-    if data_dir is not None and normal_dir is not None:
-        raise EdgekitError("give either --data or --normal-dir, not both")
-    if normal_dir is None and (abnormal_dir is not None or mask_dir is not None):
-        raise EdgekitError("--abnormal-dir and --mask-dir go with --normal-dir")
+    _check_data_options(data_dir, normal_dir, abnormal_dir, mask_dir, required=required)
     if normal_dir is not None:
         return read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
     if data_dir is not None:
         return open_dataset(data_dir, category=category, seed=seed)
-    if required:
-        raise EdgekitError("give --data (a dataset or a list of images) or --normal-dir (with optional --abnormal-dir)")
     return None
+
+
+def _check_data_options(
+    data_dir: Optional[Path],
+    normal_dir: Optional[Path],
+    abnormal_dir: Optional[Path],
+    mask_dir: Optional[Path],
+    *,
+    required: bool,
+) -> None:
+    """--data or --normal-dir (with its companions), one of them when ``required``."""
+    if data_dir is not None and normal_dir is not None:
+        raise EdgekitError("give either --data or --normal-dir, not both")
+    if normal_dir is None and (abnormal_dir is not None or mask_dir is not None):
+        raise EdgekitError("--abnormal-dir and --mask-dir go with --normal-dir")
+    if required and data_dir is None and normal_dir is None:
+        raise EdgekitError("give --data (a dataset or a list of images) or --normal-dir (with optional --abnormal-dir)")
 
 
 @cli.command()
@@ -355,11 +371,15 @@ def train(
     **model_options,
 ) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit-anomaly[train])."""
+    from edgekit.data.datasets import read_folder
     from edgekit.train.engine import train as train_model
 
     own = model in MODELS_WITH_OWN_DATA
-    data = _open_data(data_dir, normal_dir, abnormal_dir, mask_dir, category, seed=seed, required=not own)
+    _check_data_options(data_dir, normal_dir, abnormal_dir, mask_dir, required=not own)
+    data = data_dir if normal_dir is None else read_folder(normal_dir, abnormal_dir, mask_dir, seed=seed)
     given = {name: value for name, value in model_options.items() if value is not None}
+    if category is not None:
+        given["category"] = category
     if no_eval:
         given["evaluate"] = False
     if fit is not None:

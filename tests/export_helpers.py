@@ -7,16 +7,24 @@ from typing import Callable
 
 
 def bundle_exporter(run_path: Path, root: Path) -> Callable[..., Path]:
-    """``get(target, fmt, precision="fp32")`` -> the bundle folder, exported into ``root`` the first time."""
+    """``get(target, fmt, precision="fp32")`` -> the bundle folder, exported into ``root`` the first time.
+
+    Small test runs hold out fewer normals than the default threshold rule needs: they are exported
+    with the rule meant for that, ``max``."""
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
+    from edgekit.runtime.decision import MIN_HELD_OUT
+    from edgekit.train.run import open_run
 
     made: dict[str, Path] = {}
+    held = len(open_run(run_path).record.held_out_images)
+    rule = "bound" if held >= MIN_HELD_OUT else "max"
 
     def get(target: str, fmt: str, precision: str = "fp32") -> Path:
         name = f"{target}-{fmt}-{precision}"
         if name not in made:
-            export_run(run_path, root / name, target=target, options=ExportOptions(format=fmt, precision=precision))
+            options = ExportOptions(format=fmt, precision=precision, threshold_rule=rule)
+            export_run(run_path, root / name, target=target, options=options)
             made[name] = root / name
         return made[name]
 
