@@ -14,7 +14,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -187,7 +187,7 @@ def read_visa(root: PathLike, category: Optional[str] = None, split_csv: Optiona
     split_path = Path(split_csv) if split_csv is not None else root / VISA_SPLIT_CSV
     if not split_path.is_file():
         raise EdgekitError(f"{split_path}: VisA split file not found")
-    rows = _read_split_rows(split_path)
+    rows = _csv_rows(split_path, _visa_header_problem)
     categories = sorted({row["object"] for _, row in rows})
     if not categories:
         raise EdgekitError(f"{split_path}: no rows")
@@ -200,10 +200,9 @@ def read_visa(root: PathLike, category: Optional[str] = None, split_csv: Optiona
         raise EdgekitError(f"{split_path}: no category {category!r} (found: {', '.join(categories)})")
     train: list[Sample] = []
     test: list[Sample] = []
-    for line, row in rows:
+    for where, row in rows:
         if row["object"] != category:
             continue
-        where = f"{split_path}:{line}"
         if row["split"] not in ("train", "test"):
             raise EdgekitError(f"{where}: split must be train or test, not {row['split']!r}")
         if row["label"] not in ("normal", "anomaly"):
@@ -298,7 +297,7 @@ def read_list(path: PathLike, *, test_fraction: float = 0.2, seed: int = 0) -> D
     file = Path(path)
     if not file.is_file():
         raise EdgekitError(f"{file}: no such list file")
-    rows = _json_rows(file) if file.suffix.lower() == ".json" else _csv_rows(file)
+    rows = _json_rows(file) if file.suffix.lower() == ".json" else _csv_rows(file, _list_header_problem)
     normals: list[tuple[Path, str]] = []
     anomalies: list[Sample] = []
     for where, row in rows:
@@ -347,13 +346,18 @@ def _split_normals(normals: list[Path], test_fraction: float, seed: int) -> tupl
     return train, [Sample(image, 0, "good", None) for i, image in enumerate(normals) if i in test_indices]
 
 
-def _csv_rows(file: Path) -> list[tuple[str, dict[str, str]]]:
+def _csv_rows(
+    file: Path, header_problem: Callable[[tuple[str, ...]], Optional[str]]
+) -> list[tuple[str, dict[str, str]]]:
+    """(``file:line``, {header field: value}) per non-blank row; ``header_problem`` says what is
+    wrong with the (lower-cased) header, or None."""
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
-            header = [field.strip().lower() for field in next(reader, [])]
-            if "path" not in header or "label" not in header:
-                raise EdgekitError(f"{file}: header must name path and label (and optionally mask, split)")
+            header = tuple(field.strip().lower() for field in next(reader, []))
+            problem = header_problem(header)
+            if problem:
+                raise EdgekitError(f"{file}: {problem}")
             rows = []
             for line, fields in enumerate(reader, start=2):
                 if not any(field.strip() for field in fields):
@@ -364,6 +368,18 @@ def _csv_rows(file: Path) -> list[tuple[str, dict[str, str]]]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise EdgekitError(f"{file}: not a readable CSV ({exc.__class__.__name__})") from None
     return rows
+
+
+def _list_header_problem(header: tuple[str, ...]) -> Optional[str]:
+    if "path" in header and "label" in header:
+        return None
+    return "header must name path and label (and optionally mask, split)"
+
+
+def _visa_header_problem(header: tuple[str, ...]) -> Optional[str]:
+    if header == VISA_HEADER:
+        return None
+    return f"header must be {','.join(VISA_HEADER)}, not {','.join(header) or 'empty'}"
 
 
 def _json_rows(file: Path) -> list[tuple[str, dict[str, str]]]:
@@ -436,24 +452,3 @@ def _folder_mask(mask_root: Optional[Path], image: Path) -> Optional[Path]:
         if (mask_root / name).is_file():
             return mask_root / name
     return None
-
-
-def _read_split_rows(split_path: Path) -> list[tuple[int, dict[str, str]]]:
-    try:
-        with split_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = tuple(field.strip().lower() for field in next(reader, []))
-            if header != VISA_HEADER:
-                found = ",".join(header) or "empty"
-                raise EdgekitError(f"{split_path}: header must be {','.join(VISA_HEADER)}, not {found}")
-            rows = []
-            for line, fields in enumerate(reader, start=2):
-                if not any(field.strip() for field in fields):
-                    continue
-                if len(fields) != len(VISA_HEADER):
-                    expected, found = len(VISA_HEADER), len(fields)
-                    raise EdgekitError(f"{split_path}:{line}: expected {expected} fields, found {found}")
-                rows.append((line, {key: value.strip() for key, value in zip(VISA_HEADER, fields)}))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise EdgekitError(f"{split_path}: not a readable CSV ({exc.__class__.__name__})") from None
-    return rows
