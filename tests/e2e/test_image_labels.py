@@ -71,6 +71,17 @@ def test_check_gives_the_same_auroc_on_a_list_as_on_the_mvtec_tree(x86_bundle, e
 
 
 @pytest.mark.e2e
+def test_check_takes_the_folder_pair(x86_bundle, exported, brick):
+    int8 = exported("x86", "openvino", "int8")
+    pair = ["--normal-dir", brick / "test" / "good", "--abnormal-dir", brick / "test" / "scratch"]
+    result = run("check", "--reference", x86_bundle, "--candidate", int8, *pair)
+    assert result.exit_code == 0, result.output
+    assert "image AUROC" in result.output and "PASS" in result.output.upper()
+    refused = run("check", "--reference", x86_bundle, "--candidate", int8, "--abnormal-dir", brick / "test" / "scratch")
+    assert refused.exit_code == 2 and "--abnormal-dir and --mask-dir go with --normal-dir" in refused.stderr
+
+
+@pytest.mark.e2e
 def test_profile_on_a_classification_tree_marks_pixel_metrics_no_masks(x86_bundle, layouts, tmp_path):
     result = run(
         "profile",
