@@ -1,9 +1,9 @@
 """``edgekit fit`` on the device against the host: same bundle, same images, which bank rows and which scores.
 
-    python3 benchmarks/fit_parity.py [--workdir DIR] [--images 40] [--arm /opt/edgekit-aarch64/pyarm]
+    python3 benchmarks/fit_parity.py [--workdir DIR] [--images 40] [--precision fp32|int8] [--arm PYARM]
 
-One default PatchCore run on the synthetic brick (seed 0), exported for rpi4 as TFLite fp32 and
-ONNX fp32. The first ``--images`` training normals are fitted into each bundle:
+One default PatchCore run on the synthetic brick (seed 0), exported for rpi4 as TFLite and ONNX
+at ``--precision``. The first ``--images`` training normals are fitted into each bundle:
 
 * ``x86 litert``, ``x86 onnxruntime``: on this machine, with the x86 builds of the two runtimes;
 * ``arm litert``: under the emulated Raspberry Pi 4 (QEMU, aarch64 builds; ``--arm``), if present.
@@ -35,20 +35,22 @@ FIT = (
 )
 
 
-def _bundles(workdir: Path) -> tuple[Path, dict[str, Path]]:
+def _bundles(workdir: Path, precision: str) -> tuple[Path, dict[str, Path]]:
     from edgekit.data.synth import synthesize
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
     from edgekit.families.patchcore.train import train_patchcore
 
     category = workdir / "data" / "brick"
-    bundles = {"litert": workdir / "rpi4-tflite", "onnxruntime": workdir / "rpi4-onnx"}
+    bundles = {"litert": workdir / f"rpi4-tflite-{precision}", "onnxruntime": workdir / f"rpi4-onnx-{precision}"}
     if all((b / "manifest.json").is_file() for b in bundles.values()):
         return category, bundles
-    synthesize(workdir / "data", texture="brick", seed=0, overwrite=True)
-    run = train_patchcore(category, workdir / "run", overwrite=True, evaluate=False)
+    if not (workdir / "run" / "run.json").is_file():
+        synthesize(workdir / "data", texture="brick", seed=0, overwrite=True)
+        train_patchcore(category, workdir / "run", overwrite=True, evaluate=False)
     for fmt, out in (("tflite", bundles["litert"]), ("onnx", bundles["onnxruntime"])):
-        export_run(run.path, out, target="rpi4", options=ExportOptions(format=fmt), overwrite=True)
+        options = ExportOptions(format=fmt, precision=precision)
+        export_run(workdir / "run", out, target="rpi4", options=options, overwrite=True)
     return category, bundles
 
 
@@ -82,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/edgekit-fit-parity"))
     parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     parser.add_argument("--arm", type=Path, default=Path("/opt/edgekit-aarch64/pyarm"))
     args = parser.parse_args(argv)
     from edgekit.data.datasets import open_dataset
 
-    category, bundles = _bundles(args.workdir)
+    category, bundles = _bundles(args.workdir, args.precision)
     dataset = open_dataset(category)
     normals = args.workdir / "normals"
     shutil.rmtree(normals, ignore_errors=True)
@@ -95,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(sample.path, normals / sample.path.name)
     fitted: dict[str, Path] = {}
     for runtime, bundle in bundles.items():
-        fitted[f"x86 {runtime}"] = args.workdir / f"fitted-x86-{runtime}"
+        fitted[f"x86 {runtime}"] = args.workdir / f"fitted-x86-{runtime}-{args.precision}"
         subprocess.run(
             [sys.executable, "-c", FIT, str(bundle), str(normals), str(fitted[f"x86 {runtime}"])], check=True
         )
     if args.arm.is_file():
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        fitted["arm litert"] = args.workdir / "fitted-arm-litert"
+        fitted["arm litert"] = args.workdir / f"fitted-arm-litert-{args.precision}"
         subprocess.run(
             [str(args.arm), "-c", FIT, str(bundles["litert"]), str(normals), str(fitted["arm litert"])],
             check=True,
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     test = [s.path for s in dataset.test]
     labels = np.array([s.label for s in dataset.test])
-    print(f"# edgekit fit: {args.images} brick normals, rpi4 fp32 bundles\n")
+    print(f"# edgekit fit: {args.images} brick normals, rpi4 {args.precision} bundles\n")
     print("| fitted banks | rows shared | first pick that differs | image scores, largest difference | AUROC |")
     print("|---|---:|---:|---:|---|")
     names = list(fitted)

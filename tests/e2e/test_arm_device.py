@@ -3,7 +3,7 @@
 ``pip wheel`` builds edgekit-anomaly from this tree; an aarch64 venv (``../shared/aarch64/mkvenv.sh``)
 installs ``<wheel>[litert,camera]`` with its own pip from PyPI (aarch64 wheels of numpy, Pillow,
 ai-edge-litert and opencv-python-headless, nothing from this tree or the host's site-packages);
-then ``DIR/bin/edgekit`` runs ``--version``, ``run`` on a video file and ``profile --target rpi4``,
+then ``DIR/bin/edgekit`` runs ``--version``, ``run`` on a video file, ``profile --target rpi4`` and ``fit``,
 and their numbers are compared with the host's own scoring of the same rpi4 TFLite bundle.
 
 The venv is built once and cached under ARM_ROOT (like the emulated Python itself); later sessions
@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,3 +313,33 @@ def test_profile_rpi4_through_the_console_script_gives_the_host_auroc(pi_venv, r
     assert device["image_auroc"] == host["image_auroc"]
     assert device["f1_at_threshold"] == host["f1_at_threshold"]
     assert device["pixel_auroc"] == pytest.approx(host["pixel_auroc"], abs=1e-4)
+
+
+def test_fit_on_the_pi_gives_the_host_s_bank_and_records_its_runtime(pi_venv, rpi4_bundle, brick, tmp_path):
+    """`edgekit fit` through the console script on the emulated Pi and on this host, the same 40
+    normals into the same TFLite fp32 bundle: the same bank rows in the same order, the same scores
+    (benchmarks/fit_parity.py measures it for more pairs), and each manifest names its machine."""
+    import edgekit
+    from edgekit.bundle import load_bundle
+    from edgekit.fit import fit_bundle
+    from edgekit.runtime.bank import decode_bank
+
+    normals = tmp_path / "normals"
+    normals.mkdir()
+    for path in sorted((brick / "train" / "good").iterdir())[:40]:
+        shutil.copyfile(path, normals / path.name)
+    pi_venv.edgekit("fit", str(rpi4_bundle), "--normals", str(normals), "--out", str(tmp_path / "pi"), cwd=tmp_path)
+    fit_bundle(rpi4_bundle, normals, out=tmp_path / "host")
+    on_pi, on_host = load_bundle(tmp_path / "pi"), load_bundle(tmp_path / "host")
+    banks = [decode_bank({n: b.array(n) for n in b.manifest.head.arrays}, "int8") for b in (on_pi, on_host)]
+    step = float(on_host.array("bank_scale").max())  # the int8 bank's step: its float offsets differ by ~1e-5
+    assert banks[0].shape == banks[1].shape
+    np.testing.assert_allclose(banks[0], banks[1], rtol=0, atol=step)  # the same rows, in the same order
+    assert on_pi.manifest.decision.fitted_with["machine"] == "aarch64"
+    assert on_host.manifest.decision.fitted_with["machine"] == "x86_64"
+    assert on_pi.manifest.decision.image_threshold == pytest.approx(on_host.manifest.decision.image_threshold, rel=1e-5)
+    test = [s for s in sorted((brick / "test" / "scratch").iterdir())[:3]]
+    with warnings.catch_warnings():  # a different LiteRT version on the Pi would say so here
+        warnings.simplefilter("ignore")
+        pi_scores = edgekit.load(tmp_path / "pi").raw(test)[0]
+    np.testing.assert_allclose(pi_scores, edgekit.load(tmp_path / "host").raw(test)[0], rtol=1e-5)
