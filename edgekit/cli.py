@@ -974,7 +974,7 @@ def profile(
     records the load average and the other busy processes while it ran."""
     from edgekit.profile.report import check_host, profile_bundles
     from edgekit.targets import get_target
-    from edgekit.variants import export_variants, plan_variants, split_refused
+    from edgekit.variants import export_variants, plan_variants
 
     spec = get_target(target)
     check_host(spec, estimate=estimate)  # before any export: a wrong host is said at once
@@ -995,16 +995,14 @@ def profile(
             from edgekit.train.run import open_run
 
             model = open_run(path).model
-            variants, refused = split_refused(
-                model,
-                plan_variants(
-                    spec, model=model, formats=_split(formats), precisions=_split(precisions), banks=_split(banks)
-                ),
+            variants = plan_variants(
+                spec, model=model, formats=_split(formats), precisions=_split(precisions), banks=_split(banks)
             )
+            click.echo(f"{path}: {len(variants)} variants for {spec.name} → {out / 'bundles'}")
+            exported, refused = export_variants(path, spec.name, out / "bundles", variants, progress=bar)
             for variant, why in refused:
                 click.echo(f"{path}: {variant.slug} left out: {why}")
-            click.echo(f"{path}: {len(variants)} variants for {spec.name} → {out / 'bundles'}")
-            bundles += export_variants(path, spec.name, out / "bundles", variants, progress=bar)
+            bundles += exported
         elif path.exists():
             bundles.append(path)
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edgekit.errors import EdgekitError
-from edgekit.families.registry import recipe_name, takes_bank_options
+from edgekit.families.registry import takes_bank_options
 from edgekit.progress import ProgressFn, noop
 
 #: Bank settings a sweep tries (PatchCore): anomalib's bank, the export default, a small one.
@@ -65,40 +65,31 @@ def plan_variants(
     return variants
 
 
-def split_refused(model: str, variants: Sequence[Variant]) -> tuple[list[Variant], list[tuple[Variant, str]]]:
-    """(variants to export, [(variant, why)] the model's recipe refuses): NNCF int8 (OpenVINO, ONNX)
-    when calibration/<model>.toml says ``[nncf] refuse``, so a sweep says so instead of failing."""
-    from edgekit.resources import read_toml
-
-    refusal = read_toml("calibration", recipe_name(model)).get("nncf", {}).get("refuse")
-    kept, refused = [], []
-    for variant in variants:
-        if refusal and variant.precision == "int8" and variant.format in ("openvino", "onnx"):
-            refused.append((variant, f"NNCF int8 refused for {model}: {refusal}"))
-        else:
-            kept.append(variant)
-    return kept, refused
-
-
 def export_variants(
     run_dir: Path, target: str, out_dir: Path, variants: Sequence[Variant], *, progress: ProgressFn = noop
-) -> list[Path]:
-    """Export each variant of a run; returns the bundle paths, in order."""
+) -> tuple[list[Path], list[tuple[Variant, str]]]:
+    """Export each variant of a run: the bundle paths, in order, and the variants the int8 gate
+    refused, each with its one-line reason (a sweep says so instead of failing)."""
+    from edgekit.export.int8_gate import Int8Refused
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
     from edgekit.train.run import open_run
 
     run = open_run(run_dir)
     name = Path(run_dir).resolve().name
-    paths = []
+    paths, refused = [], []
     for index, variant in enumerate(variants):
         progress(f"export {name} {variant.slug}", index, len(variants))
         options = ExportOptions(format=variant.format, precision=variant.precision, **_bank_options(run, variant.bank))
         out = out_dir / f"{name}-{variant.slug}"
-        export_run(run_dir, out, target=target, options=options, overwrite=True)
+        try:
+            export_run(run_dir, out, target=target, options=options, overwrite=True)
+        except Int8Refused as why:
+            refused.append((variant, str(why)))
+            continue
         paths.append(out)
     progress("export", len(variants), len(variants))
-    return paths
+    return paths, refused
 
 
 def _bank_options(run, bank: str) -> dict:

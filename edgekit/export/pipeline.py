@@ -35,6 +35,7 @@ from edgekit.bundle import (
 )
 from edgekit.clock import created_time
 from edgekit.errors import EdgekitError, UnsupportedOp
+from edgekit.export import int8_gate
 from edgekit.export import onnx as onnx_format
 from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
@@ -117,10 +118,13 @@ def export_run(
     created = created_time()  # a bad SOURCE_DATE_EPOCH is refused before the minutes of work
     staging = make_staging(".edgekit-export-")
     try:
-        manifest, files, arrays = _build(run, spec, fmt, precision, options, staging, progress, created=created)
+        manifest, files, arrays, gate = _build(run, spec, fmt, precision, options, staging, progress, created=created)
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
         # a converter whose device is absent here names a stand-in (recorded in the manifest)
         fit_device = manifest.export.get("threshold_fit", {}).get("device")
+        if gate is not None:
+            check = _int8_gate(provisional, gate, manifest, options, progress, device=fit_device)
+            manifest = replace(manifest, export={**manifest.export, "int8_check": check})
         decision = _fit_on_exported(provisional, holdout, progress, device=fit_device, rule=rule)
         manifest = replace(manifest, decision=decision)
         save_bundle(out, manifest, files=files, arrays=arrays, overwrite=overwrite)
@@ -253,7 +257,29 @@ def _build(
             "created": created,
         },
     )
-    return manifest, files, parts.arrays
+    gate = None
+    if precision == "int8":  # the float side of the int8 gate, while the float network is at hand
+        progress("int8 gate", 0, 2)
+        held = _existing(run.record.held_out_images, run, "the int8 gate paints defects on them")
+        images, kinds = int8_gate.painted_set(held, input_spec, seed=record.seed)
+        gate = (images, kinds, int8_gate.float_scores(parts.network, job.head_score, images, input_spec))
+    return manifest, files, parts.arrays, gate
+
+
+def _int8_gate(
+    provisional: Path, gate: tuple, manifest: Manifest, options: ExportOptions, progress: ProgressFn, *, device
+) -> dict:
+    """The int8 network against the float one on painted held-out normals; refuses below the limits."""
+    from edgekit.runtime.detector import load
+
+    images, kinds, fp32 = gate
+    int8 = int8_gate.bundle_scores(load(provisional, device=device), images)
+    progress("int8 gate", 2, 2)
+    limits = int8_gate.limits_for(manifest.export.get("recipe_values", {}))
+    check = int8_gate.judge(fp32, int8, kinds, rule=options.threshold_rule, limits=limits)
+    if not check["passed"]:
+        raise int8_gate.Int8Refused(int8_gate.refusal(manifest.model, manifest.target, manifest.network.format, check))
+    return check
 
 
 def _head_score(parts: FamilyParts, spec: InputSpec) -> Callable[[np.ndarray], np.ndarray]:

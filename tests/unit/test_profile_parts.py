@@ -23,14 +23,3 @@ def test_host_check_reads_the_machine_and_the_arm_cpu_part():
     assert "0xd08, not rpi5's 0xd0b" in host_mismatch(get_target("rpi5"), machine="aarch64", cpuinfo=a72)
     assert host_mismatch(get_target("rpi5"), machine="aarch64", cpuinfo="") is None  # no part listed: trusted
     assert "not x86's" in host_mismatch(get_target("x86"), machine="aarch64")
-
-
-def test_a_sweep_leaves_out_what_a_recipe_refuses_and_says_why():
-    from edgekit.variants import plan_variants, split_refused
-
-    planned = plan_variants(get_target("rpi4"), model="fastflow")
-    kept, refused = split_refused("fastflow", planned)
-    assert sorted(v.slug for v, _ in refused) == ["onnx-int8-bank-default"]
-    assert "tflite-int8-bank-default" in [v.slug for v in kept] and len(kept) + len(refused) == len(planned)
-    assert refused[0][1].startswith("NNCF int8 refused for fastflow: NNCF int8 collapses")
-    assert split_refused("stfpm", planned) == (planned, [])

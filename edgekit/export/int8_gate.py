@@ -1,0 +1,142 @@
+"""The int8 gate: before an int8 bundle is written, its network is judged against the float network
+on the run's held-out normals and on the same normals with defects painted onto them.
+
+Calibration fits activation ranges to normal images, so what a defect does inside the network can
+be clipped, and agreement on normals cannot see it. edgekit's painted defects (scratch, stain,
+missing, discolour: ``edgekit.data.synth.apply_defect``) on the held-out normals show it without
+a single label, and never touch a test image. Both networks' outputs go through the bundle's own
+numpy head; the gate compares image AUROC (normals against painted) and the decisions each makes
+at its own threshold, and the export refuses when they miss the recipe's limits (``[int8_gate]``
+in ``calibration/<family>.toml``, else ``DEFAULT_LIMITS``). With fewer held-out normals than a
+threshold needs, the numbers are recorded but not judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.preprocess import InputSpec, fit_to, prepare, read_image
+
+
+class Int8Refused(EdgekitError):
+    """An int8 network that missed the gate's limits (the message names the numbers)."""
+
+
+#: What an int8 network may lose against the float one on the painted validation set.
+DEFAULT_LIMITS = {"max_auroc_drop": 0.01, "min_agreement": 0.98}
+
+
+def at_network_size(spec: InputSpec) -> InputSpec:
+    """``spec`` for images already cut and fitted to the network's size (its geometry is done)."""
+    return replace(spec, roi=(), fit="stretch")
+
+
+def painted_set(paths: Sequence[Path], spec: InputSpec, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """The held-out normals at network size, then each of them with each defect kind painted on:
+    (images, kinds) with kind "normal" for the originals. Seeded; a kind that cannot be drawn
+    visibly on an image (too flat) is left out for that image."""
+    from edgekit.data.synth import DEFECT_KINDS, apply_defect
+
+    rng = np.random.default_rng(seed)
+    normals = [fit_to(read_image(path, spec.channels), spec) for path in paths]
+    images, kinds = list(normals), ["normal"] * len(normals)
+    for image in normals:
+        plane = image[:, :, 0] if image.shape[2] == 1 else image
+        for kind in DEFECT_KINDS:
+            try:
+                changed, _ = apply_defect(plane, kind, rng)
+            except EdgekitError:
+                continue
+            images.append(changed[:, :, None] if image.shape[2] == 1 else changed)
+            kinds.append(kind)
+    return images, kinds
+
+
+def float_scores(
+    network: Any, head_score: Callable[[np.ndarray], np.ndarray], images: list[np.ndarray], spec: InputSpec
+) -> np.ndarray:
+    """Raw image scores of the float torch network through the bundle's head."""
+    import torch
+
+    batch = prepare(images, at_network_size(replace(spec, layout="NCHW")))
+    with torch.no_grad():
+        outputs = [np.asarray(network(torch.from_numpy(batch[i : i + 8]))) for i in range(0, len(batch), 8)]
+    return np.asarray(head_score(np.concatenate(outputs)), dtype=np.float64)
+
+
+def bundle_scores(detector: Any, images: list[np.ndarray]) -> np.ndarray:
+    """Raw image scores of a loaded bundle on images already at network size."""
+    spec = at_network_size(detector.manifest.input)
+    scores = []
+    for start in range(0, len(images), 8):
+        outputs = detector._network(prepare(images[start : start + 8], spec))
+        scores.append(detector.run_head(outputs)[0])
+    return np.concatenate(scores).astype(np.float64)
+
+
+def judge(
+    fp32: np.ndarray, int8: np.ndarray, kinds: Sequence[str], *, rule: str, limits: dict[str, float]
+) -> dict[str, Any]:
+    """AUROC of normals against painted defects for both, the share of decisions they share (each
+    at its own threshold by ``rule`` on the normals), the median relative change of the painted
+    images' scores; ``judged`` False when the normals are too few for ``rule``."""
+    from edgekit.metrics import image_auroc
+    from edgekit.runtime.decision import ThresholdRule, fit_decision
+
+    labels = np.array([kind != "normal" for kind in kinds])
+    normals = int((~labels).sum())
+    parsed = ThresholdRule.parse(rule)
+    try:
+        parsed.check(normals, anomalies=0)
+        judged = True
+    except EdgekitError:
+        parsed, judged = ThresholdRule("max"), False
+    decided = [s > fit_decision(s[~labels], np.zeros((normals, 1)), rule=parsed).image_threshold for s in (fp32, int8)]
+    change = (int8[labels] - fp32[labels]) / np.maximum(np.abs(fp32[labels]), 1e-12)
+    result = {
+        "normals": normals,
+        "painted": int(labels.sum()),
+        "kinds": sorted(set(kinds) - {"normal"}),
+        "fp32_auroc": round(float(image_auroc(labels, fp32)), 6),
+        "int8_auroc": round(float(image_auroc(labels, int8)), 6),
+        "agreement": round(float(np.mean(decided[0] == decided[1])), 6),
+        "median_painted_score_change": round(float(np.median(change)), 6),
+        "threshold_rule": parsed.text,
+        "limits": dict(limits),
+        "judged": judged,
+    }
+    result["passed"] = not judged or (
+        result["fp32_auroc"] - result["int8_auroc"] <= limits["max_auroc_drop"] + 1e-12
+        and result["agreement"] >= limits["min_agreement"] - 1e-12
+    )
+    return result
+
+
+def limits_for(recipe: dict[str, Any]) -> dict[str, float]:
+    """The recipe's ``[int8_gate]`` limits, each checked, over the defaults."""
+    section = recipe.get("int8_gate", {})
+    limits = dict(DEFAULT_LIMITS)
+    for key in DEFAULT_LIMITS:
+        if key in section:
+            value = section[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise EdgekitError(f"calibration recipe: int8_gate.{key} must be a number from 0 to 1, not {value!r}")
+            limits[key] = float(value)
+    return limits
+
+
+def refusal(model: str, target: str, fmt: str, check: dict[str, Any]) -> str:
+    """The one line an export that failed the gate stops with."""
+    limits = check["limits"]
+    return (
+        f"int8 {model} for {target} ({fmt}) loses accuracy on defects painted onto its {check['normals']} held-out "
+        f"normals: AUROC {check['fp32_auroc']:.3f} -> {check['int8_auroc']:.3f} (allowed drop "
+        f"{limits['max_auroc_drop']:g}), decisions agree on {check['agreement']:.1%} (at least "
+        f"{limits['min_agreement']:.0%}), painted scores moved by a median {check['median_painted_score_change']:+.0%}; "
+        f"export --precision fp16 or fp32, or loosen [int8_gate] in the family's calibration recipe"
+    )

@@ -1,0 +1,83 @@
+"""The int8 gate: its judgement on scores (what passes, what is refused, what is only recorded), its
+painted validation set (held-out normals only, never a test image), and what a bundle records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.errors import EdgekitError
+from edgekit.export.int8_gate import DEFAULT_LIMITS, judge, limits_for, refusal
+
+KINDS = ["normal"] * 12 + ["scratch", "stain", "missing", "discolor"] * 12
+
+
+def _scores(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(10, 1, 12), rng.normal(20, 2, 48)])
+
+
+def test_an_int8_network_that_keeps_the_scores_passes():
+    fp32 = _scores()
+    check = judge(fp32, fp32 * 1.001, KINDS, rule="bound", limits=DEFAULT_LIMITS)
+    assert check["passed"] and check["judged"] and check["agreement"] == 1.0
+    assert check["fp32_auroc"] == check["int8_auroc"] == 1.0 and check["painted"] == 48
+    assert check["median_painted_score_change"] == pytest.approx(0.001)
+
+
+def test_a_collapsed_int8_network_is_refused_with_its_numbers():
+    """Every image at -1.0, as NNCF made of FastFlow: AUROC 0.5, the painted defects all missed."""
+    check = judge(_scores(), np.full(60, -1.0), KINDS, rule="bound", limits=DEFAULT_LIMITS)
+    assert not check["passed"] and check["int8_auroc"] == 0.5
+    line = refusal("fastflow", "x86", "openvino", check)
+    assert "AUROC 1.000 -> 0.500" in line and "12 held-out normals" in line and "--precision fp16" in line
+    assert "\n" not in line
+
+
+def test_clipped_defect_scores_break_the_agreement_limit():
+    fp32 = _scores()
+    int8 = fp32.copy()
+    int8[12:] = np.minimum(int8[12:], np.sort(fp32[12:])[6])  # most defects clipped to one value
+    int8[12:18] = fp32[:6]  # and some now look normal
+    check = judge(fp32, int8, KINDS, rule="bound", limits=DEFAULT_LIMITS)
+    assert not check["passed"] and check["agreement"] < 0.98
+
+
+def test_too_few_normals_are_measured_and_recorded_but_not_judged():
+    kinds = ["normal"] * 2 + ["scratch"] * 8
+    check = judge(np.arange(10.0), np.zeros(10), kinds, rule="bound", limits=DEFAULT_LIMITS)
+    assert check["passed"] and not check["judged"] and check["threshold_rule"] == "max"
+
+
+def test_recipe_limits_are_checked():
+    assert limits_for({"int8_gate": {"max_auroc_drop": 0.05}}) == {**DEFAULT_LIMITS, "max_auroc_drop": 0.05}
+    with pytest.raises(EdgekitError, match="int8_gate.min_agreement must be a number from 0 to 1"):
+        limits_for({"int8_gate": {"min_agreement": 2}})
+
+
+def test_the_painted_set_is_the_held_out_normals_and_never_a_test_image(patchcore_run, brick):
+    from edgekit.data.datasets import open_dataset
+    from edgekit.export.int8_gate import painted_set
+    from edgekit.preprocess import fit_to, read_image
+
+    spec = patchcore_run.input_spec()
+    held = list(patchcore_run.record.held_out_images)
+    images, kinds = painted_set(held, spec, seed=0)
+    assert kinds[: len(held)] == ["normal"] * len(held) and len(images) == len(held) * 5
+    for path, image in zip(held, images):
+        np.testing.assert_array_equal(image, fit_to(read_image(path, 3), spec))
+    assert set(kinds[len(held) :]) == {"scratch", "stain", "missing", "discolor"}
+    test = {fit_to(read_image(s.path, 3), spec).tobytes() for s in open_dataset(brick).test}
+    assert not test & {image.tobytes() for image in images}
+    trained = {Path(p).resolve() for p in patchcore_run.record.trained_images}
+    assert not trained & {Path(p).resolve() for p in held}
+
+
+def test_an_int8_bundle_records_what_the_gate_measured(exported):
+    import json
+
+    check = json.loads((exported("x86", "openvino", "int8") / "manifest.json").read_text())["export"]["int8_check"]
+    assert check["judged"] and check["passed"] and check["normals"] == 12 and check["painted"] == 48
+    assert check["fp32_auroc"] - check["int8_auroc"] <= check["limits"]["max_auroc_drop"]
