@@ -2,7 +2,8 @@
 
 Only the network is quantized; the head after it runs in numpy on the device and never sees int8.
 NNCF calibrates on the job's training normals (never test images) with the family's recipe
-(calibration/<family>.toml, ``[nncf]``: preset, subset size, parts that stay float, or ``refuse``).
+(calibration/<family>.toml, ``[nncf]``: preset, subset size, parts that stay float; whether the result
+is good enough is the int8 gate's to say, edgekit/export/int8_gate.py).
 On held-out normals the export records the *score agreement*, mean of
 ``max(0, 1 - |s_q - s_f| / s_f)`` where s is the raw score of the bundle's own head on the int8 (q)
 and float (f) network outputs; ``--max-drop`` makes it the metric of NNCF's accuracy-controlled
@@ -85,12 +86,6 @@ class QuantizationRecipe:
 def recipe_for(recipe: dict[str, Any]) -> QuantizationRecipe:
     """The NNCF part of a family recipe (calibration/<family>.toml), checked."""
     section = recipe.get("nncf", {})
-    if section.get("refuse"):
-        family = recipe.get("family", "?")
-        raise EdgekitError(
-            f"int8 is not offered for {family} with NNCF: {section['refuse']} (calibration/{family}.toml); "
-            f"export fp32 or fp16 (rpi4/rpi5: TFLite int8)"
-        )
     preset = str(section.get("preset", "performance"))
     if preset not in ("performance", "mixed"):
         raise EdgekitError(f"calibration recipe: nncf.preset must be 'performance' or 'mixed', not {preset!r}")
