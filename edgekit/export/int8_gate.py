@@ -97,7 +97,7 @@ def judge(
     except EdgekitError:
         parsed, judged = ThresholdRule("max"), False
     decided = [s > fit_decision(s[~labels], np.zeros((normals, 1)), rule=parsed).image_threshold for s in (fp32, int8)]
-    change = (int8[labels] - fp32[labels]) / np.maximum(np.abs(fp32[labels]), 1e-12)
+    change = (int8 - fp32) / np.maximum(np.abs(fp32), 1e-12)
     result = {
         "normals": normals,
         "painted": int(labels.sum()),
@@ -105,7 +105,8 @@ def judge(
         "fp32_auroc": round(float(image_auroc(labels, fp32)), 6),
         "int8_auroc": round(float(image_auroc(labels, int8)), 6),
         "agreement": round(float(np.mean(decided[0] == decided[1])), 6),
-        "median_painted_score_change": round(float(np.median(change)), 6),
+        "median_painted_score_change": round(float(np.median(change[labels])), 6),
+        "median_normal_score_change": round(float(np.median(change[~labels])), 6),
         "threshold_rule": parsed.text,
         "limits": dict(limits),
         "judged": judged,
@@ -128,6 +129,15 @@ def limits_for(recipe: dict[str, Any]) -> dict[str, float]:
                 raise EdgekitError(f"calibration recipe: int8_gate.{key} must be a number from 0 to 1, not {value!r}")
             limits[key] = float(value)
     return limits
+
+
+def painted_share(recipe: dict[str, Any]) -> float:
+    """The recipe's ``painted_calibration``: the share of calibration normals that also go in with
+    each defect painted on, so int8 ranges include defect activations (0: normals only)."""
+    value = recipe.get("painted_calibration", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise EdgekitError(f"calibration recipe: painted_calibration must be a share from 0 to 1, not {value!r}")
+    return float(value)
 
 
 def refusal(model: str, target: str, fmt: str, check: dict[str, Any]) -> str:

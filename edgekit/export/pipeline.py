@@ -195,7 +195,13 @@ def _build(
     calibration = validation = np.zeros((0,), np.float32)
     if precision != "fp32":  # only quantizers need data; never test images
         wanted = options.calibration_images or int(recipe.get("subset_size", 300))
-        calibration = prepare(_existing(run.record.trained_images, run, "calibration uses them")[:wanted], float_spec)
+        trained = _existing(run.record.trained_images, run, "calibration uses them")[:wanted]
+        calibration = prepare(trained, float_spec)
+        share = int8_gate.painted_share(recipe)
+        if share > 0:  # defect activations in the ranges: painted onto training normals, not the gate's
+            images, kinds = int8_gate.painted_set(trained[: max(1, round(share * len(trained)))], input_spec, 0)
+            painted = [image for image, kind in zip(images, kinds) if kind != "normal"]
+            calibration = np.concatenate([calibration, prepare(painted, int8_gate.at_network_size(float_spec))])
         validation = prepare(_existing(run.record.held_out_images, run, "validation uses them"), float_spec)
     job = ExportJob(
         target=spec,

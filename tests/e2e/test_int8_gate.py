@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.export.int8_gate import DEFAULT_LIMITS, judge, limits_for, refusal
+from edgekit.export.int8_gate import DEFAULT_LIMITS, judge, limits_for, painted_share, refusal
 
 KINDS = ["normal"] * 12 + ["scratch", "stain", "missing", "discolor"] * 12
 
@@ -55,6 +55,9 @@ def test_recipe_limits_are_checked():
     assert limits_for({"int8_gate": {"max_auroc_drop": 0.05}}) == {**DEFAULT_LIMITS, "max_auroc_drop": 0.05}
     with pytest.raises(EdgekitError, match="int8_gate.min_agreement must be a number from 0 to 1"):
         limits_for({"int8_gate": {"min_agreement": 2}})
+    assert painted_share({}) == 0.0 and painted_share({"painted_calibration": 0.25}) == 0.25
+    with pytest.raises(EdgekitError, match="painted_calibration must be a share from 0 to 1"):
+        painted_share({"painted_calibration": "a quarter"})
 
 
 def test_the_painted_set_is_the_held_out_normals_and_never_a_test_image(patchcore_run, brick):

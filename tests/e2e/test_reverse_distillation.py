@@ -206,14 +206,32 @@ def test_rpi4_fp32_bundles_give_the_training_path_scores(fmt, bundles, test_samp
 
 
 @pytest.mark.e2e
-def test_x86_int8_is_refused_by_the_gate_with_what_it_measured(bundles):
-    """NNCF int8 keeps brick's AUROC but moves enough painted-defect decisions to miss the gate's
-    98 % agreement (measured on this 3-epoch run: AUROC 1.000 -> 1.000, agreement 96.7 %)."""
-    from edgekit.export.int8_gate import Int8Refused
+def test_x86_int8_keeps_brick_separated_and_fits_its_own_thresholds(bundles, test_samples, x86_scores):
+    import edgekit
+    from edgekit.metrics import image_auroc
 
-    with pytest.raises(Int8Refused, match=r"AUROC 1\.000 -> 1\.000 .* decisions agree on 9\d\.\d%") as refused:
-        bundles("x86", "openvino", "int8")
-    assert "--precision fp16 or fp32" in str(refused.value)
+    detector = edgekit.load(bundles("x86", "openvino", "int8"))
+    scores, _ = detector.raw([s.path for s in test_samples])
+    labels = np.array([s.label for s in test_samples])
+    relative = np.abs(scores - x86_scores[0]) / x86_scores[0]
+    # measured on the default (5-epoch) brick run, 60 test images: normals 4.2 % at most, defects 25 %
+    # (lower in int8), AUROC 1.000 -> 1.000 (calibration/reverse_distillation.toml)
+    assert relative[labels == 0].max() < 0.10 and relative.max() < 0.35
+    assert image_auroc(labels, scores) >= 0.95
+    assert detector.manifest.export["quantization"]["stay_float"] == [
+        "feature_distance",
+        "depthwise",
+        "first_convolution",
+    ]
+    decision = detector.manifest.decision
+    assert detector.manifest.precision == "int8" and decision.fitted_on == 12
+    # calibrated on normals only, the int8 gate refused it (agreement 96.7 %); with painted defects
+    # in the calibration set (the recipe's painted_calibration) it passes
+    check = detector.manifest.export["int8_check"]
+    assert check["passed"] and check["judged"] and check["agreement"] >= 0.98
+    assert detector.manifest.export["calibration_images"] == 48 + 4 * 12
+    fp32 = edgekit.load(bundles("x86", "openvino", "fp32")).manifest.decision
+    assert decision.image_threshold != fp32.image_threshold
 
 
 @pytest.mark.e2e
