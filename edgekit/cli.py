@@ -17,7 +17,7 @@ import click
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 from edgekit.families.registry import FAMILIES, MODELS_WITH_OWN_DATA
-from edgekit.preprocess import parse_roi
+from edgekit.preprocess import FITS, parse_roi
 from edgekit.profile.load import MAX_BACKGROUND
 
 DEFAULT_TARGET = "x86"
@@ -258,8 +258,16 @@ DATA_LAYOUTS = (
 )
 
 
-def _data_options(purpose: str):
-    """--data (any layout) or the folder pair --normal-dir/--abnormal-dir/--mask-dir, and --category."""
+def _data_options(purpose: str, *, split_seed: bool = False):
+    """--data (any layout) or the folder pair --normal-dir/--abnormal-dir/--mask-dir, and --category;
+    with ``split_seed``, --split-seed for a command that has no --seed of its own to split normals by."""
+    seed_option = click.option(
+        "--split-seed",
+        type=SEED,
+        default=0,
+        show_default=True,
+        help="Seed that split the normals of layouts with no split of their own (give the one you trained with).",
+    )
 
     def decorate(function):
         for option in reversed(
@@ -282,9 +290,32 @@ def _data_options(purpose: str):
                 ),
                 click.option("--category", default=None, help="Category inside a multi-category dataset root."),
             ]
+            + ([seed_option] if split_seed else [])
         ):
             function = option(function)
         return function
+
+    return decorate
+
+
+def _geometry_options(fit_default: str, roi_default: str):
+    """--fit and --roi, the pre-processing's geometry (the defaults say what an unset one means)."""
+
+    def decorate(function):
+        function = click.option(
+            "--roi",
+            default=None,
+            help=f"Region of interest x,y,width,height in image pixels, cut from every image first "
+            f"(default: {roi_default}).",
+        )(function)
+        return click.option(
+            "--fit",
+            "fit",
+            type=click.Choice(FITS),
+            default=None,
+            help=f"How images of another aspect ratio meet the network's: stretch, centre crop or letterbox "
+            f"(default: {fit_default}).",
+        )(function)
 
     return decorate
 
@@ -341,16 +372,7 @@ def _check_data_options(
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder (only a run: one with run.json).")
 @click.option("--no-eval", "no_eval", is_flag=True, help="Do not score the test split after training.")
-@click.option(
-    "--fit",
-    "fit",
-    type=click.Choice(["stretch", "crop", "letterbox"]),
-    default=None,
-    help="How images of another aspect ratio meet the network's: stretch (default), centre crop, letterbox.",
-)
-@click.option(
-    "--roi", default=None, help="Region of interest x,y,width,height in image pixels, cut from every image first."
-)
+@_geometry_options("stretch", "the whole image")
 @click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
 @click.option("--weights", type=EXISTING_FILE, default=None, help="Local backbone weights file.")
 @_family_options
@@ -432,14 +454,7 @@ def train(
 )
 @click.option("--bank-size", type=POSITIVE, default=None, help="PatchCore: re-select the bank down to N rows.")
 @click.option("--threshold-rule", default="bound", show_default=True, help=THRESHOLD_RULE_HELP)
-@click.option(
-    "--fit",
-    "fit",
-    type=click.Choice(["stretch", "crop", "letterbox"]),
-    default=None,
-    help="How images of another aspect ratio meet the network's: stretch (default: the run's), centre crop, letterbox.",
-)
-@click.option("--roi", default=None, help="Region of interest x,y,width,height in image pixels (default: the run's).")
+@_geometry_options("the run's", "the run's")
 @click.option(
     "--out",
     "out",
@@ -861,14 +876,7 @@ def fit_cmd(
 
 @cli.command("threshold")
 @click.argument("bundle", type=EXISTING)
-@_data_options("Validation data, not the data you test on; its test split is scored")
-@click.option(
-    "--split-seed",
-    type=SEED,
-    default=0,
-    show_default=True,
-    help="Seed that splits the normals of layouts with no split of their own.",
-)
+@_data_options(split_seed=True, purpose="Validation data, not the data you test on; its test split is scored")
 @click.option(
     "--rule",
     required=True,
@@ -923,13 +931,8 @@ def threshold_cmd(
     help="On a host that is not the target: a roofline latency estimate from FLOPs and the target's "
     "published peak, labelled 'estimate'; accuracy is scored on this host.",
 )
-@_data_options("Labelled data, for image/pixel AUROC, PRO, F1 at the bundle's threshold and heat maps")
-@click.option(
-    "--split-seed",
-    type=SEED,
-    default=0,
-    show_default=True,
-    help="Seed that split the normals of layouts with no split of their own (give the one you trained with).",
+@_data_options(
+    split_seed=True, purpose="Labelled data, for image/pixel AUROC, PRO, F1 at the bundle's threshold and heat maps"
 )
 @click.option("--runs", type=POSITIVE, default=100, show_default=True, help="Timed runs after warm-up.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
@@ -1044,14 +1047,7 @@ def report(profiles: tuple[Path, ...], out: Path) -> None:
 @cli.command("check")
 @click.option("--reference", type=EXISTING, required=True, help="The bundle to compare against.")
 @click.option("--candidate", type=EXISTING, required=True, help="The bundle under test.")
-@_data_options("Labelled data; both bundles score its test split")
-@click.option(
-    "--split-seed",
-    type=SEED,
-    default=0,
-    show_default=True,
-    help="Seed that split the normals of layouts with no split of their own (give the one you trained with).",
-)
+@_data_options(split_seed=True, purpose="Labelled data; both bundles score its test split")
 @click.option(
     "--max-auroc-drop",
     type=float,

@@ -18,7 +18,7 @@ import contextlib
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -122,10 +122,13 @@ def export_run(
         provisional = save_bundle(staging / "provisional", manifest, files=files, arrays=arrays)
         # a converter whose device is absent here names a stand-in (recorded in the manifest)
         fit_device = manifest.export.get("threshold_fit", {}).get("device")
+        from edgekit.runtime.detector import load
+
+        exported = load(provisional, device=fit_device)  # one load for the gate and the thresholds
         if gate is not None:
-            check = _int8_gate(provisional, gate, manifest, options, progress, device=fit_device)
+            check = _int8_gate(exported, gate, manifest, options, progress)
             manifest = replace(manifest, export={**manifest.export, "int8_check": check})
-        decision = _fit_on_exported(provisional, holdout, progress, device=fit_device, rule=rule)
+        decision = _fit_on_exported(exported, holdout, progress, rule=rule)
         manifest = replace(manifest, decision=decision)
         save_bundle(out, manifest, files=files, arrays=arrays, overwrite=overwrite)
     finally:
@@ -272,14 +275,10 @@ def _build(
     return manifest, files, parts.arrays, gate
 
 
-def _int8_gate(
-    provisional: Path, gate: tuple, manifest: Manifest, options: ExportOptions, progress: ProgressFn, *, device
-) -> dict:
+def _int8_gate(exported, gate: tuple, manifest: Manifest, options: ExportOptions, progress: ProgressFn) -> dict:
     """The int8 network against the float one on painted held-out normals; refuses below the limits."""
-    from edgekit.runtime.detector import load
-
     images, kinds, fp32 = gate
-    int8 = int8_gate.bundle_scores(load(provisional, device=device), images)
+    int8 = int8_gate.bundle_scores(exported, images)
     progress("int8 gate", 2, 2)
     limits = int8_gate.limits_for(manifest.export.get("recipe_values", {}))
     check = int8_gate.judge(fp32, int8, kinds, rule=options.threshold_rule, limits=limits)
@@ -308,12 +307,8 @@ def _naming_the_target(spec: Target, fmt: FormatSpec, run: Run) -> Iterator[None
         raise EdgekitError(f"cannot export {run.model} for target {spec.name} ({fmt.name}): {exc}{way_out}") from None
 
 
-def _fit_on_exported(
-    provisional: Path, holdout: list[Path], progress: ProgressFn, *, rule: ThresholdRule, device: Optional[str] = None
-) -> Decision:
-    from edgekit.runtime.detector import load
-
-    detector = load(provisional, device=device)
+def _fit_on_exported(detector, holdout: list[Path], progress: ProgressFn, *, rule: ThresholdRule) -> Decision:
+    """Thresholds fitted on the held-out normals through the exported model itself."""
     progress("fit thresholds", 0, len(holdout))
     scores, maps = [], []
     for start in range(0, len(holdout), 8):

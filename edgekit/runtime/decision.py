@@ -66,6 +66,10 @@ class ThresholdRule:
     def text(self) -> str:
         return f"fpr:{self.rate:g}" if self.name == "fpr" else self.name
 
+    def _rank(self, normals: int) -> int:
+        """fpr: which order statistic of ``normals`` scores bounds a new normal's false-alarm rate."""
+        return math.ceil((normals + 1) * (1.0 - self.rate))
+
     def check(self, normals: int, anomalies: Optional[int] = None) -> None:
         """Refuse, saying what is missing, where this rule cannot set a threshold that can fire
         (``anomalies`` None: not known yet)."""
@@ -75,7 +79,7 @@ class ThresholdRule:
                 f"images, got {normals}: give more normal images or a larger --holdout, or choose "
                 f"--threshold-rule max (a new normal exceeds it with probability about 1/{normals + 1})"
             )
-        if self.name == "fpr" and math.ceil((normals + 1) * (1.0 - self.rate)) > normals:
+        if self.name == "fpr" and self._rank(normals) > normals:
             raise EdgekitError(
                 f"threshold rule {self.text} needs at least {math.ceil(1.0 / self.rate) - 1} normal images to keep "
                 f"false alarms at or below {self.rate:g}; got {normals}"
@@ -100,7 +104,7 @@ class ThresholdRule:
                 normal.max()
             ), f"largest of {n} held-out normal scores (a new normal exceeds it w.p. ~1/{n + 1})"
         if self.name == "fpr":
-            rank = math.ceil((n + 1) * (1.0 - self.rate))
+            rank = self._rank(n)
             return float(np.sort(normal)[rank - 1]), (
                 f"{rank}-th smallest of {n} normal scores: a new normal exceeds it w.p. <= {self.rate:g} (conformal)"
             )

@@ -262,8 +262,9 @@ def load(
         )
         backend = load_backend(manifest.runtime, bundle.path(manifest.network.files[0]), options)
         detector = Detector(bundle, backend, budget=budget, max_pixels=max_pixels, max_parallel=max_parallel)
-        if detector.threshold_note:
-            warnings.warn(detector.threshold_note, ThresholdWarning, stacklevel=2)
+        note = detector.threshold_note
+        if note:
+            warnings.warn(note, ThresholdWarning, stacklevel=2)
         return detector
     except BaseException:
         bundle.close()
