@@ -17,7 +17,7 @@ import click
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 from edgekit.families.registry import FAMILIES, MODELS_WITH_OWN_DATA
-from edgekit.preprocess import FITS, parse_roi
+from edgekit.preprocess import FITS, parse_roi, parse_tiles
 from edgekit.profile.load import MAX_BACKGROUND
 
 DEFAULT_TARGET = "x86"
@@ -373,6 +373,18 @@ def _check_data_options(
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder (only a run: one with run.json).")
 @click.option("--no-eval", "no_eval", is_flag=True, help="Do not score the test split after training.")
 @_geometry_options("stretch", "the whole image")
+@click.option(
+    "--tiles",
+    default=None,
+    help="Cut every image into a grid of ROWSxCOLS overlapping network inputs (e.g. 4x4) instead of resizing "
+    "it to one: small defects on large images keep their pixels. Maps are stitched, the score is the worst tile's.",
+)
+@click.option(
+    "--tile-overlap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Pixels neighbouring tiles share (default with --tiles: an eighth of the input side).",
+)
 @click.option("--backbone", default=None, help="Feature extractor (default: the model's offline one).")
 @click.option("--weights", type=EXISTING_FILE, default=None, help="Local backbone weights file.")
 @_family_options
@@ -390,6 +402,8 @@ def train(
     no_eval: bool,
     fit: Optional[str],
     roi: Optional[str],
+    tiles: Optional[str],
+    tile_overlap: Optional[int],
     **model_options,
 ) -> None:
     """Train a model on a dataset's normal images (host only; needs edgekit-anomaly[train])."""
@@ -408,6 +422,10 @@ def train(
         given["fit"] = fit
     if roi is not None:
         given["roi"] = parse_roi(roi)
+    if tiles is not None:
+        given["tiles"] = parse_tiles(tiles)
+    if tile_overlap is not None:
+        given["tile_overlap"] = tile_overlap
     run = train_model(model, data, out, seed=seed, overwrite=overwrite, progress=_progress(), **given)
     metrics = json.loads((run.path / "metrics.json").read_text())
     summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc") if k in metrics)

@@ -22,7 +22,7 @@ from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import BankSettings, compress_bank
 from edgekit.data.splits import split_normals
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike
+from edgekit.preprocess import ImageLike, stitch
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.decision import ThresholdRule, fit_decision
 from edgekit.runtime.heads import KnnHead, build_head
@@ -121,7 +121,12 @@ def fit_bundle(
     rule = ThresholdRule.parse(threshold_rule or manifest.decision.rule)
     rule.check(len(held_idx), anomalies=0)  # before embedding: fit has normals only
     embeddings = embed_images(detector, images, batch_size=batch_size, progress=progress)
-    patches = _patches(embeddings[bank_idx])
+    per_image = embeddings.reshape(len(images), -1, *embeddings.shape[1:])  # a tiled input's tiles per image
+
+    def outputs_of(indices: list[int]) -> np.ndarray:
+        return per_image[indices].reshape(-1, *embeddings.shape[1:])
+
+    patches = _patches(outputs_of(bank_idx))
     count = coreset_count(len(patches), ratio, rows=fixed_rows)
     old_bank = detector.head.memory_bank if add else None
     chosen = coreset_indices(
@@ -160,7 +165,7 @@ def fit_bundle(
     spec = manifest.input
     head = build_head(manifest.head.kind, params, compressed.arrays, output_height=spec.height, output_width=spec.width)
     progress("fit thresholds", 0, len(held_idx))
-    scores, maps = head(embeddings[held_idx])
+    scores, maps = stitch(*head(outputs_of(held_idx)), spec)
     progress("fit thresholds", len(held_idx), len(held_idx))
     head_spec = dataclasses.replace(manifest.head, params=params, arrays=paths)
     new_manifest = dataclasses.replace(

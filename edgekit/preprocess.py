@@ -27,6 +27,8 @@ MIN_INPUT_SIDE, MAX_INPUT_SIDE = 8, 4096
 #: centre cut to the network's aspect first (``crop``), or fitted inside and padded with the
 #: normalisation mean, which the network sees as 0 (``letterbox``).
 FITS = ("stretch", "crop", "letterbox")
+#: Most tiles per side of a tiled input (16 x 16 = 256 network inputs per image).
+MAX_TILES_PER_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class InputSpec:
     name: str = "image"
     fit: str = "stretch"  # FITS
     roi: tuple[int, ...] = ()  # x, y, width, height in the source image's pixels, cut first; () = all of it
+    tiles: tuple[int, ...] = ()  # rows, columns: the image is fitted to a grid of network inputs; () = one
+    tile_overlap: int = 0  # pixels two neighbouring tiles share (network-input pixels)
 
     def __post_init__(self) -> None:
         for side in ("height", "width"):
@@ -85,6 +89,45 @@ class InputSpec:
             raise EdgekitError(
                 f"input roi must be x,y,width,height with x,y >= 0 and sides >= {MIN_SIDE}, not {self.roi!r}"
             )
+        if self.tiles and (
+            len(self.tiles) != 2
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in self.tiles)
+            or not all(1 <= v <= MAX_TILES_PER_SIDE for v in self.tiles)
+        ):
+            raise EdgekitError(
+                f"input tiles must be rows,columns from 1 to {MAX_TILES_PER_SIDE} each, not {self.tiles!r}"
+            )
+        limit = min(self.height, self.width) // 2
+        if (
+            isinstance(self.tile_overlap, bool)
+            or not isinstance(self.tile_overlap, numbers.Integral)
+            or not (0 <= self.tile_overlap <= limit)
+        ):
+            raise EdgekitError(
+                f"input tile_overlap must be a whole number of pixels from 0 to {limit} (half a tile), "
+                f"not {self.tile_overlap!r}"
+            )
+
+    @property
+    def tile_count(self) -> int:
+        """Network inputs per image: 1, or rows x columns of a tiled input."""
+        return self.tiles[0] * self.tiles[1] if self.tiles else 1
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        """(height, width) an image is fitted to and its anomaly map has: the network's input, or
+        the grid of overlapping tiles a tiled input covers."""
+        if not self.tiles:
+            return self.height, self.width
+        rows, cols = self.tiles
+        step_y, step_x = self.height - self.tile_overlap, self.width - self.tile_overlap
+        return (rows - 1) * step_y + self.height, (cols - 1) * step_x + self.width
+
+    def tile_origins(self) -> list[tuple[int, int]]:
+        """(top, left) of every tile in the fitted image, row by row ([(0, 0)] untiled)."""
+        rows, cols = self.tiles or (1, 1)
+        step_y, step_x = self.height - self.tile_overlap, self.width - self.tile_overlap
+        return [(row * step_y, col * step_x) for row in range(rows) for col in range(cols)]
 
 
 #: Decoded-pixel cap: a 50-megapixel RGB image is 150 MB of uint8, and more again while it is
@@ -241,9 +284,20 @@ def parse_roi(text: str) -> tuple[int, ...]:
     return values
 
 
+def parse_tiles(text: str) -> tuple[int, ...]:
+    """``"RxC"`` (or ``"R,C"``) → (rows, columns) (checked by InputSpec); one clear line otherwise."""
+    try:
+        values = tuple(int(part) for part in str(text).lower().replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise EdgekitError(f"--tiles must be rows x columns, e.g. 4x4, not {text!r}")
+    return values
+
+
 def fit_to(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """The spec's geometry on an HxWxC uint8 image: cut the region of interest, then stretch, crop
-    or letterbox it to the network's height × width."""
+    or letterbox it to ``spec.map_size`` (the network's height × width, or its grid of tiles)."""
     if spec.roi:
         x, y, w, h = spec.roi
         if x + w > image.shape[1] or y + h > image.shape[0]:
@@ -252,29 +306,33 @@ def fit_to(image: np.ndarray, spec: InputSpec) -> np.ndarray:
             )
         image = image[y : y + h, x : x + w]
     rows, cols = image.shape[:2]
+    height, width = spec.map_size
     if spec.fit == "crop":
-        scale = min(rows / spec.height, cols / spec.width)
-        keep_rows, keep_cols = max(1, round(spec.height * scale)), max(1, round(spec.width * scale))
+        scale = min(rows / height, cols / width)
+        keep_rows, keep_cols = max(1, round(height * scale)), max(1, round(width * scale))
         top, left = (rows - keep_rows) // 2, (cols - keep_cols) // 2
         image = image[top : top + keep_rows, left : left + keep_cols]
     elif spec.fit == "letterbox":
-        scale = min(spec.height / rows, spec.width / cols)
-        inner_rows = min(spec.height, max(1, round(rows * scale)))
-        inner_cols = min(spec.width, max(1, round(cols * scale)))
+        scale = min(height / rows, width / cols)
+        inner_rows = min(height, max(1, round(rows * scale)))
+        inner_cols = min(width, max(1, round(cols * scale)))
         fill = np.rint(np.asarray(spec.mean) * 255.0).clip(0, 255).astype(np.uint8)
-        canvas = np.empty((spec.height, spec.width, image.shape[2]), dtype=np.uint8)
+        canvas = np.empty((height, width, image.shape[2]), dtype=np.uint8)
         canvas[...] = fill
-        top, left = (spec.height - inner_rows) // 2, (spec.width - inner_cols) // 2
+        top, left = (height - inner_rows) // 2, (width - inner_cols) // 2
         canvas[top : top + inner_rows, left : left + inner_cols] = resize(image, inner_rows, inner_cols, spec.resize)
         return canvas
-    return resize(image, spec.height, spec.width, spec.resize)
+    return resize(image, height, width, spec.resize)
 
 
 def prepare(images: Iterable[ImageLike], spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Images (paths, uint8 arrays or [0, 1] float arrays) → one float32 batch in the network's layout."""
+    """Images (paths, uint8 arrays or [0, 1] float arrays) → one float32 batch in the network's
+    layout; a tiled spec gives ``spec.tile_count`` inputs per image, image by image, row by row."""
     batch = []
+    origins = spec.tile_origins()
     for source in images:
-        batch.append(fit_to(read_image(source, spec.channels, max_pixels=max_pixels), spec))
+        fitted = fit_to(read_image(source, spec.channels, max_pixels=max_pixels), spec)
+        batch.extend(fitted[top : top + spec.height, left : left + spec.width] for top, left in origins)
     if not batch:
         raise EdgekitError("no images given")
     stacked = np.stack(batch).astype(np.float32) / np.float32(255.0)
@@ -283,3 +341,22 @@ def prepare(images: Iterable[ImageLike], spec: InputSpec, *, max_pixels: int = D
     if spec.layout == "NCHW":
         stacked = stacked.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(stacked, dtype=np.float32)
+
+
+def stitch(scores: np.ndarray, maps: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A head's per-input scores (N*T,) and maps (N*T, h, w) → per image (N,) and (N, *map_size):
+    the image score is its worst tile's, each map pixel the largest any tile covering it gives, so
+    a defect on a tile seam is seen by both tiles. Untiled input passes through."""
+    if not spec.tiles:
+        return scores, maps
+    count = spec.tile_count
+    if len(scores) % count:
+        raise EdgekitError(f"{len(scores)} network outputs do not make whole images of {count} tiles")
+    images = len(scores) // count
+    height, width = spec.map_size
+    stitched = np.full((images, height, width), -np.inf, dtype=maps.dtype)
+    grouped = maps.reshape(images, count, *maps.shape[1:])
+    for tile, (top, left) in enumerate(spec.tile_origins()):
+        window = stitched[:, top : top + spec.height, left : left + spec.width]
+        np.maximum(window, grouped[:, tile], out=window)
+    return np.asarray(scores).reshape(images, count).max(axis=1), stitched

@@ -72,7 +72,8 @@ class Dataset:
 
     def read_mask(self, sample: Sample, height: int, width: int, *, spec: Optional[Any] = None) -> np.ndarray:
         """The sample's ground truth as a bool HxW array, resized nearest-neighbour (through the
-        region of interest and fit of ``spec``, an InputSpec, when given: as its image was).
+        region of interest, fit and tiles of ``spec``, an InputSpec, when given: as its image was;
+        then HxW is ``spec.map_size``).
 
         All False for normals and anomalies without a mask. Any non-zero pixel counts as
         anomalous for label masks (max value below 128, e.g. VisA's 0/1/2...); masks with larger
@@ -98,9 +99,7 @@ class Dataset:
 
             from edgekit.preprocess import fit_to
 
-            geometry = replace(
-                spec, height=height, width=width, channels=1, mean=(0.0,), std=(1.0,), resize="pil-nearest"
-            )
+            geometry = replace(spec, channels=1, mean=(0.0,), std=(1.0,), resize="pil-nearest")
             return fit_to(binary[:, :, None], geometry)[:, :, 0] > 0
         if binary.shape != (height, width):
             binary = np.asarray(Image.fromarray(binary).resize((width, height), Image.Resampling.NEAREST))

@@ -136,9 +136,9 @@ def apply_defect(
     """
     if kind not in DEFECT_KINDS:
         raise EdgekitError(f"unknown defect kind {kind!r}; known: {', '.join(DEFECT_KINDS)}")
-    size = image.shape[0]
+    shape = image.shape[:2]
     for _ in range(MAX_DRAWS):
-        region = _draw_region(kind, rng, size)
+        region = _draw_region(kind, rng, shape)
         changed = _change(kind, image, region, rng, filler)
         contrast, area = defect_visibility(image, changed, region)
         if contrast >= MIN_CONTRAST and AREA_FRACTION[0] <= area <= AREA_FRACTION[1]:
@@ -329,18 +329,22 @@ def _install(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _draw_region(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """A hard-edged (no anti-aliasing) bool region for one defect of ``kind``."""
-    canvas = Image.new("L", (size, size), 0)
+def _draw_region(kind: str, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A hard-edged (no anti-aliasing) bool region for one defect of ``kind`` on a (height, width)
+    image; sizes scale with its shorter side."""
+    height, width = shape
+    size = min(height, width)
+    canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
-    centre = rng.uniform(0.2, 0.8, size=2) * size
+    extent = np.array([width, height], dtype=np.float64)
+    centre = rng.uniform(0.2, 0.8, size=2) * extent
     if kind == "scratch":
-        width = int(rng.integers(2, max(2, size // 64) + 2))
+        line_width = int(rng.integers(2, max(2, size // 64) + 2))
         for _ in range(int(rng.integers(1, 3))):
-            draw.line(_curve(rng, size), fill=255, width=width, joint="curve")
+            draw.line(_curve(rng, size, extent), fill=255, width=line_width, joint="curve")
     else:
         share = {"stain": (0.01, 0.045), "missing": (0.012, 0.05), "discolor": (0.025, 0.075)}[kind]
-        radius = np.sqrt(rng.uniform(*share) * size * size / np.pi)
+        radius = np.sqrt(rng.uniform(*share) * height * width / np.pi)
         if kind == "stain":
             outline = _blob(rng, centre, radius, vertices=32, wobble=0.25)
         elif kind == "missing":
@@ -351,11 +355,11 @@ def _draw_region(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(canvas) > 0
 
 
-def _curve(rng: np.random.Generator, size: int) -> list[tuple[float, float]]:
+def _curve(rng: np.random.Generator, size: int, extent: np.ndarray) -> list[tuple[float, float]]:
     """Points on a quadratic Bezier: a scratch 35-75 % of the image long, gently bent."""
     length = rng.uniform(0.35, 0.75) * size
     angle = rng.uniform(0, np.pi)
-    middle = rng.uniform(0.3, 0.7, size=2) * size
+    middle = rng.uniform(0.3, 0.7, size=2) * extent
     direction = np.array([np.cos(angle), np.sin(angle)])
     normal = np.array([-direction[1], direction[0]])
     start, end = middle - direction * length / 2, middle + direction * length / 2

@@ -74,7 +74,7 @@ def bundle_scores(detector: Any, images: list[np.ndarray]) -> np.ndarray:
     spec = at_network_size(detector.manifest.input)
     scores = []
     for start in range(0, len(images), 8):
-        outputs = detector._network(prepare(images[start : start + 8], spec))
+        outputs = detector.run_network(prepare(images[start : start + 8], spec))
         scores.append(detector.run_head(outputs)[0])
     return np.concatenate(scores).astype(np.float64)
 

@@ -41,7 +41,7 @@ from edgekit.export import openvino as openvino_format
 from edgekit.export import tflite as tflite_format
 from edgekit.export.job import Converted, ExportJob, ExportOptions, FamilyParts, count_flops
 from edgekit.families.registry import FAMILIES, export_parts, recipe_name, takes_bank_options
-from edgekit.preprocess import InputSpec, prepare
+from edgekit.preprocess import InputSpec, prepare, stitch
 from edgekit.progress import ProgressFn, noop
 from edgekit.resources import read_toml
 from edgekit.runtime.decision import ThresholdRule, fit_decision
@@ -293,7 +293,7 @@ def _head_score(parts: FamilyParts, spec: InputSpec) -> Callable[[np.ndarray], n
 
     arrays = {name: parts.arrays[path] for name, path in parts.head.arrays.items()}
     head = build_head(parts.head.kind, parts.head.params, arrays, output_height=spec.height, output_width=spec.width)
-    return lambda outputs: head(outputs)[0]
+    return lambda outputs: stitch(*head(outputs), spec)[0]
 
 
 @contextlib.contextmanager

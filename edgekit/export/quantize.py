@@ -256,7 +256,8 @@ def _score_agreement_on_held_out(job: "ExportJob", float_embed: Embed, embed_wit
     if len(job.validation) == 0:
         return ScoreAgreementValidation(lambda outputs: outputs, np.zeros(0), embed_with), []
     float_scores = job.head_score(_embed_all(float_embed, job.validation))
-    items = [(i, job.validation[i : i + 1]) for i in range(len(job.validation))]
+    per_image = len(job.validation) // len(float_scores)  # a tiled input's tiles are one item
+    items = [(i, job.validation[i * per_image : (i + 1) * per_image]) for i in range(len(float_scores))]
     return ScoreAgreementValidation(job.head_score, float_scores, embed_with), items
 
 

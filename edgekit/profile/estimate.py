@@ -30,10 +30,12 @@ def roofline_estimate(detector, target) -> dict:
             f"re-export it to estimate"
         )
     grid_h, grid_w = int(output_shape[2]), int(output_shape[3])
-    head_flops, head_bytes = detector.head.cost(grid_h, grid_w)
     spec = manifest.input
+    tiles = spec.tile_count  # a tiled input runs the network and the head once per tile
+    head_flops, head_bytes = (tiles * part for part in detector.head.cost(grid_h, grid_w))
+    network_flops = tiles * network_flops
     weights = sum(detector.bundle.path(name).stat().st_size for name in manifest.network.files)
-    network_bytes = weights + 4 * spec.height * spec.width * spec.channels + 4 * math.prod(output_shape)
+    network_bytes = weights + tiles * 4 * (spec.height * spec.width * spec.channels + math.prod(output_shape))
     fp32 = float(peak["fp32_gflops"])
     compute = {"int8": float(peak.get("int8_gops", fp32)), "fp16": float(peak.get("fp16_gflops", fp32))}.get(
         manifest.precision, fp32

@@ -156,9 +156,9 @@ def _timed_rounds(
                 t0 = time.perf_counter()
                 batch = prepare([images[i]], manifest.input)
                 t1 = time.perf_counter()
-                outputs = detector.backend.infer({manifest.network.input_name: batch})
+                outputs = detector.run_network(batch)
                 t2 = time.perf_counter()
-                raw = detector.run_head(outputs[manifest.network.output_names[0]])
+                raw = detector.run_head(outputs)
                 detector.decide(*raw)
                 t3 = time.perf_counter()
                 for key, value in (
@@ -232,10 +232,8 @@ def measure_accuracy(detector, dataset, *, batch_size: int = 8, progress: Progre
     raw_scores: list[float] = []
     spec = detector.manifest.input
     pixel = dataset.pixel_indices
-    masks = (
-        np.stack([dataset.read_mask(samples[i], spec.height, spec.width, spec=spec) for i in pixel]) if pixel else None
-    )
-    maps = np.zeros((len(pixel), spec.height, spec.width), dtype=np.float32)
+    masks = np.stack([dataset.read_mask(samples[i], *spec.map_size, spec=spec) for i in pixel]) if pixel else None
+    maps = np.zeros((len(pixel), *spec.map_size), dtype=np.float32)
     slot = {index: position for position, index in enumerate(pixel)}
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
@@ -255,7 +253,7 @@ def measure_accuracy(detector, dataset, *, batch_size: int = 8, progress: Progre
         "masks": dataset.masks_note,
         "method": (
             "raw scores of this bundle on the dataset's test split; pixel metrics on its normals and the "
-            "anomalies with masks, masks resized (nearest) to the input size"
+            "anomalies with masks, masks fitted (nearest) as the images were"
         ),
     }
     if masks is not None:

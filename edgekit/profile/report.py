@@ -208,7 +208,7 @@ def _profile_one(
             "runtime": manifest.runtime,
             "runtime_version": detector.backend.version,
             "size_bytes": detector.bundle.size_bytes(),
-            "input": f"{manifest.input.width}x{manifest.input.height}x{manifest.input.channels}",
+            "input": _input_text(manifest.input),
             "bank": ({k: bank[k] for k in ("rows", "dims", "dtype", "bytes") if k in bank} or None),
             "source_run": str(manifest.source.get("run", "")),
         },
@@ -243,7 +243,15 @@ def _sample_image(dataset, manifest) -> Path | np.ndarray:
     if dataset is not None and dataset.train:
         return dataset.train[0].path
     rng = np.random.default_rng(0)  # no data given: latency does not depend on pixel values
-    return rng.integers(0, 256, (manifest.input.height, manifest.input.width, 3), dtype=np.uint8)
+    return rng.integers(0, 256, (*manifest.input.map_size, 3), dtype=np.uint8)
+
+
+def _input_text(spec) -> str:
+    """``256x256x3``, and a tiled input's grid: ``256x256x3, 4x4 tiles of 928x928``."""
+    text = f"{spec.width}x{spec.height}x{spec.channels}"
+    if spec.tiles:
+        text += f", {spec.tiles[0]}x{spec.tiles[1]} tiles of {spec.map_size[1]}x{spec.map_size[0]}"
+    return text
 
 
 def pick_examples(samples: Sequence, count: int) -> list:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgekit.bundle import MANIFEST_NAME, Bundle, Decision, load_bundle
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageLike, prepare
+from edgekit.preprocess import DEFAULT_MAX_PIXELS, ImageLike, prepare, stitch
 from edgekit.runtime.backends import Backend, BackendOptions, load_backend
 from edgekit.runtime.heads import build_head
 from edgekit.runtime.threads import (
@@ -36,7 +36,8 @@ class Prediction:
 
     ``score`` and ``anomaly_map`` are normalised so that a typical normal image is 0.0 and the
     bundle's threshold is 0.5 (clipped to [0, 1]); ``raw_score`` is the head's own number, which
-    is what AUROC and the thresholds are computed on. The map has the network's input size.
+    is what AUROC and the thresholds are computed on. The map has the input's ``map_size``: the
+    network's input size, or the whole grid of a tiled input.
     """
 
     score: float
@@ -147,25 +148,35 @@ class Detector:
 
     def run_head(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The numpy head on network outputs: BLAS single-threaded, the work split over the
-        Detector's own threads (see ``edgekit.runtime.threads``)."""
+        Detector's own threads (see ``edgekit.runtime.threads``); a tiled input's tiles stitched
+        into one score and map per image."""
         with single_threaded_blas:
-            return self.head(embeddings, pool=self._head_pool)
+            return stitch(*self.head(embeddings, pool=self._head_pool), self.manifest.input)
 
     def embed(self, images: Iterable[ImageLike], *, color: str = "rgb") -> np.ndarray:
-        """The network's output for a batch of images, through the one pre-processing."""
-        return self._lanes.run(lambda: self._network(self._prepare(images, color)))
+        """The network's output for a batch of images, through the one pre-processing (a tiled
+        input's ``tile_count`` outputs per image, in order)."""
+        return self._lanes.run(lambda: self.run_network(self._prepare(images, color)))
 
     def raw(self, images: Iterable[ImageLike], *, color: str = "rgb") -> tuple[np.ndarray, np.ndarray]:
         """Raw image scores (N,) and raw anomaly maps (N, H, W) for a batch of images."""
         return self._lanes.run(lambda: self._raw(images, color))
 
     def _raw(self, images: Iterable[ImageLike], color: str) -> tuple[np.ndarray, np.ndarray]:
-        return self.run_head(self._network(self._prepare(images, color)))
+        return self.run_head(self.run_network(self._prepare(images, color)))
 
     def _prepare(self, images: Iterable[ImageLike], color: str) -> np.ndarray:
         return prepare((_to_rgb(image, color) for image in images), self.manifest.input, max_pixels=self.max_pixels)
 
-    def _network(self, batch: np.ndarray) -> np.ndarray:
+    def run_network(self, batch: np.ndarray) -> np.ndarray:
+        """The network on a prepared batch; a tiled input runs one row of tiles per call, so memory
+        stays that of a few network inputs however many tiles an image has."""
+        spec = self.manifest.input
+        step = spec.tiles[1] if spec.tiles else len(batch)
+        parts = [self._infer(batch[start : start + step]) for start in range(0, len(batch), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         outputs = self.backend.infer({self.manifest.network.input_name: batch})
         if self._output_name not in outputs:
             raise EdgekitError(f"the network did not produce output {self._output_name!r} (it gave {sorted(outputs)})")

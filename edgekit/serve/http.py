@@ -226,6 +226,11 @@ def bundle_info(detector: Detector) -> dict[str, Any]:
             "mean": list(spec.mean),
             "std": list(spec.std),
             "layout": spec.layout,
+            "fit": spec.fit,
+            "roi": list(spec.roi),
+            "tiles": list(spec.tiles),
+            "tile_overlap": spec.tile_overlap,
+            "map_size": list(spec.map_size),
         },
         "thresholds": {
             "score_threshold": THRESHOLD,

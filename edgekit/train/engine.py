@@ -28,7 +28,7 @@ class RunSettings:
     """How a run is made, the same for every family: the share of normals held out for thresholds,
     the seed, the dataset's category, whether an earlier run may be replaced, progress, and whether
     the test split is scored (``evaluate=False``: a large training set's run ends at the fit), and the
-    images' geometry (``fit``, ``roi``: see ``edgekit.preprocess.fit_to``)."""
+    images' geometry (``fit``, ``roi``, ``tiles``: see ``edgekit.preprocess.InputSpec``)."""
 
     holdout: float = 0.2
     seed: int = 0
@@ -38,12 +38,21 @@ class RunSettings:
     evaluate: bool = True
     fit: str = "stretch"  # edgekit.preprocess.FITS: how other aspect ratios meet the network's
     roi: tuple[int, ...] = ()  # x, y, width, height cut from every image first
+    tiles: tuple[int, ...] = ()  # rows, columns of network inputs each image is cut into; () = one
+    tile_overlap: Optional[int] = None  # pixels neighbouring tiles share (default: an eighth of a tile)
+
+    def __post_init__(self) -> None:
+        if self.tile_overlap is not None and not self.tiles:
+            raise EdgekitError("--tile-overlap goes with --tiles")
 
     def input(self, spec: Any) -> Any:
-        """The family's InputSpec with this run's geometry (region of interest, fit)."""
+        """The family's InputSpec with this run's geometry (region of interest, fit, tiles)."""
         from dataclasses import replace
 
-        return replace(spec, fit=self.fit, roi=tuple(self.roi))
+        overlap = 0
+        if self.tiles:
+            overlap = min(spec.height, spec.width) // 8 if self.tile_overlap is None else self.tile_overlap
+        return replace(spec, fit=self.fit, roi=tuple(self.roi), tiles=tuple(self.tiles), tile_overlap=overlap)
 
 
 class RunArgs(TypedDict, total=False):
@@ -57,6 +66,8 @@ class RunArgs(TypedDict, total=False):
     evaluate: bool
     fit: str
     roi: tuple[int, ...]
+    tiles: tuple[int, ...]
+    tile_overlap: Optional[int]
 
 
 def accepted_options(function: Callable) -> set[str]:

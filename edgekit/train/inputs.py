@@ -27,12 +27,14 @@ def embed(
     progress: ProgressFn = noop,
     stage: str = "embedding",
 ) -> np.ndarray:
-    """Run the torch network on images prepared by the one pre-processing: (N, D, h, w) float32."""
+    """Run the torch network on images prepared by the one pre-processing: (N, D, h, w) float32, or
+    (N·tiles, D, h, w) for a tiled input, at most ``batch_size`` network inputs at a time."""
     outputs = []
     progress(stage, 0, len(images))
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(prepare(images[start : start + batch_size], spec))
-            outputs.append(network(batch).float().numpy())
+            batch = prepare(images[start : start + batch_size], spec)
+            for first in range(0, len(batch), batch_size):
+                outputs.append(network(torch.from_numpy(batch[first : first + batch_size])).float().numpy())
             progress(stage, min(start + batch_size, len(images)), len(images))
     return np.concatenate(outputs)

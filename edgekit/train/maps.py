@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import ImageLike, InputSpec
+from edgekit.preprocess import ImageLike, InputSpec, stitch
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MapHead
 from edgekit.train.inputs import embed
@@ -148,10 +148,12 @@ class MapScoring:
         batch_size: Optional[int] = None,
         progress: ProgressFn = noop,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw scores (N,) and maps (N, H, W): the torch graph's maps + the shared MapHead."""
+        """Raw scores (N,) and maps (N, H, W): the torch graph's maps + the shared MapHead (a tiled
+        input's tiles stitched per image)."""
         network = network if network is not None else self.load_network(run)
-        maps = self.maps(network, images, run.input_spec(), batch_size=batch_size or self.batch_size, progress=progress)
-        return self.head_for(run)(maps)
+        spec = run.input_spec()
+        maps = self.maps(network, images, spec, batch_size=batch_size or self.batch_size, progress=progress)
+        return stitch(*self.head_for(run)(maps), spec)
 
     def evaluate_run(
         self, run: Run, dataset, *, network: Optional[nn.Module] = None, progress: ProgressFn = noop

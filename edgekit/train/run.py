@@ -57,6 +57,8 @@ class RunRecord:
             resize=block["resize"],
             fit=block.get("fit", "stretch"),
             roi=tuple(block.get("roi", ())),
+            tiles=tuple(block.get("tiles", ())),
+            tile_overlap=int(block.get("tile_overlap", 0)),
         )
         return cls(
             model=str(config["model"]),
@@ -87,6 +89,7 @@ class RunRecord:
                 "resize": spec.resize,
                 **({"fit": spec.fit} if spec.fit != "stretch" else {}),
                 **({"roi": list(spec.roi)} if spec.roi else {}),
+                **({"tiles": list(spec.tiles), "tile_overlap": spec.tile_overlap} if spec.tiles else {}),
             },
             "dataset": dict(self.dataset),
             "bank_images": [str(Path(p).resolve()) for p in self.trained_images],
@@ -302,7 +305,7 @@ def metrics_on_test_split(dataset: Any, scores: np.ndarray, maps: np.ndarray, sp
         result["image_auroc"] = image_auroc(labels, scores)
         pixel = dataset.pixel_indices
         if pixel:
-            masks = np.stack([dataset.read_mask(dataset.test[i], spec.height, spec.width, spec=spec) for i in pixel])
+            masks = np.stack([dataset.read_mask(dataset.test[i], *spec.map_size, spec=spec) for i in pixel])
             result["pixel_auroc"] = pixel_auroc(masks, np.asarray(maps)[pixel])
         result["masks"] = dataset.masks_note
     return result

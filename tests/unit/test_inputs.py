@@ -222,3 +222,73 @@ def test_masks_follow_the_images_geometry(tmp_path):
     assert not dataset.read_mask(sample, 8, 8, spec=spec)[:, :4].any()
     boxed = dataset.read_mask(sample, 8, 8, spec=InputSpec(height=8, width=8, fit="letterbox", **GREY))
     assert not boxed[:2].any() and boxed[2:6, 6:].all()
+
+
+# --- tiles: a grid of network inputs per image, stitched back ---------------------------------------------
+
+
+def test_tiles_cover_the_fitted_image_with_the_overlap_asked_for():
+    spec = InputSpec(height=8, width=8, tiles=(2, 3), tile_overlap=2, **GREY)
+    assert spec.tile_count == 6 and spec.map_size == (14, 20)  # 8 + 6, 8 + 6 + 6
+    assert spec.tile_origins() == [(0, 0), (0, 6), (0, 12), (6, 0), (6, 6), (6, 12)]
+    image = np.arange(14 * 20, dtype=np.uint8).reshape(14, 20, 1).repeat(3, axis=2)
+    batch = prepare([image, image], spec)  # already at map size: the fit leaves it as it is
+    assert batch.shape == (12, 3, 8, 8)
+    whole = prepare([image], InputSpec(height=14, width=20, **GREY))[0]
+    for tile, (top, left) in enumerate(spec.tile_origins()):
+        assert np.array_equal(batch[tile], whole[:, top : top + 8, left : left + 8])
+        assert np.array_equal(batch[6 + tile], batch[tile])
+
+
+def test_stitching_takes_the_worst_tile_and_the_largest_value_where_tiles_overlap():
+    from edgekit.preprocess import stitch
+
+    spec = InputSpec(height=8, width=8, tiles=(1, 2), tile_overlap=4, **GREY)  # map 8 x 12
+    maps = np.stack([np.full((8, 8), value) for value in (1.0, 3.0, 5.0, 2.0)])
+    scores, stitched = stitch(np.array([1.0, 3.0, 5.0, 2.0]), maps, spec)
+    assert scores.tolist() == [3.0, 5.0] and stitched.shape == (2, 8, 12)
+    assert (stitched[0, :, :4] == 1.0).all() and (stitched[0, :, 4:] == 3.0).all()
+    assert (stitched[1, :, :8] == 5.0).all() and (stitched[1, :, 8:] == 2.0).all()
+    untiled = InputSpec(height=8, width=8, **GREY)
+    assert stitch(scores, stitched, untiled)[1] is stitched
+    with pytest.raises(EdgekitError, match="3 network outputs do not make whole images of 2 tiles"):
+        stitch(np.zeros(3), np.zeros((3, 8, 8)), spec)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tiles": (2,)}, "input tiles must be rows,columns"),
+        ({"tiles": (0, 2)}, "from 1 to 16 each"),
+        ({"tiles": (17, 1)}, "from 1 to 16 each"),
+        ({"tiles": (2, 2), "tile_overlap": 5}, "from 0 to 4 \\(half a tile\\)"),
+        ({"tile_overlap": -1}, "tile_overlap must be a whole number"),
+    ],
+)
+def test_bad_tiles_are_one_line(kwargs, message):
+    with pytest.raises(EdgekitError, match=message):
+        InputSpec(height=8, width=8, **GREY, **kwargs)
+
+
+@pytest.mark.parametrize("text, tiles", [("4x4", (4, 4)), ("2X3", (2, 3)), ("3,1", (3, 1))])
+def test_tiles_text_is_parsed(text, tiles):
+    from edgekit.preprocess import parse_tiles
+
+    assert parse_tiles(text) == tiles
+    with pytest.raises(EdgekitError, match="--tiles must be rows x columns"):
+        parse_tiles("4x4x4")
+
+
+def test_masks_are_cut_to_the_grid_the_maps_cover(tmp_path):
+    from edgekit.data.datasets import Dataset, Sample
+
+    mask = np.zeros((30, 40), np.uint8)
+    mask[:, 30:] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    sample = Sample(tmp_path / "x.png", 1, "blue", tmp_path / "m.png")
+    dataset = Dataset("d", tmp_path, "folder", (), (sample,))
+    spec = InputSpec(height=8, width=8, tiles=(2, 3), tile_overlap=2, **GREY)  # map 14 x 20
+    fitted = dataset.read_mask(sample, *spec.map_size, spec=spec)
+    assert fitted.shape == (14, 20) and fitted[:, 15:].all() and not fitted[:, :15].any()
+    normal = Sample(tmp_path / "y.png", 0, "good", None)
+    assert dataset.read_mask(normal, *spec.map_size, spec=spec).shape == (14, 20)

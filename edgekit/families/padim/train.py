@@ -28,7 +28,7 @@ from torch import nn
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.families.padim.options import PadimOptions
-from edgekit.preprocess import ImageLike
+from edgekit.preprocess import ImageLike, stitch
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.heads import MahalanobisHead
 from edgekit.train.backbones import DEFAULT_BACKBONE, build_feature_extractor
@@ -156,9 +156,11 @@ def head_arrays(run: Run, dtype: str = HEAD_DTYPE) -> dict[str, np.ndarray]:
 
 
 def head_for(run: Run, dtype: str = HEAD_DTYPE) -> MahalanobisHead:
-    size = run.input_spec().height
+    spec = run.input_spec()
     params = {"blur_sigma": float(run.config.get("blur_sigma", BLUR_SIGMA)), "dtype": dtype}
-    return MahalanobisHead.from_params(params, head_arrays(run, dtype), output_height=size, output_width=size)
+    return MahalanobisHead.from_params(
+        params, head_arrays(run, dtype), output_height=spec.height, output_width=spec.width
+    )
 
 
 def score_run(
@@ -174,8 +176,9 @@ def score_run(
     as ``head_dtype`` (default: as the export ships it, so this equals the bundle's scores up to
     the runtime's float rounding)."""
     network = network or load_network(run)
-    embeddings = embed(network, images, run.input_spec(), batch_size=batch_size, progress=progress, stage="scoring")
-    return head_for(run, head_dtype)(embeddings)
+    spec = run.input_spec()
+    embeddings = embed(network, images, spec, batch_size=batch_size, progress=progress, stage="scoring")
+    return stitch(*head_for(run, head_dtype)(embeddings), spec)
 
 
 def train_padim(

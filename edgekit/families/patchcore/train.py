@@ -36,7 +36,7 @@ from edgekit.compress.pca import (
 from edgekit.data.datasets import Dataset
 from edgekit.errors import EdgekitError
 from edgekit.families.patchcore.options import PatchcoreOptions
-from edgekit.preprocess import ImageLike, InputSpec
+from edgekit.preprocess import ImageLike, InputSpec, stitch
 from edgekit.progress import ProgressFn, noop
 from edgekit.runtime.bank import decode_bank
 from edgekit.runtime.heads import KnnHead
@@ -132,11 +132,14 @@ def compressed_bank(run: Run, settings: BankSettings = DEFAULT_BANK) -> Compress
 
 
 def head_for(run: Run, compressed: Optional[CompressedBank] = None) -> KnnHead:
-    size = run.input_spec().height
+    spec = run.input_spec()
     compressed = compressed or compressed_bank(run, UNCOMPRESSED)
     bank = decode_bank(compressed.arrays, compressed.description["dtype"])
     return KnnHead(
-        memory_bank=bank, num_neighbors=int(run.config["num_neighbors"]), output_height=size, output_width=size
+        memory_bank=bank,
+        num_neighbors=int(run.config["num_neighbors"]),
+        output_height=spec.height,
+        output_width=spec.width,
     )
 
 
@@ -161,7 +164,7 @@ def score_run(
     compressed = compressed_bank(run, bank)
     if compressed.pca is not None:
         embeddings = compressed.pca.project_maps(embeddings)
-    return head_for(run, compressed)(embeddings)
+    return stitch(*head_for(run, compressed)(embeddings), spec)
 
 
 def train_patchcore(
