@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -24,7 +24,12 @@ from edgekit.preprocess import InputSpec, fit_to, prepare, read_image
 
 
 class Int8Refused(EdgekitError):
-    """An int8 network that missed the gate's limits (the message names the numbers)."""
+    """An int8 network that missed the gate's limits (the message names the numbers; ``check`` holds
+    them, as the manifest would have)."""
+
+    def __init__(self, message: str, check: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.check = check
 
 
 #: What an int8 network may lose against the float one on the painted validation set.
@@ -131,12 +136,14 @@ def limits_for(recipe: dict[str, Any]) -> dict[str, float]:
     return limits
 
 
-def painted_share(recipe: dict[str, Any]) -> float:
-    """The recipe's ``painted_calibration``: the share of calibration normals that also go in with
-    each defect painted on, so int8 ranges include defect activations (0: normals only)."""
-    value = recipe.get("painted_calibration", 0.0)
+def painted_share(recipe: dict[str, Any], given: Optional[float] = None) -> float:
+    """``given`` (``--painted-calibration``), else the recipe's ``painted_calibration``: the share of
+    calibration normals that also go in with each defect painted on, so int8 ranges include defect
+    activations (0: normals only)."""
+    value = recipe.get("painted_calibration", 0.0) if given is None else given
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise EdgekitError(f"calibration recipe: painted_calibration must be a share from 0 to 1, not {value!r}")
+        where = "calibration recipe: painted_calibration" if given is None else "--painted-calibration"
+        raise EdgekitError(f"{where} must be a share from 0 to 1, not {value!r}")
     return float(value)
 
 
@@ -148,5 +155,6 @@ def refusal(model: str, target: str, fmt: str, check: dict[str, Any]) -> str:
         f"normals: AUROC {check['fp32_auroc']:.3f} -> {check['int8_auroc']:.3f} (allowed drop "
         f"{limits['max_auroc_drop']:g}), decisions agree on {check['agreement']:.1%} (at least "
         f"{limits['min_agreement']:.0%}), painted scores moved by a median {check['median_painted_score_change']:+.0%}; "
-        f"export --precision fp16 or fp32, or loosen [int8_gate] in the family's calibration recipe"
+        f"export with --max-drop 0.01 (NNCF returns the ops that cost it to float; OpenVINO and ONNX) or "
+        f"--painted-calibration 0.25, or --precision fp16 or fp32, or loosen [int8_gate] in the family's recipe"
     )

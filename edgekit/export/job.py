@@ -25,6 +25,7 @@ class ExportOptions:
     precision: Optional[str] = None
     calibration_images: Optional[int] = None  # how many training normals to calibrate on
     max_drop: Optional[float] = None  # accuracy-controlled quantization: allowed metric drop
+    painted_calibration: Optional[float] = None  # share of calibration normals also painted (default: recipe's)
     bank_dims: Optional[str] = None  # PatchCore: "full", "auto" or an integer as text
     bank_dtype: Optional[str] = None  # PatchCore: float32 | float16 | int8
     bank_size: Optional[int] = None  # PatchCore: re-select the bank down to this many rows

@@ -18,7 +18,7 @@ import contextlib
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -107,6 +107,10 @@ def export_run(
     if not takes_bank_options(run.model) and (options.bank_dims, options.bank_dtype, options.bank_size) != (None,) * 3:
         banked = ", ".join(name for name in FAMILIES if takes_bank_options(name))
         raise EdgekitError(f"--bank-* options apply to models with a memory bank ({banked}), not {run.model}")
+    if options.max_drop is not None and (precision != "int8" or fmt.name not in READS_ONNX):
+        raise EdgekitError(
+            f"--max-drop steers NNCF's int8 quantization (OpenVINO and ONNX formats), not {precision} {fmt.name}"
+        )
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgekitError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -196,16 +200,22 @@ def _build(
     format_dir.mkdir()
     float_spec = replace(input_spec, layout="NCHW")  # the torch/ONNX graph is NCHW
     calibration = validation = np.zeros((0,), np.float32)
+    painted_calibration: dict[str, Any] = {}
     if precision != "fp32":  # only quantizers need data; never test images
         wanted = options.calibration_images or int(recipe.get("subset_size", 300))
         trained = _existing(run.record.trained_images, run, "calibration uses them")[:wanted]
         calibration = prepare(trained, float_spec)
-        share = int8_gate.painted_share(recipe)
+        share = int8_gate.painted_share(recipe, options.painted_calibration)
         if share > 0:  # defect activations in the ranges: painted onto training normals, not the gate's
             images, kinds = int8_gate.painted_set(trained[: max(1, round(share * len(trained)))], input_spec, 0)
             painted = [image for image, kind in zip(images, kinds) if kind != "normal"]
             calibration = np.concatenate([calibration, prepare(painted, int8_gate.at_network_size(float_spec))])
-        validation = prepare(_existing(run.record.held_out_images, run, "validation uses them"), float_spec)
+            painted_calibration = {"painted_calibration": {"share": share, "images": len(painted)}}
+        # --max-drop's validation: the held-out normals and, painted with other defects than the
+        # gate's (another seed), the same normals; what a defect does inside the network counts
+        held = _existing(run.record.held_out_images, run, "validation uses them")
+        images, _ = int8_gate.painted_set(held, input_spec, seed=run.record.seed + 1)
+        validation = prepare(images, int8_gate.at_network_size(float_spec))
     job = ExportJob(
         target=spec,
         format=fmt,
@@ -257,6 +267,7 @@ def _build(
             "threads": spec.threads,
             "mode": spec.mode,
             "calibration_images": int(len(calibration)),
+            **painted_calibration,
             "network_flops": network_flops,
             "output_shape": output_shape,
             "network_flops_method": "torch FlopCounterMode on the float network, batch 1, 2 FLOPs per "
@@ -283,7 +294,9 @@ def _int8_gate(exported, gate: tuple, manifest: Manifest, options: ExportOptions
     limits = int8_gate.limits_for(manifest.export.get("recipe_values", {}))
     check = int8_gate.judge(fp32, int8, kinds, rule=options.threshold_rule, limits=limits)
     if not check["passed"]:
-        raise int8_gate.Int8Refused(int8_gate.refusal(manifest.model, manifest.target, manifest.network.format, check))
+        raise int8_gate.Int8Refused(
+            int8_gate.refusal(manifest.model, manifest.target, manifest.network.format, check), check
+        )
     return check
 
 

@@ -4,10 +4,12 @@ Only the network is quantized; the head after it runs in numpy on the device and
 NNCF calibrates on the job's training normals (never test images) with the family's recipe
 (calibration/<family>.toml, ``[nncf]``: preset, subset size, parts that stay float; whether the result
 is good enough is the int8 gate's to say, edgekit/export/int8_gate.py).
-On held-out normals the export records the *score agreement*, mean of
-``max(0, 1 - |s_q - s_f| / s_f)`` where s is the raw score of the bundle's own head on the int8 (q)
-and float (f) network outputs; ``--max-drop`` makes it the metric of NNCF's accuracy-controlled
-quantization. Figures: README, "Quantization"; docs/quantization.md.
+On the held-out normals and the same normals with defects painted on (``int8_gate.painted_set``)
+the export records the *score agreement*, mean of ``max(0, 1 - |s_q - s_f| / s_f)`` where s is the
+raw score of the bundle's own head on the int8 (q) and float (f) network outputs; ``--max-drop``
+makes it the metric of NNCF's accuracy-controlled quantization, so a defect score int8 shrinks is a
+drop NNCF sees and answers by returning the ops that cause it to float. Figures: README,
+"Quantization"; docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def score_agreement(reference_scores: np.ndarray, candidate_scores: np.ndarray) 
 
 
 class ScoreAgreementValidation:
-    """NNCF ``validation_fn`` on held-out normals given as ``(index, image batch)`` items.
+    """NNCF ``validation_fn`` on validation images (held-out normals, plain and painted) given as
+    ``(index, image batch)`` items.
 
     ``embed_with(model)`` turns what NNCF passes (an OpenVINO CompiledModel, an ONNX ModelProto)
     into an :data:`Embed`; the last one is kept, as NNCF validates one model item by item.
@@ -193,7 +196,7 @@ def _quantize(
     if max_drop is not None and not 0 < max_drop < 1:
         raise EdgekitError(f"--max-drop must be between 0 and 1 (a drop of score agreement), not {max_drop}")
     if max_drop is not None and len(job.validation) < 2:
-        raise EdgekitError("--max-drop needs at least 2 held-out normal images to validate on")
+        raise EdgekitError("--max-drop needs at least 2 held-out normals and painted images to validate on")
     calibration_items = [job.calibration[i : i + 1] for i in range(len(job.calibration))]
     parts = recipe.stay_float
     float_types = sorted({op for part in parts for op in FLOAT_PARTS[part][format_name]})
@@ -234,16 +237,16 @@ def _quantize(
                 )
                 notes["method"] = (
                     f"NNCF accuracy-controlled quantization: from the recipe, ops return to float "
-                    f"until the held-out score agreement drops by at most {max_drop}"
+                    f"until the score agreement on held-out normals and painted defects drops by at most {max_drop}"
                 )
         except Exception as exc:  # NNCF raises many types; name the first line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EdgekitError(f"NNCF quantization failed: {first}") from None
     if items:
         notes["validation"] = {
-            "metric": "score agreement: mean over held-out normals of max(0, 1 - |s_q - s_f| / s_f), "
-            "s = the raw image score of the bundle's own numpy head",
-            "held_out_images": len(items),
+            "metric": "score agreement: mean over held-out normals and the same normals with defects painted "
+            "on of max(0, 1 - |s_q - s_f| / s_f), s = the raw image score of the bundle's own numpy head",
+            "images": len(items),
             "agreement": round(validate(quantized, items)[0], 6),
             "max_drop": max_drop,
         }

@@ -253,8 +253,9 @@ def test_int8_x86_bundle_scores_defects_within_1_percent(int8_sae):
 
 @pytest.mark.e2e
 def test_max_drop_validates_with_the_bundles_own_map_head(runs, x86_bundles, tmp_path):
-    """Accuracy control scores held-out normals with the map head the bundle ships, so the agreement
-    it records is the one the two bundles give on those images."""
+    """Accuracy control scores held-out normals, plain and with defects painted on, with the map head
+    the bundle ships, so the agreement it records is the one the two bundles give on those images."""
+    from edgekit.export import int8_gate
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
     from edgekit.export.quantize import score_agreement
@@ -263,10 +264,12 @@ def test_max_drop_validates_with_the_bundles_own_map_head(runs, x86_bundles, tmp
         runs["sae"].path, tmp_path / "sae-int8", target="x86", options=ExportOptions(precision="int8", max_drop=0.01)
     )
     validation = bundle.manifest.export["quantization"]["validation"]
-    assert "the bundle's own numpy head" in validation["metric"] and validation["held_out_images"] == 12
-    holdout = runs["sae"].config["holdout_images"]
+    holdout = [Path(p) for p in runs["sae"].config["holdout_images"]]
+    images, kinds = int8_gate.painted_set(holdout, bundle.manifest.input, seed=runs["sae"].config["seed"] + 1)
+    assert "painted" in validation["metric"] and validation["images"] == len(images) > len(holdout) == 12
     measured, _ = score_agreement(
-        edgekit.load(x86_bundles["sae"]).raw(holdout)[0], edgekit.load(bundle.root).raw(holdout)[0]
+        int8_gate.bundle_scores(edgekit.load(x86_bundles["sae"]), images),
+        int8_gate.bundle_scores(edgekit.load(bundle.root), images),
     )
     assert measured >= 0.99 and validation["agreement"] == pytest.approx(measured, abs=2e-3)
 

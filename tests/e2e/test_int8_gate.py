@@ -84,3 +84,38 @@ def test_an_int8_bundle_records_what_the_gate_measured(exported):
     check = json.loads((exported("x86", "openvino", "int8") / "manifest.json").read_text())["export"]["int8_check"]
     assert check["judged"] and check["passed"] and check["normals"] == 12 and check["painted"] == 48
     assert check["fp32_auroc"] - check["int8_auroc"] <= check["limits"]["max_auroc_drop"]
+
+
+@pytest.mark.parametrize(
+    "flags, what",
+    [
+        (("--precision", "fp32"), "not fp32 openvino"),
+        (("--target", "rpi4", "--format", "tflite", "--precision", "int8"), "not int8 tflite"),
+    ],
+)
+def test_max_drop_outside_nncf_int8_is_one_line_before_any_work(patchcore_run, tmp_path, flags, what):
+    from cli_helpers import run
+
+    result = run("export", patchcore_run.path, *flags, "--max-drop", "0.01", "--out", tmp_path / "b")
+    assert (
+        result.exit_code == 1
+        and f"--max-drop steers NNCF's int8 quantization (OpenVINO and ONNX formats), {what}" in (result.stderr)
+    )
+    assert not (tmp_path / "b").exists()
+
+
+def test_painted_calibration_from_the_command_line_is_used_and_recorded(patchcore_run, tmp_path):
+    import json
+
+    from cli_helpers import run
+
+    result = run("export", patchcore_run.path, "--precision", "int8", "--calibration-images", "8",
+                 "--painted-calibration", "0.25", "--out", tmp_path / "b")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    export = json.loads((tmp_path / "b" / "manifest.json").read_text())["export"]
+    assert export["painted_calibration"] == {"share": 0.25, "images": 8}  # 2 of 8 normals, 4 defects each
+    assert export["calibration_images"] == 16
+    refused = run(
+        "export", patchcore_run.path, "--precision", "int8", "--painted-calibration", "2", "--out", tmp_path / "c"
+    )
+    assert refused.exit_code == 2 and "--painted-calibration': 2.0 is not in the range 0.0<=x<=1.0" in refused.stderr

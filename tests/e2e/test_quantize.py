@@ -167,7 +167,7 @@ def test_openvino_int8_quantizes_convolutions_and_keeps_the_recipes_parts_float(
     assert notes["calibration_images"] == 16
     assert notes["stay_float"] == ["embedding_tail", "depthwise", "first_convolution"]
     assert "head after the network" in notes["never_quantized"]
-    assert notes["validation"]["held_out_images"] == 6 and 0.9 < notes["validation"]["agreement"] <= 1.0
+    assert notes["validation"]["images"] == 6 and 0.9 < notes["validation"]["agreement"] <= 1.0
     assert "int8" in converted.notes["compute_precision"]
     assert _relative_error(_run_ir(xml, tiny["validation"]), tiny["float"]) < 0.05
 
@@ -206,7 +206,7 @@ def test_max_drop_runs_accuracy_control_and_records_the_agreement_reached(tiny):
     notes = converted.notes["quantization"]
     assert notes["method"].startswith("NNCF accuracy-controlled quantization: from the recipe")
     validation = notes["validation"]
-    assert validation["held_out_images"] == 6 and validation["max_drop"] == 0.005
+    assert validation["images"] == 6 and validation["max_drop"] == 0.005
     assert validation["agreement"] >= 1 - 0.005
 
 

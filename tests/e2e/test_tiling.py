@@ -75,3 +75,52 @@ def test_an_int8_tiled_bundle_is_judged_by_the_gate_on_painted_tiles(runs, tmp_p
     check = json.loads((tmp_path / "b" / "manifest.json").read_text())["export"]["int8_check"]
     assert (check["normals"], check["painted"]) == (2, 8)  # 2 held-out normals, each with 4 defects painted on
     assert check["passed"] and check["int8_auroc"] >= check["fp32_auroc"] - 0.01
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--tiles", "4x"), "--tiles must be rows x columns, e.g. 4x4, not '4x'"),
+        (("--tiles", "17x1"), "input tiles must be rows,columns from 1 to 16 each"),
+        (("--tiles", "2x2", "--tile-overlap", "100"), "tile_overlap must be a whole number of pixels from 0 to 64"),
+        (("--tile-overlap", "8"), "--tile-overlap goes with --tiles"),
+    ],
+)
+def test_bad_tiles_are_one_line_and_leave_no_run(high_res, tmp_path, flags, message):
+    result = run("train", "--model", "dfm", "--data", high_res, "--image-size", "128", "--out", tmp_path / "r", *flags)
+    assert result.exit_code == 1 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.e2e
+def test_patchcore_banks_every_tiles_patches_and_fit_refits_a_tiled_bundle(high_res, tmp_path):
+    """The coreset counts the patches of every tile; ``edgekit fit`` on the training normals embeds
+    each image's tiles, splits whole images as training did, and scores as the training path."""
+    import edgekit
+    from edgekit.data.datasets import open_dataset
+    from edgekit.fit import fit_bundle
+    from edgekit.metrics import image_auroc
+
+    trained = run("train", "--model", "patchcore", "--data", high_res, "--image-size", "128", "--tiles", "2x2",
+                  "--out", tmp_path / "run")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    config = json.loads((tmp_path / "run" / "run.json").read_text())
+    grid = config["grid"][0] * config["grid"][1]
+    assert config["patches_seen"] == len(config["bank_images"]) * 4 * grid
+    assert config["bank_rows"] == round(0.1 * config["patches_seen"])
+    exported = run("export", tmp_path / "run", "--target", "x86", "--threshold-rule", "max", "--out", tmp_path / "b")
+    assert exported.exit_code == 0, exported.output
+    fit_bundle(tmp_path / "b", high_res / "train" / "good", out=tmp_path / "fitted", threshold_rule="max")
+    manifest = json.loads((tmp_path / "fitted" / "manifest.json").read_text())
+    fitted = manifest["head"]["params"]["bank"]["fitted"]
+    assert (fitted["images"], fitted["held_out"], fitted["patches"]) == (10, 2, 10 * 4 * grid)
+    test = open_dataset(high_res).test
+    labels = [s.label for s in test]
+    aurocs = []
+    for bundle in (tmp_path / "b", tmp_path / "fitted"):  # the bank export compressed, and the one fit made
+        with edgekit.load(bundle) as detector:
+            scores, maps = detector.raw([s.path for s in test])
+        assert maps.shape[1:] == (240, 240)  # 2 x 128 - 16
+        aurocs.append(image_auroc(labels, scores))
+    assert aurocs[1] == pytest.approx(aurocs[0], abs=0.02) and aurocs[1] >= 0.9

@@ -212,7 +212,7 @@ def train_patchcore(
         input_spec = how.input(input_spec_for(backbone, image_size))
         batches = _patch_batches(network, trained, input_spec, batch_size, how.progress)
         grid, first = next(batches)
-        total = len(trained) * grid[0] * grid[1]
+        total = len(trained) * input_spec.tile_count * grid[0] * grid[1]
         count = coreset_count(total, coreset_ratio, rows=coreset_rows)
         method = coreset if coreset != "auto" else ("exact" if total <= EXACT_PATCHES else "streamed")
         statistics = RunningStatistics(first.shape[1])
