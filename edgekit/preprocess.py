@@ -107,6 +107,11 @@ class InputSpec:
                 f"input tile_overlap must be a whole number of pixels from 0 to {limit} (half a tile), "
                 f"not {self.tile_overlap!r}"
             )
+        if max(self.map_size) > MAX_INPUT_SIDE:  # the fitted image and its map are this large
+            raise EdgekitError(
+                f"input tiles {self.tiles[0]}x{self.tiles[1]} of {self.width}x{self.height} cover "
+                f"{self.map_size[1]}x{self.map_size[0]} pixels; at most {MAX_INPUT_SIDE} a side"
+            )
 
     @property
     def tile_count(self) -> int:
@@ -117,9 +122,7 @@ class InputSpec:
     def map_size(self) -> tuple[int, int]:
         """(height, width) an image is fitted to and its anomaly map has: the network's input, or
         the grid of overlapping tiles a tiled input covers."""
-        if not self.tiles:
-            return self.height, self.width
-        rows, cols = self.tiles
+        rows, cols = self.tiles or (1, 1)
         step_y, step_x = self.height - self.tile_overlap, self.width - self.tile_overlap
         return (rows - 1) * step_y + self.height, (cols - 1) * step_x + self.width
 

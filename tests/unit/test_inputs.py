@@ -263,11 +263,13 @@ def test_stitching_takes_the_worst_tile_and_the_largest_value_where_tiles_overla
         ({"tiles": (17, 1)}, "from 1 to 16 each"),
         ({"tiles": (2, 2), "tile_overlap": 5}, "from 0 to 4 \\(half a tile\\)"),
         ({"tile_overlap": -1}, "tile_overlap must be a whole number"),
+        ({"side": 512, "tiles": (9, 2)}, "input tiles 9x2 of 512x512 cover 1024x4608 pixels; at most 4096"),
     ],
 )
 def test_bad_tiles_are_one_line(kwargs, message):
+    side = kwargs.pop("side", 8)
     with pytest.raises(EdgekitError, match=message):
-        InputSpec(height=8, width=8, **GREY, **kwargs)
+        InputSpec(height=side, width=side, **GREY, **kwargs)
 
 
 @pytest.mark.parametrize("text, tiles", [("4x4", (4, 4)), ("2X3", (2, 3)), ("3,1", (3, 1))])
