@@ -1075,6 +1075,61 @@ def report(profiles: tuple[Path, ...], out: Path) -> None:
     click.echo(f"report: {out} ({len(loaded)} profiles, {sum(len(p['variants']) for p in loaded)} variants)")
 
 
+@cli.command()
+@click.argument("plan", type=EXISTING_FILE)
+@click.option("--out", "out", type=FOLDER, required=True, help="Sweep folder: cells, bundles and the merged report.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: a process per cell on this machine; ray: Ray tasks on the cluster --address names.",
+)
+@click.option(
+    "--address", default=None, help="With --engine ray: the cluster (default: the one `ray start` made here)."
+)
+@click.option("--workers", type=POSITIVE, default=None, help="Cells at once (default: as many as the CPUs hold).")
+@click.option("--cpus", type=POSITIVE, default=1, show_default=True, help="CPUs each cell needs (and uses).")
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Re-runs of a cell whose worker died."
+)
+@click.option("--retry-failed", is_flag=True, help="Run again the cells that failed in an earlier sweep.")
+@_sigterm_cleans_up
+def sweep(
+    plan: Path,
+    out: Path,
+    engine: str,
+    address: Optional[str],
+    workers: Optional[int],
+    cpus: int,
+    retries: int,
+    retry_failed: bool,
+) -> None:
+    """Run a plan of parts x models x targets: train, export, check and profile every cell, resume
+    where a sweep stopped, and merge one report (needs edgekit-anomaly[train]; [ray] for Ray)."""
+    from edgekit.sweep.run import run_sweep
+
+    result = run_sweep(
+        plan,
+        out,
+        engine=engine,
+        address=address,
+        workers=workers,
+        cpus=cpus,
+        retries=retries,
+        retry_failed=retry_failed,
+        say=lambda line: click.echo(line, err=True),
+    )
+    for choice in result["picks"]:
+        click.echo(choice.get("text") or f"for part {choice['part']} on {choice['target']}: {choice['why']}")
+    failed = sum(1 for cell in result["cells"] if cell["status"] != "done")
+    click.echo(
+        f"sweep: {len(result['cells'])} cells ({failed} failed), {len(result['rows'])} rows → "
+        f"{out / 'sweep.md'}, {out / 'sweep.json'}"
+        + (f", {out / 'report.html'}" if (out / "report.html").is_file() else "")
+    )
+
+
 @cli.command("check")
 @click.option("--reference", type=EXISTING, required=True, help="The bundle to compare against.")
 @click.option("--candidate", type=EXISTING, required=True, help="The bundle under test.")

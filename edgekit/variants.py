@@ -66,10 +66,18 @@ def plan_variants(
 
 
 def export_variants(
-    run_dir: Path, target: str, out_dir: Path, variants: Sequence[Variant], *, progress: ProgressFn = noop
+    run_dir: Path,
+    target: str,
+    out_dir: Path,
+    variants: Sequence[Variant],
+    *,
+    archive: bool = False,
+    progress: ProgressFn = noop,
 ) -> tuple[list[Path], list[tuple[Variant, str]]]:
-    """Export each variant of a run: the bundle paths, in order, and the variants the int8 gate
-    refused, each with its one-line reason (a sweep says so instead of failing)."""
+    """Export each variant of a run: the bundle paths (single ``.edgekit`` files with ``archive``),
+    in order, and the variants the int8 gate refused, each with its one-line reason (a sweep says
+    so instead of failing)."""
+    from edgekit.bundle import ARCHIVE_SUFFIX
     from edgekit.export.int8_gate import Int8Refused
     from edgekit.export.job import ExportOptions
     from edgekit.export.pipeline import export_run
@@ -81,7 +89,7 @@ def export_variants(
     for index, variant in enumerate(variants):
         progress(f"export {name} {variant.slug}", index, len(variants))
         options = ExportOptions(format=variant.format, precision=variant.precision, **_bank_options(run, variant.bank))
-        out = out_dir / f"{name}-{variant.slug}"
+        out = out_dir / f"{name}-{variant.slug}{ARCHIVE_SUFFIX if archive else ''}"
         try:
             export_run(run_dir, out, target=target, options=options, overwrite=True)
         except Int8Refused as why:

@@ -58,13 +58,19 @@ class _Variant:
 
 
 def render_html(
-    profiles: list[dict], *, title: str = "edgekit trade-off report", sources: Optional[list[str]] = None
+    profiles: list[dict],
+    *,
+    title: str = "edgekit trade-off report",
+    sources: Optional[list[str]] = None,
+    names: Optional[list[str]] = None,
 ) -> str:
-    """One complete HTML5 document comparing every variant of every profile; ``sources`` name them in errors."""
+    """One complete HTML5 document comparing every variant of every profile; ``sources`` name them in
+    errors, ``names`` the sections (default: each profile's device)."""
     _validate(profiles, sources)
     devices = [_prepare(profile, index) for index, profile in enumerate(profiles)]
     series = [
-        ChartSeries(_device_name(p), PALETTE[i % len(PALETTE)], bool(p.get("estimate"))) for i, p in enumerate(profiles)
+        ChartSeries(names[i] if names else _device_name(p), PALETTE[i % len(PALETTE)], bool(p.get("estimate")))
+        for i, p in enumerate(profiles)
     ]
     versions = sorted({str(p.get("edgekit_version", "?")) for p in profiles})
     generated = created_time()
