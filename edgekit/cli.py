@@ -1089,7 +1089,13 @@ def report(profiles: tuple[Path, ...], out: Path) -> None:
     "--address", default=None, help="With --engine ray: the cluster (default: the one `ray start` made here)."
 )
 @click.option("--workers", type=POSITIVE, default=None, help="Cells at once (default: as many as the CPUs hold).")
-@click.option("--cpus", type=POSITIVE, default=1, show_default=True, help="CPUs each cell needs (and uses).")
+@click.option(
+    "--cpus",
+    type=POSITIVE,
+    default=1,
+    show_default=True,
+    help="CPUs each cell needs and uses: its training threads and the threads its latencies are measured with.",
+)
 @click.option(
     "--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Re-runs of a cell whose worker died."
 )

@@ -296,7 +296,9 @@ def test_int8_manifest_says_what_was_quantized_on_which_images(x86_int8, patchco
     manifest = load_bundle(x86_int8).manifest
     notes = manifest.export["quantization"]
     assert manifest.precision == "int8" and manifest.export["precision"] == "int8"
-    assert notes["calibration_images"] == len(patchcore_run.config["bank_images"])
+    bank_images = len(patchcore_run.config["bank_images"])  # 48, and the recipe's quarter painted 4 ways
+    assert manifest.export["painted_calibration"] == {"share": 0.25, "images": 4 * round(0.25 * bank_images)}
+    assert notes["calibration_images"] == bank_images + manifest.export["painted_calibration"]["images"]
     assert notes["calibration_source"].startswith("training normals")
     assert notes["ops"]["int8"]["Convolution"] >= 20
     assert notes["ops"]["float"]["GroupConvolution"] >= 1 and notes["ops"]["float"]["AvgPool"] >= 1

@@ -134,8 +134,11 @@ def test_int8_manifest_says_what_was_quantized_and_what_stayed_float(bundles, pa
     manifest = edgekit.load(bundles["tflite-int8"]).manifest
     notes = manifest.export["quantization"]
     assert manifest.precision == "int8" and notes["scheme"].startswith("static int8")
+    painted = manifest.export["painted_calibration"]["images"]  # the recipe's quarter of them, painted 4 ways
     assert (
-        notes["calibration_images"] == manifest.export["calibration_images"] == len(patchcore_run.config["bank_images"])
+        notes["calibration_images"]
+        == manifest.export["calibration_images"]
+        == len(patchcore_run.config["bank_images"]) + painted
     )
     assert notes["io"] == {"image": "int8", "embedding": "int8"}
     assert f"{float_graph['CONV_2D']} CONV_2D" in notes["quantized"] and "DEPTHWISE" not in notes["quantized"]
