@@ -31,6 +31,19 @@ def owner_tag() -> str:
     return f"{_host()}.{os.getpid()}-"
 
 
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write one file whole or not at all: a temporary file beside it, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def make_staging(prefix: str, parent: Optional[Path] = None) -> Path:
     """A new staging folder ``<prefix><host>.<pid>-XXXX`` in ``parent`` (default: TMPDIR); stale
     staging of the same prefix there is swept first."""

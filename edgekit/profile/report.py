@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import platform
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from edgekit.clock import created_time
 from edgekit.errors import EdgekitError
 from edgekit.profile.html import pixel_cell
 from edgekit.progress import ProgressFn, noop
+from edgekit.staging import write_atomic
 
 if TYPE_CHECKING:
     from edgekit.data.datasets import Dataset
@@ -320,7 +320,7 @@ def write_report_html(profiles: list[dict], out: Path, *, sources: Optional[list
     from edgekit.profile.html import render_html
 
     text = render_html(profiles, sources=sources)
-    _atomic_write(out, text)
+    write_atomic(out, text)
     return out
 
 
@@ -335,20 +335,8 @@ def write_reports(profile: dict, out: Path) -> tuple[Path, Path, Path]:
         "report.html": render_html([profile]),
     }
     for name, text in texts.items():
-        _atomic_write(out / name, text)
+        write_atomic(out / name, text)
     return out / "profile.json", out / "profile.md", out / "report.html"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value, pattern: str, unit: str = "") -> str:

@@ -219,13 +219,13 @@ def profiles_of(results: list[dict]) -> tuple[list[dict], list[str]]:
 def write_reports(plan, results: list[dict], out: Path) -> dict:
     """sweep.json, sweep.md and (when any variant was profiled) report.html, each written atomically."""
     from edgekit.profile.html import render_html
-    from edgekit.sweep.run import _write_atomic
+    from edgekit.staging import write_atomic
 
     sweep = merge(plan, results)
-    _write_atomic(out / "sweep.json", (json.dumps(sweep, indent=1) + "\n").encode())
-    _write_atomic(out / "sweep.md", render_markdown(sweep).encode())
+    write_atomic(out / "sweep.json", (json.dumps(sweep, indent=1) + "\n").encode())
+    write_atomic(out / "sweep.md", render_markdown(sweep).encode())
     profiles, names = profiles_of(results)
     if profiles:
         html = render_html(profiles, title=f"edgekit sweep: {Path(plan.path).name}", names=names)
-        _write_atomic(out / "report.html", html.encode())
+        write_atomic(out / "report.html", html.encode())
     return sweep

@@ -9,13 +9,12 @@ an interrupted sweep resumes where it stopped and a finished one does no work.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from edgekit.errors import EdgekitError
+from edgekit.staging import write_atomic
 from edgekit.sweep.plan import Cell, read_plan
 
 ENGINES = ("local", "ray")
@@ -54,7 +53,7 @@ def run_sweep(
         (out / folder).mkdir(parents=True, exist_ok=True)
     for stale in (out / "running").glob("*.json"):  # from a sweep that was stopped
         stale.unlink(missing_ok=True)
-    _write_atomic(out / "plan.toml", Path(plan_path).read_bytes())
+    write_atomic(out / "plan.toml", Path(plan_path).read_bytes())
     todo = [cell for cell in plan.cells if not _finished(out, cell, retry_failed)]
     progress = _Progress(len(plan.cells), len(plan.cells) - len(todo), say)
     if todo:
@@ -112,26 +111,14 @@ def _store(out: Path, result: dict) -> dict:
     folder = Path("bundles") / result["part"] / result["model"]
     files = []
     for name, data in sorted(result.pop("bundles", {}).items()):
-        _write_atomic(out / folder / name, data)
+        write_atomic(out / folder / name, data)
         files.append(str(folder / name))
     for target in result.get("targets", []):
         for variant in (target.get("profile") or {}).get("variants", []):
             variant["file"] = variant["bundle"]["path"] = str(folder / variant["file"])
     result["files"] = files
-    _write_atomic(out / "cells" / f"{result['cell']}.json", (json.dumps(result, indent=1) + "\n").encode())
+    write_atomic(out / "cells" / f"{result['cell']}.json", (json.dumps(result, indent=1) + "\n").encode())
     return result
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Progress:
