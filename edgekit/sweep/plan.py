@@ -122,6 +122,8 @@ def read_plan(path: str | Path) -> Plan:
         _unique(part.get("name"), "parts", seen, path)
         if not isinstance(part.get("data"), str) or not part["data"]:
             raise EdgekitError(f'{path}: part {part["name"]!r} needs data = "a dataset path"')
+        if not (path.parent / part["data"]).exists():  # workers read it at the same path
+            raise EdgekitError(f"{path}: part {part['name']!r}: no such data {path.parent / part['data']}")
     seen = set()
     for model in models:
         if model.get("model") not in FAMILIES:

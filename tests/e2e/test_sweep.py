@@ -223,11 +223,13 @@ def test_the_report_has_every_variant_the_pareto_front_and_the_picks(local):
         ("[sweep]\ntargets = ['x86']\n[gates]\nlatency_ms = { rpi4 = 5 }\n", "not in sweep.targets"),
         ("[sweep]\ntargets = ['x86']\ncolour = 1\n", "unknown key sweep.colour"),
         ("not toml [", "not a TOML plan"),
+        ("[sweep]\ntargets = ['x86']\n[[parts]]\nname='a'\ndata='gone'\n[[models]]\nmodel='dfm'\n", "no such data"),
     ],
 )
 def test_a_bad_plan_is_one_line_before_any_work(tmp_path, text, message):
     from cli_helpers import run
 
+    (tmp_path / "d").mkdir()  # the data the plans name, so each fails on its own mistake
     (tmp_path / "plan.toml").write_text(text)
     result = run("sweep", tmp_path / "plan.toml", "--out", tmp_path / "out")
     assert result.exit_code == 1 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
