@@ -65,7 +65,7 @@ def _cells(out: Path) -> list[dict]:
 
 
 def _ray_cluster(temp: Path) -> tuple[str, list[subprocess.Popen]]:
-    ray_cli = str(Path(sys.executable).with_name("ray"))
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]  # Ray's CLI, wherever pip put its script
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -73,11 +73,11 @@ def _ray_cluster(temp: Path) -> tuple[str, list[subprocess.Popen]]:
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
     address = f"127.0.0.1:{port}"
     head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
+        [*ray_cli, "start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", str(temp),
          "--num-cpus", "1", "--block"], **quiet,
     )  # fmt: skip
     time.sleep(10)
-    worker = subprocess.Popen([ray_cli, "start", "--address", address, "--num-cpus", "1", "--block"], **quiet)
+    worker = subprocess.Popen([*ray_cli, "start", "--address", address, "--num-cpus", "1", "--block"], **quiet)
     time.sleep(10)
     return address, [worker, head]
 

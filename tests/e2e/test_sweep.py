@@ -95,13 +95,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A head and one worker node, one CPU each, as two `ray start --block` processes."""
-    ray_cli = Path(sys.executable).with_name("ray")
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]  # Ray's CLI, wherever pip put its script
     port = _free_port()
     temp = Path(f"/tmp/ray-edgekit-{os.getpid()}")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--num-cpus", "1", "--block"]
     head = subprocess.Popen(
-        [str(ray_cli), "start", "--head", "--port", str(port), "--include-dashboard", "false",
+        [*ray_cli, "start", "--head", "--port", str(port), "--include-dashboard", "false",
          "--temp-dir", str(temp), *common],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
@@ -111,7 +111,7 @@ def ray_cluster():
         _wait_for_cpus(address, 1, head)
         processes.append(
             subprocess.Popen(
-                [str(ray_cli), "start", "--address", address, *common],
+                [*ray_cli, "start", "--address", address, *common],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env=env,
