@@ -171,10 +171,12 @@ class Detector:
     def run_network(self, batch: np.ndarray) -> np.ndarray:
         """The network on a prepared batch; a tiled input runs one row of tiles per call, so memory
         stays that of a few network inputs however many tiles an image has."""
-        spec = self.manifest.input
-        step = spec.tiles[1] if spec.tiles else len(batch)
-        parts = [self._infer(batch[start : start + step]) for start in range(0, len(batch), step)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        tiles = self.manifest.input.tiles
+        if not tiles:
+            return self._infer(batch)
+        return np.concatenate(
+            [self._infer(batch[start : start + tiles[1]]) for start in range(0, len(batch), tiles[1])]
+        )
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         outputs = self.backend.infer({self.manifest.network.input_name: batch})

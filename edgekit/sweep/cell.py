@@ -16,6 +16,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,19 +32,13 @@ def run_cell(cell: Cell, *, gates: Gates, latency_runs: int, threads: int, runni
     runs the cell while it runs (the driver's progress; on another machine it is skipped)."""
     started = time.perf_counter()
     marker = _announce(running, cell)
-    result: dict[str, Any] = {
-        "cell": cell.name,
-        "key": cell.key,
-        "part": cell.part,
-        "model": cell.label,
-        "family": cell.model,
-        "host": platform.node(),
-        "machine": platform.machine(),
-        "pid": os.getpid(),
-        "nice": os.nice(0),  # Ray starts its workers at nice 15: their latencies are low-priority ones
-        "targets": [],
-        "bundles": {},
-    }
+    result = cell_record(cell)
+    result.update(
+        host=platform.node(),
+        machine=platform.machine(),
+        pid=os.getpid(),
+        nice=os.nice(0),  # Ray starts its workers at nice 15: their latencies are low-priority ones
+    )
     scratch = Path(tempfile.mkdtemp(prefix="edgekit-sweep-"))
     try:
         _limit_threads(threads)
@@ -60,6 +55,12 @@ def run_cell(cell: Cell, *, gates: Gates, latency_runs: int, threads: int, runni
             marker.unlink(missing_ok=True)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+def cell_record(cell: Cell, **fields: Any) -> dict[str, Any]:
+    """The fields every cell result has, whoever made it (the cell, or an engine whose worker died)."""
+    record = {"cell": cell.name, "key": cell.key, "part": cell.part, "model": cell.label, "family": cell.model}
+    return {**record, "targets": [], "bundles": {}, **fields}
 
 
 def _run(cell: Cell, scratch: Path, *, gates: Gates, latency_runs: int, threads: int) -> dict:
@@ -113,7 +114,7 @@ def _target(
         for variant in variants:
             if variant.slug not in by_slug or variant.precision == "fp32":
                 continue
-            reference = by_slug.get(f"{variant.format}-fp32-bank-{variant.bank}")
+            reference = by_slug.get(replace(variant, precision="fp32").slug)
             if reference is None:
                 continue
             checked = check_bundles(

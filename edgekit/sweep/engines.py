@@ -25,17 +25,9 @@ Running = Callable[[int], None]
 
 def failed_result(cell: Cell, reason: str) -> dict:
     """A cell that never gave a result of its own."""
-    return {
-        "cell": cell.name,
-        "key": cell.key,
-        "part": cell.part,
-        "model": cell.label,
-        "family": cell.model,
-        "status": "failed",
-        "reason": reason,
-        "targets": [],
-        "bundles": {},
-    }
+    from edgekit.sweep.cell import cell_record
+
+    return cell_record(cell, status="failed", reason=reason)
 
 
 def _child(connection, cell: Cell, kwargs: dict, log: Optional[str]) -> None:
