@@ -1,11 +1,13 @@
 """int8 for every family: what NNCF int8 keeps of each model's accuracy, before and after painted defects.
 
-    python3 benchmarks/int8_families.py [--models ...] [--textures brick,grass,gravel] [--workdir DIR] [--reuse]
+    python3 benchmarks/int8_families.py [--models ...] [--textures brick,grass,gravel] [--variants ...]
+                                        [--workdir DIR] [--reuse]
 
 For every exported family and texture (the embedded default data, seed 0, every training default;
 RGB 256², grey 128² for the autoencoders), the run is exported for x86 (OpenVINO) in fp32 and in
-int8 three ways:
+int8 in up to four ways (``--variants``, default the last three):
 
+- ``recipe``: the family's recipe as shipped (``calibration/<family>.toml``);
 - ``plain``: NNCF post-training quantization calibrated on training normals only
   (``--painted-calibration 0``), what every int8 export was before the int8 gate;
 - ``painted``: a quarter of the calibration normals also go in with each defect painted on
@@ -18,7 +20,10 @@ Each int8 export runs the int8 gate (painted defects on the held-out normals; li
 <= 0.01, agreement >= 98 %) and, where the gate lets the bundle through, ``edgekit check`` against
 the fp32 bundle on the texture's test split (the same limits). Printed per family, texture and
 variant: the gate's AUROC fp32 -> int8, agreement and median painted-score change; the test
-split's int8 AUROC, decision agreement and median anomalous-score change; the verdicts.
+split's int8 AUROC, decision agreement (and what it was with the int8 threshold re-fitted on its own
+scores, as before the shipped threshold became the float one moved by the normals' median change),
+median anomalous-score change; the verdicts; and where
+each test image the two decide differently sat against the fp32 threshold.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ MODELS = tuple(name for name, family in FAMILIES.items() if family.export_parts)
 GREY_MODELS = {"sae", "dae"}
 TEXTURES = ("brick", "grass", "gravel")
 VARIANTS = {
+    "recipe": {},
     "plain": {"painted_calibration": 0.0},
     "painted": {"painted_calibration": 0.25},
     "max-drop": {"max_drop": 0.01},
@@ -83,7 +89,7 @@ def _export(run: Path, out: Path, reuse: bool, **options) -> dict:
     return {**bundle.manifest.export.get("int8_check", {}), "bundle": out, "seconds": time.perf_counter() - started}
 
 
-def _check(reference: Path, candidate: Path, data: Path) -> dict:
+def _check(reference: Path, candidate: Path, data: Path, refitted: float) -> dict:
     from edgekit.check import check_bundles
 
     result = check_bundles(reference, candidate, data)
@@ -94,8 +100,12 @@ def _check(reference: Path, candidate: Path, data: Path) -> dict:
         "fp32_auroc": result.reference.auroc,
         "int8_auroc": result.candidate.auroc,
         "agreement": float(np.mean(result.reference.decisions == result.candidate.decisions)),
+        # what the agreement was when int8 re-fitted the rule on its own scores (before issue 18's change)
+        "agreement_refitted": float(np.mean(result.reference.decisions == (cand > refitted))),
         "anomalous_change": float(np.median(change[labels])),
         "passed": bool(result.passed),
+        # how far from the fp32 threshold each differently decided image sat (noise, or a lost defect)
+        "flips": ", ".join(f"{ref:+.2%}" for _, _, ref, _ in result.differing()) or "none",
     }
 
 
@@ -103,15 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--textures", default=",".join(TEXTURES))
+    parser.add_argument("--variants", default="plain,painted,max-drop", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/edgekit-int8-families"))
     parser.add_argument("--reuse", action="store_true", help="keep runs and bundles already in --workdir")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     os.environ.setdefault("EDGEKIT_CACHE", str(args.workdir / "cache"))  # EfficientAD's teacher, distilled once
     print(
         "| model | texture | int8 | gate AUROC fp32 → int8 | gate agreement | painted score change | gate "
-        "| test AUROC fp32 → int8 | test agreement | anomalous score change | check | export s |"
+        "| test AUROC fp32 → int8 | test agreement (int8 threshold re-fitted) | anomalous score change | check | flips: fp32 score vs its "
+        "threshold | export s |"
     )
-    print("|---|---|---|---|---:|---:|---|---|---:|---:|---|---:|")
+    print("|---|---|---|---|---:|---:|---|---|---:|---:|---|---|---:|")
     for model in args.models.split(","):
         for texture in args.textures.split(","):
             data = _data(args.workdir, model in GREY_MODELS, texture)
@@ -120,18 +135,21 @@ def main(argv: list[str] | None = None) -> int:
             bundles.mkdir(parents=True, exist_ok=True)
             fp32 = _export(run, bundles / "fp32", args.reuse, precision="fp32")["bundle"]
             passed = False
-            for variant, options in VARIANTS.items():
+            for variant in args.variants.split(","):
+                options = VARIANTS[variant]
                 if variant == "max-drop" and passed:
                     continue
                 gate = _export(run, bundles / variant, args.reuse, precision="int8", **options)
-                test = {} if gate.get("refused") else _check(fp32, gate["bundle"], data)
+                refitted = gate.get("threshold", {}).get("refitted")
+                test = {} if gate.get("refused") else _check(fp32, gate["bundle"], data, refitted)
                 passed = passed or bool(test and test["passed"])
                 verdict = "refused" if gate.get("refused") else "pass"
                 tested = (
-                    f"{test['fp32_auroc']:.3f} → {test['int8_auroc']:.3f} | {test['agreement']:.1%} | "
-                    f"{test['anomalous_change']:+.0%} | {'pass' if test['passed'] else 'FAIL'}"
+                    f"{test['fp32_auroc']:.3f} → {test['int8_auroc']:.3f} | {test['agreement']:.1%} "
+                    f"({test['agreement_refitted']:.1%}) | "
+                    f"{test['anomalous_change']:+.0%} | {'pass' if test['passed'] else 'FAIL'} | {test['flips']}"
                     if test
-                    else "— | — | — | —"
+                    else "— | — | — | — | —"
                 )
                 print(
                     f"| {model} | {texture} | {variant} | {gate['fp32_auroc']:.3f} → {gate['int8_auroc']:.3f} | "

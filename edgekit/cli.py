@@ -461,8 +461,8 @@ def train(
     "--max-drop",
     type=click.FloatRange(0.0, 1.0),
     default=None,
-    help="int8 with NNCF's accuracy control (OpenVINO, ONNX): ops return to float until the score agreement on "
-    "held-out normals, plain and with defects painted on, drops by at most this.",
+    help="int8 with accuracy control (NNCF's for OpenVINO and ONNX, op type by op type for TFLite): ops return to "
+    "float until the score agreement on held-out normals, plain and with defects painted on, drops by at most this.",
 )
 @click.option(
     "--painted-calibration",

@@ -107,10 +107,8 @@ def export_run(
     if not takes_bank_options(run.model) and (options.bank_dims, options.bank_dtype, options.bank_size) != (None,) * 3:
         banked = ", ".join(name for name in FAMILIES if takes_bank_options(name))
         raise EdgekitError(f"--bank-* options apply to models with a memory bank ({banked}), not {run.model}")
-    if options.max_drop is not None and (precision != "int8" or fmt.name not in READS_ONNX):
-        raise EdgekitError(
-            f"--max-drop steers NNCF's int8 quantization (OpenVINO and ONNX formats), not {precision} {fmt.name}"
-        )
+    if options.max_drop is not None and precision != "int8":
+        raise EdgekitError(f"--max-drop steers int8 quantization, not {precision}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgekitError(f"{out} already exists; choose another --out or pass --overwrite")
@@ -129,10 +127,11 @@ def export_run(
         from edgekit.runtime.detector import load
 
         exported = load(provisional, device=fit_device)  # one load for the gate and the thresholds
-        if gate is not None:
-            check = _int8_gate(exported, gate, manifest, options, progress)
-            manifest = replace(manifest, export={**manifest.export, "int8_check": check})
+        check = _int8_gate(exported, gate, manifest, options, progress) if gate is not None else None
         decision = _fit_on_exported(exported, holdout, progress, rule=rule)
+        if check is not None:  # int8 decides where the float model does, not where its noise puts it
+            decision, check = int8_gate.ship_threshold(decision, check)
+            manifest = replace(manifest, export={**manifest.export, "int8_check": check})
         manifest = replace(manifest, decision=decision)
         save_bundle(out, manifest, files=files, arrays=arrays, overwrite=overwrite)
     finally:
@@ -295,7 +294,14 @@ def _int8_gate(exported, gate: tuple, manifest: Manifest, options: ExportOptions
     check = int8_gate.judge(fp32, int8, kinds, rule=options.threshold_rule, limits=limits)
     if not check["passed"]:
         raise int8_gate.Int8Refused(
-            int8_gate.refusal(manifest.model, manifest.target, manifest.network.format, check), check
+            int8_gate.refusal(
+                manifest.model,
+                manifest.target,
+                manifest.network.format,
+                check,
+                painted=manifest.export.get("painted_calibration", {}).get("share", 0.0),
+            ),
+            check,
         )
     return check
 

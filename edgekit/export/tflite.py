@@ -18,6 +18,13 @@ Precisions:
   training normal is not clipped at the door (this needs the job's input spec; without it the
   calibration images' min/max is used and the manifest says so). ``"dynamic"`` keeps activations
   float (quantized per call at run time).
+
+``--max-drop D`` (int8): ai-edge-quantizer has no accuracy control, so the export does NNCF's job by
+op type. It calibrates once, then, while the score agreement on the held-out normals and painted
+defects (the metric of NNCF's ``--max-drop``, ``edgekit.export.quantize.score_agreement``) is more
+than ``D`` below 1, it tries each op type still computing in int8 (and the file's int8 input and
+output) float on its own and keeps the one that restores the most agreement. Every round is
+recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -111,6 +119,15 @@ def float16_weights(float_model: Path, path: Path) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class AccuracyControl:
+    """``--max-drop`` for TFLite: ``agreement(path)`` scores a quantized file against the float
+    model (1.0: the same scores); op types return to float until it is at least ``1 - max_drop``."""
+
+    agreement: Callable[[Path], float]
+    max_drop: float
+
+
 def int8_quantize(
     float_model: Path,
     path: Path,
@@ -120,14 +137,16 @@ def int8_quantize(
     input_range: tuple[float, float],
     scheme: str = "static",
     float_ops: Sequence[str] = (),
+    control: Optional[AccuracyControl] = None,
 ) -> dict[str, Any]:
     """Quantize ``float_model`` to int8 with ai-edge-quantizer; returns notes on what changed.
 
-    ``calibration`` is a batch in the file's input layout, training normals only. ``input_range``
-    (low, high) is the range the pre-processing can produce; the input is quantized over it.
-    ``float_ops`` names TFLite ops (e.g. ``RESIZE_BILINEAR``) that stay float.
+    ``calibration`` is a batch in the file's input layout, training normals (some with defects
+    painted on, by the recipe). ``input_range`` (low, high) is the range the pre-processing can
+    produce; the input is quantized over it. ``float_ops`` names TFLite ops (e.g.
+    ``RESIZE_BILINEAR``) that stay float; ``control`` returns more to float (module docstring).
     """
-    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer import qtyping
 
     unknown = sorted(set(float_ops) - {op.value for op in qtyping.TFLOperationName})
     if unknown:
@@ -139,11 +158,6 @@ def int8_quantize(
         raise EdgekitError(
             f"calibration recipe: [tflite] int8_scheme must be one of {', '.join(_INT8_SCHEMES)}, not {scheme!r}"
         )
-    engine = quantizer.Quantizer(
-        str(float_model), recipe.static_wi8_ai8() if scheme == "static" else recipe.dynamic_wi8_afp32()
-    )
-    for op in float_ops:
-        engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key="no_quantize")
     calibration_result = None
     if scheme == "static":
         if len(calibration) == 0:
@@ -152,7 +166,9 @@ def int8_quantize(
             {input_name: np.ascontiguousarray(calibration[i : i + 1], np.float32)} for i in range(len(calibration))
         ]
         with _quiet("ai-edge-quantizer calibration"):
-            calibration_result = engine.calibrate({SIGNATURE: samples}, num_threads=max(1, os.cpu_count() or 1))
+            calibration_result = _engine(float_model, scheme, float_ops).calibrate(
+                {SIGNATURE: samples}, num_threads=max(1, os.cpu_count() or 1)
+            )
         tensor = _signature_tensor_name(float_model, input_name)
         bounds = calibration_result.get(tensor)
         if bounds is None:
@@ -160,11 +176,15 @@ def int8_quantize(
         seen = (float(np.min(bounds["min"])), float(np.max(bounds["max"])))
         bounds["min"] = np.full_like(bounds["min"], input_range[0])
         bounds["max"] = np.full_like(bounds["max"], input_range[1])
-    with _quiet("ai-edge-quantizer int8"):
-        result = engine.quantize(calibration_result, enable_progress_report=False)
-    Path(path).write_bytes(bytes(result.quantized_model))
+    kept = list(float_ops)
+    _quantize_to(path, float_model, scheme, kept, calibration_result)
+    control_notes = (
+        None if control is None else _return_to_float(path, float_model, scheme, kept, calibration_result, control)
+    )
     census = op_census(path)
     notes: dict[str, Any] = {"ops": census["ops"], "float_ops_requested": list(float_ops)}
+    if control_notes is not None:
+        notes["accuracy_control"] = control_notes
     if scheme == "static":
         notes.update(
             {
@@ -191,6 +211,69 @@ def int8_quantize(
             }
         )
     return notes
+
+
+def _engine(float_model: Path, scheme: str, float_ops: Sequence[str]) -> Any:
+    """An ai-edge-quantizer Quantizer with the scheme's recipe and ``float_ops`` left float."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    engine = quantizer.Quantizer(
+        str(float_model), recipe.static_wi8_ai8() if scheme == "static" else recipe.dynamic_wi8_afp32()
+    )
+    for op in float_ops:
+        engine.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key="no_quantize")
+    return engine
+
+
+def _quantize_to(path: Path, float_model: Path, scheme: str, float_ops: Sequence[str], calibration: Any) -> None:
+    """Write ``float_model`` quantized with ``float_ops`` float to ``path`` (one calibration serves
+    every set of float ops: leaving an op float only drops ranges it would have used)."""
+    with _quiet("ai-edge-quantizer int8"):
+        result = _engine(float_model, scheme, float_ops).quantize(calibration, enable_progress_report=False)
+    Path(path).write_bytes(bytes(result.quantized_model))
+
+
+def _return_to_float(
+    path: Path, float_model: Path, scheme: str, kept: list[str], calibration: Any, control: AccuracyControl
+) -> dict[str, Any]:
+    """Greedy by op type: while the agreement of ``path`` misses ``1 - max_drop``, the int8 op type
+    whose return to float restores the most joins ``kept`` (which it extends); ``path`` ends as the
+    chosen file. Refuses when every op type is float and the agreement is still short."""
+    goal = 1.0 - control.max_drop
+    agreement = control.agreement(path)
+    rounds: list[dict[str, Any]] = [{"float_ops": list(kept), "agreement": round(agreement, 6)}]
+    trial = path.with_name(f".trial-{path.name}")
+    try:
+        while agreement < goal - 1e-12:
+            census = op_census(path)
+            candidates = sorted(census["int8"]) + census["int8_io"]
+            if not candidates:
+                raise EdgekitError(
+                    f"--max-drop {control.max_drop:g}: with every op type, the input and the output float the "
+                    f"TFLite model's score agreement "
+                    f"is {agreement:.4f}, below {goal:.4f}; export fp16 or fp32"
+                )
+            tried = {}
+            for op in candidates:
+                _quantize_to(trial, float_model, scheme, [*kept, op], calibration)
+                tried[op] = control.agreement(trial)
+            best = max(candidates, key=lambda op: (tried[op], op))
+            kept.append(best)
+            _quantize_to(path, float_model, scheme, kept, calibration)
+            agreement = tried[best]
+            rounds.append(
+                {"tried": {op: round(a, 6) for op, a in tried.items()}, "float": best, "agreement": round(agreement, 6)}
+            )
+    finally:
+        trial.unlink(missing_ok=True)
+    return {
+        "method": "op types return to float one at a time, the one restoring the most score agreement first, "
+        f"until the agreement on held-out normals and painted defects is at least 1 - {control.max_drop:g}",
+        "max_drop": control.max_drop,
+        "float_ops": list(kept),
+        "agreement": round(agreement, 6),
+        "rounds": rounds,
+    }
 
 
 def op_census(path: Path) -> dict[str, Any]:
@@ -231,10 +314,13 @@ def op_census(path: Path) -> dict[str, Any]:
         if np.dtype(np.float16) in weight_types:
             float16_weights[name] += 1
     runner = interpreter.get_signature_runner(SIGNATURE)
-    io = {
-        key: np.dtype(value["dtype"]).name
-        for key, value in {**runner.get_input_details(), **runner.get_output_details()}.items()
-    }
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    io = {key: np.dtype(value["dtype"]).name for key, value in {**inputs, **outputs}.items()}
+    int8_io = [  # ai-edge-quantizer's names for the file's input and output quantization
+        side
+        for side, tensors in (("INPUT", inputs), ("OUTPUT", outputs))
+        if any(np.dtype(t["dtype"]) == np.int8 for t in tensors.values())
+    ]
     return {
         "ops": dict(ops),
         "int8": dict(int8_ops),
@@ -242,6 +328,7 @@ def op_census(path: Path) -> dict[str, Any]:
         "int8_weights": dict(int8_weights),
         "float16_weights": dict(float16_weights),
         "io": io,
+        "int8_io": int8_io,
     }
 
 
@@ -300,11 +387,36 @@ def convert(job: "ExportJob") -> "Converted":
                 input_range=bounds,
                 scheme=str(settings.get("int8_scheme", "static")),
                 float_ops=tuple(settings.get("float_ops", ())),
+                control=None if job.options.max_drop is None else _accuracy_control(job, float_path),
             )
             notes["quantization"]["input_range_source"] = source
     finally:
         float_path.unlink(missing_ok=True)
     return Converted(files=[target], notes=notes)
+
+
+def _accuracy_control(job: "ExportJob", float_path: Path) -> AccuracyControl:
+    """The score agreement of a quantized file with the float one on the job's validation images
+    (held-out normals, plain and painted), through the bundle's own head."""
+    from edgekit.export.quantize import score_agreement
+    from edgekit.runtime.backends import BackendOptions
+    from edgekit.runtime.backends.litert import load
+
+    max_drop = float(job.options.max_drop)
+    if not 0 < max_drop < 1:
+        raise EdgekitError(f"--max-drop must be between 0 and 1 (a drop of score agreement), not {max_drop}")
+    if len(job.validation) < 2:
+        raise EdgekitError("--max-drop needs at least 2 held-out normals and painted images to validate on")
+    images = job.validation.transpose(0, 2, 3, 1) if job.format.layout == "NHWC" else job.validation
+    output = job.output_names[0]
+
+    def scores(path: Path) -> np.ndarray:
+        backend = load(path, BackendOptions(output_names=job.output_names))
+        outputs = [backend.infer({job.input_name: images[i : i + 8]})[output] for i in range(0, len(images), 8)]
+        return np.asarray(job.head_score(np.concatenate(outputs)), dtype=np.float64)
+
+    reference = scores(float_path)
+    return AccuracyControl(lambda path: score_agreement(reference, scores(path))[0], max_drop)
 
 
 def _input_range(job: "ExportJob", calibration: np.ndarray) -> tuple[tuple[float, float], str]:

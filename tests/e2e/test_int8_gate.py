@@ -33,7 +33,11 @@ def test_a_collapsed_int8_network_is_refused_with_its_numbers():
     assert not check["passed"] and check["int8_auroc"] == 0.5
     line = refusal("fastflow", "x86", "openvino", check)
     assert "AUROC 1.000 -> 0.500" in line and "12 held-out normals" in line and "--precision fp16" in line
-    assert "\n" not in line
+    assert "--max-drop 0.01" in line and "--painted-calibration 0.25" in line and "\n" not in line
+    assert f"any score by a median {check['score_noise']:.1%} of the threshold" in line
+    # the ways out not yet taken: more painted calibration than this export used
+    assert "--painted-calibration 0.5," in refusal("fastflow", "rpi4", "tflite", check, painted=0.25)
+    assert "--painted-calibration" not in refusal("fastflow", "x86", "openvino", check, painted=1.0)
 
 
 def test_clipped_defect_scores_break_the_agreement_limit():
@@ -43,6 +47,30 @@ def test_clipped_defect_scores_break_the_agreement_limit():
     int8[12:18] = fp32[:6]  # and some now look normal
     check = judge(fp32, int8, KINDS, rule="bound", limits=DEFAULT_LIMITS)
     assert not check["passed"] and check["agreement"] < 0.98
+
+
+def test_int8_keeps_the_float_threshold_moved_by_the_normals_median_change():
+    """int8 noise on 12 normals widens their spread; a bound re-fitted on it would rise past anomalies
+    lying just above the float threshold. Moved by the median change instead, they stay flagged."""
+    from edgekit.runtime.decision import ThresholdRule
+
+    rng = np.random.default_rng(3)
+    normals = rng.normal(10.0, 1.0, 12)
+    float_threshold, _ = ThresholdRule("bound").image_threshold(normals, np.zeros(0))
+    near = float_threshold * np.array([1.003, 1.005, 1.01, 1.02])  # anomalies close above it
+    fp32 = np.concatenate([normals, near, rng.normal(20, 2, 44)])
+    int8 = fp32 * 1.02  # int8 scales every score by 2 % ...
+    int8[:12] += np.array([0.3, -0.3] * 6)  # ... and adds noise to the normals: their spread grows
+    refitted, _ = ThresholdRule("bound").image_threshold(int8[:12], np.zeros(0))
+    assert np.sum(int8[12:16] <= refitted) == 2  # re-fitted on int8, two anomalies flip: 96.7 %, refused
+    check = judge(fp32, int8, KINDS, rule="bound", limits=DEFAULT_LIMITS)
+    threshold = check["threshold"]
+    assert threshold["float"] == pytest.approx(float_threshold)
+    assert threshold["normal_shift"] == pytest.approx(np.median(int8[:12] - fp32[:12]))
+    assert threshold["int8"] == pytest.approx(float_threshold + threshold["normal_shift"])
+    assert check["agreement"] == 1.0 and check["passed"]
+    noise = np.median(np.abs(int8 - fp32 - threshold["normal_shift"])) / float_threshold
+    assert check["score_noise"] == pytest.approx(noise, abs=1e-6) and 0 < check["score_noise"] < 0.03
 
 
 def test_too_few_normals_are_measured_and_recorded_but_not_judged():
@@ -84,23 +112,18 @@ def test_an_int8_bundle_records_what_the_gate_measured(exported):
     check = json.loads((exported("x86", "openvino", "int8") / "manifest.json").read_text())["export"]["int8_check"]
     assert check["judged"] and check["passed"] and check["normals"] == 12 and check["painted"] == 48
     assert check["fp32_auroc"] - check["int8_auroc"] <= check["limits"]["max_auroc_drop"]
+    decision = json.loads((exported("x86", "openvino", "int8") / "manifest.json").read_text())["decision"]
+    assert decision["image_threshold"] == check["threshold"]["int8"]
+    method = decision["method"]
+    assert method.startswith("image: the float network's threshold (") and method.count("pixel: quantile") == 1
+    assert f"alone gives {check['threshold']['refitted']:.6g}" in method  # the re-fitted one, for comparison
 
 
-@pytest.mark.parametrize(
-    "flags, what",
-    [
-        (("--precision", "fp32"), "not fp32 openvino"),
-        (("--target", "rpi4", "--format", "tflite", "--precision", "int8"), "not int8 tflite"),
-    ],
-)
-def test_max_drop_outside_nncf_int8_is_one_line_before_any_work(patchcore_run, tmp_path, flags, what):
+def test_max_drop_outside_int8_is_one_line_before_any_work(patchcore_run, tmp_path):
     from cli_helpers import run
 
-    result = run("export", patchcore_run.path, *flags, "--max-drop", "0.01", "--out", tmp_path / "b")
-    assert (
-        result.exit_code == 1
-        and f"--max-drop steers NNCF's int8 quantization (OpenVINO and ONNX formats), {what}" in (result.stderr)
-    )
+    result = run("export", patchcore_run.path, "--precision", "fp32", "--max-drop", "0.01", "--out", tmp_path / "b")
+    assert result.exit_code == 1 and "--max-drop steers int8 quantization, not fp32" in result.stderr
     assert not (tmp_path / "b").exists()
 
 

@@ -120,14 +120,14 @@ def tiny(tmp_path_factory):
     onnx_path = torch_to_onnx(network, example, folder / "float.onnx", input_name="image", output_names=("embedding",))
     calibration, validation = _smooth_images(16, 0), _smooth_images(6, 1)
     float_out = network(torch.from_numpy(validation)).detach().numpy()
-    x86 = get_target("x86")
+    x86, rpi4 = get_target("x86"), get_target("rpi4")
     onnx_spec = FormatSpec(name="onnx", runtime="onnxruntime", precisions=("fp32", "int8"), default_precision="fp32")
 
     def job(precision: str, *, fmt: str = "openvino", max_drop=None) -> ExportJob:
         out_dir = Path(tempfile.mkdtemp(prefix=f"{fmt}-{precision}-", dir=folder))
         return ExportJob(
-            target=x86,
-            format=x86.format_spec() if fmt == "openvino" else onnx_spec,
+            target=rpi4 if fmt == "tflite" else x86,
+            format={"openvino": x86.format_spec(), "onnx": onnx_spec, "tflite": rpi4.format_spec("tflite")}[fmt],
             precision=precision,
             network=network,
             example=example,
@@ -208,6 +208,44 @@ def test_max_drop_runs_accuracy_control_and_records_the_agreement_reached(tiny):
     validation = notes["validation"]
     assert validation["images"] == 6 and validation["max_drop"] == 0.005
     assert validation["agreement"] >= 1 - 0.005
+
+
+def test_tflite_max_drop_returns_op_types_to_float_until_the_agreement_holds(tiny):
+    """ai-edge-quantizer has no accuracy control: the export returns op types to float, the one
+    restoring the most score agreement first, and records each round."""
+    from edgekit.export import tflite as tflite_format
+    from edgekit.export.quantize import score_agreement
+    from edgekit.runtime.backends import BackendOptions
+    from edgekit.runtime.backends.litert import load
+
+    def agreement(converted) -> float:
+        backend = load(converted.files[0], BackendOptions(output_names=("embedding",)))
+        images = tiny["validation"].transpose(0, 2, 3, 1)
+        scores = _largest_output(backend.infer({"image": images})["embedding"])
+        return score_agreement(_largest_output(tiny["float"]), scores)[0]
+
+    plain = tflite_format.convert(tiny["job"]("int8", fmt="tflite"))
+    assert "accuracy_control" not in plain.notes["quantization"]
+    start = agreement(plain)
+    goal = 1 - (1 - start) / 2  # half of plain int8's disagreement
+    controlled = tflite_format.convert(tiny["job"]("int8", fmt="tflite", max_drop=1 - goal))
+    control = controlled.notes["quantization"]["accuracy_control"]
+    rounds = control["rounds"]
+    assert rounds[0]["float_ops"] == ["DEPTHWISE_CONV_2D"] and rounds[0]["agreement"] == pytest.approx(start, abs=1e-6)
+    assert len(rounds) >= 2 and control["float_ops"] == ["DEPTHWISE_CONV_2D", *[r["float"] for r in rounds[1:]]]
+    for round_ in rounds[1:]:  # each round kept the op type whose return to float agreed best
+        assert round_["agreement"] == max(round_["tried"].values()) and round_["float"] in round_["tried"]
+    assert control["agreement"] >= goal - 1e-6 and agreement(controlled) == pytest.approx(
+        control["agreement"], abs=1e-6
+    )
+
+    def compute_ops(converted) -> dict:  # the graph's ops but the (de)quantize bookkeeping
+        ops = converted.notes["quantization"]["ops"]
+        return {op: count for op, count in ops.items() if op not in ("QUANTIZE", "DEQUANTIZE")}
+
+    assert compute_ops(controlled) == compute_ops(plain)  # the same graph; only its precisions changed
+    loose = tflite_format.convert(tiny["job"]("int8", fmt="tflite", max_drop=0.99))
+    assert len(loose.notes["quantization"]["accuracy_control"]["rounds"]) == 1
 
 
 @pytest.mark.parametrize("max_drop", [0.0, 1.5])

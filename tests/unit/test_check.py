@@ -141,6 +141,17 @@ def test_threshold_at_the_normal_centre_breaks_the_agreement_limit_only(bundles,
     assert result.reference.decisions[result.labels].all() and result.candidate.decisions[result.labels].all()
     assert result.agreement == pytest.approx(1 - result.disagreements / 12)
     assert not result.passed and len(result.failures) == 1 and "decisions agree on" in result.failures[0]
+    # each flip named, with where it sat: below the reference's threshold, above the candidate's
+    differing = result.differing()
+    assert len(differing) == result.disagreements
+    for name, anomalous, ref_margin, cand_margin in differing:
+        assert name.startswith("test/good/") and not anomalous and ref_margin < 0 < cand_margin
+    table = render_table(result)
+    name, _, ref_margin, cand_margin = differing[0]
+    assert (
+        f"decided differently: {name} (normal); raw score vs each bundle's threshold: "
+        f"reference {ref_margin:+.2%}, candidate {cand_margin:+.2%}" in table
+    )
 
 
 def test_a_bank_that_learnt_the_defect_breaks_the_auroc_limit(bundles, dataset):

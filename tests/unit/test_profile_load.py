@@ -26,6 +26,24 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _state(pid: int) -> str:
+    """The kernel's view of ``pid``: its state letter and where it sleeps (for a failure message)."""
+    parts = []
+    for name in ("stat", "wchan", "status"):
+        try:
+            text = Path(f"/proc/{pid}/{name}").read_text()
+        except OSError as error:
+            text = f"<{error.strerror}>"
+        if name == "stat":
+            text = "state " + text.rpartition(")")[2].split()[0]
+        elif name == "status":
+            text = " ".join(
+                line for line in text.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt", "Threads"))
+            )
+        parts.append(f"{name}: {text}")
+    return "; ".join(parts)
+
+
 def _wait_gone(pids: list[int], timeout_s: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -102,7 +120,10 @@ def test_busy_processes_end_with_the_profiling_process_whatever_signal_ends_it(s
         pids = [int(pid) for pid in holder.stdout.readline().split()]
         assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
         holder.send_signal(signal_number)
-        holder.wait(timeout=10)
+        try:
+            holder.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # seen twice under a full suite; say what the holder was doing
+            pytest.fail(f"holder {holder.pid} still there 10 s after signal {signal_number}: {_state(holder.pid)}")
     finally:
         holder.kill()
         holder.wait()
