@@ -4,7 +4,8 @@
                                         [--workdir DIR] [--reuse]
 
 For every exported family and texture (the embedded default data, seed 0, every training default;
-RGB 256², grey 128² for the autoencoders), the run is exported for x86 (OpenVINO) in fp32 and in
+RGB 256², grey 128² for the autoencoders), the run is exported for ``--target`` (default x86:
+OpenVINO; rpi4: TFLite with ai-edge-quantizer) in fp32 and in
 int8 in up to four ways (``--variants``, default the last three):
 
 - ``recipe``: the family's recipe as shipped (``calibration/<family>.toml``);
@@ -69,7 +70,7 @@ def _run(model: str, data: Path, out: Path, reuse: bool) -> Path:
     return out
 
 
-def _export(run: Path, out: Path, reuse: bool, **options) -> dict:
+def _export(run: Path, out: Path, reuse: bool, target: str, **options) -> dict:
     """Export; the manifest's int8 check, or the refusal's, with the verdict."""
     from edgekit.export import int8_gate
     from edgekit.export.job import ExportOptions
@@ -81,7 +82,7 @@ def _export(run: Path, out: Path, reuse: bool, **options) -> dict:
         return json.loads((out.parent / f"{out.name}.refused.json").read_text())
     started = time.perf_counter()
     try:
-        bundle = export_run(run, out, target="x86", options=ExportOptions(**options), overwrite=True)
+        bundle = export_run(run, out, target=target, options=ExportOptions(**options), overwrite=True)
     except int8_gate.Int8Refused as refused:
         record = {**refused.check, "refused": True, "seconds": round(time.perf_counter() - started, 1)}
         (out.parent / f"{out.name}.refused.json").write_text(json.dumps(record))
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--textures", default=",".join(TEXTURES))
+    parser.add_argument("--target", default="x86", help="x86 (OpenVINO, NNCF) or rpi4 (TFLite, ai-edge-quantizer)")
     parser.add_argument("--variants", default="plain,painted,max-drop", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/edgekit-int8-families"))
     parser.add_argument("--reuse", action="store_true", help="keep runs and bundles already in --workdir")
@@ -131,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         for texture in args.textures.split(","):
             data = _data(args.workdir, model in GREY_MODELS, texture)
             run = _run(model, data, args.workdir / "runs" / model / texture, args.reuse)
-            bundles = args.workdir / "bundles" / model / texture
+            bundles = args.workdir / "bundles" / args.target / model / texture
             bundles.mkdir(parents=True, exist_ok=True)
-            fp32 = _export(run, bundles / "fp32", args.reuse, precision="fp32")["bundle"]
+            fp32 = _export(run, bundles / "fp32", args.reuse, args.target, precision="fp32")["bundle"]
             passed = False
             for variant in args.variants.split(","):
                 options = VARIANTS[variant]
                 if variant == "max-drop" and passed:
                     continue
-                gate = _export(run, bundles / variant, args.reuse, precision="int8", **options)
+                gate = _export(run, bundles / variant, args.reuse, args.target, precision="int8", **options)
                 refitted = gate.get("threshold", {}).get("refitted")
                 test = {} if gate.get("refused") else _check(fp32, gate["bundle"], data, refitted)
                 passed = passed or bool(test and test["passed"])
@@ -157,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{gate.get('seconds', 0):.0f} |",
                     flush=True,
                 )
-    print(f"\nx86 OpenVINO, f32 hint; load {os.getloadavg()[0]:.2f} at the end; runs and bundles in {args.workdir}")
+    print(
+        f"\n{args.target} (x86: OpenVINO with the f32 hint); load {os.getloadavg()[0]:.2f} at the end; runs and bundles in {args.workdir}"
+    )
     return 0
 
 

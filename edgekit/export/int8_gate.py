@@ -111,6 +111,7 @@ def judge(
     float_threshold, _ = parsed.image_threshold(fp32[~labels], np.zeros(0))
     shift = float(np.median(int8[~labels] - fp32[~labels]))
     decided = [fp32 > float_threshold, int8 > float_threshold + shift]
+    scale = max(abs(float_threshold), 1e-12)
     change = (int8 - fp32) / np.maximum(np.abs(fp32), 1e-12)
     result = {
         "normals": normals,
@@ -119,13 +120,18 @@ def judge(
         "fp32_auroc": round(float(image_auroc(labels, fp32)), 6),
         "int8_auroc": round(float(image_auroc(labels, int8)), 6),
         "agreement": round(float(np.mean(decided[0] == decided[1])), 6),
+        # where each image decided differently sat: its float score against the float threshold
+        "flips": [
+            {"kind": kinds[i], "float_margin": round(float((fp32[i] - float_threshold) / scale), 6)}
+            for i in np.flatnonzero(decided[0] != decided[1])
+        ],
         "median_painted_score_change": round(float(np.median(change[labels])), 6),
         "median_normal_score_change": round(float(np.median(change[~labels])), 6),
         "threshold_rule": parsed.text,
         "threshold": {"float": float_threshold, "normal_shift": shift, "int8": float_threshold + shift},
         # how far int8 moves a score besides the shift, in units of the threshold: decisions closer
         # to the threshold than this are coin flips for this int8 network
-        "score_noise": round(float(np.median(np.abs(int8 - fp32 - shift))) / max(abs(float_threshold), 1e-12), 6),
+        "score_noise": round(float(np.median(np.abs(int8 - fp32 - shift))) / scale, 6),
         "limits": dict(limits),
         "judged": judged,
     }
@@ -176,6 +182,15 @@ def painted_share(recipe: dict[str, Any], given: Optional[float] = None) -> floa
     return float(value)
 
 
+def _where(flips: list[dict[str, Any]]) -> str:
+    """Where the differing decisions' float scores sat, for the refusal line (the closest few)."""
+    if not flips:
+        return ""
+    margins = sorted((flip["float_margin"] for flip in flips), key=abs)
+    shown = ", ".join(f"{margin:+.1%}" for margin in margins[:4]) + (", ..." if len(margins) > 4 else "")
+    return f"; the float scores of those decided differently lie {shown} from the threshold"
+
+
 def refusal(model: str, target: str, fmt: str, check: dict[str, Any], *, painted: float = 0.0) -> str:
     """The one line an export that failed the gate stops with; its ways out are those not yet taken
     (``painted``: the painted-calibration share this export used)."""
@@ -188,7 +203,8 @@ def refusal(model: str, target: str, fmt: str, check: dict[str, Any], *, painted
         f"int8 {model} for {target} ({fmt}) loses accuracy on defects painted onto its {check['normals']} held-out "
         f"normals: AUROC {check['fp32_auroc']:.3f} -> {check['int8_auroc']:.3f} (allowed drop "
         f"{limits['max_auroc_drop']:g}), decisions agree on {check['agreement']:.1%} (at least "
-        f"{limits['min_agreement']:.0%}), painted scores moved by a median {check['median_painted_score_change']:+.0%}, "
-        f"any score by a median {check['score_noise']:.1%} of the threshold; "
+        f"{limits['min_agreement']:.0%}{_where(check['flips'])}), painted scores moved by a median "
+        f"{check['median_painted_score_change']:+.0%}, any score by a median {check['score_noise']:.1%} of the "
+        f"threshold; "
         f"export with {', or '.join(ways)}, or loosen [int8_gate] in the family's recipe"
     )

@@ -35,6 +35,7 @@ def test_a_collapsed_int8_network_is_refused_with_its_numbers():
     assert "AUROC 1.000 -> 0.500" in line and "12 held-out normals" in line and "--precision fp16" in line
     assert "--max-drop 0.01" in line and "--painted-calibration 0.25" in line and "\n" not in line
     assert f"any score by a median {check['score_noise']:.1%} of the threshold" in line
+    assert len(check["flips"]) == 48 and "decided differently lie +" in line and ", ... from the threshold" in line
     # the ways out not yet taken: more painted calibration than this export used
     assert "--painted-calibration 0.5," in refusal("fastflow", "rpi4", "tflite", check, painted=0.25)
     assert "--painted-calibration" not in refusal("fastflow", "x86", "openvino", check, painted=1.0)
@@ -47,6 +48,8 @@ def test_clipped_defect_scores_break_the_agreement_limit():
     int8[12:18] = fp32[:6]  # and some now look normal
     check = judge(fp32, int8, KINDS, rule="bound", limits=DEFAULT_LIMITS)
     assert not check["passed"] and check["agreement"] < 0.98
+    assert {flip["kind"] for flip in check["flips"]} <= {"scratch", "stain", "missing", "discolor"}
+    assert all(flip["float_margin"] > 0 for flip in check["flips"])  # defects int8 now calls normal
 
 
 def test_int8_keeps_the_float_threshold_moved_by_the_normals_median_change():
