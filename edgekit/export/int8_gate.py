@@ -6,15 +6,12 @@ be clipped, and agreement on normals cannot see it. edgekit's painted defects (s
 missing, discolour: ``edgekit.data.synth.apply_defect``) on the held-out normals show it without
 a single label, and never touch a test image. Both networks' outputs go through the bundle's own
 numpy head; the gate compares image AUROC (normals against painted) and the decisions each makes
-at the threshold it would ship with, and the export refuses when they miss the recipe's limits
-(``[int8_gate]`` in ``calibration/<family>.toml``, else ``DEFAULT_LIMITS``). With fewer held-out
-normals than a threshold needs, the numbers are recorded but not judged.
-
-The int8 bundle's image threshold is the float network's (the same rule on the same normals) moved
-by the median change int8 makes to those normals' scores: the float model's operating point on the
-int8 scale. Re-fitting the rule on int8's own scores lets int8's per-image noise (1-3 %) through the
-prediction bound's factor (4σ at 12 normals): measured, it moved PaDiM's threshold by 2.3 % and
-flipped anomalies lying just above it (``docs/quantization.md``).
+at its own threshold (the rule fitted on its own normal scores, as the bundle will be), and the
+export refuses when they miss the recipe's limits (``[int8_gate]`` in ``calibration/<family>.toml``,
+else ``DEFAULT_LIMITS``). With fewer held-out normals than a threshold needs, the numbers are
+recorded but not judged. Each differing decision is recorded with where its float score sat, and
+int8's score noise beside it: decisions closer to the threshold than that noise are coin flips
+for any int8 network (``docs/quantization.md``).
 """
 
 from __future__ import annotations
@@ -93,10 +90,10 @@ def bundle_scores(detector: Any, images: list[np.ndarray]) -> np.ndarray:
 def judge(
     fp32: np.ndarray, int8: np.ndarray, kinds: Sequence[str], *, rule: str, limits: dict[str, float]
 ) -> dict[str, Any]:
-    """AUROC of normals against painted defects for both, the share of decisions they share (the
-    float network at ``rule``'s threshold on the normals, int8 at that threshold moved by the median
-    change of the normals' scores, as the bundle will ship), the median relative change of the
-    painted images' scores; ``judged`` False when the normals are too few for ``rule``."""
+    """AUROC of normals against painted defects for both, the share of decisions they share (each
+    at ``rule``'s threshold on its own normal scores), where the differing ones sat, the median
+    relative change of the painted images' scores and int8's score noise; ``judged`` False when
+    the normals are too few for ``rule``."""
     from edgekit.metrics import image_auroc
     from edgekit.runtime.decision import ThresholdRule
 
@@ -108,10 +105,10 @@ def judge(
         judged = True
     except EdgekitError:
         parsed, judged = ThresholdRule("max"), False
-    float_threshold, _ = parsed.image_threshold(fp32[~labels], np.zeros(0))
+    thresholds = [parsed.image_threshold(s[~labels], np.zeros(0))[0] for s in (fp32, int8)]
+    decided = [fp32 > thresholds[0], int8 > thresholds[1]]
     shift = float(np.median(int8[~labels] - fp32[~labels]))
-    decided = [fp32 > float_threshold, int8 > float_threshold + shift]
-    scale = max(abs(float_threshold), 1e-12)
+    scale = max(abs(thresholds[0]), 1e-12)
     change = (int8 - fp32) / np.maximum(np.abs(fp32), 1e-12)
     result = {
         "normals": normals,
@@ -122,15 +119,15 @@ def judge(
         "agreement": round(float(np.mean(decided[0] == decided[1])), 6),
         # where each image decided differently sat: its float score against the float threshold
         "flips": [
-            {"kind": kinds[i], "float_margin": round(float((fp32[i] - float_threshold) / scale), 6)}
+            {"kind": kinds[i], "float_margin": round(float((fp32[i] - thresholds[0]) / scale), 6)}
             for i in np.flatnonzero(decided[0] != decided[1])
         ],
         "median_painted_score_change": round(float(np.median(change[labels])), 6),
         "median_normal_score_change": round(float(np.median(change[~labels])), 6),
         "threshold_rule": parsed.text,
-        "threshold": {"float": float_threshold, "normal_shift": shift, "int8": float_threshold + shift},
-        # how far int8 moves a score besides the shift, in units of the threshold: decisions closer
-        # to the threshold than this are coin flips for this int8 network
+        "thresholds": {"fp32": thresholds[0], "int8": thresholds[1]},
+        # how far int8 moves a score besides the normals' common shift, in units of the threshold:
+        # decisions closer to the threshold than this are coin flips for this int8 network
         "score_noise": round(float(np.median(np.abs(int8 - fp32 - shift))) / scale, 6),
         "limits": dict(limits),
         "judged": judged,
@@ -140,22 +137,6 @@ def judge(
         and result["agreement"] >= limits["min_agreement"] - 1e-12
     )
     return result
-
-
-def ship_threshold(decision: Any, check: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """``decision`` (fitted on the int8 bundle's own held-out scores) with the gate's transported
-    image threshold, and ``check`` recording the re-fitted one it replaces (``threshold.refitted``)."""
-    threshold = {**check["threshold"], "refitted": decision.image_threshold}
-    shipped = replace(
-        decision,
-        image_threshold=threshold["int8"],
-        method=f"image: the float network's threshold ({threshold['float']:.6g}, rule {check['threshold_rule']} on "
-        f"the same {check['normals']} held-out normals) moved by the median change int8 made to their scores "
-        f"({threshold['normal_shift']:+.6g}); the rule on the int8 scores alone gives {decision.image_threshold:.6g}; "
-        + "pixel: "
-        + decision.method.partition("; pixel: ")[2],
-    )
-    return shipped, {**check, "threshold": threshold}
 
 
 def limits_for(recipe: dict[str, Any]) -> dict[str, float]:

@@ -127,11 +127,10 @@ def export_run(
         from edgekit.runtime.detector import load
 
         exported = load(provisional, device=fit_device)  # one load for the gate and the thresholds
-        check = _int8_gate(exported, gate, manifest, options, progress) if gate is not None else None
-        decision = _fit_on_exported(exported, holdout, progress, rule=rule)
-        if check is not None:  # int8 decides where the float model does, not where its noise puts it
-            decision, check = int8_gate.ship_threshold(decision, check)
+        if gate is not None:
+            check = _int8_gate(exported, gate, manifest, options, progress)
             manifest = replace(manifest, export={**manifest.export, "int8_check": check})
+        decision = _fit_on_exported(exported, holdout, progress, rule=rule)
         manifest = replace(manifest, decision=decision)
         save_bundle(out, manifest, files=files, arrays=arrays, overwrite=overwrite)
     finally:
