@@ -124,6 +124,8 @@ def judge(
         ],
         "median_painted_score_change": round(float(np.median(change[labels])), 6),
         "median_normal_score_change": round(float(np.median(change[~labels])), 6),
+        # what int8 (and a calibration with painted defects) did to the normals' spread, which the threshold scales
+        "normal_spread_change": round(float(np.std(int8[~labels]) / max(np.std(fp32[~labels]), 1e-12) - 1), 6),
         "threshold_rule": parsed.text,
         "thresholds": {"fp32": thresholds[0], "int8": thresholds[1]},
         # how far int8 moves a score besides the normals' common shift, in units of the threshold:

@@ -61,6 +61,8 @@ def test_int8_score_noise_is_what_moves_besides_the_normals_common_shift():
     noise = np.median(np.abs(int8 - fp32 - np.median(int8[:12] - fp32[:12]))) / check["thresholds"]["fp32"]
     assert check["score_noise"] == pytest.approx(noise, abs=1e-6) and 0 < check["score_noise"] < 0.03
     assert check["thresholds"]["int8"] > check["thresholds"]["fp32"]  # each fitted on its own normal scores
+    spread = np.std(int8[:12]) / np.std(fp32[:12]) - 1
+    assert check["normal_spread_change"] == pytest.approx(spread, abs=1e-6) and spread > 0.02
 
 
 def test_too_few_normals_are_measured_and_recorded_but_not_judged():
