@@ -12,23 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_bundles import save_knn
 from test_bundle import NETWORK_BYTES, save_tiny
 
 import edgekit
 from edgekit.bundle import (
-    SCHEMA_VERSION,
-    Decision,
-    HeadSpec,
     Manifest,
-    NetworkSpec,
     load_bundle,
-    save_bundle,
     unpack_bundle,
 )
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import InputSpec
 
-SPEC = InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
 IMAGE = np.random.default_rng(3).integers(0, 255, (16, 16, 3)).astype(np.uint8)
 
 
@@ -160,37 +154,8 @@ def test_a_changed_size_in_a_folder_bundle_is_named(tmp_path: Path) -> None:
         load_bundle(folder)
 
 
-def _fake_archive(dest: Path) -> Path:
-    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    return _save(dest, "fake", "fake", {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()}, bank)
-
-
-def _save(dest: Path, runtime: str, fmt: str, files: dict, bank: np.ndarray, layout: str = "NCHW") -> Path:
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION,
-        edgekit_version=edgekit.__version__,
-        model="patchcore",
-        backbone="test",
-        target="x86",
-        runtime=runtime,
-        device="CPU",
-        precision="fp32",
-        input=InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3, layout=layout),
-        network=NetworkSpec(format=fmt, files=tuple(files), input_name="image", output_names=("embedding",)),
-        head=HeadSpec(
-            kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0}, arrays={"memory_bank": "head/memory_bank.npy"}
-        ),
-        decision=Decision(
-            image_threshold=1.5, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0, method="test", fitted_on=2
-        ),
-        source={},
-        export={},
-    )
-    return save_bundle(dest, manifest, files=files, arrays={"head/memory_bank.npy": bank})
-
-
 def test_twenty_loads_of_an_archive_leave_no_copies_behind(tmp_path: Path, private_temp: Path) -> None:
-    archive = _fake_archive(tmp_path / "model.edgekit")
+    archive = save_knn(tmp_path / "model.edgekit")
     counts = []
     for _ in range(20):
         detector = edgekit.load(archive)
@@ -268,14 +233,7 @@ _DELETE = object()
     ],
 )
 def test_a_manifest_out_of_bounds_is_one_line_naming_the_bundle(tmp_path: Path, change, message: str) -> None:
-    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    folder = _save(
-        tmp_path / "bundle",
-        "fake",
-        "fake",
-        {"net.json": json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()},
-        bank,
-    )
+    folder = save_knn(tmp_path / "bundle")
     edgekit.load(folder).predict(IMAGE)  # the bundle as saved is fine
     _rewritten(folder, change)
     with pytest.raises(EdgekitError) as caught:
@@ -294,7 +252,7 @@ def test_deep_or_huge_manifest_text_is_refused_before_parsing() -> None:
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path: Path) -> None:
-    folder = _fake_archive(tmp_path / "bundle")
+    folder = save_knn(tmp_path / "bundle")
     _rewritten(folder, _set("source", "note", "[" * 100 + "{" * 100))
     assert load_bundle(folder).manifest.source["note"].startswith("[[[")
 
@@ -329,7 +287,7 @@ def test_every_head_checks_its_params(kind: str, params, arrays, message: str) -
 
 def test_an_archive_with_a_corrupt_deflate_stream_is_one_error(tmp_path: Path) -> None:
     """Found by the fuzzer: one flipped bit inside a compressed member raised zlib.error."""
-    archive = _fake_archive(tmp_path / "model.edgekit")
+    archive = save_knn(tmp_path / "model.edgekit")
     data = bytearray(archive.read_bytes())
     with zipfile.ZipFile(archive) as zf:
         info = zf.getinfo("manifest.json")

@@ -8,17 +8,16 @@ test_quantize.py.
 from __future__ import annotations
 
 import dataclasses
-import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fake_bundles import save_knn
 from PIL import Image
 
-import edgekit
-from edgekit.bundle import SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec, load_bundle, save_bundle
+from edgekit.bundle import Decision, load_bundle
 from edgekit.check import check_bundles, junit_xml, render_table, write_junit
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
@@ -66,36 +65,7 @@ def _features(paths) -> np.ndarray:
 
 
 def _save(dest: Path, bank: np.ndarray, decision: Decision | None = None, *, precision: str = "fp32") -> Path:
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION,
-        edgekit_version=edgekit.__version__,
-        model="patchcore",
-        backbone="fake",
-        target="x86",
-        runtime="fake",
-        device="CPU",
-        precision=precision,
-        input=SPEC,
-        network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
-        head=HeadSpec(
-            kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0}, arrays={"memory_bank": "head/memory_bank.npy"}
-        ),
-        decision=decision
-        or Decision(
-            image_threshold=1.0,
-            pixel_threshold=1.0,
-            image_center=0.0,
-            pixel_center=0.0,
-            method="provisional",
-            fitted_on=2,
-        ),
-        source={},
-        export={},
-    )
-    network = json.dumps({"pool": POOL, "outputs": ["embedding"]}).encode()
-    return save_bundle(
-        dest, manifest, files={"net.json": network}, arrays={"head/memory_bank.npy": bank}, overwrite=True
-    )
+    return save_knn(dest, bank, spec=SPEC, pool=POOL, decision=decision, precision=precision, overwrite=True)
 
 
 def _fitted(dest: Path, bank: np.ndarray, holdout: list[Path], *, precision: str = "fp32") -> Path:

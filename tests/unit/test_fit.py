@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 from pathlib import Path
@@ -10,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fake_bundles import save_knn
 from PIL import Image
 
 import edgekit
-from edgekit.bundle import HeadSpec, NetworkSpec, load_bundle, save_bundle, sha256_file
+from edgekit.bundle import HeadSpec, load_bundle, save_bundle, sha256_file
 from edgekit.cli import cli
 from edgekit.compress.coreset import coreset_count, coreset_indices
 from edgekit.compress.pca import compress_bank
@@ -58,8 +58,6 @@ def fake_bundle(tmp_path_factory) -> Path:
 
 
 def _fake_bundle(out: Path, **params) -> Path:
-    from edgekit.bundle import SCHEMA_VERSION, Decision, Manifest
-
     bank = np.random.default_rng(1).standard_normal((40, 3)).astype(np.float32)
     arrays = encode_bank(bank, "int8")
     head = HeadSpec(
@@ -79,28 +77,8 @@ def _fake_bundle(out: Path, **params) -> Path:
         },
         arrays={name: f"head/{name}.npy" for name in arrays},
     )
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION,
-        edgekit_version=edgekit.__version__,
-        model="patchcore",
-        backbone="fake",
-        target="x86",
-        runtime="fake",
-        device="CPU",
-        precision="fp32",
-        input=SPEC,
-        network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
-        head=head,
-        decision=Decision(
-            image_threshold=1.0, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0, method="test", fitted_on=2
-        ),
-        source={},
-        export={},
-    )
-    network = json.dumps({"pool": POOL, "outputs": ["embedding"]}).encode()
-    return save_bundle(
-        out, manifest, files={"net.json": network}, arrays={f"head/{name}.npy": array for name, array in arrays.items()}
-    )
+    encoded = {f"head/{name}.npy": array for name, array in arrays.items()}
+    return save_knn(out, spec=SPEC, pool=POOL, head=head, arrays=encoded)
 
 
 def test_fit_builds_the_bank_training_would_and_refits_thresholds(fake_bundle, normals, tmp_path):

@@ -26,9 +26,9 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from fake_bundles import save_knn
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_signing import save_fake  # the same tiny kNN bundle on the fake runtime
 
 import edgekit
 from edgekit.bundle import pack_bundle, unpack_bundle
@@ -118,7 +118,7 @@ def area(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def folder(area: Path) -> Path:
-    return save_fake(area / "bundle")
+    return save_knn(area / "bundle")
 
 
 @pytest.fixture(scope="module")

@@ -10,55 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fake_bundles import save_knn
 from PIL import Image
 
 import edgekit
 from edgekit.bundle import (
-    SCHEMA_VERSION,
-    Decision,
-    HeadSpec,
-    Manifest,
-    NetworkSpec,
     digest_line,
     load_bundle,
-    save_bundle,
 )
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
-from edgekit.preprocess import InputSpec
 from edgekit.signing import generate_keys, read_public_key, sign_bundle
-
-SPEC = InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
-
-
-def fake_manifest() -> Manifest:
-    """A kNN bundle on the fake runtime (4×4 average pooling, 3-D features): loads without training."""
-    return Manifest(
-        schema_version=SCHEMA_VERSION,
-        edgekit_version=edgekit.__version__,
-        model="patchcore",
-        backbone="fake",
-        target="x86",
-        runtime="fake",
-        device="CPU",
-        precision="fp32",
-        input=SPEC,
-        network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
-        head=HeadSpec(
-            kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0}, arrays={"memory_bank": "head/memory_bank.npy"}
-        ),
-        decision=Decision(
-            image_threshold=1.5, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0, method="test", fitted_on=2
-        ),
-        source={},
-        export={},
-    )
-
-
-def save_fake(dest: Path) -> Path:
-    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    network = json.dumps({"pool": 4, "outputs": ["embedding"]}).encode()
-    return save_bundle(dest, fake_manifest(), files={"net.json": network}, arrays={"head/memory_bank.npy": bank})
 
 
 @pytest.fixture
@@ -83,7 +45,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_a_text_public_key(
 
 def test_signed_folder_and_archive_load_with_the_trusted_key(tmp_path: Path, keys) -> None:
     for dest in (tmp_path / "bundle", tmp_path / "model.edgekit"):
-        save_fake(dest)
+        save_knn(dest)
         key_id = sign_bundle(dest, keys["key"])
         loaded = load_bundle(dest, trusted_keys=[keys["pub"]])
         assert loaded.signed_by.startswith(key_id) and key_id == read_public_key(keys["pub"]).key_id
@@ -95,7 +57,7 @@ def test_signed_folder_and_archive_load_with_the_trusted_key(tmp_path: Path, key
 
 
 def test_unsigned_and_foreign_signed_bundles_are_refused(tmp_path: Path, keys) -> None:
-    dest = save_fake(tmp_path / "bundle")
+    dest = save_knn(tmp_path / "bundle")
     with pytest.raises(EdgekitError, match=f"^bundle {dest} is not signed, and a signature is required$"):
         load_bundle(dest, trusted_keys=[keys["pub"]])
     sign_bundle(dest, keys["other_key"])
@@ -106,7 +68,7 @@ def test_unsigned_and_foreign_signed_bundles_are_refused(tmp_path: Path, keys) -
 
 
 def test_a_manifest_changed_and_rehashed_after_signing_is_refused(tmp_path: Path, keys) -> None:
-    dest = save_fake(tmp_path / "bundle")
+    dest = save_knn(tmp_path / "bundle")
     sign_bundle(dest, keys["key"])
     data = json.loads((dest / "manifest.json").read_text())
     data["decision"]["image_threshold"] = 91.5  # an attacker can rewrite both manifest and digest ...
@@ -122,7 +84,7 @@ def test_a_manifest_changed_and_rehashed_after_signing_is_refused(tmp_path: Path
 
 
 def test_two_signers_and_a_resign_keep_one_line_per_key(tmp_path: Path, keys) -> None:
-    dest = save_fake(tmp_path / "bundle")
+    dest = save_knn(tmp_path / "bundle")
     sign_bundle(dest, keys["key"])
     sign_bundle(dest, keys["other_key"])
     sign_bundle(dest, keys["key"])
@@ -132,7 +94,7 @@ def test_two_signers_and_a_resign_keep_one_line_per_key(tmp_path: Path, keys) ->
 
 
 def test_garbled_signature_file_and_wrong_key_files_are_one_line_each(tmp_path: Path, keys) -> None:
-    dest = save_fake(tmp_path / "bundle")
+    dest = save_knn(tmp_path / "bundle")
     (dest / "manifest.sig").write_text("ed25519 not-a-signature\n")
     with pytest.raises(EdgekitError, match="manifest.sig line 1 is not an Ed25519 signature"):
         load_bundle(dest, trusted_keys=[keys["pub"]])
@@ -145,7 +107,7 @@ def test_garbled_signature_file_and_wrong_key_files_are_one_line_each(tmp_path: 
 
 
 def test_raw_32_byte_keys_are_trusted_keys_too(tmp_path: Path, keys) -> None:
-    dest = save_fake(tmp_path / "bundle")
+    dest = save_knn(tmp_path / "bundle")
     sign_bundle(dest, keys["key"])
     raw = read_public_key(keys["pub"]).raw
     detector = edgekit.load(dest, trusted_keys=[raw])
@@ -153,7 +115,7 @@ def test_raw_32_byte_keys_are_trusted_keys_too(tmp_path: Path, keys) -> None:
 
 
 def test_cli_sign_verify_and_predict_with_require_signature(tmp_path: Path, keys) -> None:
-    dest = save_fake(tmp_path / "bundle")
+    dest = save_knn(tmp_path / "bundle")
     image = tmp_path / "part.png"
     Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(image)
     runner = CliRunner()
@@ -176,7 +138,7 @@ def test_cli_sign_verify_and_predict_with_require_signature(tmp_path: Path, keys
 
 
 def test_run_passes_require_signature_to_load(tmp_path: Path, keys) -> None:
-    dest = save_fake(tmp_path / "bundle")
+    dest = save_knn(tmp_path / "bundle")
     frames = tmp_path / "frames"
     frames.mkdir()
     Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(frames / "a.png")
@@ -195,7 +157,7 @@ def test_run_passes_require_signature_to_load(tmp_path: Path, keys) -> None:
 def test_pack_and_unpack_keep_the_digest_and_signature(tmp_path: Path, keys) -> None:
     from edgekit.bundle import pack_bundle, unpack_bundle
 
-    folder = save_fake(tmp_path / "bundle")
+    folder = save_knn(tmp_path / "bundle")
     sign_bundle(folder, keys["key"])
     archive = pack_bundle(folder, tmp_path / "packed.edgekit")
     with zipfile.ZipFile(archive) as zf:
@@ -207,7 +169,7 @@ def test_pack_and_unpack_keep_the_digest_and_signature(tmp_path: Path, keys) -> 
 
 
 def test_an_unsigned_archive_is_refused_before_its_files_are_read(tmp_path: Path, keys, monkeypatch) -> None:
-    archive = save_fake(tmp_path / "model.edgekit")
+    archive = save_knn(tmp_path / "model.edgekit")
     opened: list[str] = []
     real_open = zipfile.ZipFile.open
     monkeypatch.setattr(

@@ -4,43 +4,19 @@ scored on its own (fake runtime, kNN head; no training stack)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_bundles import save_knn
 
 import edgekit
-from edgekit.bundle import SCHEMA_VERSION, Decision, HeadSpec, Manifest, NetworkSpec, save_bundle
 from edgekit.preprocess import InputSpec, fit_to, prepare
 
 TILE = InputSpec(height=16, width=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
 TILED = replace(TILE, tiles=(2, 3), tile_overlap=4)  # a 28 x 40 grid
 POOL = 4
-
-
-def _save(dest: Path, spec: InputSpec, bank: np.ndarray) -> Path:
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION,
-        edgekit_version=edgekit.__version__,
-        model="patchcore",
-        backbone="fake",
-        target="x86",
-        runtime="fake",
-        device="CPU",
-        precision="fp32",
-        input=spec,
-        network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
-        head=HeadSpec(kind="knn", params={"num_neighbors": 3, "blur_sigma": 1.0}, arrays={"memory_bank": "bank.npy"}),
-        decision=Decision(
-            image_threshold=1.0, pixel_threshold=1.0, image_center=0.0, pixel_center=0.0, method="test", fitted_on=8
-        ),
-        source={},
-        export={},
-    )
-    network = json.dumps({"pool": POOL, "outputs": ["embedding"]}).encode()
-    return save_bundle(dest, manifest, files={"net.json": network}, arrays={"bank.npy": bank}, overwrite=True)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +27,10 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     pooled = outputs.reshape(len(outputs), 3, 4, POOL, 4, POOL).mean(axis=(3, 5))
     bank = np.ascontiguousarray(pooled.transpose(0, 2, 3, 1).reshape(-1, 3), dtype=np.float32)
     folder = tmp_path_factory.mktemp("tiled")
-    return {"tiled": _save(folder / "tiled", TILED, bank), "tile": _save(folder / "tile", TILE, bank)}
+    return {
+        "tiled": save_knn(folder / "tiled", bank, spec=TILED, pool=POOL),
+        "tile": save_knn(folder / "tile", bank, spec=TILE, pool=POOL),
+    }
 
 
 def test_a_tiled_detector_scores_each_tile_and_stitches_the_maps(bundles):
