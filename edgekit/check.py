@@ -7,7 +7,9 @@ its own threshold) agree with the reference's on fewer than ``min_agreement`` of
 The largest difference of normalised scores (0 = typical normal, 0.5 = threshold) is reported
 beside them, and so is every image they decide differently, with how far each bundle's raw score
 sat from its threshold: a flip at 0.01 % from the threshold is noise no quantized network avoids,
-one at 30 % is a lost defect. The result renders as a small table and, for CI systems, as JUnit XML.
+one at 30 % is a lost defect. ``borderline`` (0 by default) leaves flips of images whose reference
+score lies that close to its threshold out of the agreement that is judged; they are still listed.
+The result renders as a small table and, for CI systems, as JUnit XML.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class CheckResult:
     max_auroc_drop: float
     min_agreement: float
     images_scored: tuple[str, ...] = ()  # the test images, in the order of the scores
+    borderline: float = 0.0  # flips within this share of the reference threshold are not judged
 
     @property
     def images(self) -> int:
@@ -72,6 +75,19 @@ class CheckResult:
     def agreement(self) -> float:
         """Share of test images on which both bundles decide the same."""
         return 1.0 - self.disagreements / self.images
+
+    @property
+    def borderline_disagreements(self) -> int:
+        """Differing decisions on images whose reference score lies within ``borderline`` of its threshold."""
+        if self.borderline <= 0:
+            return 0
+        near = np.abs(self.reference.margins()) <= self.borderline
+        return int(np.count_nonzero((self.reference.decisions != self.candidate.decisions) & near))
+
+    @property
+    def judged_agreement(self) -> float:
+        """The agreement the limit judges: borderline flips count as agreeing."""
+        return 1.0 - (self.disagreements - self.borderline_disagreements) / self.images
 
     def differing(self) -> list[tuple[str, bool, float, float]]:
         """(image, anomalous, reference margin, candidate margin) of each image decided differently."""
@@ -97,17 +113,23 @@ class CheckResult:
                 f"({self.reference.auroc:.4f} -> {self.candidate.auroc:.4f}), "
                 f"more than the allowed {self.max_auroc_drop:.4f}"
             )
-        if self.agreement < self.min_agreement - 1e-12:
+        if self.judged_agreement < self.min_agreement - 1e-12:
             broken.append(
-                f"decisions agree on {self.agreement:.1%} of test images "
-                f"({self.disagreements} of {self.images} differ), less than the required "
-                f"{self.min_agreement:.1%}"
+                f"decisions agree on {self.judged_agreement:.1%} of test images "
+                f"({self.disagreements - self.borderline_disagreements} of {self.images} differ"
+                f"{self.borderline_words()}), less than the required {self.min_agreement:.1%}"
             )
         return broken
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    def borderline_words(self) -> str:
+        """How many flips the borderline excused, for the failure and JUnit lines ("" without one)."""
+        if self.borderline <= 0:
+            return ""
+        return f" beyond ±{self.borderline:.2%} of the reference threshold; {self.borderline_disagreements} within it"
 
 
 def _score_bundle(
@@ -141,6 +163,7 @@ def check_bundles(
     *,
     max_auroc_drop: float = 0.01,
     min_agreement: float = 0.98,
+    borderline: float = 0.0,
     category: Optional[str] = None,
     device: Optional[str] = None,
     batch_size: int = 8,
@@ -158,6 +181,8 @@ def check_bundles(
         raise EdgekitError(f"--max-auroc-drop must be between 0 and 1, not {max_auroc_drop}")
     if not 0.0 <= min_agreement <= 1.0:
         raise EdgekitError(f"--min-agreement must be between 0 and 1 (a share of images), not {min_agreement}")
+    if not 0.0 <= borderline < 1.0:
+        raise EdgekitError(f"--borderline must be from 0 to below 1 (a share of the threshold), not {borderline}")
     dataset = data if isinstance(data, Dataset) else open_dataset(Path(data), category=category)
     samples = [sample.path for sample in dataset.test]
     labels = np.array([sample.label for sample in dataset.test], dtype=bool)
@@ -179,6 +204,7 @@ def check_bundles(
         max_auroc_drop=float(max_auroc_drop),
         min_agreement=float(min_agreement),
         images_scored=tuple(_name(Path(path), dataset.root) for path in samples),
+        borderline=float(borderline),
     )
 
 
@@ -199,7 +225,7 @@ def render_table(result: CheckResult) -> str:
     ref, cand = result.reference, result.candidate
     ok = {True: "ok", False: "FAIL"}
     auroc_ok = result.auroc_drop <= result.max_auroc_drop + 1e-12
-    agreement_ok = result.agreement >= result.min_agreement - 1e-12
+    agreement_ok = result.judged_agreement >= result.min_agreement - 1e-12
     rows = [
         ("", "reference", "candidate", "limit", ""),
         ("bundle", ref.path, cand.path, "", ""),
@@ -209,7 +235,13 @@ def render_table(result: CheckResult) -> str:
         (
             "decision agreement",
             "",
-            f"{result.agreement:.1%} ({result.images - result.disagreements}/{result.images})",
+            f"{result.agreement:.1%} ({result.images - result.disagreements}/{result.images})"
+            + (
+                f"; {result.judged_agreement:.1%} with {result.borderline_disagreements} within "
+                f"±{result.borderline:.2%} of the threshold not counted"
+                if result.borderline > 0
+                else ""
+            ),
             f">= {result.min_agreement:.1%}",
             ok[agreement_ok],
         ),
@@ -241,8 +273,9 @@ def junit_xml(result: CheckResult) -> str:
         ),
         (
             f"decision agreement >= {result.min_agreement:g}",
-            result.agreement < result.min_agreement - 1e-12,
-            f"agreement {result.agreement:.4f} ({result.disagreements} of {result.images} decisions differ)",
+            result.judged_agreement < result.min_agreement - 1e-12,
+            f"agreement {result.judged_agreement:.4f} ({result.disagreements - result.borderline_disagreements} of "
+            f"{result.images} decisions differ{result.borderline_words()})",
         ),
     ]
     suite = ET.Element(
@@ -263,6 +296,8 @@ def junit_xml(result: CheckResult) -> str:
         ("candidate_auroc", f"{result.candidate.auroc:.6f}"),
         ("auroc_drop", f"{result.auroc_drop:.6f}"),
         ("agreement", f"{result.agreement:.6f}"),
+        ("borderline", f"{result.borderline:g}"),
+        ("judged_agreement", f"{result.judged_agreement:.6f}"),
         ("max_score_difference", f"{result.max_score_difference:.6f}"),
     ):
         ET.SubElement(properties, "property", name=name, value=str(value))

@@ -1154,6 +1154,14 @@ def sweep(
     show_default=True,
     help="Smallest allowed share of test images on which both bundles decide the same.",
 )
+@click.option(
+    "--borderline",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Differing decisions on images whose reference score lies within this share of its threshold "
+    "(e.g. 0.01) are listed but not counted against --min-agreement: a quantized network flips those by chance.",
+)
 @click.option("--device", default=None, help="Run both bundles on this device (e.g. CPU for an igpu bundle).")
 @click.option("--junit", type=FILE_PATH, default=None, help="Also write the result as JUnit XML.")
 @click.pass_context
@@ -1169,6 +1177,7 @@ def check_cmd(
     split_seed: int,
     max_auroc_drop: float,
     min_agreement: float,
+    borderline: float,
     device: Optional[str],
     junit: Optional[Path],
 ) -> None:
@@ -1183,6 +1192,7 @@ def check_cmd(
             dataset,
             max_auroc_drop=max_auroc_drop,
             min_agreement=min_agreement,
+            borderline=borderline,
             device=device,
             progress=_progress(),
         )

@@ -124,6 +124,24 @@ def test_threshold_at_the_normal_centre_breaks_the_agreement_limit_only(bundles,
     )
 
 
+def test_borderline_flips_are_listed_but_not_judged(bundles, dataset):
+    """Flips of images whose reference score lies within --borderline of its threshold count as
+    agreeing; one just outside counts again."""
+    plain = check_bundles(bundles["reference"], bundles["low-threshold"], dataset)
+    margins = sorted(abs(ref) for _, _, ref, _ in plain.differing())
+    excused = check_bundles(bundles["reference"], bundles["low-threshold"], dataset, borderline=margins[-1] + 1e-6)
+    assert excused.passed and excused.judged_agreement == 1.0 and excused.agreement == plain.agreement
+    assert excused.borderline_disagreements == plain.disagreements and len(excused.differing()) == plain.disagreements
+    table = render_table(excused)
+    assert f"with {plain.disagreements} within" in table and "not counted" in table and table.endswith("PASS")
+    strict = check_bundles(bundles["reference"], bundles["low-threshold"], dataset, borderline=margins[0] - 1e-6)
+    assert strict.borderline_disagreements == 0 and strict.judged_agreement == plain.agreement and not strict.passed
+    properties = {
+        p.get("name"): p.get("value") for p in ET.fromstring(junit_xml(excused).split("\n", 1)[1]).iter("property")
+    }
+    assert properties["judged_agreement"] == "1.000000" and float(properties["borderline"]) == pytest.approx(excused.borderline, rel=1e-5)
+
+
 def test_a_bank_that_learnt_the_defect_breaks_the_auroc_limit(bundles, dataset):
     result = check_bundles(bundles["reference"], bundles["learnt-defect"], dataset)
     assert result.candidate.auroc < 0.9  # anomalies now find close neighbours in the bank
@@ -191,6 +209,7 @@ def test_junit_marks_only_the_broken_limit_as_failure(bundles, dataset):
         (["--candidate", "missing-bundle"], "missing-bundle"),
         (["--max-auroc-drop", "-0.1"], "--max-auroc-drop must be between 0 and 1"),
         (["--min-agreement", "98"], "--min-agreement must be between 0 and 1"),
+        (["--borderline", "1"], "--borderline must be from 0 to below 1"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(bundles, dataset, tmp_path, args, message):
