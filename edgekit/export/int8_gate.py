@@ -128,9 +128,10 @@ def judge(
         "normal_spread_change": round(float(np.std(int8[~labels]) / max(np.std(fp32[~labels]), 1e-12) - 1), 6),
         "threshold_rule": parsed.text,
         "thresholds": {"fp32": thresholds[0], "int8": thresholds[1]},
-        # how far int8 moves a score besides the normals' common shift, in units of the threshold:
-        # decisions closer to the threshold than this are coin flips for this int8 network
-        "score_noise": round(float(np.median(np.abs(int8 - fp32 - shift))) / scale, 6),
+        # how far int8 moves a normal score besides their common shift, in units of the threshold
+        # (painted scores, many thresholds high, would swamp it): decisions closer to the threshold
+        # than this are coin flips for this int8 network
+        "score_noise": round(float(np.median(np.abs((int8 - fp32)[~labels] - shift))) / scale, 6),
         "limits": dict(limits),
         "judged": judged,
     }
