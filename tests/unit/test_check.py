@@ -139,7 +139,9 @@ def test_borderline_flips_are_listed_but_not_judged(bundles, dataset):
     properties = {
         p.get("name"): p.get("value") for p in ET.fromstring(junit_xml(excused).split("\n", 1)[1]).iter("property")
     }
-    assert properties["judged_agreement"] == "1.000000" and float(properties["borderline"]) == pytest.approx(excused.borderline, rel=1e-5)
+    assert properties["judged_agreement"] == "1.000000" and float(properties["borderline"]) == pytest.approx(
+        excused.borderline, rel=1e-5
+    )
 
 
 def test_a_bank_that_learnt_the_defect_breaks_the_auroc_limit(bundles, dataset):
