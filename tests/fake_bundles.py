@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -23,20 +23,27 @@ DECISION = Decision(
 
 
 def knn_manifest(
-    spec: InputSpec = SPEC, *, decision: Optional[Decision] = None, precision: str = "fp32", head: HeadSpec = KNN_HEAD
+    spec: InputSpec = SPEC,
+    *,
+    decision: Optional[Decision] = None,
+    precision: str = "fp32",
+    head: HeadSpec = KNN_HEAD,
+    runtime: str = "fake",
+    fmt: str = "fake",
+    files: tuple[str, ...] = ("net.json",),
 ) -> Manifest:
-    """The manifest of a fake-runtime kNN bundle for x86."""
+    """The manifest of a kNN bundle for x86: the fake runtime's, or ``runtime``'s with its ``files``."""
     return Manifest(
         schema_version=SCHEMA_VERSION,
         edgekit_version=edgekit.__version__,
         model="patchcore",
         backbone="fake",
         target="x86",
-        runtime="fake",
+        runtime=runtime,
         device="CPU",
         precision=precision,
         input=spec,
-        network=NetworkSpec(format="fake", files=("net.json",), input_name="image", output_names=("embedding",)),
+        network=NetworkSpec(format=fmt, files=files, input_name="image", output_names=("embedding",)),
         head=head,
         decision=decision or DECISION,
         source={},
@@ -55,12 +62,19 @@ def save_knn(
     head: HeadSpec = KNN_HEAD,
     arrays: Optional[dict[str, np.ndarray]] = None,
     overwrite: bool = False,
+    runtime: str = "fake",
+    fmt: str = "fake",
+    files: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Write the bundle (a folder, or an archive when ``dest`` ends in .edgekit); ``bank`` defaults
-    to 20 seeded 3-D rows, ``arrays`` (path -> array) replaces the bank for other heads."""
+    to 20 seeded 3-D rows, ``arrays`` (path -> array) replaces the bank for other heads, and
+    ``files`` (name -> path or bytes) the fake network for a real ``runtime`` and ``fmt``."""
     if arrays is None:
         bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32) if bank is None else bank
         arrays = {BANK: bank}
-    network = json.dumps({"pool": pool, "outputs": ["embedding"]}).encode()
-    manifest = knn_manifest(spec, decision=decision, precision=precision, head=head)
-    return save_bundle(dest, manifest, files={"net.json": network}, arrays=arrays, overwrite=overwrite)
+    if files is None:
+        files = {"net.json": json.dumps({"pool": pool, "outputs": ["embedding"]}).encode()}
+    manifest = knn_manifest(
+        spec, decision=decision, precision=precision, head=head, runtime=runtime, fmt=fmt, files=tuple(files)
+    )
+    return save_bundle(dest, manifest, files=files, arrays=arrays, overwrite=overwrite)

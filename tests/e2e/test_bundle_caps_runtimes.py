@@ -3,11 +3,13 @@ OpenVINO's converter and torch; the rest of the archive checks are tests/unit/te
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bundle_caps import IMAGE, _fake_archive, _save
+from fake_bundles import SPEC, save_knn
+from test_bundle_caps import IMAGE
 
 import edgekit
 
@@ -73,8 +75,8 @@ def test_each_runtime_keeps_predicting_after_the_extracted_copy_is_removed(
     work = tmp_path / "work"
     work.mkdir()
     fmt, files, layout = _network_files(runtime, work)
-    bank = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
-    archive = _save(tmp_path / f"{runtime}.edgekit", runtime, fmt, files, bank, layout=layout)
+    spec = replace(SPEC, layout=layout)
+    archive = save_knn(tmp_path / f"{runtime}.edgekit", spec=spec, runtime=runtime, fmt=fmt, files=files)
     detector = edgekit.load(archive)
     before = detector.predict(IMAGE)
     detector.close()
@@ -82,6 +84,6 @@ def test_each_runtime_keeps_predicting_after_the_extracted_copy_is_removed(
     for _ in range(3):
         after = detector.predict(IMAGE)
         assert after.raw_score == pytest.approx(before.raw_score, rel=1e-6)
-    expected = _fake_archive(tmp_path / "fake.edgekit")
+    expected = save_knn(tmp_path / "fake.edgekit")
     with edgekit.load(expected) as fake:  # the same pooling on the fake runtime: the same score
         assert fake.predict(IMAGE).raw_score == pytest.approx(before.raw_score, rel=1e-4)
