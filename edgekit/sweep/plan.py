@@ -10,6 +10,7 @@ banks = ["default"]                # PatchCore bank settings (edgekit.variants.B
 [gates]
 max_auroc_drop = 0.01              # against the fp32 variant of the same model and format
 min_agreement = 0.98
+borderline = 0.0                   # flips this close to the fp32 threshold do not count (edgekit check)
 latency_ms = { x86 = 25, rpi4 = 150 }   # a pick's budget per target (measured, or estimated)
 
 [[parts]]
@@ -25,7 +26,8 @@ options = { image_size = 256 }     # train options
 
 A cell is one part × one model: trained once, then every variant exported, checked and profiled.
 Its key is a digest of everything that decides its result, so a changed plan redoes only the cells
-it changed.
+it changed. The gates are not in it: a cell records what it measured, and the report judges that
+with the plan's gates of the day, so changing a gate redoes no work.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class Gates:
     max_auroc_drop: float = 0.01
     min_agreement: float = 0.98
+    borderline: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -114,7 +117,9 @@ def read_plan(path: str | Path) -> Plan:
     banks = _names(sweep.get("banks"), "sweep.banks", path) or ("default",)
     latency_runs = _integer(sweep.get("latency_runs", 30), "sweep.latency_runs", path, low=1)
     seed = _integer(sweep.get("seed", 0), "sweep.seed", path, low=0)
-    gates = _gates(_table(raw, "gates", path, {"max_auroc_drop", "min_agreement", "latency_ms"}), targets, path)
+    gates = _gates(
+        _table(raw, "gates", path, {"max_auroc_drop", "min_agreement", "borderline", "latency_ms"}), targets, path
+    )
     parts = _entries(raw, "parts", path, {"name", "data", "category"})
     models = _entries(raw, "models", path, {"model", "name", "options"})
     seen: set[str] = set()
@@ -205,6 +210,11 @@ def _gates(table: dict, targets: tuple[str, ...], path: Path) -> Gates:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise EdgekitError(f"{path}: gates.{key} must be a number from 0 to 1, not {value!r}")
             values[key] = float(value)
+    if "borderline" in table:
+        value = table["borderline"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise EdgekitError(f"{path}: gates.borderline must be a share from 0 to below 1, not {value!r}")
+        values["borderline"] = float(value)
     budgets = table.get("latency_ms", {})
     if not isinstance(budgets, dict):
         raise EdgekitError(f"{path}: gates.latency_ms must be a table of target = milliseconds")

@@ -57,10 +57,26 @@ def _variant_row(variant: dict, profile: dict, checks: dict) -> dict:
     }
 
 
+def judge(check: dict, gates) -> dict:
+    """A cell's measured check judged with the plan's gates (as ``edgekit check`` would): ``passed``
+    and the agreement that was judged, flips within ``gates.borderline`` of the fp32 threshold not
+    counted. A record written before flips were kept keeps its agreement."""
+    flips = check.get("flips")
+    if flips is None or not check.get("images"):
+        judged = check["agreement"]
+    else:
+        judged = 1.0 - sum(abs(margin) > gates.borderline for margin in flips) / check["images"]
+    passed = check["auroc_drop"] <= gates.max_auroc_drop + 1e-12 and judged >= gates.min_agreement - 1e-12
+    return {**check, "judged_agreement": round(judged, 6), "passed": bool(passed)}
+
+
 def merge(plan, results: list[dict]) -> dict:
-    """sweep.json's content: the plan's gates, each cell's summary, the rows with their Pareto flag,
-    and the picks."""
+    """sweep.json's content: the plan's gates, each cell's summary, the rows (checks judged with the
+    gates) with their Pareto flag, and the picks."""
     rows = rows_of(results)
+    for row in rows:
+        if row.get("check") is not None:
+            row["check"] = judge(row["check"], plan.gates)
     for part, target in _groups(rows):
         group = [r for r in rows if r["status"] == "ok" and (r["part"], r["target"]) == (part, target)]
         for row, on_front in zip(group, pareto_front([(r["latency_ms"], r["image_auroc"]) for r in group])):
@@ -72,6 +88,7 @@ def merge(plan, results: list[dict]) -> dict:
         "gates": {
             "max_auroc_drop": gates.max_auroc_drop,
             "min_agreement": gates.min_agreement,
+            "borderline": gates.borderline,
             "latency_ms": dict(gates.latency_ms),
         },
         "cells": [
@@ -81,6 +98,12 @@ def merge(plan, results: list[dict]) -> dict:
         "rows": rows,
         "picks": [pick(rows, part, target, gates) for part, target in _groups(rows)],
     }
+
+
+def _borderline(gates: dict) -> str:
+    """The borderline gate in words for sweep.md ("" when it is 0 or absent)."""
+    share = gates.get("borderline") or 0.0
+    return f" (flips within {share:.2%} of the fp32 threshold not counted)" if share else ""
 
 
 def pick(rows: list[dict], part: str, target: str, gates) -> dict:
@@ -131,7 +154,7 @@ def render_markdown(sweep: dict) -> str:
         "# edgekit sweep",
         "",
         f"Plan `{sweep['plan']}`. Gates: AUROC drop ≤ {gates['max_auroc_drop']:g} and decisions agreeing on "
-        f"≥ {gates['min_agreement']:.0%} against the fp32 variant of the same model and format (`edgekit check`, "
+        f"≥ {gates['min_agreement']:.0%}{_borderline(gates)} against the fp32 variant of the same model and format (`edgekit check`, "
         f"each part's test split); latency budgets: {budgets}.",
         "",
         "## Picks",
@@ -162,7 +185,8 @@ def render_markdown(sweep: dict) -> str:
                 "reference"
                 if check is None
                 else (
-                    f"{'pass' if check['passed'] else 'FAIL'}: drop {check['auroc_drop']:+.3f}, agree {check['agreement']:.1%}"
+                    f"{'pass' if check['passed'] else 'FAIL'}: drop {check['auroc_drop']:+.3f}, "
+                    f"agree {check['judged_agreement']:.1%}"
                 )
             )
             latency = (

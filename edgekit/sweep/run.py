@@ -59,7 +59,6 @@ def run_sweep(
     if todo:
         say(f"sweep: {len(todo)} of {len(plan.cells)} cells to run on the {engine} engine")
         kwargs = {
-            "gates": plan.gates,
             "latency_runs": plan.latency_runs,
             "threads": cpus,
             "running": str(out / "running"),

@@ -200,6 +200,34 @@ def test_a_finished_sweep_run_again_does_no_work(plan, local):
 
 
 @pytest.mark.e2e
+def test_changed_gates_rejudge_the_recorded_checks_without_redoing_a_cell(plan, local, tmp_path):
+    """A cell records what its checks measured; the report judges it with the plan's gates of the day."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(local[0], out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    checks = [row["check"] for row in _sweep(out)["rows"] if row.get("check")]
+    assert checks and all(len(c["flips"]) == round((1 - c["agreement"]) * c["images"]) for c in checks)
+    for gates, judged in (
+        ("max_auroc_drop = 0.0\nmin_agreement = 1.0", lambda c: c["auroc_drop"] <= 0 and not c["flips"]),
+        (
+            "max_auroc_drop = 1.0\nmin_agreement = 1.0\nborderline = 0.5",
+            lambda c: max(map(abs, c["flips"]), default=0) <= 0.5,
+        ),
+    ):
+        strict = plan.parent / "strict.toml"  # beside the plan: the parts' data paths resolve the same
+        strict.write_text(plan.read_text().replace("max_auroc_drop = 0.05", gates))
+        again = subprocess.run(
+            [sys.executable, "-m", "edgekit", "sweep", str(strict), "--out", str(out)], capture_output=True, text=True
+        )
+        assert again.returncode == 0 and "all 4 cells are finished; nothing to run" in again.stderr, again.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
+        rows = [row for row in _sweep(out)["rows"] if row.get("check")]
+        assert [row["check"]["passed"] for row in rows] == [bool(judged(row["check"])) for row in rows]
+
+
+@pytest.mark.e2e
 def test_the_report_has_every_variant_the_pareto_front_and_the_picks(local):
     out = local[0]
     markdown = (out / "sweep.md").read_text()
@@ -221,6 +249,7 @@ def test_the_report_has_every_variant_the_pareto_front_and_the_picks(local):
         ("[sweep]\ntargets = ['mars']\n[[parts]]\nname='a'\ndata='d'\n[[models]]\nmodel='dfm'\n", "sweep.targets"),
         ("[sweep]\ntargets = ['x86']\n[[parts]]\nname='a'\ndata='d'\n[[models]]\nmodel='nope'\n", "models.model must"),
         ("[sweep]\ntargets = ['x86']\n[gates]\nlatency_ms = { rpi4 = 5 }\n", "not in sweep.targets"),
+        ("[sweep]\ntargets = ['x86']\n[gates]\nborderline = 1\n", "gates.borderline must be a share"),
         ("[sweep]\ntargets = ['x86']\ncolour = 1\n", "unknown key sweep.colour"),
         ("not toml [", "not a TOML plan"),
         ("[sweep]\ntargets = ['x86']\n[[parts]]\nname='a'\ndata='gone'\n[[models]]\nmodel='dfm'\n", "no such data"),
