@@ -249,9 +249,8 @@ def _return_to_float(
             candidates = sorted(census["int8"]) + census["int8_io"]
             if not candidates:
                 raise EdgekitError(
-                    f"--max-drop {control.max_drop:g}: with every op type, the input and the output float the "
-                    f"TFLite model's score agreement "
-                    f"is {agreement:.4f}, below {goal:.4f}; export fp16 or fp32"
+                    f"--max-drop {control.max_drop:g}: with every op type, the input and the output float, the "
+                    f"TFLite model's score agreement is {agreement:.4f}, below {goal:.4f}; export fp16 or fp32"
                 )
             tried = {}
             for op in candidates:
