@@ -14,19 +14,34 @@ The result renders as a small table and, for CI systems, as JUnit XML.
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.staging import write_atomic
 
 if TYPE_CHECKING:
     from edgekit.data.datasets import Dataset
 from edgekit.progress import ProgressFn, noop
+
+
+def limits_held(
+    auroc_drop: float, agreement: float, *, max_auroc_drop: float, min_agreement: float
+) -> tuple[bool, bool]:
+    """(AUROC drop within its limit, agreement at or above its limit), with a tiny tolerance so a
+    value equal to a limit up to float rounding holds. The check, the int8 gate and a sweep's
+    report all judge with it."""
+    return auroc_drop <= max_auroc_drop + 1e-12, agreement >= min_agreement - 1e-12
+
+
+def counted_flips(margins: Iterable[float], borderline: float) -> int:
+    """How many of the flips (each its reference score's margin from the threshold, as a share of
+    it) count against the agreement: those further than ``borderline``; every one at 0."""
+    return sum(1 for margin in margins if borderline <= 0 or abs(margin) > borderline)
 
 
 @dataclass(frozen=True)
@@ -79,10 +94,8 @@ class CheckResult:
     @property
     def borderline_disagreements(self) -> int:
         """Differing decisions on images whose reference score lies within ``borderline`` of its threshold."""
-        if self.borderline <= 0:
-            return 0
-        near = np.abs(self.reference.margins()) <= self.borderline
-        return int(np.count_nonzero((self.reference.decisions != self.candidate.decisions) & near))
+        flipped = self.reference.margins()[self.reference.decisions != self.candidate.decisions]
+        return int(flipped.size) - counted_flips(flipped, self.borderline)
 
     @property
     def judged_agreement(self) -> float:
@@ -103,17 +116,27 @@ class CheckResult:
         return float(np.max(np.abs(self.reference.scores - self.candidate.scores)))
 
     @property
+    def held(self) -> tuple[bool, bool]:
+        """(AUROC drop within its limit, judged agreement at or above its limit)."""
+        return limits_held(
+            self.auroc_drop,
+            self.judged_agreement,
+            max_auroc_drop=self.max_auroc_drop,
+            min_agreement=self.min_agreement,
+        )
+
+    @property
     def failures(self) -> list[str]:
         """Each broken limit in words; empty when the candidate passes."""
         broken = []
-        # a tiny tolerance, so a drop that equals the limit up to float rounding passes
-        if self.auroc_drop > self.max_auroc_drop + 1e-12:
+        auroc_ok, agreement_ok = self.held
+        if not auroc_ok:
             broken.append(
                 f"image AUROC dropped by {self.auroc_drop:.4f} "
                 f"({self.reference.auroc:.4f} -> {self.candidate.auroc:.4f}), "
                 f"more than the allowed {self.max_auroc_drop:.4f}"
             )
-        if self.judged_agreement < self.min_agreement - 1e-12:
+        if not agreement_ok:
             broken.append(
                 f"decisions agree on {self.judged_agreement:.1%} of test images "
                 f"({self.disagreements - self.borderline_disagreements} of {self.images} differ"
@@ -224,8 +247,7 @@ def render_table(result: CheckResult) -> str:
     """The comparison as a plain-text table, one verdict line per limit and an overall result."""
     ref, cand = result.reference, result.candidate
     ok = {True: "ok", False: "FAIL"}
-    auroc_ok = result.auroc_drop <= result.max_auroc_drop + 1e-12
-    agreement_ok = result.judged_agreement >= result.min_agreement - 1e-12
+    auroc_ok, agreement_ok = result.held
     rows = [
         ("", "reference", "candidate", "limit", ""),
         ("bundle", ref.path, cand.path, "", ""),
@@ -265,15 +287,16 @@ def render_table(result: CheckResult) -> str:
 
 def junit_xml(result: CheckResult) -> str:
     """One JUnit test suite with a test case per limit, the numbers as properties."""
+    auroc_ok, agreement_ok = result.held
     cases = [
         (
             f"image AUROC drop <= {result.max_auroc_drop:g}",
-            result.auroc_drop > result.max_auroc_drop + 1e-12,
+            not auroc_ok,
             f"AUROC {result.reference.auroc:.4f} -> {result.candidate.auroc:.4f} (drop {result.auroc_drop:.4f})",
         ),
         (
             f"decision agreement >= {result.min_agreement:g}",
-            result.judged_agreement < result.min_agreement - 1e-12,
+            not agreement_ok,
             f"agreement {result.judged_agreement:.4f} ({result.disagreements - result.borderline_disagreements} of "
             f"{result.images} decisions differ{result.borderline_words()})",
         ),
@@ -313,16 +336,12 @@ def junit_xml(result: CheckResult) -> str:
 
 
 def write_junit(result: CheckResult, path: str | Path) -> Path:
-    """Write :func:`junit_xml` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    """Write :func:`junit_xml` to ``path`` atomically (``edgekit.staging.write_atomic``)."""
     path = Path(path)
     if path.is_dir():
         raise EdgekitError(f"--junit {path} is a folder; give a file name such as {path / 'edgekit-check.xml'}")
-    temporary = path.parent / f".{path.name}.{os.getpid()}.partial"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(junit_xml(result), encoding="utf-8")
-        os.replace(temporary, path)
+        write_atomic(path, junit_xml(result))
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise EdgekitError(f"could not write {path}: {exc.strerror or exc}") from None
     return path

@@ -94,6 +94,7 @@ def judge(
     at ``rule``'s threshold on its own normal scores), where the differing ones sat, the median
     relative change of the painted images' scores and int8's score noise; ``judged`` False when
     the normals are too few for ``rule``."""
+    from edgekit.check import limits_held
     from edgekit.metrics import image_auroc
     from edgekit.runtime.decision import ThresholdRule
 
@@ -135,9 +136,13 @@ def judge(
         "limits": dict(limits),
         "judged": judged,
     }
-    result["passed"] = not judged or (
-        result["fp32_auroc"] - result["int8_auroc"] <= limits["max_auroc_drop"] + 1e-12
-        and result["agreement"] >= limits["min_agreement"] - 1e-12
+    result["passed"] = not judged or all(
+        limits_held(
+            result["fp32_auroc"] - result["int8_auroc"],
+            result["agreement"],
+            max_auroc_drop=limits["max_auroc_drop"],
+            min_agreement=limits["min_agreement"],
+        )
     )
     return result
 

@@ -252,13 +252,14 @@ def _return_to_float(
                     f"--max-drop {control.max_drop:g}: with every op type, the input and the output float, the "
                     f"TFLite model's score agreement is {agreement:.4f}, below {goal:.4f}; export fp16 or fp32"
                 )
-            tried = {}
+            tried, best, chosen = {}, None, b""
             for op in candidates:
                 _quantize_to(trial, float_model, scheme, [*kept, op], calibration)
                 tried[op] = control.agreement(trial)
-            best = max(candidates, key=lambda op: (tried[op], op))
+                if best is None or (tried[op], op) > (tried[best], best):
+                    best, chosen = op, trial.read_bytes()  # kept, not quantized again
             kept.append(best)
-            _quantize_to(path, float_model, scheme, kept, calibration)
+            path.write_bytes(chosen)
             agreement = tried[best]
             rounds.append(
                 {"tried": {op: round(a, 6) for op, a in tried.items()}, "float": best, "agreement": round(agreement, 6)}

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from edgekit.check import counted_flips, limits_held
 from edgekit.profile.html import pareto_front
 
 SCHEMA = "edgekit-sweep/1"
@@ -65,9 +66,11 @@ def judge(check: dict, gates) -> dict:
     if flips is None or not check.get("images"):
         judged = check["agreement"]
     else:
-        judged = 1.0 - sum(abs(margin) > gates.borderline for margin in flips) / check["images"]
-    passed = check["auroc_drop"] <= gates.max_auroc_drop + 1e-12 and judged >= gates.min_agreement - 1e-12
-    return {**check, "judged_agreement": round(judged, 6), "passed": bool(passed)}
+        judged = 1.0 - counted_flips(flips, gates.borderline) / check["images"]
+    held = limits_held(
+        check["auroc_drop"], judged, max_auroc_drop=gates.max_auroc_drop, min_agreement=gates.min_agreement
+    )
+    return {**check, "judged_agreement": round(judged, 6), "passed": all(held)}
 
 
 def merge(plan, results: list[dict]) -> dict:
